@@ -1,0 +1,5 @@
+import sys
+
+from hubstack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,334 @@
+"""The platform config: one YAML file that drives hub, compose, images and CI.
+
+Every key has a default, so an empty file (or none) is a working single-machine
+setup; `hubstack.example.yaml` at the repository root documents each key.
+Loading validates the whole file and reports every problem as
+``FILE: key.path: what is wrong``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_ENV = "HUBSTACK_CONFIG"
+DEFAULT_CONFIG_PATHS = (Path("hubstack.yaml"), Path("/etc/hubstack/hubstack.yaml"))
+
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?[kKmMgGtT]?$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+
+
+class ConfigError(Exception):
+    """A platform config that cannot be used; the message names file, key and problem."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_memory(value: str) -> str:
+    if not _MEMORY.match(str(value)):
+        raise ValueError(f"must be a size such as 512M or 4G, got {value!r}")
+    return str(value)
+
+
+MemorySize = Annotated[str, AfterValidator(_check_memory)]
+
+
+class RegistryConfig(_Section):
+    """The private registry (registry:2 / distribution) every image goes through."""
+
+    address: str = "127.0.0.1:5000"
+    """host:port that engines push to and pull from (loopback needs no TLS)."""
+    image: str = "registry:2"
+    """Registry server image; built offline from Debian's docker-registry when it cannot be pulled."""
+    username: str = "hubstack"
+    credentials_file: Path | None = None
+    """Generated on first run (mode 0600); default STATE_DIR/secrets/registry-credentials.json."""
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not _HOST_PORT.match(v):
+            raise ValueError(f"must be host:port, got {v!r}")
+        return v
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+
+class BaseImageConfig(_Section):
+    """The blessed base: where the OS root comes from and what every image trusts."""
+
+    image: str = "debian:bookworm-slim"
+    bootstrap: Literal["auto", "always", "never"] = "auto"
+    """auto: pull, and build the root with debootstrap when the pull fails."""
+    debian_mirror: str = "http://deb.debian.org/debian"
+    suite: str = "bookworm"
+    extra_ca_bundle: Path | None = None
+    """PEM bundle added to every image's trust store (enterprise TLS inspection)."""
+    pip_index_url: str | None = None
+
+
+class ImagesConfig(_Section):
+    namespace: str = "hubstack"
+    """Repository prefix: images are REGISTRY/NAMESPACE/NAME:TAG."""
+    tag: str = "latest"
+    contexts: list[str] = ["images/*", "spark-executor", "hub"]
+    """Build contexts (folders holding a Dockerfile), relative to source_dir; globs allowed."""
+    on_demand: list[str] = ["gpu"]
+    """Images left out of a plain `hubstack images build` (built only when named)."""
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"must be a lowercase repository name, got {v!r}")
+        return v
+
+
+class ResourcesConfig(_Section):
+    """Defaults for a notebook container; a profile may override them."""
+
+    cpu_limit: float = Field(2.0, gt=0)
+    mem_limit: MemorySize = "4G"
+
+
+class ProfileConfig(_Section):
+    name: str
+    display_name: str
+    description: str = ""
+    image: str = "notebook"
+    """Name of an image in the build graph."""
+    cpu_limit: float | None = Field(None, gt=0)
+    mem_limit: MemorySize | None = None
+    gpus: int = Field(0, ge=0)
+    spark: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"profile name must be lowercase letters, digits, '-', '_' or '.', got {v!r}")
+        return v
+
+
+def _default_profiles() -> list[ProfileConfig]:
+    return [
+        ProfileConfig(name="default", display_name="Default: Python data stack"),
+        ProfileConfig(name="spark", display_name="Spark: notebook as driver on the shared cluster", spark=True),
+        ProfileConfig(name="gpu", display_name="GPU: one GPU of this node", image="gpu", gpus=1),
+    ]
+
+
+class HubConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    min_uid: int = Field(1000, ge=1)
+    """UIDs and GIDs below this are refused (system accounts); UID 0 always is."""
+    users_file: Path | None = None
+    """Default STATE_DIR/users.yaml."""
+    home_root: Path | None = None
+    """Host folder holding one home per analyst; default STATE_DIR/home."""
+    image: str = "hub"
+    notebook_image_tag: str = "latest"
+    """Tag the spawner resolves to a digest in the registry when a server starts."""
+    start_timeout: int = Field(300, gt=0)
+    network: str = "hubstack"
+    """Docker network shared by hub, notebooks and Spark."""
+
+
+class SparkConfig(_Section):
+    workers: int = Field(2, ge=0)
+    worker_cores: int = Field(1, ge=1)
+    worker_memory: MemorySize = "1g"
+    max_cores_per_app: int = Field(2, ge=1)
+    """Cap on the cores one analyst's application takes from the cluster."""
+    master_port: int = 7077
+    master_ui_port: int = 8080
+    worker_ui_port: int = 8081
+    """First host port for worker UIs; worker N gets worker_ui_port + N - 1."""
+
+
+class GPUConfig(_Section):
+    count: int | Literal["auto"] = "auto"
+    """GPUs on this node: a number, or auto to detect the device nodes."""
+    mode: Literal["auto", "device-requests", "device-nodes"] = "auto"
+    """auto: device requests where the engine has the NVIDIA runtime, else device nodes."""
+    driver_dir: Path = Path("/usr/local/nvidia")
+    shared: bool = False
+    """Let several analysts hold the same GPU at once."""
+
+
+class CIConfig(_Section):
+    branches: list[str] = ["main"]
+    webhook_secret_file: Path | None = None
+    """Default STATE_DIR/secrets/webhook-secret."""
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    max_body_bytes: int = Field(1 << 20, gt=0)
+    concurrency: int = Field(2, ge=1)
+    """Independent branches of the image graph built at once."""
+
+
+class PlatformConfig(_Section):
+    state_dir: Path = Path("/var/lib/hubstack")
+    """Secrets, users file, homes, build reports: all outside the repository."""
+    source_dir: Path | None = None
+    """Checkout holding images/, hub/, compose/; default: the one this package came from."""
+    registry: RegistryConfig = RegistryConfig()
+    base: BaseImageConfig = BaseImageConfig()
+    images: ImagesConfig = ImagesConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    profiles: list[ProfileConfig] = Field(default_factory=_default_profiles)
+    hub: HubConfig = HubConfig()
+    spark: SparkConfig = SparkConfig()
+    gpu: GPUConfig = GPUConfig()
+    ci: CIConfig = CIConfig()
+
+    # Where the file came from, for error messages; not a key.
+    path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_profiles(self) -> "PlatformConfig":
+        seen: set[str] = set()
+        for p in self.profiles:
+            if p.name in seen:
+                raise ValueError(f"profiles: duplicate profile name {p.name!r}")
+            seen.add(p.name)
+        return self
+
+    # Derived paths: defaults live under state_dir so one key moves them all.
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
+
+    @property
+    def registry_credentials_file(self) -> Path:
+        return self.registry.credentials_file or self.secrets_dir / "registry-credentials.json"
+
+    @property
+    def users_file(self) -> Path:
+        return self.hub.users_file or self.state_dir / "users.yaml"
+
+    @property
+    def home_root(self) -> Path:
+        return self.hub.home_root or self.state_dir / "home"
+
+    @property
+    def webhook_secret_file(self) -> Path:
+        return self.ci.webhook_secret_file or self.secrets_dir / "webhook-secret"
+
+    @property
+    def source_root(self) -> Path:
+        return self.source_dir or default_source_dir()
+
+    def image_ref(self, name: str, tag: str | None = None) -> str:
+        """Full reference of one of our images: REGISTRY/NAMESPACE/NAME:TAG."""
+        return f"{self.registry.address}/{self.images.namespace}/{name}:{tag or self.images.tag}"
+
+    def image_repository(self, name: str) -> str:
+        return f"{self.registry.address}/{self.images.namespace}/{name}"
+
+    def profile(self, name: str) -> ProfileConfig:
+        for p in self.profiles:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.profiles)
+        raise KeyError(f"no profile named {name!r} (profiles: {known})")
+
+
+def default_source_dir() -> Path:
+    """The checkout this package was installed from (editable installs), else the cwd."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "images").is_dir() else Path.cwd()
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    """Make relative paths in the file relative to the file, not to the cwd."""
+
+    def fix(section: dict | None, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            p = Path(os.path.expanduser(section[key]))
+            section[key] = str(p if p.is_absolute() else (base / p))
+
+    fix(data, "state_dir")
+    fix(data, "source_dir")
+    fix(data.get("registry"), "credentials_file")
+    fix(data.get("base"), "extra_ca_bundle")
+    fix(data.get("hub"), "users_file")
+    fix(data.get("hub"), "home_root")
+    fix(data.get("gpu"), "driver_dir")
+    fix(data.get("ci"), "webhook_secret_file")
+
+
+def _format_errors(path: Path | str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (see hubstack.example.yaml for the keys)"
+        lines.append(f"{path}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _check_files(cfg: PlatformConfig, path: Path | str) -> None:
+    ca = cfg.base.extra_ca_bundle
+    if ca is not None:
+        if not ca.is_file():
+            raise ConfigError(f"{path}: base.extra_ca_bundle: file {ca} does not exist")
+        text = ca.read_text(errors="replace")
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise ConfigError(f"{path}: base.extra_ca_bundle: {ca} holds no PEM certificate")
+
+
+def parse_config(data: dict | None, path: Path | str = "<config>") -> PlatformConfig:
+    """Validate already-loaded YAML data (path is only used in messages and for relative paths)."""
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: (top level): must be a mapping of keys, got {type(data).__name__}")
+    if isinstance(path, Path):
+        _resolve_paths(data, path.resolve().parent)
+    try:
+        cfg = PlatformConfig(**data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(path, e)) from None
+    cfg = cfg.model_copy(update={"path": Path(path) if isinstance(path, Path) else None})
+    _check_files(cfg, path)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None) -> PlatformConfig:
+    """Load the platform config from PATH, $HUBSTACK_CONFIG, ./hubstack.yaml or /etc/hubstack.
+
+    With none of these present, every default applies.
+    """
+    if path is None:
+        env = os.environ.get(CONFIG_ENV)
+        if env:
+            path = env
+        else:
+            path = next((p for p in DEFAULT_CONFIG_PATHS if p.is_file()), None)
+            if path is None:
+                return parse_config({})
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        loc = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
+        raise ConfigError(f"{path}: {loc}not valid YAML: {getattr(e, 'problem', e)}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: (top level): must be a mapping of keys, got {type(data).__name__}")
+    return parse_config(data, path)

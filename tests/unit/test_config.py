@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+
+from hubstack.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_example_config_documents_the_defaults():
+    # The example is the documentation: it must say exactly what an empty config means.
+    assert load_config(ROOT / "hubstack.example.yaml").model_dump() == parse_config({}).model_dump()
+
+
+def test_errors_name_file_key_and_problem(tmp_path):
+    f = tmp_path / "hubstack.yaml"
+    f.write_text("registry:\n  address: nowhere\n  adress: x\nresources:\n  mem_limit: lots\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    msg = str(e.value)
+    assert f"{f}: registry.address: must be host:port, got 'nowhere'" in msg
+    assert f"{f}: registry.adress: unknown key" in msg
+    assert f"{f}: resources.mem_limit: must be a size" in msg
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    f = tmp_path / "hubstack.yaml"
+    f.write_text("registry:\n  address: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"hubstack.yaml: line \d+, column \d+: not valid YAML"):
+        load_config(f)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    f = tmp_path / "hubstack.yaml"
+    f.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"\(top level\): must be a mapping"):
+        load_config(f)
+
+
+def test_missing_ca_bundle_is_named(tmp_path):
+    f = tmp_path / "hubstack.yaml"
+    f.write_text("base:\n  extra_ca_bundle: no-such-ca.pem\n")
+    with pytest.raises(ConfigError, match=r"base.extra_ca_bundle: file .*no-such-ca.pem does not exist"):
+        load_config(f)
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path):
+    f = tmp_path / "conf" / "hubstack.yaml"
+    f.parent.mkdir()
+    f.write_text("state_dir: ../state\n")
+    assert load_config(f).state_dir.resolve() == (tmp_path / "state").resolve()
+
+
+def test_duplicate_profiles_refused():
+    with pytest.raises(ConfigError, match="duplicate profile name 'default'"):
+        parse_config({"profiles": [{"name": "default", "display_name": "a"}, {"name": "default", "display_name": "b"}]})
