@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from hubstack.config import PlatformConfig
 
 
@@ -42,6 +44,9 @@ class ImageContext:
     """Our images this one is built FROM (any stage); the last is its layer parent."""
     external: tuple[str, ...] = ()
     """Images from outside the hierarchy it starts FROM (only the configured base)."""
+    includes: tuple[Path, ...] = ()
+    """Files or folders outside the folder that its build context also carries (build.yaml
+    `include:`, relative to the source root); they count as its context for change detection."""
 
     @property
     def dockerfile(self) -> Path:
@@ -121,6 +126,23 @@ def parse_from_lines(dockerfile: Path, args: dict[str, str]) -> list[tuple[int, 
     return refs
 
 
+def _read_includes(folder: Path, root: Path) -> tuple[Path, ...]:
+    """Extra context paths from FOLDER/build.yaml (`include: [hubstack, pyproject.toml]`)."""
+    spec = folder / "build.yaml"
+    if not spec.is_file():
+        return ()
+    data = yaml.safe_load(spec.read_text()) or {}
+    if not isinstance(data, dict) or set(data) - {"include"} or not isinstance(data.get("include", []), list):
+        raise GraphError(f"{spec}: must be a mapping with one key, include: [paths relative to {root}]")
+    paths = []
+    for item in data.get("include", []):
+        p = (root / str(item)).resolve()
+        if not p.exists() or root.resolve() not in p.parents:
+            raise GraphError(f"{spec}: include: {item!r} is not a path inside {root}")
+        paths.append(p)
+    return tuple(paths)
+
+
 def _strip_tag(ref: str) -> str:
     ref = ref.split("@", 1)[0]
     head, _, last = ref.rpartition("/")
@@ -174,7 +196,10 @@ class ImageGraph:
                         f"(FROM ${{HUBSTACK_REPO}}/NAME:${{HUBSTACK_TAG}}) nor the configured base image "
                         f"{cfg.base.image} (base.image)"
                     )
-            images[name] = ImageContext(name=name, path=folder, parents=tuple(parents), external=tuple(external))
+            images[name] = ImageContext(
+                name=name, path=folder, parents=tuple(parents), external=tuple(external),
+                includes=_read_includes(folder, root),
+            )
         graph = cls(images)
         graph.order()  # fail early on a cycle
         return graph
