@@ -225,10 +225,12 @@ def gpu_holders(client: Any, scope_labels: dict[str, str] | None = None) -> list
     return sorted(holders, key=lambda h: (h.gpu, h.user))
 
 
-def format_gpu_status(cfg: PlatformConfig, client: Any, scan_root: str | os.PathLike = "/dev") -> list[str]:
+def format_gpu_status(
+    cfg: PlatformConfig, client: Any, scan_root: str | os.PathLike = "/dev", scope_labels: dict[str, str] | None = None
+) -> list[str]:
     """Lines for `hubstack status` / `hubstack gpus`: each GPU and who holds it."""
     gpus = gpu_indices(cfg, scan_root)
-    holders = gpu_holders(client)
+    holders = gpu_holders(client, scope_labels)
     if not gpus and not holders:
         return ["GPUs: none on this node"]
     by_gpu: dict[int, list[GPUHolder]] = {}

@@ -21,7 +21,15 @@ import docker
 import pytest
 
 from hubstack.config import parse_config
-from hubstack.hub.gpu import LABEL_GPUS, GPUAllocator, GPUUnavailable, detect_mode, gpu_holders, offered_profiles
+from hubstack.hub.gpu import (
+    LABEL_GPUS,
+    GPUAllocator,
+    GPUUnavailable,
+    detect_mode,
+    format_gpu_status,
+    gpu_holders,
+    offered_profiles,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -227,9 +235,14 @@ def test_assignments_survive_a_hub_restart(tmp_path, docker_client, sim):
     assert gpu_b == (1,)
     with pytest.raises(GPUUnavailable, match="no GPU free: 2 of 2 busy"):
         asyncio.run(spawn(hub2, "carol"))
+    status = format_gpu_status(cfg, docker_client, dev, scope)
+    assert status[0] == "GPUs: 2 (device-nodes), 2 busy"
+    assert status[1].startswith("  GPU 0: alice (gpu-test-alice-") and status[1].endswith(", running)")
+    assert status[2].startswith("  GPU 1: bob (gpu-test-bob-")
 
     # alice's server is culled: her GPU goes to carol.
     docker_client.api.stop(cid_a, timeout=1)
+    assert format_gpu_status(cfg, docker_client, dev, scope)[1] == "  GPU 0: free"
     gpu_c, _ = asyncio.run(spawn(hub2, "carol"))
     assert gpu_c == (0,)
 
