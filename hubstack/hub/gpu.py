@@ -353,12 +353,27 @@ class GPUAllocator:
             )
 
 
+# Where the hub process sees the host's /dev when it runs in a container (compose
+# can mount the host's /dev read-only there); the engine still gets /dev paths.
+SCAN_ROOT_ENV = "HUBSTACK_GPU_SCAN_ROOT"
+
+
+def allocator(cfg: PlatformConfig, client: Any) -> GPUAllocator:
+    """The allocator the spawner uses: host /dev for the engine, scan root from the environment.
+
+    Cheap to make per spawn: the lock is per event loop (class level) and the
+    assignments live in the engine, so every instance agrees.
+    """
+    return GPUAllocator(cfg, client, devices_root="/dev", scan_root=os.environ.get(SCAN_ROOT_ENV) or "/dev")
+
+
 # ----------------------------------------------------------------------- CLI
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("gpus", help="show this node's GPUs and which analyst holds each")
-    p.add_argument("--dev", default="/dev", help="where the /dev/nvidia* device nodes are (default /dev)")
+    p.add_argument("--dev", default=os.environ.get(SCAN_ROOT_ENV) or "/dev",
+                   help=f"where the /dev/nvidia* device nodes are (default ${SCAN_ROOT_ENV} or /dev)")
     p.set_defaults(func=_cmd_gpus)
 
 

@@ -158,3 +158,15 @@ def test_more_gpus_than_the_node_has_is_refused(tmp_path):
     alloc = GPUAllocator(cfg(count=1), None, devices_root=tmp_path)
     with pytest.raises(GPUUnavailable, match="needs 2 GPUs, but this node has only 1"):
         alloc.check(2, "big")
+
+
+def test_spawner_allocator_gives_engine_host_paths_and_scans_where_told(tmp_path, monkeypatch):
+    # A hub in a container sees the host's /dev mounted elsewhere; the engine needs /dev paths.
+    seen = fake_dev(tmp_path, "nvidia0", "nvidiactl")
+    monkeypatch.setenv("HUBSTACK_GPU_SCAN_ROOT", str(seen))
+    from hubstack.hub.gpu import allocator
+
+    alloc = allocator(cfg(mode="device-nodes"), None)
+    assert alloc.gpus == [0]
+    grant = make_grant("alice", [0], "device-nodes", devices_root=alloc.devices_root, scan_root=alloc.scan_root)
+    assert grant.host_config["devices"] == ["/dev/nvidia0:/dev/nvidia0:rwm", "/dev/nvidiactl:/dev/nvidiactl:rwm"]
