@@ -356,6 +356,9 @@ class GPUAllocator:
 # Where the hub process sees the host's /dev when it runs in a container (compose
 # can mount the host's /dev read-only there); the engine still gets /dev paths.
 SCAN_ROOT_ENV = "HUBSTACK_GPU_SCAN_ROOT"
+# Host folder of the device nodes given to the engine (default /dev); tests that
+# simulate GPUs through a whole hub point it at mknod'ed nodes.
+DEVICES_ROOT_ENV = "HUBSTACK_GPU_DEVICES_ROOT"
 
 
 def allocator(cfg: PlatformConfig, client: Any) -> GPUAllocator:
@@ -364,7 +367,8 @@ def allocator(cfg: PlatformConfig, client: Any) -> GPUAllocator:
     Cheap to make per spawn: the lock is per event loop (class level) and the
     assignments live in the engine, so every instance agrees.
     """
-    return GPUAllocator(cfg, client, devices_root="/dev", scan_root=os.environ.get(SCAN_ROOT_ENV) or "/dev")
+    devices_root = os.environ.get(DEVICES_ROOT_ENV) or "/dev"
+    return GPUAllocator(cfg, client, devices_root=devices_root, scan_root=os.environ.get(SCAN_ROOT_ENV) or devices_root)
 
 
 # ----------------------------------------------------------------------- CLI
