@@ -184,22 +184,20 @@ class Engine:
             ["dockerd", f"--containerd={csock}", f"--host=unix://{dsock}", "--iptables=false", "--bridge=none",
              f"--data-root={root / 'data'}", f"--exec-root={root / 'exec'}", f"--pidfile={root / 'docker.pid'}"],
             env=env, stdout=log, stderr=log))
-        self.client = docker.DockerClient(base_url=f"unix://{dsock}", timeout=120)
-        for _ in range(120):
+        self.client = None
+        for _ in range(120):  # dockerd answers within seconds; the client asks its API version at once
             try:
+                self.client = docker.DockerClient(base_url=f"unix://{dsock}", timeout=120)
                 self.client.ping()
                 break
             except Exception:
+                self.client = None
                 if any(p.poll() is not None for p in self.procs):
                     break
                 time.sleep(0.5)
-        else:
-            pass
-        try:
-            self.client.ping()
-        except Exception:
+        if self.client is None:
             tail = (root / "engine.log").read_text(errors="replace")[-2000:]
-            raise CannotRun(f"the bundled engine did not start; last log lines:\n{tail}") from None
+            raise CannotRun(f"the bundled engine did not start; last log lines:\n{tail}")
         report.add("engine", True, f"bundled dockerd {self.client.version().get('Version')} started in "
                                    f"{time.monotonic() - t0:.1f} s ({self.client.info().get('Driver')})")
         return self.client

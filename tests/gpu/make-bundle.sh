@@ -55,8 +55,8 @@ ldd "$B"/engine/bin/* 2>/dev/null | awk '/=> \// {print $1, $3}' | sort -u | whi
   cp -L "$path" "$B/engine/lib/$name"
 done
 
-say "building and saving the probe image $IMAGE (bookworm minbase + python3, one flattened layer)"
-printf 'FROM %s\nRUN apt-get update && apt-get install -y --no-install-recommends python3-minimal \\\n && apt-get clean && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/* /usr/share/locale/* /usr/share/info/*\n' "$BASE_IMAGE" \
+say "building and saving the probe image $IMAGE (bookworm minbase + python3 with ctypes, one flattened layer)"
+printf 'FROM %s\nRUN apt-get update && apt-get install -y --no-install-recommends python3 \\\n && apt-get clean && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/* /usr/share/locale/* /usr/share/info/*\n' "$BASE_IMAGE" \
   | docker build -q -t "$IMAGE-layers" - >/dev/null
 cid=$(docker create --name "gpu-bundle-export-$$" "$IMAGE-layers" true)
 docker export "$cid" | docker import - "$IMAGE" >/dev/null   # deleted files leave the saved image too
