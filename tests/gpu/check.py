@@ -180,8 +180,15 @@ class Engine:
         self.procs.append(subprocess.Popen(
             ["containerd", "--address", str(csock), "--root", str(root / "containerd"), "--state", str(root / "containerd-state")],
             env=env, stdout=log, stderr=log))
+        # dockerd with --bridge=none DELETES a docker0 interface it finds (another engine's
+        # default bridge), so it runs in a network namespace of its own; containers here
+        # need no network anyway (network_mode none).
+        netns = ["unshare", "--net"] if shutil.which("unshare") else []
+        if not netns and Path("/sys/class/net/docker0").exists():
+            raise CannotRun("another engine's docker0 bridge exists and `unshare` (util-linux) is missing: "
+                            "starting the bundled dockerd would delete that bridge")
         self.procs.append(subprocess.Popen(
-            ["dockerd", f"--containerd={csock}", f"--host=unix://{dsock}", "--iptables=false", "--bridge=none",
+            netns + ["dockerd", f"--containerd={csock}", f"--host=unix://{dsock}", "--iptables=false", "--bridge=none",
              f"--data-root={root / 'data'}", f"--exec-root={root / 'exec'}", f"--pidfile={root / 'docker.pid'}"],
             env=env, stdout=log, stderr=log))
         self.client = None
