@@ -170,3 +170,26 @@ def test_spawner_allocator_gives_engine_host_paths_and_scans_where_told(tmp_path
     assert alloc.gpus == [0]
     grant = make_grant("alice", [0], "device-nodes", devices_root=alloc.devices_root, scan_root=alloc.scan_root)
     assert grant.host_config["devices"] == ["/dev/nvidia0:/dev/nvidia0:rwm", "/dev/nvidiactl:/dev/nvidiactl:rwm"]
+
+
+def test_gpu_image_is_in_the_graph_but_built_only_on_demand(tmp_path):
+    # The real images/gpu/Dockerfile beside stand-ins for its ancestors.
+    import shutil
+    from pathlib import Path
+
+    from hubstack.images.graph import ImageGraph
+
+    root = Path(__file__).resolve().parents[2]
+    parents = {"base": None, "python": "base", "spark": "python", "notebook": "spark"}
+    for name, parent in parents.items():
+        (tmp_path / "images" / name).mkdir(parents=True)
+        head = "ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE}\n" if parent is None else (
+            f"ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM ${{HUBSTACK_REPO}}/{parent}:${{HUBSTACK_TAG}}\n")
+        (tmp_path / "images" / name / "Dockerfile").write_text(head)
+    shutil.copytree(root / "images" / "gpu", tmp_path / "images" / "gpu")
+    c = parse_config({"source_dir": str(tmp_path)})
+    graph = ImageGraph.from_config(c)
+    assert graph["gpu"].parents == ("notebook",)
+    assert "gpu" in graph.descendants(["base"])  # CI plans it when anything below changes
+    assert "gpu" not in graph.default_targets(c)  # a plain build leaves it out
+    assert graph.with_ancestors(["gpu"]) == ["base", "python", "spark", "notebook", "gpu"]
