@@ -193,3 +193,12 @@ def test_gpu_image_is_in_the_graph_but_built_only_on_demand(tmp_path):
     assert "gpu" in graph.descendants(["base"])  # CI plans it when anything below changes
     assert "gpu" not in graph.default_targets(c)  # a plain build leaves it out
     assert graph.with_ancestors(["gpu"]) == ["base", "python", "spark", "notebook", "gpu"]
+
+
+def test_device_requests_survive_dockerspawner_template_rendering():
+    # DockerSpawner renders extra_host_config into plain dicts; the engine must get the same request.
+    from docker.types import HostConfig
+
+    req = device_requests_host_config([1])["device_requests"][0]
+    rendered = {str(k): v for k, v in req.items()}
+    assert HostConfig(version="1.41", device_requests=[rendered])["DeviceRequests"] == [req]
