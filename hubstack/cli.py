@@ -19,6 +19,7 @@ from hubstack.errors import CommandError
 COMMAND_MODULES = (
     "hubstack.images.cli",
     "hubstack.hub.cli",
+    "hubstack.hub.gpu",
     "hubstack.stack",
     "hubstack.ci.cli",
 )
