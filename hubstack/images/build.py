@@ -119,7 +119,11 @@ def image_labels(cfg: PlatformConfig, ctx: ImageContext, root: Path, digest: str
         revision += "-dirty"
     if created:
         created = datetime.fromisoformat(created).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    source = _git(root, "config", "--get", "remote.origin.url") or f"file://{root.resolve()}"
+    # The remote when there is one; never the checkout's own path, which differs per clone
+    # and would make every clone rebuild every image.
+    folder = ctx.path.resolve().relative_to(root.resolve()).as_posix()
+    origin = _git(root, "config", "--get", "remote.origin.url")
+    source = f"{origin}#{folder}" if origin else folder
     return {
         f"{LABEL_PREFIX}.source": source,
         f"{LABEL_PREFIX}.revision": revision,
