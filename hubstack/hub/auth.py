@@ -8,6 +8,7 @@ effect at their next login without restarting the hub.
 
 from __future__ import annotations
 
+from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.auth import Authenticator
 from traitlets import Integer, Unicode, default
 
@@ -65,6 +66,16 @@ class HubstackAuthenticator(Authenticator):
             self.log.warning("Failed login for %r", name)
             return None
         return {"name": rec.name, "admin": rec.admin, "auth_state": auth_state_for(rec)}
+
+    async def run_post_auth_hook(self, handler, auth_model):
+        auth_model = await super().run_post_auth_hook(handler, auth_model)
+        # A token request (POST /hub/api/users/NAME/tokens with name and password)
+        # only works for users already in the hub's database; the login page adds
+        # them, the API does not. Register the user (and sync admin) here, as a
+        # login would, so a user fresh from the users file can get a token at once.
+        if auth_model and isinstance(handler, APIHandler):
+            await handler.auth_to_user(auth_model)
+        return auth_model
 
     async def refresh_user(self, user, handler=None):
         """Drop sessions of users removed from the file (checked every auth_refresh_age)."""
