@@ -46,35 +46,36 @@ def _read_password(args: argparse.Namespace) -> str:
     return password
 
 
+def _change(action):
+    """Run a users-file change; its refusal becomes one clear CLI error."""
+    try:
+        return action()
+    except UsersFileError as e:
+        raise CommandError(f"{e}; nothing changed") from None
+
+
 def cmd_add(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     users = users_file_for(cfg)
     password = _read_password(args)
-    try:
-        rec = users.add(args.name, uid=args.uid, gid=args.gid, groups=args.groups or [],
-                        admin=args.admin, password=password)
-    except UsersFileError as e:
-        raise CommandError(f"{e}; nothing changed") from None
+    rec = _change(lambda: users.add(args.name, uid=args.uid, gid=args.gid, groups=args.groups or [],
+                                    admin=args.admin, password=password))
     print(f"added user {rec.name} (uid {rec.uid}, gid {rec.gid}{', admin' if rec.admin else ''})")
     return 0
 
 
 def cmd_remove(cfg: PlatformConfig, args: argparse.Namespace) -> int:
-    try:
-        users_file_for(cfg).remove(args.name)
-    except UsersFileError as e:
-        raise CommandError(f"{e}; nothing changed") from None
+    _change(lambda: users_file_for(cfg).remove(args.name))
     print(f"removed user {args.name} (their home folder is kept)")
     return 0
 
 
 def cmd_passwd(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     users = users_file_for(cfg)
-    try:
-        if users.get(args.name) is None:
-            raise CommandError(f"{users.path}: no user {args.name!r}; nothing changed")
-        users.set_password(args.name, _read_password(args))
-    except UsersFileError as e:
-        raise CommandError(f"{e}; nothing changed") from None
+    # Check first so nobody types a password for a user that doesn't exist.
+    if _change(lambda: users.get(args.name)) is None:
+        raise CommandError(f"{users.path}: no user {args.name!r}; nothing changed")
+    password = _read_password(args)
+    _change(lambda: users.set_password(args.name, password))
     print(f"password changed for {args.name}")
     return 0
 
