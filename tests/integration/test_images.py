@@ -43,13 +43,13 @@ def empty_engine():
          "--bridge", bridge, "--iptables=false", "--ip-masq=false"],
         stdout=open(root / "log", "w"), stderr=subprocess.STDOUT,
     )
-    client = docker.DockerClient(base_url=f"unix://{sock}", timeout=600)
     deadline = time.monotonic() + 60
     while True:
         try:
+            client = docker.DockerClient(base_url=f"unix://{sock}", timeout=600)
             client.ping()
             break
-        except Exception:
+        except docker.errors.DockerException:
             if time.monotonic() > deadline or proc.poll() is not None:
                 pytest.fail("second engine did not start:\n" + (root / "log").read_text()[-2000:])
             time.sleep(0.5)
