@@ -153,6 +153,7 @@ class ImageBuilder:
         graph: ImageGraph | None = None,
         progress: Callable[[str], None] = print_progress,
         verbose: bool = False,
+        nocache: bool = False,
     ):
         self.cfg = cfg
         self.client = client
@@ -160,6 +161,8 @@ class ImageBuilder:
         self.root = cfg.source_root
         self.progress = progress
         self.verbose = verbose
+        # nocache: every step runs again (cold-build benchmark); normal builds reuse the cache.
+        self.nocache = nocache
 
     def build(self, name: str, tag: str | None = None, position: str = "") -> BuildResult:
         """Build one image whose parents already exist under TAG; tag it only on success."""
@@ -186,6 +189,7 @@ class ImageBuilder:
                 rm=True,
                 forcerm=True,
                 pull=False,
+                nocache=self.nocache,
                 decode=True,
             )
             for chunk in stream:
