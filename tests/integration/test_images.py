@@ -35,7 +35,9 @@ def empty_engine():
     # Its own bridge: a dockerd started with --bridge=none deletes the main engine's docker0.
     bridge = f"hsn{SESSION_ID}"
     subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
-    subprocess.run(["ip", "addr", "add", "192.0.2.1/24", "dev", bridge], check=True)
+    # A subnet of the benchmarking range per session, so parallel sessions never clash.
+    subnet = int(SESSION_ID, 16) % 250 + 1
+    subprocess.run(["ip", "addr", "add", f"198.18.{subnet}.1/24", "dev", bridge], check=True)
     subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
     proc = subprocess.Popen(
         ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
@@ -43,23 +45,29 @@ def empty_engine():
          "--bridge", bridge, "--iptables=false", "--ip-masq=false"],
         stdout=open(root / "log", "w"), stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client = docker.DockerClient(base_url=f"unix://{sock}", timeout=600)
-            client.ping()
-            break
-        except docker.errors.DockerException:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail("second engine did not start:\n" + (root / "log").read_text()[-2000:])
-            time.sleep(0.5)
-    assert client.images.list() == []
-    yield client
-    client.close()
-    proc.terminate()
-    proc.wait(30)
-    subprocess.run(["ip", "link", "del", bridge], check=False)
-    shutil.rmtree(root, ignore_errors=True)
+    client = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                # Made inside the loop: the client asks the engine its API version when created.
+                client = docker.DockerClient(base_url=f"unix://{sock}", timeout=600)
+                client.ping()
+                break
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("second engine did not start:\n" + (root / "log").read_text()[-2000:])
+                time.sleep(0.5)
+        assert client.images.list() == []
+        yield client
+    finally:
+        # Always stopped and removed, even when it failed to start: it is ours alone.
+        if client is not None:
+            client.close()
+        proc.terminate()
+        proc.wait(30)
+        subprocess.run(["ip", "link", "del", bridge], check=False)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_notebook_pulls_back_by_digest_on_an_empty_engine(hierarchy, platform_config, empty_engine):
