@@ -50,5 +50,13 @@ log "compose: $(docker compose version --short)"
 command -v chromium >/dev/null && command -v chromedriver >/dev/null || { log "installing chromium"; apt_install chromium chromium-driver; }
 command -v debootstrap >/dev/null || apt_install debootstrap
 
-# 5. The base and registry images: present, pulled, or built offline.
+# 5. configurable-http-proxy, for the tests that run JupyterHub on this host (the hub image has its own).
+if ! command -v configurable-http-proxy >/dev/null; then
+    command -v npm >/dev/null || apt_install nodejs npm
+    log "installing configurable-http-proxy"
+    npm install -g --no-fund --no-audit --loglevel=error configurable-http-proxy@5 >/dev/null \
+        || die "npm install -g configurable-http-proxy failed"
+fi
+
+# 6. The base and registry images: present, pulled, or built offline.
 python3 -m hubstack images bootstrap
