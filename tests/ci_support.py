@@ -1,0 +1,90 @@
+"""A temporary git repository of TINY images for the CI tests (never the real hierarchy).
+
+    root (FROM the configured base) -> mid -> leaf
+    root -> side                      (an independent branch, built beside mid)
+
+Each image copies one small file, so a build takes a second or two on a warm
+layer cache, and its test_image.py checks that file inside the fresh image.
+`with_extras=True` adds top-level `spark-executor/` (FROM leaf) and `hub/`
+(FROM root, with build.yaml including `pkg/`), as in the real layout.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+PARENTS = {"root": None, "mid": "root", "leaf": "mid", "side": "root"}
+EXTRAS = {"spark-executor": "leaf", "hub": "root"}
+
+ROOT_FROM = "ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE}\n"
+CHILD_FROM = "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM ${HUBSTACK_REPO}/%s:${HUBSTACK_TAG}\n"
+
+TEST_MODULE = '''\
+def test_marker_is_in_the_image(run):
+    out = run("cat", "/usr/share/citest/{name}.txt").check()
+    assert "{name}" in out
+'''
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def folder_of(repo: Path, name: str) -> Path:
+    return repo / name if name in EXTRAS else repo / "images" / name
+
+
+def dockerfile(name: str, parent: str | None) -> str:
+    head = ROOT_FROM if parent is None else CHILD_FROM % parent
+    return head + f"COPY marker.txt /usr/share/citest/{name}.txt\n"
+
+
+def make_repo(path: Path, with_extras: bool = False) -> Path:
+    """Create and commit the tiny image repository at PATH; returns PATH."""
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.email", "ci-tests@hubstack.invalid")
+    git(path, "config", "user.name", "hubstack ci tests")
+    images = dict(PARENTS, **(EXTRAS if with_extras else {}))
+    for name, parent in images.items():
+        d = folder_of(path, name)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "Dockerfile").write_text(dockerfile(name, parent))
+        (d / "marker.txt").write_text(f"{name} v1\n")
+        (d / "test_image.py").write_text(TEST_MODULE.format(name=name))
+    if with_extras:
+        (path / "pkg").mkdir()
+        (path / "pkg" / "module.py").write_text("VERSION = 1\n")
+        (folder_of(path, "hub") / "build.yaml").write_text("include: [pkg]\n")
+    (path / "README.md").write_text("tiny images for hubstack's CI tests\n")
+    commit(path, "tiny image hierarchy")
+    return path
+
+
+def commit(repo: Path, message: str) -> str:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "--allow-empty", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def change(repo: Path, name: str, text: str = "v2") -> str:
+    """Change image NAME's marker file and commit; returns the new commit id."""
+    marker = folder_of(repo, name) / "marker.txt"
+    marker.write_text(f"{name} {text}\n")
+    return commit(repo, f"change {name}: {text}")
+
+
+def break_dockerfile(repo: Path, name: str) -> str:
+    """Make NAME's build fail (a RUN that exits non-zero) and commit."""
+    df = folder_of(repo, name) / "Dockerfile"
+    df.write_text(df.read_text() + "RUN echo 'deliberately broken' && exit 3\n")
+    return commit(repo, f"break {name}")
+
+
+def tiny_config(platform_config, repo: Path, state_dir: Path, with_extras: bool = False):
+    """The session's platform config, pointed at the tiny repository and its own namespace."""
+    contexts = ["images/*", "spark-executor", "hub"] if with_extras else ["images/*"]
+    images = platform_config.images.model_copy(update={"namespace": "citest", "contexts": contexts, "on_demand": []})
+    ci = platform_config.ci.model_copy(update={"webhook_secret_file": state_dir / "secrets" / "webhook-secret"})
+    return platform_config.model_copy(update={"source_dir": repo, "state_dir": state_dir, "images": images, "ci": ci})
