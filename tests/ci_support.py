@@ -88,3 +88,68 @@ def tiny_config(platform_config, repo: Path, state_dir: Path, with_extras: bool 
     images = platform_config.images.model_copy(update={"namespace": "citest", "contexts": contexts, "on_demand": []})
     ci = platform_config.ci.model_copy(update={"webhook_secret_file": state_dir / "secrets" / "webhook-secret"})
     return platform_config.model_copy(update={"source_dir": repo, "state_dir": state_dir, "images": images, "ci": ci})
+
+
+class WebhookServer:
+    """A real webhook builder server on a loopback port, in a thread with its own IOLoop."""
+
+    def __init__(self, builder):
+        self.builder = builder
+        self.loop = None
+        self.port = None
+
+    def __enter__(self):
+        import asyncio
+        import threading
+
+        from tornado.ioloop import IOLoop
+        from tornado.testing import bind_unused_port
+
+        from hubstack.ci.webhook import make_server
+
+        sock, self.port = bind_unused_port()
+        ready = threading.Event()
+
+        def serve():
+            asyncio.set_event_loop(asyncio.new_event_loop())
+            self.loop = IOLoop.current()
+            server = make_server(self.builder)
+            server.add_sockets([sock])
+            ready.set()
+            self.loop.start()
+            server.stop()
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+        self.builder.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.builder.stop(timeout=120)
+        self.loop.add_callback(self.loop.stop)
+        self.thread.join(10)
+
+
+def push_payload(sha: str, before: str = "0" * 40, branch: str = "main") -> bytes:
+    import json
+
+    return json.dumps({"ref": f"refs/heads/{branch}", "before": before, "after": sha,
+                       "repository": {"full_name": "hubstack/citest"}}).encode()
+
+
+def github_headers(secret: bytes, body: bytes, event: str = "push") -> dict:
+    from hubstack.ci.webhook import sign
+
+    return {"X-GitHub-Event": event, "X-Hub-Signature-256": "sha256=" + sign(secret, body),
+            "Content-Type": "application/json"}
+
+
+def gitea_headers(secret: bytes, body: bytes, event: str = "push") -> dict:
+    from hubstack.ci.webhook import sign
+
+    return {"X-Gitea-Event": event, "X-Gitea-Signature": sign(secret, body), "Content-Type": "application/json"}

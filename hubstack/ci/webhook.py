@@ -32,6 +32,7 @@ from typing import Callable
 from urllib.parse import parse_qs
 
 import tornado.web
+from tornado.httpserver import HTTPServer
 from traitlets import Bool, Unicode
 from traitlets.config import Configurable
 
@@ -395,8 +396,13 @@ def make_app(builder: WebhookBuilder) -> tornado.web.Application:
     ])
 
 
-def listen(builder: WebhookBuilder, host: str, port: int):
-    """Start the HTTP server on the current IOLoop; the body limit is also the server's."""
-    app = make_app(builder)
+def make_server(builder: WebhookBuilder) -> HTTPServer:
     # The handler answers oversized bodies with a clear 400; the server's own cap is only a backstop.
-    return app.listen(port, address=host, max_body_size=builder.cfg.ci.max_body_bytes * 2 + 65536)
+    return HTTPServer(make_app(builder), max_body_size=builder.cfg.ci.max_body_bytes * 2 + 65536)
+
+
+def listen(builder: WebhookBuilder, host: str, port: int) -> HTTPServer:
+    """Start the HTTP server on the current IOLoop."""
+    server = make_server(builder)
+    server.listen(port, address=host)
+    return server
