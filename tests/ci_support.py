@@ -87,7 +87,10 @@ def tiny_config(platform_config, repo: Path, state_dir: Path, with_extras: bool 
     contexts = ["images/*", "spark-executor", "hub"] if with_extras else ["images/*"]
     images = platform_config.images.model_copy(update={"namespace": "citest", "contexts": contexts, "on_demand": []})
     ci = platform_config.ci.model_copy(update={"webhook_secret_file": state_dir / "secrets" / "webhook-secret"})
-    return platform_config.model_copy(update={"source_dir": repo, "state_dir": state_dir, "images": images, "ci": ci})
+    # The registry's credentials stay where the session put them, whatever state_dir becomes.
+    registry = platform_config.registry.model_copy(update={"credentials_file": platform_config.registry_credentials_file})
+    return platform_config.model_copy(update={"source_dir": repo, "state_dir": state_dir, "images": images, "ci": ci,
+                                              "registry": registry})
 
 
 class WebhookServer:
@@ -153,3 +156,148 @@ def gitea_headers(secret: bytes, body: bytes, event: str = "push") -> dict:
     from hubstack.ci.webhook import sign
 
     return {"X-Gitea-Event": event, "X-Gitea-Signature": sign(secret, body), "Content-Type": "application/json"}
+
+
+# ---------------------------------------------------------------------------
+# Registry and engine for the integration tests.
+#
+# The session's `platform_config` and `registry` fixtures (tests/conftest.py) are used
+# when they exist. Until they do, these stand-ins run a registry of our own
+# (container ci-registry-<port>, from registry:2 or a local build of Debian's
+# docker-registry) and, if hubstack.registry / hubstack.images.build are missing,
+# minimal test-only versions of auth_config and ImageBuilder.
+# ---------------------------------------------------------------------------
+
+REGISTRY_STANDIN = "citest/registry:2"
+_MANIFEST_TYPES = ", ".join([
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+])
+
+
+def registry_login(cfg) -> tuple[str, str]:
+    import json
+
+    data = json.loads(cfg.registry_credentials_file.read_text())
+    return data["username"], data["password"]
+
+
+def manifest_digest(cfg, name: str, tag: str) -> str | None:
+    """Digest of NAME:TAG's manifest in the registry (what a pull by tag gets), None if absent."""
+    import requests
+
+    url = f"http://{cfg.registry.address}/v2/{cfg.images.namespace}/{name}/manifests/{tag}"
+    r = requests.head(url, auth=registry_login(cfg), headers={"Accept": _MANIFEST_TYPES}, timeout=30)
+    if r.status_code == 404:
+        return None
+    r.raise_for_status()
+    return r.headers["Docker-Content-Digest"]
+
+
+def _install_fallbacks() -> None:
+    import importlib
+    import json
+    import sys
+    import types
+    from dataclasses import dataclass
+
+    try:
+        importlib.import_module("hubstack.registry")
+    except ModuleNotFoundError:
+        mod = types.ModuleType("hubstack.registry")
+
+        def auth_config(cfg):
+            data = json.loads(cfg.registry_credentials_file.read_text())
+            return {"username": data["username"], "password": data["password"]}
+
+        mod.auth_config = auth_config
+        sys.modules["hubstack.registry"] = mod
+    try:
+        importlib.import_module("hubstack.images.build")
+    except ModuleNotFoundError:
+        from hubstack.images.graph import ImageGraph, build_args
+
+        mod = types.ModuleType("hubstack.images.build")
+
+        @dataclass
+        class BuildResult:
+            name: str
+            ref: str
+            image_id: str | None = None
+            ok: bool = False
+            error: str | None = None
+            log: str = ""
+
+        class ImageBuilder:
+            def __init__(self, cfg, client):
+                self.cfg, self.client = cfg, client
+
+            def build(self, name, tag=None):
+                ctx = ImageGraph.from_config(self.cfg)[name]
+                ref = self.cfg.image_ref(name, tag)
+                log, error = [], None
+                for chunk in self.client.api.build(path=str(ctx.path), tag=ref, buildargs=build_args(self.cfg, tag),
+                                                   rm=True, forcerm=True, decode=True):
+                    log.append(chunk.get("stream", "") or chunk.get("status", ""))
+                    if "error" in chunk:
+                        error = chunk["error"].strip()
+                if error:
+                    return BuildResult(name, ref, None, False, error, "".join(log))
+                return BuildResult(name, ref, self.client.images.get(ref).id, True, None, "".join(log))
+
+        mod.BuildResult, mod.ImageBuilder = BuildResult, ImageBuilder
+        sys.modules["hubstack.images.build"] = mod
+
+
+def _own_registry(client, tmp_path_factory):
+    """A registry container of our own with htpasswd auth; yields a platform config that uses it."""
+    import json
+    import secrets
+    import time
+
+    import requests
+    from tornado.testing import bind_unused_port
+
+    from hubstack.config import parse_config
+
+    sock, port = bind_unused_port()
+    sock.close()
+    state = tmp_path_factory.mktemp("ci-state")
+    creds = {"username": "hubstack", "password": secrets.token_hex(16)}
+    (state / "secrets").mkdir(mode=0o700)
+    cred_file = state / "secrets" / "registry-credentials.json"
+    cred_file.write_text(json.dumps(creds))
+    cred_file.chmod(0o600)
+    container = client.containers.run(
+        REGISTRY_STANDIN, name=f"ci-registry-{port}", detach=True, ports={"5000/tcp": ("127.0.0.1", port)},
+        environment={"REGISTRY_USER": creds["username"], "REGISTRY_PASSWORD": creds["password"]},
+        labels={"io.hubstack.test": "ci"},
+    )
+    for _ in range(100):
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code in (200, 401):
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    cfg = parse_config({"state_dir": str(state), "registry": {"address": f"127.0.0.1:{port}"}})
+    return cfg, container
+
+
+def registry_config(request, tmp_path_factory, client):
+    """The session's platform config with a running registry: the shared fixtures' when present."""
+    _install_fallbacks()
+    try:
+        cfg = request.getfixturevalue("platform_config")
+        request.getfixturevalue("registry")
+        return cfg, None
+    except pytest_lookup_error():
+        return _own_registry(client, tmp_path_factory)
+
+
+def pytest_lookup_error():
+    import pytest
+
+    return pytest.FixtureLookupError

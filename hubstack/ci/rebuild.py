@@ -176,6 +176,7 @@ class Rebuilder(Configurable):
     def _one(self, outcome: ImageOutcome, graph: ImageGraph, tag: str) -> None:
         name = outcome.name
         started = time.monotonic()
+        stage = "build"
         try:
             self.out(f"[ci] {name}: building ({outcome.reason})")
             result = self._builder().build(name, tag=tag)
@@ -185,6 +186,7 @@ class Rebuilder(Configurable):
             if not result.ok:
                 raise StageFailed("build", str(result.error or "build failed"))
             if self.run_tests:
+                stage = "test"
                 self.out(f"[ci] {name}: testing {result.ref}")
                 passed, output = run_image_tests(graph.images[name].path, result.ref)
                 outcome.test_output = output[-LOG_TAIL:]
@@ -192,6 +194,7 @@ class Rebuilder(Configurable):
                     last = [ln for ln in output.splitlines() if ln.strip()][-1:] or ["tests failed"]
                     raise StageFailed("test", f"image tests failed: {last[0]}")
             if self.push:
+                stage = "push"
                 self._push(name, tag)
                 outcome.tags_pushed.append(tag)
                 # Only now, with the tests passed and the commit tag in the registry, does latest move.
@@ -203,7 +206,7 @@ class Rebuilder(Configurable):
         except StageFailed as e:
             outcome.status, outcome.stage, outcome.error = "failed", e.stage, e.error
         except Exception as e:  # noqa: BLE001 - one image's surprise must not stop its siblings
-            outcome.status, outcome.stage, outcome.error = "failed", outcome.stage or "build", f"{type(e).__name__}: {e}"
+            outcome.status, outcome.stage, outcome.error = "failed", stage, f"{type(e).__name__}: {e}"
         finally:
             outcome.seconds = round(time.monotonic() - started, 2)
             if outcome.status == "failed":
@@ -227,14 +230,15 @@ class Rebuilder(Configurable):
                     o.status, o.stage, o.error = "skipped", "", f"parent {name} failed"
                     self.out(f"[ci] {d}: skipped (parent {name} failed)")
 
-        # Parents outside the plan are used as they are: their latest, tagged with this commit.
-        outside = sorted({p for n in in_plan for p in graph.images[n].parents if p not in in_plan})
+        # Ancestors outside the plan are used as they are: their latest, tagged with this commit
+        # (so the commit tag names the whole lineage of every image it built).
+        outside = graph.order({a for n in in_plan for a in graph.ancestors(n) if a not in in_plan})
         for p in outside:
             try:
                 self._alias_parent(p, tag)
             except StageFailed as e:
                 for n in graph.order(in_plan):
-                    if p in graph.images[n].parents and outcomes[n].status == "pending":
+                    if p in graph.ancestors(n) and outcomes[n].status == "pending":
                         outcomes[n].status, outcomes[n].stage, outcomes[n].error = "failed", e.stage, e.error
                         self.out(f"[ci] {n}: FAILED at {e.stage}: {e.error}")
                         fail_descendants(n)
