@@ -301,3 +301,26 @@ def pytest_lookup_error():
     import pytest
 
     return pytest.FixtureLookupError
+
+
+def tiny_env(request, tmp_path_factory, client, name: str):
+    """(cfg, repo, config file) for a fresh tiny repository on a running registry; cleans up after."""
+    import json
+
+    cfg, own_registry = registry_config(request, tmp_path_factory, client)
+    if own_registry is not None:
+        request.addfinalizer(lambda: own_registry.remove(force=True, v=True))
+    tmp = tmp_path_factory.mktemp(name)
+    repo = make_repo(tmp / "repo")
+    cfg = tiny_config(cfg, repo, tmp / "state")
+    conf = tmp / "hubstack.yaml"
+    conf.write_text(json.dumps(json.loads(cfg.model_dump_json(exclude={"path"}))))
+
+    def remove_images():
+        for n in PARENTS:
+            for img in client.images.list(name=cfg.image_repository(n)):
+                for t in img.tags:
+                    client.images.remove(t)
+
+    request.addfinalizer(remove_images)
+    return cfg, repo, conf

@@ -12,7 +12,7 @@ import json
 
 import pytest
 from ci_support import (
-    break_dockerfile, change, commit, folder_of, git, make_repo, manifest_digest, registry_config, tiny_config,
+    break_dockerfile, change, commit, folder_of, git, manifest_digest, tiny_env,
 )
 
 from hubstack.ci.rebuild import commit_tag, reports_dir
@@ -24,21 +24,10 @@ IMAGES = ["root", "mid", "side", "leaf"]
 
 @pytest.fixture(scope="module")
 def env(request, tmp_path_factory, docker_client):
-    cfg, own_registry = registry_config(request, tmp_path_factory, docker_client)
-    tmp = tmp_path_factory.mktemp("ci-build")
-    repo = make_repo(tmp / "repo")
-    cfg = tiny_config(cfg, repo, tmp / "state")
-    conf = tmp / "hubstack.yaml"
-    conf.write_text(json.dumps(json.loads(cfg.model_dump_json(exclude={"path"}))))
+    cfg, repo, conf = tiny_env(request, tmp_path_factory, docker_client, "ci-build")
     # The first build of the tiny hierarchy: everything, pushed.
     assert main(["-c", str(conf), "ci", "build", "--all", "--push"]) == 0
-    yield cfg, repo, conf
-    for name in IMAGES:
-        for img in docker_client.images.list(name=cfg.image_repository(name)):
-            for t in img.tags:
-                docker_client.images.remove(t, noprune=False)
-    if own_registry is not None:
-        own_registry.remove(force=True, v=True)
+    return cfg, repo, conf
 
 
 def latest(cfg) -> dict[str, str | None]:
