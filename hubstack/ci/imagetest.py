@@ -9,7 +9,7 @@ change to the image and re-runs them). `hubstack ci build` runs::
 This module is that pytest plugin. It gives the tests two fixtures:
 
 * ``image``: the reference under test (``--image`` or ``$HUBSTACK_TEST_IMAGE``);
-* ``run``: ``run("cmd", "arg", user=None, env=None)`` starts a throw-away
+* ``run``: ``run("cmd", "arg", user=None, env=None, entrypoint=None)`` starts a throw-away
   container of that image (its own entrypoint, its own default user unless
   ``user`` is given) and returns a :class:`Ran` with ``exit_code`` and ``output``.
 """
@@ -54,8 +54,10 @@ def image(request) -> str:
 def run(image):
     client = docker.from_env(timeout=300)
 
-    def _run(*cmd: str, user: str | None = None, env: dict | None = None, timeout: int = 240) -> Ran:
-        container = client.containers.run(image, list(cmd), user=user, environment=env, detach=True)
+    def _run(*cmd: str, user: str | None = None, env: dict | None = None, entrypoint: list[str] | None = None,
+             timeout: int = 240) -> Ran:
+        container = client.containers.run(image, list(cmd), user=user, environment=env, entrypoint=entrypoint,
+                                          detach=True)
         try:
             status = container.wait(timeout=timeout)
             out = container.logs(stdout=True, stderr=True).decode(errors="replace")
