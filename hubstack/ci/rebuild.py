@@ -147,13 +147,16 @@ class Rebuilder(Configurable):
             if "error" in chunk:
                 raise StageFailed("push", f"{repo}:{tag}: {chunk['error']}")
 
-    def _alias_parent(self, name: str, tag: str) -> None:
-        """Give an unchanged parent the commit tag locally, so its children build FROM it."""
+    def _alias_parent(self, name: str, tag: str) -> bool:
+        """Give an unchanged parent the commit tag locally, so its children build FROM it.
+
+        False when it has no `latest` anywhere (a fresh engine and registry): it must be built.
+        """
         want = self.cfg.image_ref(name, tag)
         latest = self.cfg.image_ref(name, self.cfg.images.tag)
         try:
             self.client.images.get(want)
-            return
+            return True
         except docker.errors.ImageNotFound:
             pass
         try:
@@ -161,6 +164,8 @@ class Rebuilder(Configurable):
         except docker.errors.ImageNotFound:
             try:
                 img = self.client.images.pull(self.cfg.image_repository(name), tag=self.cfg.images.tag, auth_config=self._auth())
+            except docker.errors.NotFound:
+                return False
             except docker.errors.APIError as e:
                 raise StageFailed(
                     "parent",
@@ -172,6 +177,7 @@ class Rebuilder(Configurable):
             # The commit tag then names the whole lineage in the registry, so promoting it moves
             # every image of that lineage together (a manifest-only push: the layers are there).
             self._push(name, tag)
+        return True
 
     def _one(self, outcome: ImageOutcome, graph: ImageGraph, tag: str) -> None:
         name = outcome.name
@@ -235,7 +241,12 @@ class Rebuilder(Configurable):
         outside = graph.order({a for n in in_plan for a in graph.ancestors(n) if a not in in_plan})
         for p in outside:
             try:
-                self._alias_parent(p, tag)
+                if not self._alias_parent(p, tag):
+                    # Nothing to build FROM (a fresh engine and registry, as in hosted CI): build it too.
+                    outcomes[p] = ImageOutcome(p, f"needed by {', '.join(graph.children(p))}, and no "
+                                                  f"{self.cfg.images.tag} of it in the engine or registry")
+                    in_plan.add(p)
+                    self.out(f"[ci] {p}: added to the plan ({outcomes[p].reason})")
             except StageFailed as e:
                 for n in graph.order(in_plan):
                     if p in graph.ancestors(n) and outcomes[n].status == "pending":
@@ -243,6 +254,7 @@ class Rebuilder(Configurable):
                         self.out(f"[ci] {n}: FAILED at {e.stage}: {e.error}")
                         fail_descendants(n)
 
+        report.images = [outcomes[n] for n in graph.order(in_plan)]
         workers = self.concurrency or self.cfg.ci.concurrency
         running: dict[Future, str] = {}
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ci-build") as pool:

@@ -144,3 +144,22 @@ def test_promote_moves_stable_and_rolls_back(env, capsys):
     capsys.readouterr()
     assert main(["-c", str(conf), "ci", "promote", "0123456789ab"]) == 2
     assert "no image has the tag '0123456789ab'" in capsys.readouterr().err
+
+
+def test_missing_parents_are_built_first_on_a_fresh_registry(env, docker_client):
+    # A hosted CI runner starts with an empty engine and registry: a leaf change must still build.
+    cfg, repo, _ = env
+    fresh = cfg.model_copy(update={"images": cfg.images.model_copy(update={"namespace": "citestfresh"})})
+    change(repo, "leaf", "fresh")
+    from hubstack.ci.rebuild import Rebuilder
+
+    try:
+        report = Rebuilder(fresh, docker_client, push=True, out=lambda line: None).run("HEAD~1")
+        assert [(i.name, i.status) for i in report.images] == [("root", "ok"), ("mid", "ok"), ("leaf", "ok")]
+        assert "no latest of it" in report.images[0].reason
+        assert manifest_digest(fresh, "leaf", "latest") and manifest_digest(fresh, "side", "latest") is None
+    finally:
+        for n in ("root", "mid", "leaf"):
+            for img in docker_client.images.list(name=fresh.image_repository(n)):
+                for t in img.tags:
+                    docker_client.images.remove(t)
