@@ -269,7 +269,12 @@ class WebhookBuilder(Configurable):
     def _default_build(self, rec: BuildRecord, _: Path) -> BuildReport:
         source = self.checkout.at(rec.sha)
         cfg = self.cfg.model_copy(update={"source_dir": source})
-        since = rec.since if rec.since != _ZERO and self.checkout.has(rec.since) else None
+        # Compare with the last commit built green on this branch, so what a failed build left
+        # out is retried; the push's own `before` when there is none.
+        last_ok = next((r for r in reversed(self.history.records)
+                        if r.branch == rec.branch and r.status == "ok" and r.id != rec.id), None)
+        since = last_ok.sha if last_ok else rec.since
+        since = since if since != _ZERO and self.checkout.has(since) else None
         plan = make_plan(cfg, since, rec.sha)
         report = Rebuilder(cfg, self.client, push=self.push, out=lambda line: None).run_plan(plan)
         write_report(self.cfg, report)

@@ -1,7 +1,7 @@
 """The webhook builder's HTTP side, on a real tornado server and real HTTP requests.
 
 Nothing here reaches a build: every request below is refused or ignored, and the
-tests check that the history stays empty. Builds are in tests/integration/test_ci_webhook.py.
+tests check that the history stays empty. Builds are in tests/integration/test_ci_webhook_builds.py.
 """
 
 import json
