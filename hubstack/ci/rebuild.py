@@ -188,7 +188,8 @@ class Rebuilder(Configurable):
             result = self._builder().build(name, tag=tag)
             outcome.ref = result.ref
             outcome.image_id = result.image_id or ""
-            outcome.build_log = str(result.log or "")[-LOG_TAIL:]
+            log = result.log or ""
+            outcome.build_log = (log if isinstance(log, str) else "\n".join(map(str, log)))[-LOG_TAIL:]
             if not result.ok:
                 raise StageFailed("build", str(result.error or "build failed"))
             if self.run_tests:
