@@ -85,7 +85,8 @@ def break_dockerfile(repo: Path, name: str) -> str:
 def tiny_config(platform_config, repo: Path, state_dir: Path, with_extras: bool = False):
     """The session's platform config, pointed at the tiny repository and its own namespace."""
     contexts = ["images/*", "spark-executor", "hub"] if with_extras else ["images/*"]
-    images = platform_config.images.model_copy(update={"namespace": "citest", "contexts": contexts, "on_demand": []})
+    images = platform_config.images.model_copy(update={"namespace": "citest", "contexts": contexts, "on_demand": [],
+                                                        "tag": "latest"})
     ci = platform_config.ci.model_copy(update={"webhook_secret_file": state_dir / "secrets" / "webhook-secret"})
     # The registry's credentials stay where the session put them, whatever state_dir becomes.
     registry = platform_config.registry.model_copy(update={"credentials_file": platform_config.registry_credentials_file})

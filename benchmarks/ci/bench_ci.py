@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
 import docker  # noqa: E402
-from ci_support import _install_fallbacks, _own_registry, change, make_repo, tiny_config  # noqa: E402
+from tests.ci_support import _install_fallbacks, _own_registry, change, make_repo, tiny_config  # noqa: E402
 
 from hubstack.ci.plan import make_plan  # noqa: E402
 from hubstack.ci.rebuild import Rebuilder  # noqa: E402

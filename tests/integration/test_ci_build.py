@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from ci_support import (
+from tests.ci_support import (
     break_dockerfile, change, commit, folder_of, git, manifest_digest, tiny_env,
 )
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import requests
-from ci_support import change, gitea_headers, github_headers, manifest_digest, push_payload, tiny_env, WebhookServer, git
+from tests.ci_support import change, gitea_headers, github_headers, manifest_digest, push_payload, tiny_env, WebhookServer, git
 
 from hubstack.ci.rebuild import commit_tag
 from hubstack.ci.webhook import WebhookBuilder

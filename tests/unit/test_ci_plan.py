@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from ci_support import break_dockerfile, change, commit, folder_of, git, make_repo, tiny_config
+from tests.ci_support import break_dockerfile, change, commit, folder_of, git, make_repo, tiny_config
 
 from hubstack.ci.plan import make_plan
 from hubstack.cli import main

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 import requests
-from ci_support import WebhookServer, gitea_headers, github_headers, make_repo, push_payload, tiny_config
+from tests.ci_support import WebhookServer, gitea_headers, github_headers, make_repo, push_payload, tiny_config
 
 from hubstack.ci.webhook import WebhookBuilder, load_or_create_secret
 from hubstack.config import parse_config
