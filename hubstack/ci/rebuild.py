@@ -1,0 +1,284 @@
+"""Rebuild what a change made stale: build, test, tag by commit, and only then move `latest`.
+
+For each image of the plan, in build order (independent branches at once, up to
+``ci.concurrency``): build it as ``NAME:<commit>`` FROM its parents' ``<commit>``
+tags, run its own test module against the fresh image, and, with ``push``, push
+``NAME:<commit>`` and move ``NAME:latest`` to it in the registry. An image whose
+build, tests or push fail stops its descendants and moves no tag; every other
+image carries on. Every run writes a report (JSON and text) under
+STATE_DIR/ci/reports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import docker
+from traitlets import Bool, Int
+from traitlets.config import Configurable
+
+from hubstack.ci.imagetest import run_image_tests
+from hubstack.ci.plan import Plan, make_plan
+from hubstack.config import PlatformConfig
+from hubstack.images.graph import ImageGraph
+
+# Build logs are kept in the report up to this many characters (the tail: where errors are).
+LOG_TAIL = 20_000
+
+
+def commit_tag(sha: str) -> str:
+    """The tag every image built from commit SHA gets (12 hex digits, like git's short ids)."""
+    return sha[:12]
+
+
+def reports_dir(cfg: PlatformConfig) -> Path:
+    return cfg.state_dir / "ci" / "reports"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class ImageOutcome:
+    name: str
+    reason: str
+    status: str = "pending"
+    """ok | failed | skipped | pending"""
+    stage: str = ""
+    """Where it stopped when not ok: parent | build | test | push."""
+    error: str = ""
+    ref: str = ""
+    image_id: str = ""
+    tags_pushed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    build_log: str = ""
+    test_output: str = ""
+
+
+@dataclass
+class BuildReport:
+    run_id: str
+    since: str
+    head: str
+    tag: str
+    push: bool
+    started: str
+    finished: str = ""
+    images: list[ImageOutcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(i.status == "ok" for i in self.images)
+
+    @property
+    def failed(self) -> list[ImageOutcome]:
+        return [i for i in self.images if i.status == "failed"]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+    def format_text(self) -> str:
+        lines = [
+            f"hubstack ci build {self.run_id}: {'OK' if self.ok else 'FAILED'}",
+            f"changes {self.since[:12]}..{self.head[:12]}, images tagged {self.tag}"
+            + (", pushed" if self.push else ", not pushed"),
+            f"started {self.started}, finished {self.finished}",
+        ]
+        if not self.images:
+            lines.append("no image needed rebuilding")
+        width = max([len(i.name) for i in self.images] + [4])
+        for i in self.images:
+            line = f"  {i.name.ljust(width)}  {i.status.upper():7}  {i.seconds:6.1f}s  {i.reason}"
+            if i.status != "ok":
+                line += f"\n  {' ' * width}  -> {i.stage + ': ' if i.stage else ''}{i.error}"
+            lines.append(line)
+        return "\n".join(lines)
+
+    def write(self, folder: Path) -> tuple[Path, Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        js, txt = folder / f"{self.run_id}.json", folder / f"{self.run_id}.txt"
+        js.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        txt.write_text(self.format_text() + "\n")
+        return js, txt
+
+
+class StageFailed(Exception):
+    def __init__(self, stage: str, error: str):
+        super().__init__(f"{stage}: {error}")
+        self.stage, self.error = stage, error
+
+
+class Rebuilder(Configurable):
+    """Runs a change plan: build, test, tag and push each image, parents first."""
+
+    push = Bool(False, help="Push NAME:<commit> and move NAME:latest in the registry when an image's tests pass.").tag(config=True)
+    concurrency = Int(0, help="Images built at once (independent branches only); 0: the platform config's ci.concurrency.").tag(config=True)
+    run_tests = Bool(True, help="Run each image's test_image.py against the fresh image before tagging.").tag(config=True)
+
+    def __init__(self, cfg: PlatformConfig, client: docker.DockerClient, out: Callable[[str], None] = print, **kw):
+        super().__init__(**kw)
+        self.cfg, self.client, self.out = cfg, client, out
+        self._lock = threading.Lock()
+
+    # -- one image ---------------------------------------------------------
+    def _builder(self):
+        from hubstack.images.build import ImageBuilder  # the images area owns building
+
+        return ImageBuilder(self.cfg, self.client)
+
+    def _auth(self) -> dict | None:
+        from hubstack.registry import auth_config
+
+        return auth_config(self.cfg)
+
+    def _push(self, name: str, tag: str) -> None:
+        repo = self.cfg.image_repository(name)
+        for chunk in self.client.api.push(repo, tag=tag, auth_config=self._auth(), stream=True, decode=True):
+            if "error" in chunk:
+                raise StageFailed("push", f"{repo}:{tag}: {chunk['error']}")
+
+    def _alias_parent(self, name: str, tag: str) -> bool:
+        """Give an unchanged parent the commit tag locally, so its children build FROM it.
+
+        False when it has no `latest` anywhere (a fresh engine and registry): it must be built.
+        """
+        want = self.cfg.image_ref(name, tag)
+        latest = self.cfg.image_ref(name, self.cfg.images.tag)
+        try:
+            self.client.images.get(want)
+            return True
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            img = self.client.images.get(latest)
+        except docker.errors.ImageNotFound:
+            try:
+                img = self.client.images.pull(self.cfg.image_repository(name), tag=self.cfg.images.tag, auth_config=self._auth())
+            except docker.errors.NotFound:
+                return False
+            except docker.errors.APIError as e:
+                raise StageFailed(
+                    "parent",
+                    f"unchanged parent {latest} is neither in the engine nor pullable ({e.explanation or e}); "
+                    f"build it first (hubstack images build {name}) or give an older --since",
+                ) from None
+        img.tag(self.cfg.image_repository(name), tag)
+        if self.push:
+            # The commit tag then names the whole lineage in the registry, so promoting it moves
+            # every image of that lineage together (a manifest-only push: the layers are there).
+            self._push(name, tag)
+        return True
+
+    def _one(self, outcome: ImageOutcome, graph: ImageGraph, tag: str) -> None:
+        name = outcome.name
+        started = time.monotonic()
+        stage = "build"
+        try:
+            self.out(f"[ci] {name}: building ({outcome.reason})")
+            result = self._builder().build(name, tag=tag)
+            outcome.ref = result.ref
+            outcome.image_id = result.image_id or ""
+            log = result.log or ""
+            outcome.build_log = (log if isinstance(log, str) else "\n".join(map(str, log)))[-LOG_TAIL:]
+            if not result.ok:
+                raise StageFailed("build", str(result.error or "build failed"))
+            if self.run_tests:
+                stage = "test"
+                self.out(f"[ci] {name}: testing {result.ref}")
+                passed, output = run_image_tests(graph.images[name].path, result.ref)
+                outcome.test_output = output[-LOG_TAIL:]
+                if not passed:
+                    last = [ln for ln in output.splitlines() if ln.strip()][-1:] or ["tests failed"]
+                    raise StageFailed("test", f"image tests failed: {last[0]}")
+            if self.push:
+                stage = "push"
+                self._push(name, tag)
+                outcome.tags_pushed.append(tag)
+                # Only now, with the tests passed and the commit tag in the registry, does latest move.
+                self.client.images.get(result.ref).tag(self.cfg.image_repository(name), self.cfg.images.tag)
+                self._push(name, self.cfg.images.tag)
+                outcome.tags_pushed.append(self.cfg.images.tag)
+            outcome.status = "ok"
+            self.out(f"[ci] {name}: ok" + (f" (pushed {', '.join(outcome.tags_pushed)})" if self.push else ""))
+        except StageFailed as e:
+            outcome.status, outcome.stage, outcome.error = "failed", e.stage, e.error
+        except Exception as e:  # noqa: BLE001 - one image's surprise must not stop its siblings
+            outcome.status, outcome.stage, outcome.error = "failed", stage, f"{type(e).__name__}: {e}"
+        finally:
+            outcome.seconds = round(time.monotonic() - started, 2)
+            if outcome.status == "failed":
+                self.out(f"[ci] {name}: FAILED at {outcome.stage}: {outcome.error}")
+
+    # -- the plan ----------------------------------------------------------
+    def run_plan(self, plan: Plan, graph: ImageGraph | None = None) -> BuildReport:
+        graph = graph or ImageGraph.from_config(self.cfg)
+        tag = commit_tag(plan.head)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        report = BuildReport(run_id=f"{stamp}-{tag}", since=plan.since, head=plan.head, tag=tag,
+                             push=self.push, started=_now())
+        outcomes = {i.name: ImageOutcome(i.name, i.reason) for i in plan.items}
+        report.images = list(outcomes.values())
+        in_plan = set(outcomes)
+
+        def fail_descendants(name: str) -> None:
+            for d in graph.descendants([name]):
+                o = outcomes.get(d)
+                if o and o.status == "pending":
+                    o.status, o.stage, o.error = "skipped", "", f"parent {name} failed"
+                    self.out(f"[ci] {d}: skipped (parent {name} failed)")
+
+        # Ancestors outside the plan are used as they are: their latest, tagged with this commit
+        # (so the commit tag names the whole lineage of every image it built).
+        outside = graph.order({a for n in in_plan for a in graph.ancestors(n) if a not in in_plan})
+        for p in outside:
+            try:
+                if not self._alias_parent(p, tag):
+                    # Nothing to build FROM (a fresh engine and registry, as in hosted CI): build it too.
+                    outcomes[p] = ImageOutcome(p, f"needed by {', '.join(graph.children(p))}, and no "
+                                                  f"{self.cfg.images.tag} of it in the engine or registry")
+                    in_plan.add(p)
+                    self.out(f"[ci] {p}: added to the plan ({outcomes[p].reason})")
+            except StageFailed as e:
+                for n in graph.order(in_plan):
+                    if p in graph.ancestors(n) and outcomes[n].status == "pending":
+                        outcomes[n].status, outcomes[n].stage, outcomes[n].error = "failed", e.stage, e.error
+                        self.out(f"[ci] {n}: FAILED at {e.stage}: {e.error}")
+                        fail_descendants(n)
+
+        report.images = [outcomes[n] for n in graph.order(in_plan)]
+        workers = self.concurrency or self.cfg.ci.concurrency
+        running: dict[Future, str] = {}
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ci-build") as pool:
+            while True:
+                for name in graph.order(in_plan):
+                    o = outcomes[name]
+                    if o.status != "pending" or name in running.values():
+                        continue
+                    if all(outcomes[p].status == "ok" for p in graph.images[name].parents if p in in_plan):
+                        running[pool.submit(self._one, o, graph, tag)] = name
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    name = running.pop(fut)
+                    if outcomes[name].status != "ok":
+                        fail_descendants(name)
+        report.finished = _now()
+        return report
+
+    def run(self, since: str, head: str = "HEAD") -> BuildReport:
+        return self.run_plan(make_plan(self.cfg, since, head))
+
+
+def write_report(cfg: PlatformConfig, report: BuildReport) -> tuple[Path, Path]:
+    return report.write(reports_dir(cfg))

@@ -1,0 +1,413 @@
+"""Self-hosted builder: GitHub/Gitea push webhooks in, `hubstack ci build --push` out.
+
+* ``POST /hook`` takes a push event. The body must carry a valid HMAC-SHA256
+  signature made with the secret in ``ci.webhook_secret_file`` (GitHub:
+  ``X-Hub-Signature-256: sha256=<hex>``; Gitea: ``X-Gitea-Signature: <hex>``),
+  else 401 and nothing happens. A malformed body, or one over ``ci.max_body_bytes``,
+  gets 400. Pushes to branches not in ``ci.branches`` are acknowledged and ignored.
+* One worker builds one push at a time, in a clone of the configured repository
+  checked out at the pushed commit. Pushes arriving while a build runs coalesce
+  into a single queued build of the newest commit (covering all their changes).
+* ``GET /`` is a status page; ``GET /api/builds`` and ``GET /api/builds/ID`` list
+  builds with per-image results (and, for one build, the logs). History lives in
+  STATE_DIR/ci/builds.json, so it survives a restart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import html
+import json
+import os
+import re
+import secrets
+import subprocess
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import parse_qs
+
+import tornado.web
+from tornado.httpserver import HTTPServer
+from traitlets import Bool, Unicode
+from traitlets.config import Configurable
+
+from hubstack.ci.plan import make_plan
+from hubstack.ci.rebuild import BuildReport, Rebuilder, write_report
+from hubstack.config import PlatformConfig
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+_ZERO = "0" * 40
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The webhook secret; generated (mode 0600) on first use, never printed."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    secret = path.read_text().strip()
+    if not secret:
+        raise ValueError(f"webhook secret file {path} is empty")
+    return secret.encode()
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def signature_valid(headers, body: bytes, secret: bytes) -> bool:
+    """True when the GitHub (sha256=<hex>) or Gitea (<hex>) signature header matches BODY."""
+    expected = sign(secret, body)
+    github = headers.get("X-Hub-Signature-256", "")
+    if github.startswith("sha256=") and hmac.compare_digest(github[len("sha256="):].lower(), expected):
+        return True
+    gitea = headers.get("X-Gitea-Signature", "")
+    return bool(gitea) and hmac.compare_digest(gitea.strip().lower(), expected)
+
+
+class BadPush(ValueError):
+    """A push event whose body cannot be used; the message says why."""
+
+
+@dataclass
+class PushEvent:
+    branch: str
+    after: str
+    before: str
+    provider: str
+
+
+def parse_push(body: bytes, content_type: str, provider: str) -> PushEvent | None:
+    """The push's branch and commits; None for a branch deletion. Raises BadPush when malformed."""
+    raw = body
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        form = parse_qs(body.decode("utf-8", "replace"))
+        if "payload" not in form:
+            raise BadPush("form body without a payload field")
+        raw = form["payload"][0].encode()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadPush(f"body is not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise BadPush("body must be a JSON object")
+    ref, after, before = data.get("ref"), data.get("after"), data.get("before") or _ZERO
+    if not isinstance(ref, str) or not ref.startswith("refs/"):
+        raise BadPush("push event without a ref such as refs/heads/main")
+    if not isinstance(after, str) or not _SHA.match(after):
+        raise BadPush("push event without an 'after' commit id (40 hex digits)")
+    if not isinstance(before, str) or not _SHA.match(before):
+        raise BadPush("'before' must be a commit id (40 hex digits)")
+    if after == _ZERO or data.get("deleted"):
+        return None
+    branch = ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else ref
+    return PushEvent(branch=branch, after=after, before=before, provider=provider)
+
+
+@dataclass
+class BuildRecord:
+    id: str
+    branch: str
+    sha: str
+    since: str
+    provider: str
+    status: str = "queued"
+    """queued | running | ok | failed | error | interrupted"""
+    received: str = ""
+    started: str = ""
+    finished: str = ""
+    pushes: list[str] = field(default_factory=list)
+    """Every pushed commit this build covers (more than one when pushes coalesced)."""
+    error: str = ""
+    report: str = ""
+    images: list[dict] = field(default_factory=list)
+
+
+class BuildHistory:
+    """Builds, newest last, kept in one JSON file rewritten atomically on every change."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.records: list[BuildRecord] = []
+        if self.path.exists():
+            for d in json.loads(self.path.read_text() or "[]"):
+                rec = BuildRecord(**d)
+                if rec.status in ("queued", "running"):
+                    rec.status, rec.error = "interrupted", "the builder stopped before this build finished"
+                self.records.append(rec)
+
+    def save(self) -> None:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps([asdict(r) for r in self.records], indent=1))
+            tmp.replace(self.path)
+
+    def add(self, rec: BuildRecord) -> None:
+        with self._lock:
+            self.records.append(rec)
+        self.save()
+
+    def get(self, build_id: str) -> BuildRecord | None:
+        return next((r for r in self.records if r.id == build_id), None)
+
+
+class Checkout:
+    """A clone of the configured repository, moved to whichever commit is to be built."""
+
+    def __init__(self, repository: str, path: Path):
+        self.repository, self.path = repository, Path(path)
+
+    def _git(self, *args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(self.path), *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"git {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def at(self, sha: str) -> Path:
+        if not (self.path / ".git").exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            proc = subprocess.run(["git", "clone", "--quiet", "--no-checkout", self.repository, str(self.path)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"cannot clone {self.repository}: {proc.stderr.strip()}")
+        self._git("fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/remotes/origin/*")
+        if subprocess.run(["git", "-C", str(self.path), "cat-file", "-e", f"{sha}^{{commit}}"]).returncode != 0:
+            self._git("fetch", "--quiet", "origin", sha)  # a commit no branch holds any more
+        self._git("checkout", "--quiet", "--force", "--detach", sha)
+        self._git("clean", "-ffdxq")
+        return self.path
+
+    def has(self, sha: str) -> bool:
+        return subprocess.run(["git", "-C", str(self.path), "cat-file", "-e", f"{sha}^{{commit}}"],
+                              capture_output=True).returncode == 0
+
+
+class WebhookBuilder(Configurable):
+    """Queue and worker: one build at a time, pushes during a build coalesce to the newest."""
+
+    repository = Unicode("", help="Git URL or path the builder clones; default: the platform's source_dir.").tag(config=True)
+    push = Bool(True, help="Push tested images and move latest (as `ci build --push`).").tag(config=True)
+
+    def __init__(self, cfg: PlatformConfig, client, run_build: Callable[[BuildRecord, Path], BuildReport] | None = None, **kw):
+        super().__init__(**kw)
+        self.cfg, self.client = cfg, client
+        self.state = cfg.state_dir / "ci"
+        self.secret = load_or_create_secret(cfg.webhook_secret_file)
+        self.history = BuildHistory(self.state / "builds.json")
+        self.checkout = Checkout(self.repository or str(cfg.source_root), self.state / "checkout")
+        self._run_build = run_build or self._default_build
+        self._cond = threading.Condition()
+        self._pending: dict[str, BuildRecord] = {}  # branch -> its one queued build, oldest first
+        self._stopping = False
+        self._worker = threading.Thread(target=self._work, name="ci-webhook-worker", daemon=True)
+        self.history.save()
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+
+    def submit(self, push: PushEvent) -> tuple[BuildRecord, bool]:
+        """Queue a build of PUSH; returns (record, coalesced into an already queued build)."""
+        with self._cond:
+            pending = self._pending.get(push.branch)
+            if pending is not None:
+                # Still waiting: build the newest commit, over the changes of every push since.
+                pending.sha = push.after
+                pending.pushes.append(push.after)
+                self.history.save()
+                return pending, True
+            rec = BuildRecord(
+                id=f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
+                branch=push.branch, sha=push.after, since=push.before, provider=push.provider,
+                received=_now(), pushes=[push.after],
+            )
+            self.history.add(rec)
+            self._pending[push.branch] = rec
+            self._cond.notify_all()
+            return rec, False
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                rec = self._pending.pop(next(iter(self._pending)))
+                rec.status, rec.started = "running", _now()
+            self.history.save()
+            try:
+                report = self._run_build(rec, self.checkout.path)
+                rec.report = report.run_id
+                rec.images = [{k: v for k, v in asdict(i).items() if k not in ("build_log", "test_output")}
+                              for i in report.images]
+                rec.status = "ok" if report.ok else "failed"
+            except Exception as e:  # noqa: BLE001 - a broken build must not stop the builder
+                rec.status, rec.error = "error", f"{type(e).__name__}: {e}"
+            rec.finished = _now()
+            self.history.save()
+
+    def _default_build(self, rec: BuildRecord, _: Path) -> BuildReport:
+        source = self.checkout.at(rec.sha)
+        cfg = self.cfg.model_copy(update={"source_dir": source})
+        # Compare with the last commit built green on this branch, so what a failed build left
+        # out is retried; the push's own `before` when there is none.
+        last_ok = next((r for r in reversed(self.history.records)
+                        if r.branch == rec.branch and r.status == "ok" and r.id != rec.id), None)
+        since = last_ok.sha if last_ok else rec.since
+        since = since if since != _ZERO and self.checkout.has(since) else None
+        plan = make_plan(cfg, since, rec.sha)
+        report = Rebuilder(cfg, self.client, push=self.push, out=lambda line: None).run_plan(plan)
+        write_report(self.cfg, report)
+        return report
+
+    def report_path(self, rec: BuildRecord) -> Path | None:
+        if not rec.report:
+            return None
+        p = self.state / "reports" / f"{rec.report}.json"
+        return p if p.exists() else None
+
+
+class _Base(tornado.web.RequestHandler):
+    def initialize(self, builder: WebhookBuilder):
+        self.builder = builder
+
+    def write_json(self, data, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data, indent=1))
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        reason = self._reason
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+            reason = exc.log_message
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": reason}))
+
+
+@tornado.web.stream_request_body
+class HookHandler(_Base):
+    """POST /hook: one push event, signed."""
+
+    def prepare(self):
+        self._chunks: list[bytes] = []
+        self._size = 0
+        limit = self.builder.cfg.ci.max_body_bytes
+        length = self.request.headers.get("Content-Length")
+        if self.request.method == "POST" and length is not None:
+            if not length.isdigit():
+                raise tornado.web.HTTPError(400, "Content-Length is not a number")
+            if int(length) > limit:
+                raise tornado.web.HTTPError(400, f"body of {length} bytes is over the limit of {limit} (ci.max_body_bytes)")
+
+    def data_received(self, chunk: bytes):
+        self._size += len(chunk)
+        if self._size > self.builder.cfg.ci.max_body_bytes:
+            raise tornado.web.HTTPError(400, f"body over the limit of {self.builder.cfg.ci.max_body_bytes} bytes (ci.max_body_bytes)")
+        self._chunks.append(chunk)
+
+    def post(self):
+        body = b"".join(self._chunks)
+        headers = self.request.headers
+        if not signature_valid(headers, body, self.builder.secret):
+            raise tornado.web.HTTPError(401, "missing or bad signature (X-Hub-Signature-256 or X-Gitea-Signature)")
+        provider = "gitea" if "X-Gitea-Event" in headers else "github"
+        event = headers.get("X-Gitea-Event") or headers.get("X-GitHub-Event") or ""
+        if event == "ping":
+            return self.write_json({"status": "pong"})
+        if event != "push":
+            return self.write_json({"status": "ignored", "reason": f"event {event or '(none)'!r} is not a push"}, 202)
+        try:
+            push = parse_push(body, headers.get("Content-Type", "application/json"), provider)
+        except BadPush as e:
+            raise tornado.web.HTTPError(400, f"malformed push event: {e}") from None
+        if push is None:
+            return self.write_json({"status": "ignored", "reason": "branch deleted"}, 202)
+        if push.branch not in self.builder.cfg.ci.branches:
+            return self.write_json({"status": "ignored",
+                                    "reason": f"branch {push.branch!r} is not one of ci.branches {self.builder.cfg.ci.branches}"}, 202)
+        rec, coalesced = self.builder.submit(push)
+        self.write_json({"status": "coalesced" if coalesced else "queued", "build": rec.id, "sha": rec.sha}, 202)
+
+
+class BuildsHandler(_Base):
+    def get(self):
+        self.write_json({"builds": [asdict(r) for r in reversed(self.builder.history.records)]})
+
+
+class BuildHandler(_Base):
+    def get(self, build_id: str):
+        rec = self.builder.history.get(build_id)
+        if rec is None:
+            raise tornado.web.HTTPError(404, f"no build {build_id!r}")
+        data = asdict(rec)
+        path = self.builder.report_path(rec)
+        if path:
+            data["images"] = json.loads(path.read_text())["images"]  # with build logs and test output
+        self.write_json(data)
+
+
+class StatusPage(_Base):
+    def get(self):
+        rows = []
+        for r in reversed(self.builder.history.records):
+            imgs = ", ".join(f"{i['name']}: {i['status']}" for i in r.images) or r.error
+            rows.append(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+                    r.id, r.branch, r.sha[:12], r.status, r.started or r.received, r.finished, imgs)) +
+                f'<td><a href="api/builds/{html.escape(r.id)}">details</a></td></tr>'
+            )
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(
+            "<!doctype html><title>hubstack CI</title><h1>hubstack CI builds</h1>"
+            "<table border=1 cellpadding=4><tr><th>build</th><th>branch</th><th>commit</th><th>status</th>"
+            "<th>started</th><th>finished</th><th>images</th><th></th></tr>" + "".join(rows) + "</table>"
+        )
+
+
+class HealthHandler(_Base):
+    def get(self):
+        self.write_json({"status": "ok"})
+
+
+def make_app(builder: WebhookBuilder) -> tornado.web.Application:
+    args = {"builder": builder}
+    return tornado.web.Application([
+        (r"/hook", HookHandler, args),
+        (r"/api/builds", BuildsHandler, args),
+        (r"/api/builds/([^/]+)", BuildHandler, args),
+        (r"/health", HealthHandler, args),
+        (r"/", StatusPage, args),
+    ])
+
+
+def make_server(builder: WebhookBuilder) -> HTTPServer:
+    # The handler answers oversized bodies with a clear 400; the server's own cap is only a backstop.
+    return HTTPServer(make_app(builder), max_body_size=builder.cfg.ci.max_body_bytes * 2 + 65536)
+
+
+def listen(builder: WebhookBuilder, host: str, port: int) -> HTTPServer:
+    """Start the HTTP server on the current IOLoop."""
+    server = make_server(builder)
+    server.listen(port, address=host)
+    return server

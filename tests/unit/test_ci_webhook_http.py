@@ -1,0 +1,115 @@
+"""The webhook builder's HTTP side, on a real tornado server and real HTTP requests.
+
+Nothing here reaches a build: every request below is refused or ignored, and the
+tests check that the history stays empty. Builds are in tests/integration/test_ci_webhook_builds.py.
+"""
+
+import json
+import stat
+
+import pytest
+import requests
+from tests.ci_support import WebhookServer, gitea_headers, github_headers, make_repo, push_payload, tiny_config
+
+from hubstack.ci.webhook import WebhookBuilder, load_or_create_secret
+from hubstack.config import parse_config
+
+SHA = "a" * 40
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    base = tiny_config(parse_config({}), repo, tmp_path / "state")
+    return base.model_copy(update={"ci": base.ci.model_copy(update={"max_body_bytes": 4096, "branches": ["main"]})})
+
+
+@pytest.fixture
+def server(cfg):
+    with WebhookServer(WebhookBuilder(cfg, client=None)) as srv:
+        yield srv
+
+
+def builds(server):
+    return requests.get(server.url + "/api/builds", timeout=10).json()["builds"]
+
+
+def test_secret_is_generated_private_and_reused(cfg):
+    s1 = load_or_create_secret(cfg.webhook_secret_file)
+    assert stat.S_IMODE(cfg.webhook_secret_file.stat().st_mode) == 0o600
+    assert len(s1) >= 32 and load_or_create_secret(cfg.webhook_secret_file) == s1
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-GitHub-Event": "push"},
+    {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64},
+    {"X-GitHub-Event": "push", "X-Hub-Signature-256": "0" * 64},
+    {"X-Gitea-Event": "push", "X-Gitea-Signature": "f" * 64},
+], ids=["unsigned", "github-wrong", "github-no-prefix", "gitea-wrong"])
+def test_bad_signature_is_401_and_builds_nothing(server, headers):
+    r = requests.post(server.url + "/hook", data=push_payload(SHA), headers=headers, timeout=10)
+    assert r.status_code == 401
+    assert "signature" in r.json()["error"]
+    assert builds(server) == []
+
+
+def test_signature_of_another_body_is_401(server):
+    secret = server.builder.secret
+    headers = github_headers(secret, push_payload("b" * 40))
+    r = requests.post(server.url + "/hook", data=push_payload(SHA), headers=headers, timeout=10)
+    assert r.status_code == 401 and builds(server) == []
+
+
+@pytest.mark.parametrize("body, problem", [
+    (b"{not json", "not JSON"),
+    (b"[1, 2]", "JSON object"),
+    (json.dumps({"ref": "refs/heads/main", "after": "xyz"}).encode(), "'after' commit id"),
+    (json.dumps({"after": SHA}).encode(), "without a ref"),
+])
+def test_malformed_push_is_400(server, body, problem):
+    r = requests.post(server.url + "/hook", data=body, headers=github_headers(server.builder.secret, body), timeout=10)
+    assert r.status_code == 400
+    assert problem in r.json()["error"]
+    assert builds(server) == []
+
+
+def test_oversized_body_is_400(server, cfg):
+    body = b'{"pad": "' + b"x" * (cfg.ci.max_body_bytes + 10) + b'"}'
+    r = requests.post(server.url + "/hook", data=body, headers=github_headers(server.builder.secret, body), timeout=10)
+    assert r.status_code == 400
+    assert "over the limit" in r.json()["error"]
+    assert builds(server) == []
+
+
+def test_other_branches_and_events_are_ignored(server):
+    secret = server.builder.secret
+    body = push_payload(SHA, branch="feature")
+    r = requests.post(server.url + "/hook", data=body, headers=github_headers(secret, body), timeout=10)
+    assert r.status_code == 202 and r.json()["status"] == "ignored" and "feature" in r.json()["reason"]
+    body = push_payload(SHA, branch="feature")
+    r = requests.post(server.url + "/hook", data=body, headers=gitea_headers(secret, body), timeout=10)
+    assert r.json()["status"] == "ignored"
+    r = requests.post(server.url + "/hook", data=b"{}", headers=github_headers(secret, b"{}", event="ping"), timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "pong"
+    r = requests.post(server.url + "/hook", data=b"{}", headers=github_headers(secret, b"{}", event="issues"), timeout=10)
+    assert r.json()["status"] == "ignored"
+    assert builds(server) == []
+    assert requests.get(server.url + "/", timeout=10).status_code == 200
+
+
+def test_history_survives_a_restart(cfg):
+    # The worker is never started, so the build stays queued; a restart marks it interrupted.
+    builder = WebhookBuilder(cfg, client=None)
+    from hubstack.ci.webhook import PushEvent
+
+    rec, coalesced = builder.submit(PushEvent("main", SHA, "0" * 40, "github"))
+    again, coalesced_again = builder.submit(PushEvent("main", "c" * 40, SHA, "github"))
+    assert not coalesced and coalesced_again and again.id == rec.id and again.sha == "c" * 40
+    with WebhookServer(WebhookBuilder(cfg, client=None)) as srv:
+        listed = builds(srv)
+        assert [(b["id"], b["sha"], b["status"], b["pushes"]) for b in listed] == [
+            (rec.id, "c" * 40, "interrupted", [SHA, "c" * 40])
+        ]
+        detail = requests.get(f"{srv.url}/api/builds/{rec.id}", timeout=10).json()
+        assert detail["sha"] == "c" * 40
+        assert requests.get(f"{srv.url}/api/builds/nope", timeout=10).status_code == 404
