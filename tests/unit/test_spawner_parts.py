@@ -61,3 +61,20 @@ def test_hub_sees_container_paths_and_compose_gets_host_paths(tmp_path):
     env = compose_env(cfg)
     assert env["HUBSTACK_HUB_PORT"] == "8123" and env["HUBSTACK_NETWORK"] == "hn"
     assert env["HUBSTACK_HOME_ROOT"] == str(tmp_path / "home")
+
+
+def test_a_blocked_docker_call_does_not_hold_up_another():
+    """Stock DockerSpawner's single thread would run the second call only after the first."""
+    import threading
+
+    from hubstack.hub.spawner import HubstackSpawner
+
+    release = threading.Event()
+    pool = HubstackSpawner().executor
+    slow = pool.submit(release.wait, 30)  # stands in for a slow pull
+    try:
+        assert pool.submit(lambda: "created").result(timeout=10) == "created"
+        assert not slow.done()
+    finally:
+        release.set()
+    assert slow.result(timeout=10)
