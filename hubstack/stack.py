@@ -160,6 +160,25 @@ def build_images(cfg: PlatformConfig, client) -> None:
         raise CommandError("image build failed: " + "; ".join(f"{r.name}: {r.error}" for r in failed))
 
 
+def ensure_registry_image(cfg: PlatformConfig, client) -> None:
+    """The registry server image must be in the engine (nothing can be pulled offline)."""
+    import docker
+
+    try:
+        client.images.get(cfg.registry.image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    try:  # the images issue's offline bootstrap, once merged
+        from hubstack.registry import ensure_registry_image as bootstrap  # type: ignore
+    except ImportError:
+        raise CommandError(
+            f"registry image {cfg.registry.image} is not in the engine; build it (`hubstack images build`) "
+            "or set registry.image"
+        ) from None
+    bootstrap(cfg, client)
+
+
 def push_images(cfg: PlatformConfig, client, names: list[str]) -> None:
     from hubstack.hub.spawner import registry_auth
 
@@ -215,6 +234,7 @@ def up(cfg: PlatformConfig, args) -> int:
     names = local_images(cfg, client)
     if cfg.hub.image not in names:
         raise CommandError(f"image {cfg.image_ref(cfg.hub.image)} does not exist; run without --no-build")
+    ensure_registry_image(cfg, client)
     compose(cfg, "up", "-d", "--wait", "registry")
     push_images(cfg, client, names)
     compose(cfg, "up", "-d", "--wait")
