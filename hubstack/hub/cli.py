@@ -1,0 +1,149 @@
+"""`hubstack users ...`: manage the hub's users file (add, remove, passwd, list)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import secrets
+import sys
+
+from hubstack.config import PlatformConfig
+from hubstack.errors import CommandError
+from hubstack.hub.users import PasswordHashError, UsersFileError, check_hash, users_file_for
+
+INITIAL_ADMIN = "admin"
+
+
+def _gid_list(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"groups must be comma-separated numeric GIDs, not {part!r}") from None
+    return out
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+        if not password:
+            raise CommandError("no password on standard input (expected it on the first line)")
+        return password
+    try:
+        password = getpass.getpass("Password: ")
+        again = getpass.getpass("Password (again): ")
+    except EOFError:
+        raise CommandError("no password given; type it at the prompt or use --password-stdin") from None
+    if password != again:
+        raise CommandError("passwords do not match; nothing changed")
+    if not password:
+        raise CommandError("password must not be empty; nothing changed")
+    return password
+
+
+def _change(action):
+    """Run a users-file change; its refusal becomes one clear CLI error."""
+    try:
+        return action()
+    except UsersFileError as e:
+        raise CommandError(f"{e}; nothing changed") from None
+
+
+def cmd_add(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    users = users_file_for(cfg)
+    password = _read_password(args)
+    rec = _change(lambda: users.add(args.name, uid=args.uid, gid=args.gid, groups=args.groups or [],
+                                    admin=args.admin, password=password))
+    print(f"added user {rec.name} (uid {rec.uid}, gid {rec.gid}{', admin' if rec.admin else ''})")
+    return 0
+
+
+def cmd_remove(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    _change(lambda: users_file_for(cfg).remove(args.name))
+    print(f"removed user {args.name} (their home folder is kept)")
+    return 0
+
+
+def cmd_passwd(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    users = users_file_for(cfg)
+    # Check first so nobody types a password for a user that doesn't exist.
+    if _change(lambda: users.get(args.name)) is None:
+        raise CommandError(f"{users.path}: no user {args.name!r}; nothing changed")
+    password = _read_password(args)
+    _change(lambda: users.set_password(args.name, password))
+    print(f"password changed for {args.name}")
+    return 0
+
+
+def cmd_list(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    try:
+        records = users_file_for(cfg).load()
+    except UsersFileError as e:
+        raise CommandError(str(e)) from None
+    if not records:
+        print("no users (the first `hubstack up` creates an admin)")
+        return 0
+    print(f"{'NAME':16} {'UID':>6} {'GID':>6} {'ADMIN':5}  GROUPS")
+    for rec in sorted(records.values(), key=lambda r: r.name):
+        note = ""
+        try:
+            check_hash(rec.password_hash)
+        except PasswordHashError as e:
+            note = f"  (cannot log in: {e})"
+        groups = ",".join(map(str, rec.groups)) or "-"
+        print(f"{rec.name:16} {rec.uid:>6} {rec.gid:>6} {'yes' if rec.admin else 'no':5}  {groups}{note}")
+    return 0
+
+
+def ensure_initial_admin(cfg: PlatformConfig) -> tuple[str, str] | None:
+    """Create the first admin when the users file has no users.
+
+    Returns (name, password) so the caller can show the password once; None when
+    users already exist. Prints nothing itself (the password must not reach logs
+    the caller does not control).
+    """
+    users = users_file_for(cfg)
+    if users.load():
+        return None
+    password = secrets.token_urlsafe(12)
+    try:
+        users.add(INITIAL_ADMIN, uid=cfg.hub.min_uid, gid=cfg.hub.min_uid, admin=True, password=password)
+    except UsersFileError as e:
+        if users.load():  # someone else created users meanwhile
+            return None
+        raise CommandError(f"cannot create the initial admin: {e}") from None
+    return INITIAL_ADMIN, password
+
+
+def register(subparsers) -> None:
+    users = subparsers.add_parser("users", help="manage hub users (the users file)")
+    sub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+
+    add = sub.add_parser("add", help="add a user with a POSIX identity")
+    add.add_argument("name", help="POSIX user name (lowercase, max 32 characters)")
+    add.add_argument("--uid", type=int, required=True, help="user id (>= hub.min_uid)")
+    add.add_argument("--gid", type=int, required=True, help="primary group id (>= hub.min_uid)")
+    add.add_argument("--groups", type=_gid_list, default=[], metavar="GID,...",
+                     help="supplementary group ids, comma-separated")
+    add.add_argument("--admin", action="store_true", help="make the user a hub admin")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of standard input")
+    add.set_defaults(func=cmd_add)
+
+    rm = sub.add_parser("remove", help="remove a user (their home folder is kept)")
+    rm.add_argument("name")
+    rm.set_defaults(func=cmd_remove)
+
+    pw = sub.add_parser("passwd", help="set a user's password")
+    pw.add_argument("name")
+    pw.add_argument("--password-stdin", action="store_true",
+                    help="read the password from the first line of standard input")
+    pw.set_defaults(func=cmd_passwd)
+
+    ls = sub.add_parser("list", help="list users")
+    ls.set_defaults(func=cmd_list)
