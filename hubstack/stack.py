@@ -8,7 +8,6 @@ by render_env) lets plain `docker compose -f compose/compose.yaml up -d` work af
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import subprocess
@@ -16,7 +15,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import warnings
 from pathlib import Path
 
 import yaml
@@ -46,33 +44,15 @@ def _write_secret(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _htpasswd_line(username: str, password: str) -> str:
-    with warnings.catch_warnings():  # crypt is the stdlib's bcrypt until 3.13
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt
-
-    return f"{username}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
-
-
-def ensure_registry_credentials(cfg: PlatformConfig) -> dict:
-    """The registry's {username, password} (made on first run) and its htpasswd file."""
-    path = cfg.registry_credentials_file
-    if not path.exists():
-        _write_secret(path, json.dumps({"username": cfg.registry.username, "password": secrets.token_urlsafe(24)}))
-    creds = json.loads(path.read_text())
-    htpasswd = cfg.secrets_dir / "registry.htpasswd"
-    if not htpasswd.exists():
-        _write_secret(htpasswd, _htpasswd_line(creds["username"], creds["password"]))
-    return creds
-
-
 def ensure_secrets(cfg: PlatformConfig) -> None:
     """Cookie secret, proxy token, crypt key and registry credentials: made once, mode 0600."""
     for name in ("jupyterhub-cookie-secret", "proxy-token", "jupyterhub-crypt-key"):
         path = cfg.secrets_dir / name
         if not path.exists():
             _write_secret(path, secrets.token_hex(32) + "\n")
-    ensure_registry_credentials(cfg)
+    from hubstack.registry import htpasswd_file
+
+    htpasswd_file(cfg)  # registry credentials and their htpasswd (the images issue's module)
 
 
 # --- compose -------------------------------------------------------------------------
@@ -161,21 +141,9 @@ def build_images(cfg: PlatformConfig, client) -> None:
 
 
 def ensure_registry_image(cfg: PlatformConfig, client) -> None:
-    """The registry server image must be in the engine (nothing can be pulled offline)."""
-    import docker
+    """Base and registry images present: pulled, else built offline (hubstack.images.bootstrap)."""
+    from hubstack.images.bootstrap import bootstrap
 
-    try:
-        client.images.get(cfg.registry.image)
-        return
-    except docker.errors.ImageNotFound:
-        pass
-    try:  # the images issue's offline bootstrap, once merged
-        from hubstack.registry import ensure_registry_image as bootstrap  # type: ignore
-    except ImportError:
-        raise CommandError(
-            f"registry image {cfg.registry.image} is not in the engine; build it (`hubstack images build`) "
-            "or set registry.image"
-        ) from None
     bootstrap(cfg, client)
 
 

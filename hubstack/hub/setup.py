@@ -36,28 +36,13 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     # which JupyterHub stores encrypted with this key.
     os.environ.setdefault("JUPYTERHUB_CRYPT_KEY", _secret("crypt_key"))
     c.Authenticator.enable_auth_state = True
-    c.JupyterHub.authenticator_class = authenticator_class()
+    c.JupyterHub.authenticator_class = "hubstack.hub.auth.HubstackAuthenticator"
+    c.HubstackAuthenticator.users_file = str(cfg.users_file)
+    c.HubstackAuthenticator.min_uid = cfg.hub.min_uid
 
     c.JupyterHub.spawner_class = "hubstack.hub.spawner.HubstackSpawner"
-    c.HubstackSpawner.registry_credentials_file = str(SECRETS / "registry_credentials")
     c.Spawner.start_timeout = cfg.hub.start_timeout
     c.Spawner.http_timeout = 120
     c.Spawner.default_url = "/lab"
     c.JupyterHub.allow_named_servers = False
 
-
-def authenticator_class():
-    """hubstack's authenticator (the users file): the Authenticator defined in hubstack.hub.auth."""
-    import inspect
-
-    from jupyterhub.auth import Authenticator
-
-    from hubstack.hub import auth
-
-    found = [
-        obj for obj in vars(auth).values()
-        if inspect.isclass(obj) and issubclass(obj, Authenticator) and obj.__module__ == auth.__name__
-    ]
-    if len(found) != 1:
-        raise RuntimeError(f"hubstack.hub.auth must define exactly one Authenticator, found {len(found)}")
-    return found[0]

@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from html import escape
-from pathlib import Path
 
 import docker
 from dockerspawner import DockerSpawner
 from tornado import web
-from traitlets import Dict, Int, Unicode, default
+from traitlets import Dict, Int, default
 
 from hubstack.config import PlatformConfig, load_config
 from hubstack.hub.progress import PullProgress, SpawnProgress
@@ -37,20 +35,11 @@ from hubstack.hub.progress import PullProgress, SpawnProgress
 HOME_MODE = 0o700
 
 
-def registry_auth(cfg: PlatformConfig, credentials_file: str | None = None) -> dict | None:
-    """auth_config for docker-py pulls: {username, password, serveraddress}, or None."""
-    try:  # the images helper's module, once merged
-        from hubstack.registry import auth_config  # type: ignore
+def registry_auth(cfg: PlatformConfig) -> dict:
+    """auth_config for docker-py pulls (the registry credentials of the platform config)."""
+    from hubstack.registry import auth_config
 
-        if credentials_file is None:
-            return auth_config(cfg)
-    except ImportError:
-        pass
-    path = Path(credentials_file or cfg.registry_credentials_file)
-    if not path.is_file():
-        return None
-    creds = json.loads(path.read_text())
-    return {"username": creds["username"], "password": creds["password"], "serveraddress": cfg.registry.address}
+    return auth_config(cfg)
 
 
 def passwd_entries(name: str, uid: int, gid: int, groups: list[int], home: str) -> tuple[str, str]:
@@ -84,9 +73,6 @@ class HubstackSpawner(DockerSpawner):
         help="Threads for Docker calls, shared by all spawns (stock DockerSpawner uses 1).",
     )
     pids_limit = Int(1024, config=True, help="Most processes one notebook container may run.")
-    registry_credentials_file = Unicode(
-        "", config=True, help="JSON {username, password} for the registry; default from the platform config."
-    )
     extra_labels = Dict(config=True, help="More labels for notebook containers.")
 
     _pool: ThreadPoolExecutor | None = None
@@ -195,7 +181,7 @@ class HubstackSpawner(DockerSpawner):
 
     # --- image -----------------------------------------------------------------------
     def _auth(self) -> dict | None:
-        return registry_auth(self.platform, self.registry_credentials_file or None)
+        return registry_auth(self.platform)
 
     async def _resolve_digest(self, ref: str) -> str:
         """REPO:TAG -> REPO@sha256:..., asked of the registry through the engine."""

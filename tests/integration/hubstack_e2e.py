@@ -38,16 +38,9 @@ def hubstack(config: Path, *args: str, timeout: int = 900) -> subprocess.Complet
 
 def add_user(cfg, name: str, password: str, uid: int, gid: int, groups: list[int]) -> None:
     """Put an analyst into the users file through the users module."""
-    try:
-        from hubstack.hub import users  # the users issue's module
-    except ImportError:  # stand-in format until the users branch is merged
-        path = cfg.users_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = yaml.safe_load(path.read_text()) if path.exists() else {"users": {}}
-        data["users"][name] = {"password": password, "uid": uid, "gid": gid, "groups": groups}
-        path.write_text(yaml.safe_dump(data))
-        return
-    users.add_user(cfg, name=name, password=password, uid=uid, gid=gid, groups=groups)
+    from hubstack.hub.users import users_file_for
+
+    users_file_for(cfg).add(name, uid, gid, groups, password=password)
 
 
 class HubClient:
