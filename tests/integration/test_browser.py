@@ -58,6 +58,8 @@ def test_notebook_cell_prints_the_analysts_uid(hub_stack, browser):  # noqa: F81
         card = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')))
         card.click()
         editor = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content")))
+        # Typing before the kernel is attached would "run" the cell with no kernel: wait for Idle.
+        wait.until(lambda b: "| Idle" in b.find_element(By.ID, "jp-main-statusbar").text)
         editor.click()
         editor.send_keys("import os; print('UID', os.getuid())")
         editor.send_keys(Keys.SHIFT, Keys.ENTER)
