@@ -54,7 +54,7 @@ def test_notebook_cell_prints_the_analysts_uid(hub_stack, browser):  # noqa: F81
         # Either the spawn form (profiles) or straight to a server already running.
         wait.until(lambda b: "/hub/spawn" in b.current_url or "/user/" in b.current_url)
         if "/hub/spawn" in browser.current_url and browser.find_elements(By.CSS_SELECTOR, "#spawn_form"):
-            browser.find_element(By.CSS_SELECTOR, "#spawn_form input[type=submit]").click()
+            browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
         card = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')))
         card.click()
         editor = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content")))
