@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 from hubstack.config import PlatformConfig
 
@@ -83,6 +84,17 @@ def driver_environment(cfg: PlatformConfig, driver_host: str) -> dict[str, str]:
         "MASTER": master_url(cfg),
         "SPARK_MASTER_URL": master_url(cfg),
     }
+
+
+STARTUP_FILE = "/etc/ipython/startup/00-hubstack-spark.py"
+"""IPython's system-wide startup folder: every kernel in the container runs it."""
+
+
+def driver_files(cfg: PlatformConfig) -> dict[str, bytes]:
+    """Files the spawner writes into a Spark-profile container before it starts (as it
+    does /etc/passwd): the startup hook that makes an unreachable master fail within
+    seconds with an error naming the master URL (see hubstack/spark_startup.py)."""
+    return {STARTUP_FILE: (Path(__file__).parent / "spark_startup.py").read_bytes()}
 
 
 def compose_env(cfg: PlatformConfig) -> dict[str, str]:

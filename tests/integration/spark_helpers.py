@@ -1,0 +1,173 @@
+"""A real Spark cluster from compose/spark.yaml and notebook-image drivers beside it.
+
+Drivers run in containers of the notebook image on the cluster's network, configured
+exactly as the spawner configures a Spark-profile server: the environment from
+hubstack.spark.driver_environment and the files from hubstack.spark.driver_files, and
+they run their code through IPython, as a kernel does (so the startup hook applies).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+
+from hubstack import spark as hs
+from hubstack.config import PlatformConfig
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = SOURCE_ROOT / "compose" / "spark.yaml"
+PREFIX = "spktest"
+
+
+def free_port_range(count: int) -> int:
+    """First of COUNT consecutive free loopback ports."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            first = s.getsockname()[1]
+        if first + count > 65535:
+            continue
+        ok = True
+        for port in range(first, first + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def cluster_config(cfg: PlatformConfig, **spark) -> PlatformConfig:
+    """CFG with its own network and free UI ports, and small workers for the suite."""
+    settings = {"workers": 2, "worker_cores": 2, "worker_memory": "1g", "max_cores_per_app": 2} | spark
+    workers = settings["workers"]
+    ports = free_port_range(workers + 1)
+    settings |= {"master_ui_port": ports, "worker_ui_port": ports + 1}
+    network = f"{PREFIX}-{uuid.uuid4().hex[:8]}"
+    return cfg.model_copy(
+        update={
+            "spark": cfg.spark.model_copy(update=settings),
+            "hub": cfg.hub.model_copy(update={"network": network, "host": "127.0.0.1"}),
+        }
+    )
+
+
+@dataclass
+class SparkCluster:
+    cfg: PlatformConfig
+    client: docker.DockerClient
+    env_file: Path
+    project: str = field(default_factory=lambda: f"{PREFIX}-{uuid.uuid4().hex[:8]}")
+
+    @property
+    def network(self) -> str:
+        return self.cfg.hub.network
+
+    def compose(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+        cmd = ["docker", "compose", "-p", self.project, "-f", str(COMPOSE_FILE), "--env-file", str(self.env_file), *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def up(self) -> None:
+        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in hs.compose_env(self.cfg).items()))
+        self.compose("up", "-d", "--wait")
+
+    def down(self) -> None:
+        self.compose("down", "-v", "--remove-orphans", "-t", "5")
+
+    def containers(self, service: str) -> list:
+        return self.client.containers.list(
+            all=True,
+            filters={"label": [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]},
+        )
+
+    def master_status(self) -> dict:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.cfg.spark.master_ui_port}/json/"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.load(r)
+
+    def wait_alive_workers(self, count: int, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status = self.master_status()
+                if status.get("aliveworkers", 0) >= count:
+                    return status
+            except OSError:
+                status = None
+            if time.monotonic() > deadline:
+                raise AssertionError(f"master did not report {count} alive workers in {timeout}s: {status}")
+            time.sleep(2)
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@dataclass
+class Driver:
+    container: object
+    name: str
+
+    def logs(self) -> str:
+        return self.container.logs().decode(errors="replace")
+
+    def wait(self, timeout: float = 300) -> tuple[int, str]:
+        result = self.container.wait(timeout=timeout)
+        return result["StatusCode"], self.logs()
+
+    def result(self, timeout: float = 300) -> dict:
+        code, out = self.wait(timeout)
+        lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+        assert code == 0 and lines, f"driver {self.name} exited {code}:\n{out[-4000:]}"
+        return json.loads(lines[-1][len("RESULT "):])
+
+    def remove(self) -> None:
+        try:
+            self.container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def start_driver(cluster: SparkCluster, image: str, script: str, user: str = "1000:100") -> Driver:
+    """A notebook-image container on the platform network, set up like a Spark-profile
+    server, running SCRIPT through IPython."""
+    name = f"{cluster.project}-driver-{uuid.uuid4().hex[:6]}"
+    files = hs.driver_files(cluster.cfg) | {"/tmp/job.py": script.encode()}
+    container = cluster.client.containers.create(
+        image,
+        command=["/opt/venv/bin/ipython", "--colors=NoColor", "/tmp/job.py"],
+        entrypoint=[],
+        name=name,
+        hostname=name,
+        user=user,
+        environment=hs.driver_environment(cluster.cfg, name),
+        network=cluster.network,
+        labels={"io.hubstack.test": PREFIX},
+    )
+    container.put_archive("/", _tar(files))
+    container.start()
+    return Driver(container, name)
