@@ -1,0 +1,63 @@
+"""JupyterHub settings derived from the platform config (used by hub/jupyterhub_config.py).
+
+Paths inside the hub container (set by compose/compose.yaml):
+- /srv/jupyterhub: the hub database (volume hub-data)
+- /run/secrets/{cookie_secret,proxy_token,crypt_key,registry_credentials}: compose secrets
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hubstack.config import PlatformConfig
+
+SECRETS = Path(os.environ.get("HUBSTACK_SECRETS", "/run/secrets"))
+
+
+def _secret(name: str) -> str:
+    return (SECRETS / name).read_text().strip()
+
+
+def configure_hub(c, cfg: PlatformConfig) -> None:
+    """Fill JupyterHub's config object c from cfg."""
+    c.JupyterHub.bind_url = "http://0.0.0.0:8000"
+    # Notebooks reach the hub by its compose service name on the platform network.
+    c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
+    c.JupyterHub.hub_connect_url = "http://hub:8081"
+    c.JupyterHub.db_url = "sqlite:////srv/jupyterhub/jupyterhub.sqlite"
+    c.JupyterHub.cookie_secret_file = str(SECRETS / "cookie_secret")
+    c.ConfigurableHTTPProxy.auth_token = _secret("proxy_token")
+    # Notebook servers outlive a hub restart: the hub finds them again from its database.
+    c.JupyterHub.cleanup_servers = False
+    c.JupyterHub.cleanup_proxy = True
+
+    # Identity (uid, gid, groups, home) travels from authenticator to spawner in auth_state,
+    # which JupyterHub stores encrypted with this key.
+    os.environ.setdefault("JUPYTERHUB_CRYPT_KEY", _secret("crypt_key"))
+    c.Authenticator.enable_auth_state = True
+    c.JupyterHub.authenticator_class = authenticator_class()
+
+    c.JupyterHub.spawner_class = "hubstack.hub.spawner.HubstackSpawner"
+    c.HubstackSpawner.registry_credentials_file = str(SECRETS / "registry_credentials")
+    c.Spawner.start_timeout = cfg.hub.start_timeout
+    c.Spawner.http_timeout = 120
+    c.Spawner.default_url = "/lab"
+    c.JupyterHub.allow_named_servers = False
+
+
+def authenticator_class():
+    """hubstack's authenticator (the users file): the Authenticator defined in hubstack.hub.auth."""
+    import inspect
+
+    from jupyterhub.auth import Authenticator
+
+    from hubstack.hub import auth
+
+    found = [
+        obj for obj in vars(auth).values()
+        if inspect.isclass(obj) and issubclass(obj, Authenticator) and obj.__module__ == auth.__name__
+    ]
+    if len(found) != 1:
+        raise RuntimeError(f"hubstack.hub.auth must define exactly one Authenticator, found {len(found)}")
+    return found[0]

@@ -1,0 +1,340 @@
+"""HubstackSpawner: DockerSpawner that runs each analyst as their own UID:GID.
+
+What it adds to stock DockerSpawner:
+- the image is the chosen profile's image from our registry, resolved to a digest at
+  every start and pulled by digest with the registry credentials (no `docker login`);
+- the container runs as UID:GID with the analyst's supplementary groups, no root, all
+  capabilities dropped, no-new-privileges, memory/CPU/pids limits, no Docker socket;
+- /etc/passwd and /etc/group get the analyst's entries (put_archive before start), so
+  id, whoami, $HOME, pwd.getpwuid() and Java's user.home are right without root;
+- the home is CONFIG home_root/<name>, created 0700 owned UID:GID, bind-mounted at
+  /home/<name>; it is never deleted, so it survives stop, respawn and image upgrades;
+- real progress on the spawn page (pull share, create, start, wait);
+- Docker calls run on a pool, not on stock DockerSpawner's single class-wide thread,
+  so one analyst's slow pull does not hold up another's spawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from html import escape
+from pathlib import Path
+
+import docker
+from dockerspawner import DockerSpawner
+from tornado import web
+from traitlets import Dict, Int, Unicode, default
+
+from hubstack.config import PlatformConfig, load_config
+from hubstack.hub.progress import PullProgress, SpawnProgress
+
+HOME_MODE = 0o700
+
+
+def registry_auth(cfg: PlatformConfig, credentials_file: str | None = None) -> dict | None:
+    """auth_config for docker-py pulls: {username, password, serveraddress}, or None."""
+    try:  # the images helper's module, once merged
+        from hubstack.registry import auth_config  # type: ignore
+
+        if credentials_file is None:
+            return auth_config(cfg)
+    except ImportError:
+        pass
+    path = Path(credentials_file or cfg.registry_credentials_file)
+    if not path.is_file():
+        return None
+    creds = json.loads(path.read_text())
+    return {"username": creds["username"], "password": creds["password"], "serveraddress": cfg.registry.address}
+
+
+def passwd_entries(name: str, uid: int, gid: int, groups: list[int], home: str) -> tuple[str, str]:
+    """Lines for the analyst: one passwd line, and group lines for their groups."""
+    passwd = f"{name}:x:{uid}:{gid}:{name}:{home}:/bin/bash\n"
+    group_lines = [f"{name}:x:{gid}:\n"]
+    group_lines += [f"g{g}:x:{g}:{name}\n" for g in groups if g != gid]
+    return passwd, "".join(group_lines)
+
+
+def merge_account_file(original: str, extra: str, key_index: int) -> str:
+    """The image's file minus any entry clashing by name or id with ours, plus ours."""
+    new = [line.split(":") for line in extra.splitlines() if line]
+    names = {f[0] for f in new}
+    ids = {f[key_index] for f in new}
+    kept = []
+    for line in original.splitlines():
+        f = line.split(":")
+        if len(f) > key_index and (f[0] in names or f[key_index] in ids):
+            continue
+        kept.append(line)
+    return "\n".join(kept) + "\n" + extra
+
+
+class HubstackSpawner(DockerSpawner):
+    """Spawner for hubstack profiles; configured from the platform config."""
+
+    docker_threads = Int(
+        16,
+        config=True,
+        help="Threads for Docker calls, shared by all spawns (stock DockerSpawner uses 1).",
+    )
+    pids_limit = Int(1024, config=True, help="Most processes one notebook container may run.")
+    registry_credentials_file = Unicode(
+        "", config=True, help="JSON {username, password} for the registry; default from the platform config."
+    )
+    extra_labels = Dict(config=True, help="More labels for notebook containers.")
+
+    _pool: ThreadPoolExecutor | None = None
+
+    # --- Docker calls on a pool ------------------------------------------------------
+    @property
+    def executor(self):
+        """A pool shared by all spawners, wide enough that slow calls don't queue others."""
+        cls = HubstackSpawner
+        if cls._pool is None:
+            cls._pool = ThreadPoolExecutor(self.docker_threads, thread_name_prefix="docker")
+        return cls._pool
+
+    # --- configuration ---------------------------------------------------------------
+    @property
+    def platform(self) -> PlatformConfig:
+        if not hasattr(self, "_platform"):
+            self._platform = load_config()
+        return self._platform
+
+    @default("network_name")
+    def _default_network(self):
+        return self.platform.hub.network
+
+    @default("prefix")
+    def _default_prefix(self):
+        return f"{self.platform.hub.network}-nb"
+
+    @default("use_internal_ip")
+    def _default_internal(self):
+        return True
+
+    @default("remove")
+    def _default_remove(self):
+        # The container is disposable: state lives in the home, which is never removed.
+        return True
+
+    @default("pull_policy")
+    def _default_pull(self):
+        return "always"
+
+    @default("cmd")
+    def _default_cmd_hubstack(self):
+        return ["jupyterhub-singleuser"]
+
+    @default("options_form")
+    def _default_form(self):
+        rows = []
+        for i, p in enumerate(self.platform.profiles):
+            checked = " checked" if i == 0 else ""
+            rows.append(
+                f'<label class="form-check"><input class="form-check-input" type="radio" name="profile" '
+                f'value="{escape(p.name)}"{checked}> <strong>{escape(p.display_name)}</strong> '
+                f'<small>{escape(p.description)}</small></label>'
+            )
+        return "\n".join(rows)
+
+    def options_from_form(self, formdata):
+        return {"profile": (formdata.get("profile") or [""])[0]}
+
+    def _profile(self):
+        name = (self.user_options or {}).get("profile") or self.platform.profiles[0].name
+        try:
+            return self.platform.profile(name)
+        except KeyError as e:
+            raise web.HTTPError(400, str(e.args[0])) from None
+
+    # --- progress --------------------------------------------------------------------
+    @property
+    def spawn_progress(self) -> SpawnProgress:
+        if getattr(self, "_spawn_progress", None) is None:
+            self._spawn_progress = SpawnProgress()
+        return self._spawn_progress
+
+    async def progress(self):
+        async for event in self.spawn_progress.events():
+            yield event
+
+    # --- identity --------------------------------------------------------------------
+    async def _identity(self) -> dict:
+        state = await self.user.get_auth_state() or {}
+        missing = [k for k in ("uid", "gid") if k not in state]
+        if missing:
+            raise web.HTTPError(
+                500, f"user {self.user.name} has no {', '.join(missing)} in their auth state; log in again"
+            )
+        ident = {
+            "uid": int(state["uid"]),
+            "gid": int(state["gid"]),
+            "groups": [int(g) for g in state.get("groups") or []],
+            "home": f"/home/{self.user.name}",
+        }
+        if ident["uid"] < self.platform.hub.min_uid or ident["gid"] < self.platform.hub.min_uid:
+            raise web.HTTPError(403, f"user {self.user.name}: UID/GID below hub.min_uid are refused")
+        return ident
+
+    def _ensure_home(self, uid: int, gid: int) -> str:
+        """Create CONFIG home_root/<name> owned uid:gid, mode 0700 (runs in the hub, as root)."""
+        home = self.platform.home_root / self.user.name
+        home.mkdir(parents=True, exist_ok=True)
+        st = home.stat()
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.chown(home, uid, gid)
+        os.chmod(home, HOME_MODE)
+        return str(home)
+
+    # --- image -----------------------------------------------------------------------
+    def _auth(self) -> dict | None:
+        return registry_auth(self.platform, self.registry_credentials_file or None)
+
+    async def _resolve_digest(self, ref: str) -> str:
+        """REPO:TAG -> REPO@sha256:..., asked of the registry through the engine."""
+        try:
+            info = await self.docker("inspect_distribution", ref, auth_config=self._auth())
+        except docker.errors.APIError as e:
+            raise web.HTTPError(500, f"image {ref} not found in the registry: {e.explanation}") from None
+        repo = ref.rsplit(":", 1)[0]
+        return f"{repo}@{info['Descriptor']['digest']}"
+
+    async def pull_image(self, image):
+        """Pull by digest, streaming per-layer progress to the spawn page."""
+        loop = asyncio.get_running_loop()
+        pull = PullProgress()
+        progress = self.spawn_progress
+        auth = self._auth()
+
+        def run():
+            stream = self.client.pull(image, stream=True, decode=True, auth_config=auth)
+            for ev in stream:
+                if "error" in ev:
+                    raise RuntimeError(ev["error"])
+                if pull.update(ev):
+                    loop.call_soon_threadsafe(
+                        progress.emit, 10 + int(60 * pull.fraction), f"Pulling image: {pull.describe()}"
+                    )
+
+        progress.emit(10, f"Pulling image {image}")
+        await asyncio.wrap_future(self.executor.submit(run))
+        progress.emit(70, "Image ready")
+
+    # --- containers ------------------------------------------------------------------
+    def _spark_environment(self, profile) -> dict:
+        """Spark driver settings for a spark profile (hubstack.spark owns them)."""
+        from hubstack import spark
+
+        return spark.driver_environment(self.platform, self.container_name)
+
+    def _gpu_reservation(self, profile):
+        """GPU grant context for profiles with gpus > 0 (hubstack.hub.gpu owns it), else None."""
+        from hubstack.hub import gpu
+
+        allocator = getattr(gpu, "allocator", None)
+        if allocator is None:
+            raise web.HTTPError(503, f"profile {profile.name} needs a GPU, and GPU support is not available")
+        return allocator(self.platform, self.client).reserve(owner=self.user.name, count=profile.gpus)
+
+    async def create_object(self):
+        ident = self._ident
+        profile = self._profile_cfg
+        self.spawn_progress.emit(75, "Creating the container")
+        host_home = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self._ensure_home, ident["uid"], ident["gid"]
+        )
+        self.volumes = {host_home: {"bind": ident["home"], "mode": "rw"}}
+        self.extra_create_kwargs = {
+            "user": f"{ident['uid']}:{ident['gid']}",
+            "working_dir": ident["home"],
+            "labels": {
+                "io.hubstack.user": self.user.name,
+                "io.hubstack.profile": profile.name,
+                **self.extra_labels,
+                **self._extra_gpu.get("labels", {}),
+            },
+        }
+        self.extra_host_config = {
+            "group_add": [str(g) for g in ident["groups"]],
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "pids_limit": self.pids_limit,
+            **self._extra_gpu.get("host_config", {}),
+        }
+        obj = await super().create_object()
+        await self._write_accounts(obj["Id"], ident)
+        return obj
+
+    def get_env(self):
+        env = super().get_env()
+        env.update(
+            HOME=f"/home/{self.user.name}", USER=self.user.name, NB_USER=self.user.name, SHELL="/bin/bash"
+        )
+        env.update(getattr(self, "_extra_env", {}))
+        return env
+
+    async def _write_accounts(self, container_id: str, ident: dict) -> None:
+        """Put the image's /etc/passwd and /etc/group plus the analyst's lines into the container."""
+
+        def run():
+            files = {}
+            for path in ("/etc/passwd", "/etc/group"):
+                stream, _ = self.client.get_archive(container_id, path)
+                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                    files[path] = tar.extractfile(tar.getmembers()[0]).read().decode()
+            passwd, group = passwd_entries(
+                self.user.name, ident["uid"], ident["gid"], ident["groups"], ident["home"]
+            )
+            out = io.BytesIO()
+            with tarfile.open(fileobj=out, mode="w") as tar:
+                for name, text in (
+                    ("passwd", merge_account_file(files["/etc/passwd"], passwd, 2)),
+                    ("group", merge_account_file(files["/etc/group"], group, 2)),
+                ):
+                    data = text.encode()
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o644, 0, 0, int(time.time())
+                    tar.addfile(info, io.BytesIO(data))
+            self.client.put_archive(container_id, "/etc", out.getvalue())
+
+        await asyncio.get_running_loop().run_in_executor(self.executor, run)
+
+    async def start(self):
+        self._spawn_progress = SpawnProgress()
+        progress = self.spawn_progress
+        profile = self._profile()
+        self._profile_cfg = profile
+        self._ident = await self._identity()
+        self.mem_limit = profile.mem_limit or self.platform.resources.mem_limit
+        self.cpu_limit = profile.cpu_limit or self.platform.resources.cpu_limit
+        self._extra_env = self._spark_environment(profile) if profile.spark else {}
+        self._extra_gpu = {}
+
+        progress.emit(2, f"Looking up image {profile.image} in the registry")
+        ref = self.platform.image_ref(profile.image, self.platform.hub.notebook_image_tag)
+        self.image = await self._resolve_digest(ref)
+        progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
+
+        if profile.gpus > 0:
+            async with self._gpu_reservation(profile) as grant:
+                self._extra_gpu = {
+                    "labels": getattr(grant, "labels", {}),
+                    "host_config": getattr(grant, "host_config", {}),
+                }
+                self._extra_env.update(getattr(grant, "environment", {}))
+                result = await super().start()
+        else:
+            result = await super().start()
+        progress.emit(90, "Container started; waiting for the notebook server to answer")
+        return result
+
+    async def stop(self, now=False):
+        await super().stop(now=now)
+        self._spawn_progress = None

@@ -1,0 +1,285 @@
+"""`hubstack up | down | status`: the platform's compose stack driven by the platform config.
+
+`up` makes what is missing (secrets, images), starts the registry, pushes, starts the
+hub, waits until it answers and prints the URL and how to log in. `down` stops the
+notebooks and the stack and keeps every volume, home and secret. compose/.env (written
+by render_env) lets plain `docker compose -f compose/compose.yaml up -d` work afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+
+import yaml
+
+from hubstack.config import PlatformConfig
+from hubstack.errors import CommandError
+
+USER_LABEL = "io.hubstack.user"
+PROFILE_LABEL = "io.hubstack.profile"
+HUB_USERS_DIR = "/etc/hubstack/users"
+
+
+def compose_file(cfg: PlatformConfig) -> Path:
+    return cfg.source_root / "compose" / "compose.yaml"
+
+
+def project_name(cfg: PlatformConfig) -> str:
+    """Compose project name; the network name keeps two platforms on one engine apart."""
+    return os.environ.get("COMPOSE_PROJECT_NAME") or cfg.hub.network
+
+
+# --- secrets -------------------------------------------------------------------------
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _htpasswd_line(username: str, password: str) -> str:
+    with warnings.catch_warnings():  # crypt is the stdlib's bcrypt until 3.13
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+    return f"{username}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
+
+
+def ensure_registry_credentials(cfg: PlatformConfig) -> dict:
+    """The registry's {username, password} (made on first run) and its htpasswd file."""
+    path = cfg.registry_credentials_file
+    if not path.exists():
+        _write_secret(path, json.dumps({"username": cfg.registry.username, "password": secrets.token_urlsafe(24)}))
+    creds = json.loads(path.read_text())
+    htpasswd = cfg.secrets_dir / "registry.htpasswd"
+    if not htpasswd.exists():
+        _write_secret(htpasswd, _htpasswd_line(creds["username"], creds["password"]))
+    return creds
+
+
+def ensure_secrets(cfg: PlatformConfig) -> None:
+    """Cookie secret, proxy token, crypt key and registry credentials: made once, mode 0600."""
+    for name in ("jupyterhub-cookie-secret", "proxy-token", "jupyterhub-crypt-key"):
+        path = cfg.secrets_dir / name
+        if not path.exists():
+            _write_secret(path, secrets.token_hex(32) + "\n")
+    ensure_registry_credentials(cfg)
+
+
+# --- compose -------------------------------------------------------------------------
+def hub_config(cfg: PlatformConfig) -> dict:
+    """The platform config as the hub container sees it (its paths, not the host's)."""
+    data = cfg.model_dump(mode="json", exclude={"path"})
+    data["state_dir"] = "/srv/jupyterhub/state"
+    data["source_dir"] = "/srv/jupyterhub"
+    data["registry"]["credentials_file"] = "/run/secrets/registry_credentials"
+    data["hub"]["users_file"] = f"{HUB_USERS_DIR}/{cfg.users_file.name}"
+    data["hub"]["home_root"] = str(cfg.home_root)  # mounted at the same path
+    data["base"]["extra_ca_bundle"] = None
+    data["ci"]["webhook_secret_file"] = None
+    data["gpu"]["driver_dir"] = str(cfg.gpu.driver_dir)
+    return data
+
+
+def compose_env(cfg: PlatformConfig) -> dict[str, str]:
+    env = {
+        "COMPOSE_PROJECT_NAME": project_name(cfg),
+        "HUBSTACK_NETWORK": cfg.hub.network,
+        "HUBSTACK_REGISTRY_IMAGE": cfg.registry.image,
+        "HUBSTACK_REGISTRY_ADDRESS": cfg.registry.address,
+        "HUBSTACK_HUB_IMAGE": cfg.image_ref(cfg.hub.image),
+        "HUBSTACK_HUB_HOST": cfg.hub.host,
+        "HUBSTACK_HUB_PORT": str(cfg.hub.port),
+        "HUBSTACK_HUB_CONFIG": str(cfg.state_dir / "hub" / "hubstack.yaml"),
+        "HUBSTACK_USERS_DIR": str(cfg.users_file.parent),
+        "HUBSTACK_HOME_ROOT": str(cfg.home_root),
+        "HUBSTACK_SECRETS_DIR": str(cfg.secrets_dir),
+        "HUBSTACK_REGISTRY_CREDENTIALS": str(cfg.registry_credentials_file),
+    }
+    from hubstack import spark
+
+    env.update(spark.compose_env(cfg))
+    return env
+
+
+def render_env(cfg: PlatformConfig) -> Path:
+    """Write compose/.env and the hub's copy of the config; returns the .env path."""
+    hub_cfg = cfg.state_dir / "hub" / "hubstack.yaml"
+    hub_cfg.parent.mkdir(parents=True, exist_ok=True)
+    hub_cfg.write_text("# Written by `hubstack up` from the platform config; edit that instead.\n"
+                       + yaml.safe_dump(hub_config(cfg), sort_keys=False))
+    cfg.users_file.parent.mkdir(parents=True, exist_ok=True)
+    cfg.home_root.mkdir(parents=True, exist_ok=True, mode=0o755)
+    lines = ["# Written by `hubstack up` from the platform config; edit that instead."]
+    lines += [f"{k}={v}" for k, v in compose_env(cfg).items()]
+    text = "\n".join(lines) + "\n"
+    # Our commands read the copy under state_dir (two platforms can share one checkout);
+    # compose/.env is what a plain `docker compose -f compose/compose.yaml` reads.
+    env_file(cfg).write_text(text)
+    (compose_file(cfg).parent / ".env").write_text(text)
+    return env_file(cfg)
+
+
+def env_file(cfg: PlatformConfig) -> Path:
+    return cfg.state_dir / "hub" / "compose.env"
+
+
+def compose(cfg: PlatformConfig, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
+    cmd = ["docker", "compose", "-f", str(compose_file(cfg)), "--env-file", str(env_file(cfg)),
+           "-p", project_name(cfg), *args]
+    try:
+        result = subprocess.run(cmd, text=True, capture_output=capture)
+    except FileNotFoundError:
+        raise CommandError("the docker CLI is not installed") from None
+    if check and result.returncode != 0:
+        detail = (result.stderr or "").strip()[-2000:] if capture else ""
+        raise CommandError(f"`{' '.join(cmd[1:])}` failed (exit {result.returncode}) {detail}".strip())
+    return result
+
+
+# --- images --------------------------------------------------------------------------
+def build_images(cfg: PlatformConfig, client) -> None:
+    """Build the default image set (and the hub) in dependency order."""
+    from hubstack.images.build import ImageBuilder
+    from hubstack.images.graph import ImageGraph
+
+    graph = ImageGraph.from_config(cfg)
+    targets = list(graph.default_targets(cfg))
+    results = ImageBuilder(cfg, client).build_many(targets)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise CommandError("image build failed: " + "; ".join(f"{r.name}: {r.error}" for r in failed))
+
+
+def push_images(cfg: PlatformConfig, client, names: list[str]) -> None:
+    from hubstack.hub.spawner import registry_auth
+
+    auth = registry_auth(cfg)
+    for name in names:
+        ref = cfg.image_ref(name)
+        print(f"pushing {ref}", flush=True)
+        for ev in client.images.push(ref, stream=True, decode=True, auth_config=auth):
+            if "error" in ev:
+                raise CommandError(f"push of {ref} failed: {ev['error']}")
+
+
+def local_images(cfg: PlatformConfig, client) -> list[str]:
+    """Our images present in the engine under the registry's name (what gets pushed)."""
+    repo = f"{cfg.registry.address}/{cfg.images.namespace}/"
+    names = set()
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(repo) and tag.endswith(f":{cfg.images.tag}"):
+                names.add(tag[len(repo):].rsplit(":", 1)[0])
+    return sorted(names)
+
+
+# --- waiting -------------------------------------------------------------------------
+def hub_url(cfg: PlatformConfig) -> str:
+    return f"http://{cfg.hub.host}:{cfg.hub.port}/"
+
+
+def wait_for_hub(cfg: PlatformConfig, timeout: float = 180) -> None:
+    url = hub_url(cfg) + "hub/health"
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as e:
+            last = str(e)
+        time.sleep(1)
+    raise CommandError(f"the hub did not answer on {url} within {timeout:.0f}s ({last}); see `docker compose logs hub`")
+
+
+# --- commands ------------------------------------------------------------------------
+def up(cfg: PlatformConfig, args) -> int:
+    from hubstack.engine import docker_client
+
+    client = docker_client()
+    ensure_secrets(cfg)
+    render_env(cfg)
+    if not args.no_build:
+        build_images(cfg, client)
+    names = local_images(cfg, client)
+    if cfg.hub.image not in names:
+        raise CommandError(f"image {cfg.image_ref(cfg.hub.image)} does not exist; run without --no-build")
+    compose(cfg, "up", "-d", "--wait", "registry")
+    push_images(cfg, client, names)
+    compose(cfg, "up", "-d", "--wait")
+    wait_for_hub(cfg)
+    print(f"\nhubstack is up: {hub_url(cfg)}")
+    admin = _initial_admin(cfg)
+    if admin:
+        name, password = admin
+        print(f"log in as {name} with password {password}  (shown once: change it, or keep it safe)")
+    else:
+        print("log in with an account from the users file (`hubstack users list`)")
+    return 0
+
+
+def _initial_admin(cfg: PlatformConfig):
+    try:
+        from hubstack.hub.cli import ensure_initial_admin
+    except ImportError:
+        return None
+    return ensure_initial_admin(cfg)
+
+
+def notebook_containers(cfg: PlatformConfig, client) -> list:
+    return [
+        c for c in client.containers.list(all=True, filters={"label": USER_LABEL})
+        if cfg.hub.network in (c.attrs.get("NetworkSettings", {}).get("Networks") or {})
+    ]
+
+
+def down(cfg: PlatformConfig, args) -> int:
+    from hubstack.engine import docker_client
+
+    client = docker_client()
+    # Notebooks first: they hold the network; their homes stay on the host.
+    for c in notebook_containers(cfg, client):
+        print(f"stopping notebook server of {c.labels.get(USER_LABEL)} ({c.name})")
+        c.stop(timeout=10)
+        c.remove(force=True)
+    render_env(cfg)
+    compose(cfg, "down")  # no -v: the hub database and the registry's images stay
+    print("hubstack is down; data kept (volumes, homes, secrets)")
+    return 0
+
+
+def status(cfg: PlatformConfig, args) -> int:
+    from hubstack.engine import docker_client
+
+    client = docker_client()
+    render_env(cfg)
+    print("services:")
+    sys.stdout.flush()
+    compose(cfg, "ps", "--all")
+    servers = [c for c in notebook_containers(cfg, client) if c.status == "running"]
+    print(f"\nnotebook servers running: {len(servers)}")
+    for c in servers:
+        print(f"  {c.labels.get(USER_LABEL):<20} profile={c.labels.get(PROFILE_LABEL, '?'):<10} "
+              f"{c.name}  image={c.attrs['Config']['Image'][-71:]}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("up", help="bootstrap, build, push, start the platform and wait until the hub answers")
+    p.add_argument("--no-build", action="store_true", help="use the images already in the engine")
+    p.set_defaults(func=up)
+    p = subparsers.add_parser("down", help="stop notebooks and the stack; keep all data")
+    p.set_defaults(func=down)
+    p = subparsers.add_parser("status", help="show services and running notebook servers")
+    p.set_defaults(func=status)

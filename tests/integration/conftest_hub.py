@@ -1,0 +1,61 @@
+"""Session fixture: one real hubstack platform (registry + hub via `hubstack up`) for the
+hub and browser tests, with two analysts in the users file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from hubstack.config import load_config
+from tests.integration.hubstack_e2e import add_user, hubstack, write_config
+
+ANALYSTS = {
+    # name: (password, uid, gid, supplementary groups)
+    "alice": ("alice-pw-3f9a", 23001, 23001, [23500, 23501]),
+    "bob": ("bob-pw-77c2", 23002, 23002, [23500]),
+}
+
+
+def _source_images(request, cfg) -> dict[str, str]:
+    """name -> local image to publish as cfg.image_ref(name)."""
+    dev = os.environ.get("HUBTEST_DEV_IMAGES")  # e.g. "hubdev:dev" (hand-built stand-ins)
+    if dev:
+        repo, tag = dev.split(":")
+        return {n: f"{repo}/{n}:{tag}" for n in ("hub", "notebook")}
+    built = request.getfixturevalue("hierarchy")
+    pcfg = request.getfixturevalue("platform_config")
+    del built
+    return {n: pcfg.image_ref(n) for n in ("hub", "notebook")}
+
+
+@pytest.fixture(scope="session")
+def hub_stack(request, docker_client):
+    tmp = Path(tempfile.mkdtemp(prefix="hubtest-"))
+    name = f"hubtest-{os.getpid()}"
+    config = write_config(tmp, name, image_ns=name)
+    cfg = load_config(config)
+    for image_name, source in _source_images(request, cfg).items():
+        docker_client.images.get(source).tag(cfg.image_ref(image_name))
+    for user, (pw, uid, gid, groups) in ANALYSTS.items():
+        add_user(cfg, user, pw, uid, gid, groups)
+    try:
+        r = hubstack(config, "up", "--no-build")
+        assert r.returncode == 0, f"hubstack up failed:\n{r.stdout}\n{r.stderr}"
+        yield cfg, config, r.stdout
+    finally:
+        hubstack(config, "down")
+        # The test platform is disposable: remove its volumes and images too.
+        subprocess.run(["docker", "compose", "-p", name, "-f", str(cfg.source_root / "compose/compose.yaml"),
+                        "--env-file", str(cfg.state_dir / "hub/compose.env"), "down", "-v"],
+                       capture_output=True)
+        for image_name in ("hub", "notebook"):
+            try:
+                docker_client.images.remove(cfg.image_ref(image_name))
+            except Exception:
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)

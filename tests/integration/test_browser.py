@@ -1,0 +1,69 @@
+"""In a real browser (Debian's Chromium, headless): log in, start the server from the spawn
+page, wait for JupyterLab, run a notebook cell printing os.getuid(), read it from the page.
+The screenshot is kept under artifacts/ as a test artefact."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.integration.conftest_hub import ANALYSTS, hub_stack  # noqa: F401 (fixture)
+from tests.integration.hubstack_e2e import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ARTIFACTS = REPO / "artifacts"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,900",
+]
+
+
+@pytest.fixture
+def browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "install Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        opts.add_argument(flag)
+    b = webdriver.Chrome(service=Service(driver), options=opts)
+    yield b
+    b.quit()
+
+
+def test_notebook_cell_prints_the_analysts_uid(hub_stack, browser):  # noqa: F811
+    cfg, _, _ = hub_stack
+    name = "bob"
+    password, uid, _gid, _groups = ANALYSTS[name]
+    ARTIFACTS.mkdir(exist_ok=True)
+    wait = WebDriverWait(browser, 240)
+    try:
+        browser.get(f"http://{cfg.hub.host}:{cfg.hub.port}/hub/login")
+        browser.find_element(By.ID, "username_input").send_keys(name)
+        browser.find_element(By.ID, "password_input").send_keys(password)
+        browser.find_element(By.ID, "login_submit").click()
+        # Either the spawn form (profiles) or straight to a server already running.
+        wait.until(lambda b: "/hub/spawn" in b.current_url or "/user/" in b.current_url)
+        if "/hub/spawn" in browser.current_url and browser.find_elements(By.CSS_SELECTOR, "#spawn_form"):
+            browser.find_element(By.CSS_SELECTOR, "#spawn_form input[type=submit]").click()
+        card = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')))
+        card.click()
+        editor = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content")))
+        editor.click()
+        editor.send_keys("import os; print('UID', os.getuid())")
+        editor.send_keys(Keys.SHIFT, Keys.ENTER)
+        out = wait.until(
+            lambda b: next((e.text for e in b.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output") if "UID" in e.text), None)
+        )
+        assert out.strip() == f"UID {uid}"
+    finally:
+        browser.save_screenshot(str(ARTIFACTS / "browser-notebook-uid.png"))

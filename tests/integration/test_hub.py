@@ -1,0 +1,139 @@
+"""End to end over HTTP on the real stack: `hubstack up`, two analysts log in through the
+login form, start servers, run code in kernels through the hub's proxy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+import requests
+
+from tests.integration.conftest_hub import ANALYSTS, hub_stack  # noqa: F401 (fixture)
+from tests.integration.hubstack_e2e import HubClient, hubstack
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+WHOAMI = (
+    "import os, pwd, grp, getpass, subprocess\n"
+    "print(os.getuid(), os.getgid(), sorted(os.getgroups()), getpass.getuser(), os.environ['HOME'],"
+    " pwd.getpwuid(os.getuid()).pw_dir, os.getcwd(), subprocess.run(['whoami'], capture_output=True, text=True).stdout.strip())\n"
+    "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
+    "print(open('/proc/self/status').read().split('NoNewPrivs:')[1].split()[0])\n"
+)
+
+
+def url(cfg) -> str:
+    return f"http://{cfg.hub.host}:{cfg.hub.port}"
+
+
+@pytest.fixture(scope="module")
+def clients(hub_stack):  # noqa: F811
+    cfg, _, _ = hub_stack
+    out = {}
+    for name, (pw, *_rest) in ANALYSTS.items():
+        c = HubClient(url(cfg), name)
+        r = c.login(pw)
+        assert r.status_code == 302, f"login of {name} refused: {r.status_code}"
+        c.make_token()
+        out[name] = c
+    return out
+
+
+def test_up_prints_url_and_login(hub_stack):  # noqa: F811
+    cfg, _, stdout = hub_stack
+    assert f"http://{cfg.hub.host}:{cfg.hub.port}/" in stdout
+    assert "log in" in stdout
+
+
+def test_wrong_password_is_refused(hub_stack):  # noqa: F811
+    cfg, _, _ = hub_stack
+    c = HubClient(url(cfg), "alice")
+    r = c.login("not-her-password")
+    assert r.status_code == 403
+    assert "Invalid username or password" in r.text
+    assert c.http.get(f"{url(cfg)}/hub/api/user", timeout=30).status_code == 403
+
+
+def test_identity_home_and_isolation(hub_stack, clients, docker_client):  # noqa: F811
+    cfg, _, _ = hub_stack
+    alice, bob = clients["alice"], clients["bob"]
+    events = alice.start()
+    messages = " | ".join(e.get("message", "") for e in events)
+    assert "Pulling image" in messages and "Creating the container" in messages, messages
+    bob.start()
+
+    for name, c in clients.items():
+        pw, uid, gid, groups = ANALYSTS[name]
+        lines = c.run_code(WHOAMI).splitlines()
+        home = f"/home/{name}"
+        assert lines[0] == f"{uid} {gid} {sorted({gid, *groups})} {name} {home} {home} {home} {name}"
+        assert int(lines[1], 16) == 0, "no capabilities at all"
+        assert lines[2] == "1", "no-new-privileges is set"
+
+    # A file written in the home is owned by the analyst's UID:GID on the host.
+    alice.run_code("open('notes.txt', 'w').write('kept')\n")
+    host_file = cfg.home_root / "alice" / "notes.txt"
+    st = host_file.stat()
+    assert (st.st_uid, st.st_gid) == (23001, 23001)
+    assert (cfg.home_root / "alice").stat().st_mode & 0o777 == 0o700
+
+    # No Docker socket, limits from the config, image pinned by digest.
+    c = docker_client.containers.list(filters={"label": "io.hubstack.user=alice"})[0]
+    hc = c.attrs["HostConfig"]
+    assert hc["CapDrop"] == ["ALL"] and "no-new-privileges" in hc["SecurityOpt"]
+    assert hc["Memory"] == 1 << 30 and hc["NanoCpus"] in (0, None) and hc["CpuQuota"] == 100_000
+    assert not any("docker.sock" in (m.get("Source") or "") for m in c.attrs["Mounts"])
+    assert "@sha256:" in c.attrs["Config"]["Image"]
+    assert alice.run_code("import os; print(os.path.exists('/var/run/docker.sock'))").strip() == "False"
+
+    # Bob cannot reach Alice's server, with his token or his cookies.
+    with pytest.raises(PermissionError):
+        bob.run_code("print(1)", owner="alice")
+    r = bob.http.get(f"{url(cfg)}/user/alice/api/status", timeout=30)
+    assert r.status_code == 403, (r.status_code, r.url)
+
+
+def test_stop_respawn_and_hub_restart_keep_the_file(hub_stack, clients, docker_client):  # noqa: F811
+    cfg, config, _ = hub_stack
+    alice = clients["alice"]
+    if not alice.api("GET", "/hub/api/users/alice").json()["servers"]:
+        alice.start()
+    alice.run_code("open('respawn.txt', 'w').write('still here')\n")
+    alice.stop()
+    alice.start()
+    assert alice.run_code("print(open('respawn.txt').read())").strip() == "still here"
+
+    # Restart the hub container while the server runs: the server stays reachable.
+    hub = docker_client.containers.list(
+        filters={"label": [f"com.docker.compose.project={cfg.hub.network}", "com.docker.compose.service=hub"]}
+    )[0]
+    hub.restart(timeout=20)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url(cfg)}/hub/health", timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    # The proxy came back with the hub; routes are restored from the database.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            out = alice.run_code("print(open('respawn.txt').read())").strip()
+            break
+        except (PermissionError, Exception):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+    assert out == "still here"
+
+
+def test_status_lists_running_servers(hub_stack, clients):  # noqa: F811
+    cfg, config, _ = hub_stack
+    r = hubstack(config, "status")
+    assert r.returncode == 0, r.stderr
+    assert "hub" in r.stdout and "registry" in r.stdout
+    assert "alice" in r.stdout

@@ -1,0 +1,63 @@
+"""The spawner's pure parts: account lines, pull progress, progress events, hub config."""
+
+import asyncio
+
+from hubstack.config import parse_config
+from hubstack.hub.progress import PullProgress, SpawnProgress
+from hubstack.hub.spawner import merge_account_file, passwd_entries
+from hubstack.stack import compose_env, hub_config
+
+IMAGE_PASSWD = "root:x:0:0:root:/root:/bin/bash\njovyan:x:1000:100::/home/jovyan:/bin/bash\n"
+
+
+def test_passwd_entry_replaces_clashing_uid_and_keeps_the_rest():
+    passwd, group = passwd_entries("alice", 1000, 1000, [1000, 2000], "/home/alice")
+    merged = merge_account_file(IMAGE_PASSWD, passwd, 2)
+    assert "alice:x:1000:1000:alice:/home/alice:/bin/bash" in merged.splitlines()
+    assert not any(line.startswith("jovyan:") for line in merged.splitlines())
+    assert merged.startswith("root:x:0:0")
+    assert group.splitlines() == ["alice:x:1000:", "g2000:x:2000:alice"]
+
+
+def test_pull_progress_counts_bytes_across_layers():
+    p = PullProgress()
+    p.update({"id": "a", "status": "Pulling fs layer"})
+    p.update({"id": "b", "status": "Pulling fs layer"})
+    p.update({"id": "a", "status": "Downloading", "progressDetail": {"current": 50, "total": 100}})
+    p.update({"id": "b", "status": "Downloading", "progressDetail": {"current": 0, "total": 100}})
+    assert p.fraction == 0.25
+    p.update({"id": "a", "status": "Pull complete"})
+    p.update({"id": "b", "status": "Pull complete"})
+    assert p.fraction == 1.0 and p.describe() == "100% (2/2 layers)"
+
+
+def test_spawn_progress_never_goes_back_and_replays_for_late_readers():
+    async def main():
+        sp = SpawnProgress()
+        sp.emit(10, "pull")
+        sp.emit(5, "create")
+        got = []
+        async def read():
+            async for ev in sp.events():
+                got.append(ev)
+                if len(got) == 3:
+                    return
+        task = asyncio.create_task(read())
+        await asyncio.sleep(0)
+        sp.emit(90, "wait")
+        await asyncio.wait_for(task, 5)
+        return got
+    got = asyncio.run(main())
+    assert [e["progress"] for e in got] == [10, 10, 90]
+    assert [e["message"] for e in got] == ["pull", "create", "wait"]
+
+
+def test_hub_sees_container_paths_and_compose_gets_host_paths(tmp_path):
+    cfg = parse_config({"state_dir": str(tmp_path), "hub": {"port": 8123, "network": "hn"}})
+    hub = hub_config(cfg)
+    assert hub["registry"]["credentials_file"] == "/run/secrets/registry_credentials"
+    assert hub["hub"]["home_root"] == str(tmp_path / "home")
+    assert parse_config(hub).hub.users_file.name == "users.yaml"
+    env = compose_env(cfg)
+    assert env["HUBSTACK_HUB_PORT"] == "8123" and env["HUBSTACK_NETWORK"] == "hn"
+    assert env["HUBSTACK_HOME_ROOT"] == str(tmp_path / "home")
