@@ -27,6 +27,51 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = SOURCE_ROOT / "compose" / "spark.yaml"
 PREFIX = "spktest"
 
+# Run in a driver (a kernel): each executor's and the driver's Python, libraries and
+# image identity (the notebook image's lock files, baked in at build), and a sum over
+# 10^7 rows. Printed as one "RESULT {json}" line.
+ENV_JOB = r'''
+import glob, hashlib, json, time
+
+def environment():
+    import os, socket, sys
+    import numpy, pandas, pyspark
+    lock = hashlib.sha256()
+    files = sorted(glob.glob("/usr/share/hubstack/lock/notebook/*"))
+    for path in files:
+        with open(path, "rb") as f:
+            lock.update(f.read())
+    return {
+        "host": socket.gethostname(),
+        "uid": os.getuid(),
+        "python": sys.version,
+        "prefix": sys.prefix,
+        "interpreter": os.path.realpath(sys.executable),
+        "pyspark": pyspark.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "image": lock.hexdigest() if files else None,
+    }
+
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+sc = spark.sparkContext
+# Wait (bounded) until both executors have registered, so the job spreads over them.
+deadline = time.monotonic() + 120
+while sc._jsc.sc().getExecutorMemoryStatus().size() < 3 and time.monotonic() < deadline:
+    time.sleep(0.5)
+def slow_environment(_):
+    time.sleep(0.3)
+    return environment()
+executors = sc.parallelize(range(16), 16).map(slow_environment).collect()
+total = spark.range(10**7).selectExpr("sum(id)").first()[0]
+print("RESULT " + json.dumps({
+    "master": sc.master, "cores_max": sc.getConf().get("spark.cores.max"),
+    "driver": environment(), "executors": executors, "sum": total,
+}))
+spark.stop()
+'''
+
 
 def free_port_range(count: int) -> int:
     """First of COUNT consecutive free loopback ports."""

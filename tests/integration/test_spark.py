@@ -18,49 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 from hubstack import spark as hs
 
-from .spark_helpers import SparkCluster, start_driver, cluster_config
-
-ENV_JOB = r'''
-import glob, hashlib, json, time
-
-def environment():
-    import os, socket, sys
-    import numpy, pandas, pyspark
-    lock = hashlib.sha256()
-    files = sorted(glob.glob("/usr/share/hubstack/lock/notebook/*"))
-    for path in files:
-        with open(path, "rb") as f:
-            lock.update(f.read())
-    return {
-        "host": socket.gethostname(),
-        "uid": os.getuid(),
-        "python": sys.version,
-        "prefix": sys.prefix,
-        "interpreter": os.path.realpath(sys.executable),
-        "pyspark": pyspark.__version__,
-        "numpy": numpy.__version__,
-        "pandas": pandas.__version__,
-        "image": lock.hexdigest() if files else None,
-    }
-
-from pyspark.sql import SparkSession
-spark = SparkSession.builder.getOrCreate()
-sc = spark.sparkContext
-# Wait (bounded) until both executors have registered, so the job spreads over them.
-deadline = time.monotonic() + 120
-while sc._jsc.sc().getExecutorMemoryStatus().size() < 3 and time.monotonic() < deadline:
-    time.sleep(0.5)
-def slow_environment(_):
-    time.sleep(0.3)
-    return environment()
-executors = sc.parallelize(range(16), 16).map(slow_environment).collect()
-total = spark.range(10**7).selectExpr("sum(id)").first()[0]
-print("RESULT " + json.dumps({
-    "master": sc.master, "cores_max": sc.getConf().get("spark.cores.max"),
-    "driver": environment(), "executors": executors, "sum": total,
-}))
-spark.stop()
-'''
+from tests.integration.spark_helpers import ENV_JOB, SparkCluster, cluster_config, start_driver
 
 KILL_JOB = r'''
 import json, time
