@@ -16,14 +16,9 @@ Prints one table; everything it started is removed afterwards.
 from __future__ import annotations
 
 import argparse
-import io
-import json
-import socket
-import subprocess
+import os
 import sys
-import tarfile
 import tempfile
-import uuid
 from pathlib import Path
 
 import docker
@@ -31,8 +26,8 @@ import docker
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from hubstack import spark as hs  # noqa: E402
 from hubstack.config import load_config  # noqa: E402
+from tests.integration.spark_helpers import SparkCluster, cluster_config, start_driver  # noqa: E402
 
 JOB = r'''
 import json, sys, time
@@ -61,20 +56,6 @@ print("RESULT " + json.dumps(measure(None if sys.argv[1] == "cluster" else "loca
 '''
 
 
-def free_ports(count: int) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            first = s.getsockname()[1]
-        try:
-            for p in range(first, first + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-            return first
-        except OSError:
-            continue
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config")
@@ -83,54 +64,28 @@ def main() -> int:
     ap.add_argument("--worker-memory", default="1g")
     args = ap.parse_args()
 
-    cfg = load_config(args.config)
-    tag = uuid.uuid4().hex[:8]
-    project = network = f"spkbench-{tag}"
-    port = free_ports(args.workers + 1)
-    cfg = cfg.model_copy(update={
-        "spark": cfg.spark.model_copy(update={
-            "workers": args.workers, "worker_cores": args.worker_cores, "worker_memory": args.worker_memory,
-            "max_cores_per_app": args.workers * args.worker_cores,
-            "master_ui_port": port, "worker_ui_port": port + 1,
-        }),
-        "hub": cfg.hub.model_copy(update={"network": network, "host": "127.0.0.1"}),
-    })
-    client = docker.from_env(timeout=600)
+    cfg = cluster_config(
+        load_config(args.config), workers=args.workers, worker_cores=args.worker_cores,
+        worker_memory=args.worker_memory, max_cores_per_app=args.workers * args.worker_cores,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        env_file = Path(tmp) / "spark.env"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in hs.compose_env(cfg).items()))
-        compose = ["docker", "compose", "-p", project, "-f", str(ROOT / "compose/spark.yaml"), "--env-file", str(env_file)]
+        cluster = SparkCluster(cfg, docker.from_env(timeout=600), Path(tmp) / "spark.env", project=f"spkbench-{os.getpid()}")
         driver = None
         try:
-            subprocess.run([*compose, "up", "-d", "--wait"], check=True, capture_output=True, timeout=300)
-            name = f"{project}-driver"
-            driver = client.containers.create(
-                cfg.image_ref("notebook"), ["sh", "-c", "/opt/venv/bin/python /tmp/job.py cluster && /opt/venv/bin/python /tmp/job.py local"],
-                entrypoint=[],
-                name=name, hostname=name, user="1000:100", network=network,
-                environment=hs.driver_environment(cfg, name),
-            )
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w") as tar:
-                info = tarfile.TarInfo("tmp/job.py")
-                info.size = len(JOB.encode())
-                tar.addfile(info, io.BytesIO(JOB.encode()))
-            driver.put_archive("/", buf.getvalue())
-            driver.start()
-            code = driver.wait(timeout=900)["StatusCode"]
-            out = driver.logs().decode(errors="replace")
-            lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
-            if code or not lines:
-                print(out[-3000:], file=sys.stderr)
-                return 1
-            results = [json.loads(ln[7:]) for ln in lines]
+            cluster.up()
+            cluster.wait_alive_workers(args.workers)
+            py = "/opt/venv/bin/python /tmp/job.py"
+            driver = start_driver(cluster, cfg.image_ref("notebook"), JOB,
+                                  command=["sh", "-c", f"{py} cluster && {py} local"])
+            results = driver.results(timeout=900)
         finally:
             if driver is not None:
-                driver.remove(force=True)
-            subprocess.run([*compose, "down", "-v", "-t", "5"], capture_output=True, timeout=300)
+                driver.remove()
+            cluster.down()
 
     print(f"Spark benchmark: {args.workers} workers x {args.worker_cores} core(s), "
-          f"{args.worker_memory} each; host CPUs: {len(__import__('os').sched_getaffinity(0))}")
+          f"{args.worker_memory} each; host CPUs: {len(os.sched_getaffinity(0))}, "
+          f"load average at the end: {os.getloadavg()[0]:.1f}")
     print("| where | getOrCreate -> first result | sum over 10^7 rows, 1000 groups | Python map, 2*10^6 numbers |")
     print("| --- | --- | --- | --- |")
     for r in results:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import tarfile
 import time
@@ -22,6 +21,7 @@ import docker
 
 from hubstack import spark as hs
 from hubstack.config import PlatformConfig
+from tests.integration.hubstack_e2e import free_port_range
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = SOURCE_ROOT / "compose" / "spark.yaml"
@@ -71,27 +71,6 @@ print("RESULT " + json.dumps({
 }))
 spark.stop()
 '''
-
-
-def free_port_range(count: int) -> int:
-    """First of COUNT consecutive free loopback ports."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            first = s.getsockname()[1]
-        if first + count > 65535:
-            continue
-        ok = True
-        for port in range(first, first + count):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return first
-    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def cluster_config(cfg: PlatformConfig, **spark) -> PlatformConfig:
@@ -184,11 +163,15 @@ class Driver:
         result = self.container.wait(timeout=timeout)
         return result["StatusCode"], self.logs()
 
-    def result(self, timeout: float = 300) -> dict:
+    def results(self, timeout: float = 300) -> list[dict]:
+        """Every "RESULT {json}" line the driver printed; it must have exited 0."""
         code, out = self.wait(timeout)
         lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
         assert code == 0 and lines, f"driver {self.name} exited {code}:\n{out[-4000:]}"
-        return json.loads(lines[-1][len("RESULT "):])
+        return [json.loads(ln[len("RESULT "):]) for ln in lines]
+
+    def result(self, timeout: float = 300) -> dict:
+        return self.results(timeout)[-1]
 
     def remove(self) -> None:
         try:
@@ -197,14 +180,16 @@ class Driver:
             pass
 
 
-def start_driver(cluster: SparkCluster, image: str, script: str, user: str = "1000:100") -> Driver:
+def start_driver(
+    cluster: SparkCluster, image: str, script: str, user: str = "1000:100", command: list[str] | None = None
+) -> Driver:
     """A notebook-image container on the platform network, set up like a Spark-profile
-    server, running SCRIPT through IPython."""
+    server, running SCRIPT (/tmp/job.py) through IPython, or COMMAND."""
     name = f"{cluster.project}-driver-{uuid.uuid4().hex[:6]}"
     files = hs.driver_files(cluster.cfg) | {"/tmp/job.py": script.encode()}
     container = cluster.client.containers.create(
         image,
-        command=["/opt/venv/bin/ipython", "--colors=NoColor", "/tmp/job.py"],
+        command=command or ["/opt/venv/bin/ipython", "--colors=NoColor", "/tmp/job.py"],
         entrypoint=[],
         name=name,
         hostname=name,
