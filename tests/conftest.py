@@ -1,20 +1,68 @@
-"""Shared fixtures. Integration tests use the real engine: when it cannot be
-reached they fail (never skip), because the test command installs and starts it."""
+"""Shared fixtures.
+
+Integration tests use the real engine: when it cannot be reached they fail
+(never skip), because the test command (ci/test.sh) installs and starts it.
+The real image hierarchy is built and pushed once per session (`hierarchy`)
+and shared; tests of generic machinery use tiny images of their own.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
+import uuid
+from pathlib import Path
 
 import docker
 import pytest
+import yaml
+
+from hubstack.config import PlatformConfig, load_config
 
 IN_CI = os.environ.get("CI") == "true"
+ROOT = Path(__file__).resolve().parents[1]
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+TEST_TAG = "test"
+# One id per test session names everything it creates, so parallel runs and
+# leftovers of earlier ones never collide.
+SESSION_ID = uuid.uuid4().hex[:8]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(path: Path, data: dict) -> PlatformConfig:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_config(path)
+
+
+def config_data(state_dir: Path, registry_port: int, **overrides) -> dict:
+    """A platform config for tests: its own state dir and registry port, the host's CA."""
+    data: dict = {
+        "state_dir": str(state_dir),
+        "source_dir": str(ROOT),
+        "registry": {"address": f"127.0.0.1:{registry_port}"},
+        "images": {"tag": TEST_TAG},
+    }
+    if HOST_CA_BUNDLE.is_file():
+        # This site re-signs TLS: image builds need its CA to reach PyPI and npm.
+        data["base"] = {"extra_ca_bundle": str(HOST_CA_BUNDLE)}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            data.setdefault(key, {}).update(value)
+        else:
+            data[key] = value
+    return data
 
 
 @pytest.fixture(scope="session")
 def docker_client() -> docker.DockerClient:
     try:
-        client = docker.from_env(timeout=600)
+        client = docker.from_env(timeout=900)
         client.ping()
     except docker.errors.DockerException as e:
         pytest.fail(
@@ -23,3 +71,53 @@ def docker_client() -> docker.DockerClient:
             pytrace=False,
         )
     return client
+
+
+@pytest.fixture(scope="session")
+def platform_config(tmp_path_factory) -> PlatformConfig:
+    state = tmp_path_factory.mktemp("hubstack-state")
+    return write_config(state / "hubstack.yaml", config_data(state, free_port()))
+
+
+@pytest.fixture(scope="session")
+def registry(platform_config, docker_client):
+    """The real registry (registry:2 or its offline build), with generated credentials."""
+    from hubstack.images.bootstrap import bootstrap
+    from hubstack.registry import RegistryClient, registry_container_spec
+
+    cfg = platform_config
+    bootstrap(cfg, docker_client)
+    name = f"hubstack-test-registry-{SESSION_ID}"
+    container = docker_client.containers.run(**registry_container_spec(cfg, name=name, volume=name))
+    client = RegistryClient(cfg)
+    try:
+        client.wait_ready(60)
+    except Exception:
+        print(container.logs().decode()[-2000:])
+        raise
+    yield client
+    container.remove(force=True, v=True)
+    try:
+        docker_client.volumes.get(name).remove(force=True)
+    except docker.errors.NotFound:
+        pass
+
+
+@pytest.fixture(scope="session")
+def hierarchy(platform_config, docker_client, registry) -> dict[str, dict]:
+    """The real hierarchy (all default images), built once and pushed: name -> ref, digest, id."""
+    from hubstack.images.build import ImageBuilder, push_image
+
+    cfg = platform_config
+    builder = ImageBuilder(cfg, docker_client)
+    results = builder.build_many(tag=TEST_TAG)
+    failed = [r for r in results if not r.ok]
+    assert not failed, "hierarchy build failed: " + "; ".join(
+        f"{r.name}: {r.error}\n" + "\n".join(r.log[-20:]) for r in failed
+    )
+    images = {}
+    for r in results:
+        digest = push_image(cfg, docker_client, r.name, TEST_TAG)
+        images[r.name] = {"ref": r.ref, "digest": digest, "image_id": r.image_id,
+                          "repo_digest": f"{cfg.image_repository(r.name)}@{digest}"}
+    return images

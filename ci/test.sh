@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: the README's test command, and what
+# .ci/run calls. Installs and starts what the tests need first (ci/test-env.sh);
+# if the Docker engine cannot start, this fails: integration tests never skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+bash ci/test-env.sh
+mkdir -p artifacts
+set +e
+python3 -m pytest -p no:cacheprovider "$@"
+rc=$?
+set -e
+echo "[test] whole run: $(( $(date +%s) - start )) s, pytest exit code $rc" >&2
+if [ "$rc" = 5 ]; then
+    echo "[test] FATAL: pytest collected no tests" >&2
+    exit 1
+fi
+exit "$rc"

@@ -1,0 +1,276 @@
+"""Build images of the graph, in order, with progress, stable labels and no half-written tags.
+
+The build context is sent as a tar the builder makes itself: the image folder,
+the paths its build.yaml includes and, for root images, the site's extra CA as
+``extra-ca.pem``. The legacy builder tags an image only when its build
+succeeded, so a failed build leaves every existing tag where it was.
+
+Labels are derived from the context, not the clock, so a rebuild with nothing
+changed is a full cache hit and children are not rebuilt for nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import docker
+
+from hubstack.config import PlatformConfig
+from hubstack.errors import CommandError
+from hubstack.images.graph import ImageContext, ImageGraph, build_args
+from hubstack.registry import auth_config
+
+IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".git", ".mypy_cache"}
+LABEL_PREFIX = "org.opencontainers.image"
+
+
+@dataclass
+class BuildResult:
+    name: str
+    ref: str
+    ok: bool
+    image_id: str | None = None
+    error: str | None = None
+    log: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    cached: bool = False
+    """Every step came from the build cache."""
+
+
+def _context_files(ctx: ImageContext, root: Path) -> list[tuple[str, Path]]:
+    """(name in the tar, file on disk) for everything in the image's context, sorted."""
+    files: list[tuple[str, Path]] = []
+
+    def walk(top: Path, prefix: str) -> None:
+        if top.is_file():
+            files.append((prefix, top))
+            return
+        for p in sorted(top.rglob("*")):
+            if any(part in IGNORED_NAMES for part in p.relative_to(top).parts) or p.suffix == ".pyc":
+                continue
+            if p.is_file():
+                files.append((f"{prefix}/{p.relative_to(top).as_posix()}".lstrip("/"), p))
+
+    walk(ctx.path, "")
+    for inc in ctx.includes:
+        walk(inc, inc.relative_to(root.resolve()).as_posix())
+    return sorted(files)
+
+
+def _extra_ca(cfg: PlatformConfig) -> bytes:
+    ca = cfg.base.extra_ca_bundle
+    return ca.read_bytes() if ca else b""
+
+
+def context_digest(cfg: PlatformConfig, ctx: ImageContext, root: Path) -> str:
+    """Content hash of what the build sees (paths, modes, bytes, extra CA for roots)."""
+    h = hashlib.sha256()
+    for arcname, path in _context_files(ctx, root):
+        h.update(arcname.encode() + b"\0" + oct(path.stat().st_mode & 0o111).encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    if ctx.external:
+        h.update(b"extra-ca.pem\0" + hashlib.sha256(_extra_ca(cfg)).digest())
+    return h.hexdigest()
+
+
+def context_tar(cfg: PlatformConfig, ctx: ImageContext, root: Path) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        for arcname, path in _context_files(ctx, root):
+            info = tar.gettarinfo(str(path), arcname)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0  # mtimes must not bust the cache
+            with path.open("rb") as f:
+                tar.addfile(info, f)
+        if ctx.external:  # roots (FROM the base image) get the site's CA bundle
+            data = _extra_ca(cfg)
+            info = tarfile.TarInfo("extra-ca.pem")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+def _git(root: Path, *args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return ""
+
+
+def image_labels(cfg: PlatformConfig, ctx: ImageContext, root: Path, digest: str) -> dict[str, str]:
+    """OCI labels that change only when the context does (see the module docstring)."""
+    paths = [str(ctx.path), *map(str, ctx.includes)]
+    revision = _git(root, "log", "-1", "--format=%H", "--", *paths) or "unknown"
+    created = _git(root, "log", "-1", "--format=%cI", "--", *paths)
+    if _git(root, "status", "--porcelain", "--", *paths):
+        revision += "-dirty"
+    if created:
+        created = datetime.fromisoformat(created).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    source = _git(root, "config", "--get", "remote.origin.url") or f"file://{root.resolve()}"
+    return {
+        f"{LABEL_PREFIX}.source": source,
+        f"{LABEL_PREFIX}.revision": revision,
+        f"{LABEL_PREFIX}.created": created or "1970-01-01T00:00:00Z",
+        f"{LABEL_PREFIX}.version": digest[:12],
+        f"{LABEL_PREFIX}.title": f"hubstack {ctx.name}",
+        "io.hubstack.image": ctx.name,
+        "io.hubstack.context-digest": digest,
+    }
+
+
+def root_build_args(cfg: PlatformConfig) -> dict[str, str]:
+    """What root images add to build_args(): the apt mirror and pip index of the site."""
+    args = {"APT_MIRROR": cfg.base.debian_mirror, "DEBIAN_SUITE": cfg.base.suite}
+    if cfg.base.pip_index_url:
+        args["PIP_INDEX_URL"] = cfg.base.pip_index_url
+    return args
+
+
+def print_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class ImageBuilder:
+    """Builds images of the graph against one engine, reporting progress per image."""
+
+    def __init__(
+        self,
+        cfg: PlatformConfig,
+        client: docker.DockerClient,
+        graph: ImageGraph | None = None,
+        progress: Callable[[str], None] = print_progress,
+        verbose: bool = False,
+        nocache: bool = False,
+    ):
+        self.cfg = cfg
+        self.client = client
+        self.graph = graph or ImageGraph.from_config(cfg)
+        self.root = cfg.source_root
+        self.progress = progress
+        self.verbose = verbose
+        # nocache: every step runs again (cold-build benchmark); normal builds reuse the cache.
+        self.nocache = nocache
+
+    def build(self, name: str, tag: str | None = None, position: str = "") -> BuildResult:
+        """Build one image whose parents already exist under TAG; tag it only on success."""
+        ctx = self.graph[name]
+        tag = tag or self.cfg.images.tag
+        ref = self.cfg.image_ref(name, tag)
+        label = f"[{position}] {name}" if position else name
+        digest = context_digest(self.cfg, ctx, self.root)
+        args = build_args(self.cfg, tag)
+        if ctx.external:
+            args.update(root_build_args(self.cfg))
+        result = BuildResult(name=name, ref=ref, ok=False)
+        started = time.monotonic()
+        self.progress(f"{label}: building {ref}")
+        steps_total, steps_cached, steps = 0, 0, 0
+        try:
+            stream = self.client.api.build(
+                fileobj=context_tar(self.cfg, ctx, self.root),
+                custom_context=True,
+                encoding="gzip",
+                tag=ref,
+                buildargs=args,
+                labels=image_labels(self.cfg, ctx, self.root, digest),
+                rm=True,
+                forcerm=True,
+                pull=False,
+                nocache=self.nocache,
+                decode=True,
+            )
+            for chunk in stream:
+                if "stream" in chunk:
+                    text = chunk["stream"].rstrip("\n")
+                    if not text.strip():
+                        continue
+                    result.log.append(text)
+                    if text.startswith("Step "):
+                        steps += 1
+                        n, _, total = text.split(" ", 2)[1].partition("/")
+                        steps_total = int(total) if total.isdigit() else steps_total
+                        self.progress(f"{label}: {text[:120]}")
+                    elif "Using cache" in text:
+                        steps_cached += 1
+                    elif self.verbose:
+                        self.progress(f"{label}:   {text[:200]}")
+                elif "error" in chunk or "errorDetail" in chunk:
+                    result.error = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")
+                    result.log.append(f"ERROR: {result.error}")
+                elif "aux" in chunk and "ID" in chunk["aux"]:
+                    result.image_id = chunk["aux"]["ID"]
+        except docker.errors.APIError as e:
+            result.error = str(e.explanation or e)
+        result.seconds = time.monotonic() - started
+        if result.error is None and result.image_id is None:
+            # Older engines do not send aux.ID; the tag exists only after success.
+            try:
+                result.image_id = self.client.images.get(ref).id
+            except docker.errors.ImageNotFound:
+                result.error = "the engine reported no image and no error"
+        result.ok = result.error is None
+        result.cached = result.ok and steps_cached >= max(steps - 1, 0) and steps > 0
+        if result.ok:
+            how = "unchanged (all steps cached)" if result.cached else f"built in {result.seconds:.0f}s"
+            self.progress(f"{label}: {how} -> {ref} {result.image_id[7:19]}")
+        else:
+            tail = "\n".join(f"    {line}" for line in result.log[-15:])
+            self.progress(f"{label}: FAILED after {result.seconds:.0f}s: {result.error}\n{tail}")
+        return result
+
+    def build_many(self, names: Iterable[str] | None = None, tag: str | None = None,
+                   with_parents: bool = True) -> list[BuildResult]:
+        """Build NAMES (default: the graph's default targets) plus what they need, in order.
+
+        Stops at the first failure: the descendants of a failed image are not built.
+        """
+        names = list(names) if names else self.graph.default_targets(self.cfg)
+        order = self.graph.with_ancestors(names) if with_parents else self.graph.order(names)
+        results: list[BuildResult] = []
+        failed: set[str] = set()
+        for i, name in enumerate(order, 1):
+            blocked = [p for p in self.graph[name].parents if p in failed]
+            if blocked:
+                self.progress(f"[{i}/{len(order)}] {name}: skipped, parent {blocked[0]} failed")
+                results.append(BuildResult(name, self.cfg.image_ref(name, tag), False,
+                                           error=f"parent {blocked[0]} failed"))
+                failed.add(name)
+                continue
+            r = self.build(name, tag, position=f"{i}/{len(order)}")
+            results.append(r)
+            if not r.ok:
+                failed.add(name)
+        return results
+
+
+def push_image(cfg: PlatformConfig, client: docker.DockerClient, name: str, tag: str | None = None,
+               auth: dict | None = None, progress: Callable[[str], None] = print_progress) -> str:
+    """Push one image to the registry; returns the manifest digest. Raises on any error."""
+    tag = tag or cfg.images.tag
+    repo = cfg.image_repository(name)
+    digest = None
+    for chunk in client.api.push(repo, tag, auth_config=auth or auth_config(cfg), stream=True, decode=True):
+        if "error" in chunk or "errorDetail" in chunk:
+            msg = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")
+            raise CommandError(f"push of {repo}:{tag} failed: {msg}")
+        aux = chunk.get("aux") or {}
+        if aux.get("Digest"):
+            digest = aux["Digest"]
+    if not digest:
+        raise CommandError(f"push of {repo}:{tag} ended without a digest")
+    progress(f"{name}: pushed {repo}:{tag} @ {digest}")
+    return digest
+

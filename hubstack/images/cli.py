@@ -1,0 +1,87 @@
+"""`hubstack images ...`: graph, bootstrap, build, push."""
+
+from __future__ import annotations
+
+import argparse
+
+from hubstack.config import PlatformConfig
+from hubstack.engine import docker_client
+from hubstack.errors import CommandError
+from hubstack.images.bootstrap import bootstrap
+from hubstack.images.build import ImageBuilder, push_image
+from hubstack.images.graph import GraphError, ImageGraph
+
+
+def _graph(cfg: PlatformConfig) -> ImageGraph:
+    try:
+        return ImageGraph.from_config(cfg)
+    except GraphError as e:
+        raise CommandError(str(e)) from None
+
+
+def cmd_list(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    graph = _graph(cfg)
+    defaults = set(graph.default_targets(cfg))
+    for name in graph.order():
+        ctx = graph[name]
+        parent = ctx.parent or (ctx.external[0] if ctx.external else "-")
+        note = "" if name in defaults else "  (on demand)"
+        print(f"{name:16} FROM {parent:24} {ctx.path.relative_to(cfg.source_root)}{note}")
+    return 0
+
+
+def cmd_bootstrap(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    bootstrap(cfg, docker_client())
+    return 0
+
+
+def _targets(cfg: PlatformConfig, graph: ImageGraph, names: list[str]) -> list[str]:
+    try:
+        return graph.with_ancestors(names or graph.default_targets(cfg))
+    except GraphError as e:
+        raise CommandError(str(e)) from None
+
+
+def cmd_build(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    graph = _graph(cfg)
+    client = docker_client()
+    order = _targets(cfg, graph, args.names)
+    print(f"building {len(order)} image(s) in order: {' -> '.join(order)}")
+    results = ImageBuilder(cfg, client, graph, verbose=args.verbose).build_many(order, tag=args.tag)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise CommandError("; ".join(f"{r.name}: {r.error}" for r in failed))
+    if args.push:
+        for r in results:
+            push_image(cfg, client, r.name, args.tag)
+    return 0
+
+
+def cmd_push(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    graph = _graph(cfg)
+    client = docker_client()
+    for name in _targets(cfg, graph, args.names):
+        push_image(cfg, client, name, args.tag)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    images = sub.add_parser("images", help="the image hierarchy: list, bootstrap, build, push")
+    isub = images.add_subparsers(dest="images_command", metavar="ACTION", required=True)
+
+    p = isub.add_parser("list", help="the images in build order, with their parents (from the FROM lines)")
+    p.set_defaults(func=cmd_list)
+
+    p = isub.add_parser("bootstrap", help="make sure the base and registry images exist (pull, else build offline)")
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = isub.add_parser("build", help="build images and everything they need, in dependency order")
+    p.add_argument("names", nargs="*", metavar="NAME", help="images to build (default: all but on-demand ones)")
+    p.add_argument("--tag", help="tag to build (default: images.tag)")
+    p.add_argument("--push", action="store_true", help="push what was built to the registry")
+    p.set_defaults(func=cmd_build)
+
+    p = isub.add_parser("push", help="push images (and their parents) to the registry with its credentials")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--tag", help="tag to push (default: images.tag)")
+    p.set_defaults(func=cmd_push)
