@@ -256,7 +256,24 @@ class HubstackSpawner(DockerSpawner):
         }
         obj = await super().create_object()
         await self._write_accounts(obj["Id"], ident)
+        if profile.spark:
+            await self._write_spark_files(obj["Id"])
         return obj
+
+    async def _write_spark_files(self, container_id: str) -> None:
+        """Files a Spark-profile container needs beside its environment (hubstack.spark owns them)."""
+        from hubstack import spark
+
+        def run():
+            out = io.BytesIO()
+            with tarfile.open(fileobj=out, mode="w") as tar:
+                for path, data in spark.driver_files(self.platform).items():
+                    info = tarfile.TarInfo(path.lstrip("/"))
+                    info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+                    tar.addfile(info, io.BytesIO(data))
+            self.client.put_archive(container_id, "/", out.getvalue())
+
+        await asyncio.get_running_loop().run_in_executor(self.executor, run)
 
     def get_env(self):
         env = super().get_env()

@@ -26,11 +26,11 @@ def _source_images(request, cfg) -> dict[str, str]:
     dev = os.environ.get("HUBTEST_DEV_IMAGES")  # e.g. "hubdev:dev" (hand-built stand-ins)
     if dev:
         repo, tag = dev.split(":")
-        return {n: f"{repo}/{n}:{tag}" for n in ("hub", "notebook")}
+        return {n: f"{repo}/{n}:{tag}" for n in ("hub", "notebook", "spark-executor")}
     built = request.getfixturevalue("hierarchy")
     pcfg = request.getfixturevalue("platform_config")
     del built
-    return {n: pcfg.image_ref(n) for n in ("hub", "notebook")}
+    return {n: pcfg.image_ref(n) for n in ("hub", "notebook", "spark-executor")}
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +53,7 @@ def hub_stack(request, docker_client):
         subprocess.run(["docker", "compose", "-p", name, "-f", str(cfg.source_root / "compose/compose.yaml"),
                         "--env-file", str(cfg.state_dir / "hub/compose.env"), "down", "-v"],
                        capture_output=True)
-        for image_name in ("hub", "notebook"):
+        for image_name in ("hub", "notebook", "spark-executor"):
             try:
                 docker_client.images.remove(cfg.image_ref(image_name))
             except Exception:

@@ -27,6 +27,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_range(count: int) -> int:
+    """First of COUNT consecutive free loopback ports (one per Spark worker UI)."""
+    while True:
+        first = free_port()
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+
+
 def hubstack(config: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run the real CLI, as a platform engineer would."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -152,6 +165,10 @@ def write_config(tmp: Path, name: str, image_ns: str) -> Path:
         "images": {"namespace": image_ns},
         "resources": {"cpu_limit": 1.0, "mem_limit": "1G"},
         "hub": {"host": "127.0.0.1", "port": free_port(), "network": name, "start_timeout": 240},
+        # The stack includes the Spark cluster: UIs on free ports, 2 workers x 2 cores so
+        # two analysts' applications (2 cores each) run side by side.
+        "spark": {"workers": 2, "worker_cores": 2, "worker_memory": "1g", "max_cores_per_app": 2,
+                  "master_ui_port": free_port(), "worker_ui_port": free_port_range(2)},
     }
     path = tmp / "hubstack.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -1,0 +1,81 @@
+"""Spark through the hub, end to end: two analysts start Spark-profile servers through the
+REST API ({"profile": "spark"}), and run jobs from their kernels at the same time on the
+stack's cluster (started by `hubstack up` from compose/spark.yaml)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from hubstack import spark as hs
+from tests.integration.conftest_hub import ANALYSTS, hub_stack  # noqa: F401 (fixture)
+from tests.integration.hubstack_e2e import HubClient
+from tests.integration.spark_helpers import ENV_JOB
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def spark_clients(hub_stack):  # noqa: F811
+    cfg, _, _ = hub_stack
+    out = {}
+    for name, (pw, *_rest) in ANALYSTS.items():
+        c = HubClient(f"http://{cfg.hub.host}:{cfg.hub.port}", name)
+        assert c.login(pw).status_code == 302
+        c.make_token()
+        out[name] = c
+    yield out
+    for c in out.values():
+        try:
+            c.stop()
+        except AssertionError:
+            pass
+
+
+def test_spawn_form_offers_default_and_spark(hub_stack, spark_clients):  # noqa: F811
+    cfg, _, _ = hub_stack
+    alice = spark_clients["alice"]
+    page = alice.http.get(f"{alice.base}/hub/spawn", timeout=30).text
+    assert 'value="default"' in page and 'value="spark"' in page
+
+
+def test_two_analysts_spark_jobs_share_the_drivers_environment(hub_stack, spark_clients, docker_client):  # noqa: F811
+    cfg, _, _ = hub_stack
+    for c in spark_clients.values():
+        c.start(profile="spark")
+    results, errors = {}, {}
+
+    def run(name, client):
+        try:
+            out = client.run_code(ENV_JOB, timeout=420)
+            results[name] = json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:])
+        except BaseException as e:  # reported below, with the analyst's name
+            errors[name] = e
+
+    threads = [threading.Thread(target=run, args=item) for item in spark_clients.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    assert set(results) == set(ANALYSTS)
+
+    workers = {
+        c.id[:12]
+        for c in docker_client.containers.list(filters={"label": "com.docker.compose.service=spark-worker"})
+        if c.attrs["NetworkSettings"]["Networks"].get(cfg.hub.network)
+    }
+    for name, r in results.items():
+        uid = ANALYSTS[name][1]
+        assert r["master"] == hs.master_url(cfg)
+        assert r["sum"] == 10**7 * (10**7 - 1) // 2
+        driver = r["driver"]
+        assert driver["uid"] == uid and driver["image"] is not None and driver["prefix"] == "/opt/venv"
+        hosts = set()
+        for ex in r["executors"]:
+            hosts.add(ex.pop("host"))
+            assert ex.pop("uid") == 185  # standalone: executors run as the Spark service user
+            assert ex == {k: v for k, v in driver.items() if k not in ("host", "uid")}
+        assert len(hosts) >= 2 and hosts <= workers, (hosts, workers)
