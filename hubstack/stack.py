@@ -260,6 +260,10 @@ def status(cfg: PlatformConfig, args) -> int:
     for c in servers:
         print(f"  {c.labels.get(USER_LABEL):<20} profile={c.labels.get(PROFILE_LABEL, '?'):<10} "
               f"{c.name}  image={c.attrs['Config']['Image'][-71:]}")
+    from hubstack.hub import gpu
+
+    print()
+    print("\n".join(gpu.format_gpu_status(cfg, client, gpu.scan_root())))
     return 0
 
 

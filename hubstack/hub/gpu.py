@@ -361,6 +361,11 @@ SCAN_ROOT_ENV = "HUBSTACK_GPU_SCAN_ROOT"
 DEVICES_ROOT_ENV = "HUBSTACK_GPU_DEVICES_ROOT"
 
 
+def scan_root() -> str:
+    """Where this process looks for /dev/nvidia* nodes (the hub in a container mounts them elsewhere)."""
+    return os.environ.get(SCAN_ROOT_ENV) or os.environ.get(DEVICES_ROOT_ENV) or "/dev"
+
+
 def allocator(cfg: PlatformConfig, client: Any) -> GPUAllocator:
     """The allocator the spawner uses: host /dev for the engine, scan root from the environment.
 

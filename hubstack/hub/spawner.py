@@ -112,7 +112,8 @@ class HubstackSpawner(DockerSpawner):
 
     @default("pull_policy")
     def _default_pull(self):
-        return "always"
+        # The image is always a digest, which never changes: pull it only when absent.
+        return "ifnotpresent"
 
     @default("cmd")
     def _default_cmd_hubstack(self):
@@ -121,7 +122,9 @@ class HubstackSpawner(DockerSpawner):
     @default("options_form")
     def _default_form(self):
         rows = []
-        for i, p in enumerate(self.platform.profiles):
+        from hubstack.hub import gpu
+
+        for i, p in enumerate(gpu.offered_profiles(self.platform, gpu.scan_root())):
             checked = " checked" if i == 0 else ""
             rows.append(
                 f'<label class="form-check"><input class="form-check-input" type="radio" name="profile" '
@@ -209,6 +212,14 @@ class HubstackSpawner(DockerSpawner):
                         progress.emit, 10 + int(60 * pull.fraction), f"Pulling image: {pull.describe()}"
                     )
 
+        if self.pull_policy.lower() != "always":
+            try:
+                await self.docker("inspect_image", image)
+                progress.emit(70, "Image already on this node")
+                return
+            except docker.errors.ImageNotFound:
+                if self.pull_policy.lower() == "never":
+                    raise web.HTTPError(500, f"image {image} is not on this node and pull_policy is never") from None
         progress.emit(10, f"Pulling image {image}")
         await asyncio.wrap_future(self.executor.submit(run))
         progress.emit(70, "Image ready")
@@ -224,10 +235,9 @@ class HubstackSpawner(DockerSpawner):
         """GPU grant context for profiles with gpus > 0 (hubstack.hub.gpu owns it), else None."""
         from hubstack.hub import gpu
 
-        allocator = getattr(gpu, "allocator", None)
-        if allocator is None:
-            raise web.HTTPError(503, f"profile {profile.name} needs a GPU, and GPU support is not available")
-        return allocator(self.platform, self.client).reserve(owner=self.user.name, count=profile.gpus)
+        return gpu.allocator(self.platform, self.client).reserve(
+            owner=self.user.name, count=profile.gpus, profile_name=profile.name
+        )
 
     async def create_object(self):
         ident = self._ident
@@ -326,13 +336,18 @@ class HubstackSpawner(DockerSpawner):
         progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
 
         if profile.gpus > 0:
-            async with self._gpu_reservation(profile) as grant:
-                self._extra_gpu = {
-                    "labels": getattr(grant, "labels", {}),
-                    "host_config": getattr(grant, "host_config", {}),
-                }
-                self._extra_env.update(getattr(grant, "environment", {}))
-                result = await super().start()
+            from hubstack.hub.gpu import GPUUnavailable
+
+            # Pull first: a long pull must not hold the GPU lock, so other GPU spawns are
+            # answered at once instead of waiting behind it.
+            await self.pull_image(self.image)
+            try:
+                async with self._gpu_reservation(profile) as grant:
+                    self._extra_gpu = {"labels": grant.labels, "host_config": grant.host_config}
+                    self._extra_env.update(grant.environment)
+                    result = await super().start()
+            except GPUUnavailable as e:
+                raise web.HTTPError(409, str(e)) from None
         else:
             result = await super().start()
         progress.emit(90, "Container started; waiting for the notebook server to answer")
