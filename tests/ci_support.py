@@ -169,7 +169,6 @@ def gitea_headers(secret: bytes, body: bytes, event: str = "push") -> dict:
 # minimal test-only versions of auth_config and ImageBuilder.
 # ---------------------------------------------------------------------------
 
-REGISTRY_STANDIN = "citest/registry:2"
 _MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -197,120 +196,18 @@ def manifest_digest(cfg, name: str, tag: str) -> str | None:
     return r.headers["Docker-Content-Digest"]
 
 
-def _install_fallbacks() -> None:
-    import importlib
-    import json
-    import sys
-    import types
-    from dataclasses import dataclass
-
-    try:
-        importlib.import_module("hubstack.registry")
-    except ModuleNotFoundError:
-        mod = types.ModuleType("hubstack.registry")
-
-        def auth_config(cfg):
-            data = json.loads(cfg.registry_credentials_file.read_text())
-            return {"username": data["username"], "password": data["password"]}
-
-        mod.auth_config = auth_config
-        sys.modules["hubstack.registry"] = mod
-    try:
-        importlib.import_module("hubstack.images.build")
-    except ModuleNotFoundError:
-        from hubstack.images.graph import ImageGraph, build_args
-
-        mod = types.ModuleType("hubstack.images.build")
-
-        @dataclass
-        class BuildResult:
-            name: str
-            ref: str
-            image_id: str | None = None
-            ok: bool = False
-            error: str | None = None
-            log: str = ""
-
-        class ImageBuilder:
-            def __init__(self, cfg, client):
-                self.cfg, self.client = cfg, client
-
-            def build(self, name, tag=None):
-                ctx = ImageGraph.from_config(self.cfg)[name]
-                ref = self.cfg.image_ref(name, tag)
-                log, error = [], None
-                for chunk in self.client.api.build(path=str(ctx.path), tag=ref, buildargs=build_args(self.cfg, tag),
-                                                   rm=True, forcerm=True, decode=True):
-                    log.append(chunk.get("stream", "") or chunk.get("status", ""))
-                    if "error" in chunk:
-                        error = chunk["error"].strip()
-                if error:
-                    return BuildResult(name, ref, None, False, error, "".join(log))
-                return BuildResult(name, ref, self.client.images.get(ref).id, True, None, "".join(log))
-
-        mod.BuildResult, mod.ImageBuilder = BuildResult, ImageBuilder
-        sys.modules["hubstack.images.build"] = mod
-
-
-def _own_registry(client, tmp_path_factory):
-    """A registry container of our own with htpasswd auth; yields a platform config that uses it."""
-    import json
-    import secrets
-    import time
-
-    import requests
-    from tornado.testing import bind_unused_port
-
-    from hubstack.config import parse_config
-
-    sock, port = bind_unused_port()
-    sock.close()
-    state = tmp_path_factory.mktemp("ci-state")
-    creds = {"username": "hubstack", "password": secrets.token_hex(16)}
-    (state / "secrets").mkdir(mode=0o700)
-    cred_file = state / "secrets" / "registry-credentials.json"
-    cred_file.write_text(json.dumps(creds))
-    cred_file.chmod(0o600)
-    container = client.containers.run(
-        REGISTRY_STANDIN, name=f"ci-registry-{port}", detach=True, ports={"5000/tcp": ("127.0.0.1", port)},
-        environment={"REGISTRY_USER": creds["username"], "REGISTRY_PASSWORD": creds["password"]},
-        labels={"io.hubstack.test": "ci"},
-    )
-    for _ in range(100):
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code in (200, 401):
-                break
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    cfg = parse_config({"state_dir": str(state), "registry": {"address": f"127.0.0.1:{port}"}})
-    return cfg, container
-
-
 def registry_config(request, tmp_path_factory, client):
-    """The session's platform config with a running registry: the shared fixtures' when present."""
-    _install_fallbacks()
-    try:
-        cfg = request.getfixturevalue("platform_config")
-        request.getfixturevalue("registry")
-        return cfg, None
-    except pytest_lookup_error():
-        return _own_registry(client, tmp_path_factory)
-
-
-def pytest_lookup_error():
-    import pytest
-
-    return pytest.FixtureLookupError
+    """The session's platform config, with its running registry (shared fixtures)."""
+    cfg = request.getfixturevalue("platform_config")
+    request.getfixturevalue("registry")
+    return cfg
 
 
 def tiny_env(request, tmp_path_factory, client, name: str):
     """(cfg, repo, config file) for a fresh tiny repository on a running registry; cleans up after."""
     import json
 
-    cfg, own_registry = registry_config(request, tmp_path_factory, client)
-    if own_registry is not None:
-        request.addfinalizer(lambda: own_registry.remove(force=True, v=True))
+    cfg = registry_config(request, tmp_path_factory, client)
     tmp = tmp_path_factory.mktemp(name)
     repo = make_repo(tmp / "repo")
     cfg = tiny_config(cfg, repo, tmp / "state")

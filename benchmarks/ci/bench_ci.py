@@ -26,21 +26,21 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT)]
 
 import docker  # noqa: E402
-from tests.ci_support import _install_fallbacks, _own_registry, change, make_repo, tiny_config  # noqa: E402
+from tests.ci_support import change, make_repo, tiny_config  # noqa: E402
 
 from hubstack.ci.plan import make_plan  # noqa: E402
 from hubstack.ci.rebuild import Rebuilder  # noqa: E402
+from hubstack.config import parse_config  # noqa: E402
+from hubstack.images.bootstrap import bootstrap  # noqa: E402
+from hubstack.registry import RegistryClient, registry_container_spec  # noqa: E402
 
 
-class _Tmp:
-    def __init__(self, base: Path):
-        self.base, self.n = base, 0
+def free_port() -> int:
+    import socket
 
-    def mktemp(self, name: str) -> Path:
-        self.n += 1
-        p = self.base / f"{name}{self.n}"
-        p.mkdir()
-        return p
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main() -> int:
@@ -49,12 +49,16 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    _install_fallbacks()
     client = docker.from_env(timeout=600)
     client.ping()
     with tempfile.TemporaryDirectory(prefix="ci-bench-") as tmp:
         tmp = Path(tmp)
-        base_cfg, registry = _own_registry(client, _Tmp(tmp))
+        # A throw-away registry like the platform's own (bootstrapped offline if it cannot be pulled).
+        base_cfg = parse_config({"state_dir": str(tmp / "registry-state"), "registry": {"address": f"127.0.0.1:{free_port()}"}})
+        bootstrap(base_cfg, client, progress=lambda line: None)
+        name = f"ci-bench-registry-{base_cfg.registry.port}"
+        registry = client.containers.run(**registry_container_spec(base_cfg, name=name, volume=name))
+        RegistryClient(base_cfg).wait_ready(60)
         repo = make_repo(tmp / "repo")
         cfg = tiny_config(base_cfg, repo, tmp / "state")
         cfg = cfg.model_copy(update={"images": cfg.images.model_copy(update={"namespace": "cibench"})})

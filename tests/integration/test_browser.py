@@ -15,7 +15,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.integration.conftest_hub import ANALYSTS, hub_stack  # noqa: F401 (fixture)
+from tests.integration.conftest import ANALYSTS
 from tests.integration.hubstack_e2e import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

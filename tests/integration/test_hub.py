@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from tests.integration.conftest_hub import ANALYSTS, hub_stack  # noqa: F401 (fixture)
+from tests.integration.conftest import ANALYSTS
 from tests.integration.hubstack_e2e import HubClient, hubstack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

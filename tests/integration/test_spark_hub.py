@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from hubstack import spark as hs
-from tests.integration.conftest_hub import ANALYSTS, hub_stack  # noqa: F401 (fixture)
+from tests.integration.conftest import ANALYSTS
 from tests.integration.hubstack_e2e import HubClient
 from tests.integration.spark_helpers import ENV_JOB
 
