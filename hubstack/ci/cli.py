@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-
-from hubstack.errors import CommandError
 
 
 def _plan(cfg, args) -> int:

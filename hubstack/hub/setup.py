@@ -45,4 +45,9 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     c.Spawner.http_timeout = 120
     c.Spawner.default_url = "/lab"
     c.JupyterHub.allow_named_servers = False
+    # After 1 s a start request answers 202 and the browser gets the progress page: the
+    # spawn's real steps (digest, pull share, container, server) are what analysts should see.
+    # Refusals come sooner (a profile needing GPUs where there are none), so they answer
+    # the request itself with their message.
+    c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 1}
 

@@ -231,6 +231,14 @@ class HubstackSpawner(DockerSpawner):
 
         return spark.driver_environment(self.platform, self.container_name)
 
+    def _refuse_without_gpus(self, profile) -> None:
+        """Where the node has fewer GPUs than the profile asks for, say so before any other work."""
+        from hubstack.hub import gpu
+
+        have = len(gpu.gpu_indices(self.platform, gpu.scan_root()))
+        if have < profile.gpus:
+            raise web.HTTPError(409, gpu.no_gpu_message(profile.name, profile.gpus, self.platform, gpu.scan_root()))
+
     def _gpu_reservation(self, profile):
         """GPU grant context for profiles with gpus > 0 (hubstack.hub.gpu owns it), else None."""
         from hubstack.hub import gpu
@@ -324,6 +332,8 @@ class HubstackSpawner(DockerSpawner):
         progress = self.spawn_progress
         profile = self._profile()
         self._profile_cfg = profile
+        if profile.gpus > 0:
+            self._refuse_without_gpus(profile)
         self._ident = await self._identity()
         self.mem_limit = profile.mem_limit or self.platform.resources.mem_limit
         self.cpu_limit = profile.cpu_limit or self.platform.resources.cpu_limit

@@ -82,7 +82,7 @@ def debootstrap_base(cfg: PlatformConfig, client: docker.DockerClient,
         progress(f"{cfg.base.image}: importing the root into the engine")
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
         try:
-            out = client.api.import_image(src=tar.stdout, repository=repo, tag=tag)
+            client.api.import_image(src=tar.stdout, repository=repo, tag=tag)
         finally:
             tar.stdout.close()
             tar.wait()

@@ -109,6 +109,9 @@ class HubClient:
         assert events and events[-1].get("ready"), f"spawn failed: {events[-3:]}"
         return events
 
+    def running(self) -> bool:
+        return bool(self.api("GET", f"/hub/api/users/{self.name}").json()["servers"])
+
     def stop(self) -> None:
         r = self.api("DELETE", f"/hub/api/users/{self.name}/server")
         assert r.status_code in (202, 204), r.text
@@ -173,3 +176,22 @@ def write_config(tmp: Path, name: str, image_ns: str) -> Path:
     path = tmp / "hubstack.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def logged_in_clients(cfg, analysts: dict) -> dict[str, "HubClient"]:
+    """One logged-in client with an API token per analyst (name -> (password, ...))."""
+    out = {}
+    for name, (pw, *_rest) in analysts.items():
+        c = HubClient(f"http://{cfg.hub.host}:{cfg.hub.port}", name)
+        r = c.login(pw)
+        assert r.status_code == 302, f"login of {name} refused: {r.status_code}"
+        c.make_token()
+        out[name] = c
+    return out
+
+
+def stop_servers(clients: dict[str, "HubClient"]) -> None:
+    """Leave the shared stack as found: no analyst's server running."""
+    for c in clients.values():
+        if c.running():
+            c.stop()

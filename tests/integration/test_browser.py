@@ -5,7 +5,6 @@ The screenshot is kept under artifacts/ as a test artefact."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 from selenium import webdriver
@@ -16,7 +15,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.integration.conftest import ANALYSTS
-from tests.integration.hubstack_e2e import REPO
+from tests.integration.hubstack_e2e import REPO, logged_in_clients, stop_servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -69,3 +68,4 @@ def test_notebook_cell_prints_the_analysts_uid(hub_stack, browser):  # noqa: F81
         assert out.strip() == f"UID {uid}"
     finally:
         browser.save_screenshot(str(ARTIFACTS / "browser-notebook-uid.png"))
+        stop_servers(logged_in_clients(cfg, {name: ANALYSTS[name]}))

@@ -3,15 +3,13 @@ login form, start servers, run code in kernels through the hub's proxy."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 
 import pytest
 import requests
 
 from tests.integration.conftest import ANALYSTS
-from tests.integration.hubstack_e2e import HubClient, hubstack
+from tests.integration.hubstack_e2e import HubClient, hubstack, logged_in_clients, stop_servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,14 +29,19 @@ def url(cfg) -> str:
 @pytest.fixture(scope="module")
 def clients(hub_stack):  # noqa: F811
     cfg, _, _ = hub_stack
-    out = {}
-    for name, (pw, *_rest) in ANALYSTS.items():
-        c = HubClient(url(cfg), name)
-        r = c.login(pw)
-        assert r.status_code == 302, f"login of {name} refused: {r.status_code}"
-        c.make_token()
-        out[name] = c
-    return out
+    out = logged_in_clients(cfg, ANALYSTS)
+    stop_servers(out)
+    yield out
+    stop_servers(out)
+
+
+def forget_local_digest(docker_client, cfg, image: str) -> None:
+    """Drop this node's reference to the image's registry digest, so the next spawn must pull
+    (the layers stay: the pull is quick, but it is a real pull with real progress)."""
+    repo = cfg.image_repository(image)
+    for ref in docker_client.images.get(cfg.image_ref(image, cfg.hub.notebook_image_tag)).attrs["RepoDigests"]:
+        if ref.startswith(repo + "@"):
+            docker_client.images.remove(ref)
 
 
 def test_up_prints_url_and_login(hub_stack):  # noqa: F811
@@ -59,6 +62,7 @@ def test_wrong_password_is_refused(hub_stack):  # noqa: F811
 def test_identity_home_and_isolation(hub_stack, clients, docker_client):  # noqa: F811
     cfg, _, _ = hub_stack
     alice, bob = clients["alice"], clients["bob"]
+    forget_local_digest(docker_client, cfg, "notebook")
     events = alice.start()
     messages = " | ".join(e.get("message", "") for e in events)
     assert "Pulling image" in messages and "Creating the container" in messages, messages
