@@ -12,7 +12,7 @@ from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.auth import Authenticator
 from traitlets import Integer, Unicode, default
 
-from hubstack.hub.users import FileUserSource, UserRecord, UserSource, UsersFile, users_file_for
+from hubstack.hub.users import FileUserSource, UserRecord, UserSource, UsersFile
 
 
 def auth_state_for(rec: UserRecord) -> dict:

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -117,11 +117,15 @@ def find_gpu_nodes(dev_root: Path) -> list[str]:
     return nodes
 
 
+def _import_deps() -> None:
+    for name in ("docker", "pydantic", "yaml"):
+        importlib.import_module(name)
+
+
 def python_deps_from_bundle(bundle: Path | None, work: Path) -> None:
     """Make docker-py, pydantic and PyYAML importable, from the bundle's wheels if needed."""
     try:
-        import docker, pydantic, yaml  # noqa: F401,E401
-
+        _import_deps()
         return
     except ImportError:
         if bundle is None:
@@ -142,7 +146,7 @@ def python_deps_from_bundle(bundle: Path | None, work: Path) -> None:
             z.extractall(target)
     sys.path.insert(0, str(target))
     try:
-        import docker, pydantic, yaml  # noqa: F401,E401
+        _import_deps()
     except ImportError as e:
         raise CannotRun(f"the bundle has no wheel of {e.name} for Python {sys.version.split()[0]}; "
                         "rebuild it with PYTHON_VERSIONS including this version") from None

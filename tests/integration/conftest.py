@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hubstack.config import load_config
-from tests.integration.hubstack_e2e import add_user, hubstack, write_config
+from tests.integration.hubstack_e2e import add_user, hubstack, logged_in_clients, stop_servers, write_config
 
 ANALYSTS = {
     # name: (password, uid, gid, supplementary groups)
@@ -59,3 +59,14 @@ def hub_stack(request, docker_client):
             except Exception:
                 pass
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def clients(hub_stack):
+    """The analysts, logged in with API tokens. The stack is shared by every module, so each
+    module starts and leaves it with no analyst's server running."""
+    cfg, _, _ = hub_stack
+    out = logged_in_clients(cfg, ANALYSTS)
+    stop_servers(out)
+    yield out
+    stop_servers(out)

@@ -17,7 +17,6 @@ import os
 import stat
 import uuid
 
-import docker
 import pytest
 
 from hubstack.config import parse_config
@@ -135,7 +134,7 @@ def test_device_nodes_container_gets_its_gpu_and_nothing_more(tmp_path, docker_c
                  f"touch {driver}/bin/x 2>/dev/null || echo driver-read-only")
     assert rc == 0, out
     lines = out.split("\n")
-    assert lines[:3] == ["23456", "23456", f"GPU 0: Simulated GPU (node /dev/nvidia0)"]
+    assert lines[:3] == ["23456", "23456", "GPU 0: Simulated GPU (node /dev/nvidia0)"]
     assert sorted(lines[3:7]) == ["nvidia-uvm", "nvidia-uvm-tools", "nvidia0", "nvidiactl"]
     assert "nvidia1" not in out
     assert "node-writable" in out and "driver-read-only" in out

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import ANALYSTS
-from tests.integration.hubstack_e2e import HubClient, hubstack, logged_in_clients, stop_servers
+from tests.integration.hubstack_e2e import HubClient, hubstack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,15 +24,6 @@ WHOAMI = (
 
 def url(cfg) -> str:
     return f"http://{cfg.hub.host}:{cfg.hub.port}"
-
-
-@pytest.fixture(scope="module")
-def clients(hub_stack):  # noqa: F811
-    cfg, _, _ = hub_stack
-    out = logged_in_clients(cfg, ANALYSTS)
-    stop_servers(out)
-    yield out
-    stop_servers(out)
 
 
 def forget_local_digest(docker_client, cfg, image: str) -> None:

@@ -11,24 +11,14 @@ import pytest
 
 from hubstack import spark as hs
 from tests.integration.conftest import ANALYSTS
-from tests.integration.hubstack_e2e import logged_in_clients, stop_servers
 from tests.integration.spark_helpers import ENV_JOB
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def spark_clients(hub_stack):  # noqa: F811
+def test_spawn_form_offers_default_and_spark(hub_stack, clients):  # noqa: F811
     cfg, _, _ = hub_stack
-    out = logged_in_clients(cfg, ANALYSTS)
-    stop_servers(out)
-    yield out
-    stop_servers(out)
-
-
-def test_spawn_form_offers_default_and_spark(hub_stack, spark_clients):  # noqa: F811
-    cfg, _, _ = hub_stack
-    alice = spark_clients["alice"]
+    alice = clients["alice"]
     page = alice.http.get(f"{alice.base}/hub/spawn", timeout=30).text
     assert 'value="default"' in page and 'value="spark"' in page
     # This node has no GPU (CI never has one): the GPU profile is not offered, and asking for
@@ -40,9 +30,9 @@ def test_spawn_form_offers_default_and_spark(hub_stack, spark_clients):  # noqa:
     assert not alice.running()
 
 
-def test_two_analysts_spark_jobs_share_the_drivers_environment(hub_stack, spark_clients, docker_client):  # noqa: F811
+def test_two_analysts_spark_jobs_share_the_drivers_environment(hub_stack, clients, docker_client):  # noqa: F811
     cfg, _, _ = hub_stack
-    for c in spark_clients.values():
+    for c in clients.values():
         c.start(profile="spark")
     results, errors = {}, {}
 
@@ -53,7 +43,7 @@ def test_two_analysts_spark_jobs_share_the_drivers_environment(hub_stack, spark_
         except BaseException as e:  # reported below, with the analyst's name
             errors[name] = e
 
-    threads = [threading.Thread(target=run, args=item) for item in spark_clients.items()]
+    threads = [threading.Thread(target=run, args=item) for item in clients.items()]
     for t in threads:
         t.start()
     for t in threads:
