@@ -21,9 +21,8 @@ import yaml
 
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
+from hubstack.hub.container_spec import PROFILE_LABEL, USER_LABEL
 
-USER_LABEL = "io.hubstack.user"
-PROFILE_LABEL = "io.hubstack.profile"
 HUB_USERS_DIR = "/etc/hubstack/users"
 
 

@@ -46,11 +46,12 @@ import docker
 from docker.types import DeviceRequest
 
 from hubstack.config import PlatformConfig, ProfileConfig
+from hubstack.hub import container_spec
 
 # Labels on every GPU container: they ARE the allocation table.
 LABEL_GPUS = "io.hubstack.gpus"
 LABEL_GPU_MODE = "io.hubstack.gpu-mode"
-LABEL_USER = "io.hubstack.user"
+LABEL_USER = container_spec.USER_LABEL
 
 MODE_DEVICE_REQUESTS = "device-requests"
 MODE_DEVICE_NODES = "device-nodes"

@@ -30,6 +30,7 @@ from tornado import web
 from traitlets import Dict, Int, default
 
 from hubstack.config import PlatformConfig, load_config
+from hubstack.hub import container_spec
 from hubstack.hub.progress import PullProgress, SpawnProgress
 
 HOME_MODE = 0o700
@@ -72,7 +73,7 @@ class HubstackSpawner(DockerSpawner):
         config=True,
         help="Threads for Docker calls, shared by all spawns (stock DockerSpawner uses 1).",
     )
-    pids_limit = Int(1024, config=True, help="Most processes one notebook container may run.")
+    pids_limit = Int(container_spec.DEFAULT_PIDS_LIMIT, config=True, help="Most processes one notebook container may run.")
     extra_labels = Dict(config=True, help="More labels for notebook containers.")
 
     _pool: ThreadPoolExecutor | None = None
@@ -255,23 +256,12 @@ class HubstackSpawner(DockerSpawner):
             self.executor, self._ensure_home, ident["uid"], ident["gid"]
         )
         self.volumes = {host_home: {"bind": ident["home"], "mode": "rw"}}
-        self.extra_create_kwargs = {
-            "user": f"{ident['uid']}:{ident['gid']}",
-            "working_dir": ident["home"],
-            "labels": {
-                "io.hubstack.user": self.user.name,
-                "io.hubstack.profile": profile.name,
-                **self.extra_labels,
-                **self._extra_gpu.get("labels", {}),
-            },
-        }
-        self.extra_host_config = {
-            "group_add": [str(g) for g in ident["groups"]],
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            "pids_limit": self.pids_limit,
-            **self._extra_gpu.get("host_config", {}),
-        }
+        self.extra_create_kwargs = container_spec.create_kwargs(
+            self.user.name, profile.name, ident, self.extra_labels, self._extra_gpu.get("labels")
+        )
+        self.extra_host_config = container_spec.host_config(
+            ident, self.pids_limit, self._extra_gpu.get("host_config")
+        )
         obj = await super().create_object()
         await self._write_accounts(obj["Id"], ident)
         if profile.spark:

@@ -7,7 +7,7 @@ brings its own Python dependencies, its own engine (when no engine answers)
 and its own small bookworm image. Then it:
 
 1. creates the GPU profile's container through hubstack's own code
-   (hubstack.hub.gpu.GPUAllocator.reserve + the spawner's container settings),
+   (hubstack.hub.gpu.GPUAllocator.reserve + hubstack.hub.container_spec, as the spawner),
    as a non-root analyst UID, all capabilities dropped, no-new-privileges;
 2. inside it runs `nvidia-smi -L` and a CUDA probe through ctypes on
    libcuda.so.1 (cuInit, context, 1 GiB allocation), and a torch matrix
@@ -242,41 +242,30 @@ def load_image(client, bundle: Path | None, image: str, report: Report) -> str:
 
 
 def notebook_container(client, cfg, profile_name: str, image: str, dev_root: Path, scope: dict, extra_binds=None):
-    """Create (and start) the container for a profile the way the hub does.
-
-    The GPU part comes from hubstack.hub.gpu (GPUAllocator.reserve), the
-    container settings from the spawner's spec function when the spawner
-    provides one (hubstack.hub.spawner.container_security), else the
-    spawner's documented settings: analyst UID:GID, cap_drop ALL,
-    no-new-privileges, no Docker socket.
-    """
+    """Create (and start) the container for a profile the way the hub does: the GPU grant from
+    hubstack.hub.gpu (GPUAllocator.reserve), identity and lockdown from
+    hubstack.hub.container_spec, the very functions the spawner calls."""
     import asyncio
 
+    from hubstack.hub import container_spec
     from hubstack.hub.gpu import GPUAllocator
-
-    try:  # the spawner's own settings, when that module offers them
-        from hubstack.hub.spawner import container_security  # type: ignore[attr-defined]
-
-        security = container_security(cfg)
-    except ImportError:
-        security = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"]}
 
     profile = cfg.profile(profile_name)
     api = client.api
     name = f"hubstack-gpu-check-{profile_name}-{uuid.uuid4().hex[:6]}"
+    uid, gid = (int(x) for x in ANALYST.split(":"))
+    ident = {"uid": uid, "gid": gid, "groups": [], "home": "/tmp"}
 
     def create(grant):
-        labels = {**scope, "io.hubstack.profile": profile_name, **(grant.labels if grant else {})}
-        host_config = dict(security, network_mode="none", init=True)
-        binds = dict(extra_binds or {})
-        if grant:
-            binds.update(grant.host_config.get("binds", {}))
-            host_config.update({k: v for k, v in grant.host_config.items() if k != "binds"})
-        if binds:
-            host_config["binds"] = binds
-        c = api.create_container(image, command=["sleep", "900"], name=name, user=ANALYST, labels=labels,
+        kwargs = container_spec.create_kwargs("gpu-check-analyst", profile_name, ident, scope,
+                                              grant.labels if grant else None)
+        host_config = container_spec.host_config(ident, grant_host_config=grant.host_config if grant else None)
+        host_config.update(network_mode="none", init=True)
+        if extra_binds:
+            host_config["binds"] = {**host_config.get("binds", {}), **extra_binds}
+        c = api.create_container(image, command=["sleep", "900"], name=name,
                                  environment=(grant.environment if grant else {}),
-                                 host_config=api.create_host_config(**host_config))
+                                 host_config=api.create_host_config(**host_config), **kwargs)
         api.start(c["Id"])
         return c["Id"]
 

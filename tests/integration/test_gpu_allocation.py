@@ -15,11 +15,15 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
 from hubstack.config import parse_config
+from hubstack.hub import container_spec
 from hubstack.hub.gpu import (
     LABEL_GPUS,
     GPUAllocator,
@@ -33,6 +37,7 @@ from hubstack.hub.gpu import (
 pytestmark = pytest.mark.integration
 
 IMAGE = "debian:bookworm-slim"
+REPO = Path(__file__).resolve().parents[2]
 ANALYST = "23456:23456"
 
 FAKE_NVIDIA_SMI = """#!/bin/sh
@@ -74,18 +79,19 @@ def gpu_cfg(tmp_path, driver, **gpu):
 
 
 def create(client, grant, name, start=True):
-    """The container the spawner creates: its own security settings plus the grant."""
+    """The container the spawner creates: hubstack.hub.container_spec's identity and
+    lockdown (what the spawner calls) plus the grant."""
     api = client.api
+    uid, gid = (int(x) for x in ANALYST.split(":"))
+    ident = {"uid": uid, "gid": gid, "groups": [], "home": "/tmp"}
+    host_config = container_spec.host_config(ident, grant_host_config=grant.host_config)
     c = api.create_container(
         IMAGE,
         command=["sleep", "600"],
         name=f"gpu-test-{name}-{uuid.uuid4().hex[:6]}",
-        user=ANALYST,
-        labels=grant.labels,
         environment=grant.environment,
-        host_config=api.create_host_config(
-            cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True, **grant.host_config
-        ),
+        host_config=api.create_host_config(init=True, **host_config),
+        **container_spec.create_kwargs(grant.owner, "gpu", ident, grant_labels=grant.labels),
     )
     if start:
         api.start(c["Id"])
@@ -261,3 +267,21 @@ def test_gpu_profile_refused_where_no_gpu_exists(tmp_path, docker_client, sim):
     with pytest.raises(GPUUnavailable, match=r"the profile 'gpu' needs 1 GPU, but this platform has no GPU"):
         asyncio.run(spawn())
     assert docker_client.api.containers(all=True, filters={"label": [f"{k}={v}" for k, v in scope.items()]}) == []
+
+
+def test_real_gpu_check_creates_its_containers_on_simulated_devices(sim):
+    """tests/gpu/check.py's container steps, run here on the simulated GPU so that CI sees
+    them work. The CUDA probe needs a real driver (and the bundle's image, with python3), so
+    here it fails, and the check says so."""
+    dev, driver, _ = sim
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tests/gpu/check.py"), "--dev-root", str(dev), "--driver-dir", str(driver),
+         "--image", IMAGE],
+        capture_output=True, text=True, timeout=300,
+    )
+    out = r.stdout
+    for step in ("engine", "GPU mode", "create 'gpu' container", "non-root analyst, no capabilities, no-new-privileges",
+                 "nvidia-smi -L lists the granted GPU", "default profile sees no GPU"):
+        assert f"PASS  {step}" in out, out + r.stderr
+    assert "FAIL  CUDA probe" in out
+    assert r.returncode == 1 and out.rstrip().endswith("RESULT: FAILED")

@@ -3,13 +3,15 @@ login form, start servers, run code in kernels through the hub's proxy."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
 import requests
 
+from hubstack import stack
 from tests.integration.conftest import ANALYSTS
-from tests.integration.hubstack_e2e import HubClient, hubstack
+from tests.integration.hubstack_e2e import REPO, HubClient, hubstack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -105,6 +107,11 @@ def test_stop_respawn_and_hub_restart_keep_the_file(hub_stack, clients, docker_c
         filters={"label": [f"com.docker.compose.project={cfg.hub.network}", "com.docker.compose.service=hub"]}
     )[0]
     hub.restart(timeout=20)
+    assert read_back_after_restart(cfg, alice, "respawn.txt") == "still here"
+
+
+def read_back_after_restart(cfg, client, filename: str) -> str:
+    """Wait for the hub to answer again, then read FILENAME in the client's running server."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -117,13 +124,11 @@ def test_stop_respawn_and_hub_restart_keep_the_file(hub_stack, clients, docker_c
     deadline = time.monotonic() + 60
     while True:
         try:
-            out = alice.run_code("print(open('respawn.txt').read())").strip()
-            break
-        except (PermissionError, Exception):
+            return client.run_code(f"print(open({filename!r}).read())").strip()
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(2)
-    assert out == "still here"
 
 
 def test_status_lists_running_servers(hub_stack, clients):  # noqa: F811
@@ -132,3 +137,21 @@ def test_status_lists_running_servers(hub_stack, clients):  # noqa: F811
     assert r.returncode == 0, r.stderr
     assert "hub" in r.stdout and "registry" in r.stdout
     assert "alice" in r.stdout
+
+
+def test_plain_docker_compose_starts_the_platform(hub_stack, clients):  # noqa: F811
+    """Once `hubstack up` has run, compose/.env lets plain `docker compose` drive the stack."""
+    cfg, _, _ = hub_stack
+    alice = clients["alice"]
+    if not alice.running():
+        alice.start()
+    alice.run_code("open('compose.txt', 'w').write('plain compose')\n")
+    stack.render_env(cfg)  # other modules' platforms share this checkout's compose/.env
+    plain = ["docker", "compose", "-f", "compose/compose.yaml"]
+    r = subprocess.run([*plain, "stop"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(requests.RequestException):
+        requests.get(f"{url(cfg)}/hub/health", timeout=5)
+    r = subprocess.run([*plain, "up", "-d", "--wait"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert read_back_after_restart(cfg, alice, "compose.txt") == "plain compose"
