@@ -9,9 +9,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import docker
 import pytest
 
 from hubstack.config import load_config
+from hubstack.stack import local_images
 from tests.integration.hubstack_e2e import add_user, hubstack, logged_in_clients, stop_servers, write_config
 
 ANALYSTS = {
@@ -21,16 +23,13 @@ ANALYSTS = {
 }
 
 
-def _source_images(request, cfg) -> dict[str, str]:
-    """name -> local image to publish as cfg.image_ref(name)."""
-    dev = os.environ.get("HUBTEST_DEV_IMAGES")  # e.g. "hubdev:dev" (hand-built stand-ins)
-    if dev:
-        repo, tag = dev.split(":")
-        return {n: f"{repo}/{n}:{tag}" for n in ("hub", "notebook", "spark-executor")}
-    built = request.getfixturevalue("hierarchy")
-    pcfg = request.getfixturevalue("platform_config")
-    del built
-    return {n: pcfg.image_ref(n) for n in ("hub", "notebook", "spark-executor")}
+def _dev_images() -> dict[str, str] | None:
+    """name -> hand-built stand-in image, for quick local iteration (HUBTEST_DEV_IMAGES=repo:tag)."""
+    dev = os.environ.get("HUBTEST_DEV_IMAGES")
+    if not dev:
+        return None
+    repo, tag = dev.split(":")
+    return {n: f"{repo}/{n}:{tag}" for n in ("hub", "notebook", "spark-executor")}
 
 
 @pytest.fixture(scope="session")
@@ -39,12 +38,18 @@ def hub_stack(request, docker_client):
     name = f"hubtest-{os.getpid()}"
     config = write_config(tmp, name, image_ns=name)
     cfg = load_config(config)
-    for image_name, source in _source_images(request, cfg).items():
-        docker_client.images.get(source).tag(cfg.image_ref(image_name))
+    dev = _dev_images()
+    if dev:
+        for image_name, source in dev.items():
+            docker_client.images.get(source).tag(cfg.image_ref(image_name))
+    else:
+        # The main job as a platform engineer runs it: `hubstack up` builds, pushes and starts.
+        # The session's hierarchy is built first, so this build is all layer-cache hits.
+        request.getfixturevalue("hierarchy")
     for user, (pw, uid, gid, groups) in ANALYSTS.items():
         add_user(cfg, user, pw, uid, gid, groups)
     try:
-        r = hubstack(config, "up", "--no-build")
+        r = hubstack(config, "up", *(["--no-build"] if dev else []))
         assert r.returncode == 0, f"hubstack up failed:\n{r.stdout}\n{r.stderr}"
         yield cfg, config, r.stdout
     finally:
@@ -53,10 +58,10 @@ def hub_stack(request, docker_client):
         subprocess.run(["docker", "compose", "-p", name, "-f", str(cfg.source_root / "compose/compose.yaml"),
                         "--env-file", str(cfg.state_dir / "hub/compose.env"), "down", "-v"],
                        capture_output=True)
-        for image_name in ("hub", "notebook", "spark-executor"):
+        for image_name in local_images(cfg, docker_client):
             try:
                 docker_client.images.remove(cfg.image_ref(image_name))
-            except Exception:
+            except docker.errors.APIError:
                 pass
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -18,13 +18,9 @@ import requests
 import websocket
 import yaml
 
+from tests.conftest import config_data, free_port
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def free_port_range(count: int) -> int:
@@ -161,18 +157,19 @@ class HubClient:
 
 def write_config(tmp: Path, name: str, image_ns: str) -> Path:
     """A platform config of our own: state dir, ports, network and image namespace."""
-    data = {
-        "state_dir": str(tmp / "state"),
-        "source_dir": str(REPO),
-        "registry": {"address": f"127.0.0.1:{free_port()}", "image": os.environ.get("HUBTEST_REGISTRY_IMAGE", "registry:2")},
-        "images": {"namespace": image_ns},
-        "resources": {"cpu_limit": 1.0, "mem_limit": "1G"},
-        "hub": {"host": "127.0.0.1", "port": free_port(), "network": name, "start_timeout": 240},
+    # The suite's common settings (host CA for builds), so `hubstack up` builds what the
+    # session's hierarchy built, from the layer cache.
+    data = config_data(
+        tmp / "state", free_port(),
+        registry={"image": os.environ.get("HUBTEST_REGISTRY_IMAGE", "registry:2")},
+        images={"namespace": image_ns, "tag": "latest"},
+        resources={"cpu_limit": 1.0, "mem_limit": "1G"},
+        hub={"host": "127.0.0.1", "port": free_port(), "network": name, "start_timeout": 240},
         # The stack includes the Spark cluster: UIs on free ports, 2 workers x 2 cores so
         # two analysts' applications (2 cores each) run side by side.
-        "spark": {"workers": 2, "worker_cores": 2, "worker_memory": "1g", "max_cores_per_app": 2,
-                  "master_ui_port": free_port(), "worker_ui_port": free_port_range(2)},
-    }
+        spark={"workers": 2, "worker_cores": 2, "worker_memory": "1g", "max_cores_per_app": 2,
+               "master_ui_port": free_port(), "worker_ui_port": free_port_range(2)},
+    )
     path = tmp / "hubstack.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
