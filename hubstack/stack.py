@@ -158,6 +158,16 @@ def push_images(cfg: PlatformConfig, client, names: list[str]) -> None:
                 raise CommandError(f"push of {ref} failed: {ev['error']}")
 
 
+def stack_images(cfg: PlatformConfig) -> list[str]:
+    """Images the platform needs before it starts: its services' and its profiles' (on-demand
+    images, such as the GPU one, are built and pushed when a site wants them)."""
+    from hubstack import spark
+
+    names = {cfg.hub.image, spark.EXECUTOR_IMAGE}
+    names.update(p.image for p in cfg.profiles if p.image not in cfg.images.on_demand)
+    return sorted(names)
+
+
 def local_images(cfg: PlatformConfig, client) -> list[str]:
     """Our images present in the engine under the registry's name (what gets pushed)."""
     repo = f"{cfg.registry.address}/{cfg.images.namespace}/"
@@ -199,8 +209,10 @@ def up(cfg: PlatformConfig, args) -> int:
     if not args.no_build:
         build_images(cfg, client)
     names = local_images(cfg, client)
-    if cfg.hub.image not in names:
-        raise CommandError(f"image {cfg.image_ref(cfg.hub.image)} does not exist; run without --no-build")
+    missing = [n for n in stack_images(cfg) if n not in names]
+    if missing:
+        raise CommandError("the stack needs images that do not exist here: "
+                           + ", ".join(cfg.image_ref(n) for n in missing) + "; run without --no-build")
     ensure_registry_image(cfg, client)
     compose(cfg, "up", "-d", "--wait", "registry")
     push_images(cfg, client, names)

@@ -2,7 +2,8 @@
 image warm; idle notebook container memory; CPU-seconds one server costs to start.
 Same run, same image: hubstack's spawner, then stock DockerSpawner (benchmarks/spawn/stock.yaml).
 
-    PYTHONPATH=$PWD python benchmarks/spawn/run.py [--users 10] [--hub-image REF] [--notebook-image REF]
+    PYTHONPATH=$PWD python benchmarks/spawn/run.py [--users 10] [--config FILE]
+        [--hub-image REF] [--notebook-image REF] [--executor-image REF]
 
 It starts a throwaway platform of its own (own ports, network, state dir), prints a table,
 and removes the platform (not the homes' parent images) at the end.
@@ -97,10 +98,12 @@ def main() -> int:
     ap.add_argument("--config", help="platform config whose hub and notebook images to use (default: defaults)")
     ap.add_argument("--hub-image")
     ap.add_argument("--notebook-image")
+    ap.add_argument("--executor-image", help="Spark executor image (the stack includes the Spark cluster)")
     args = ap.parse_args()
     src = load_config(args.config)
     hub_image = args.hub_image or src.image_ref(src.hub.image)
     nb_image = args.notebook_image or src.image_ref("notebook")
+    executor_image = args.executor_image or src.image_ref("spark-executor")
 
     client = docker.from_env(timeout=600)
     tmp = Path(tempfile.mkdtemp(prefix="hubbench-"))
@@ -109,6 +112,7 @@ def main() -> int:
     cfg = load_config(config)
     client.images.get(hub_image).tag(cfg.image_ref("hub"))
     client.images.get(nb_image).tag(cfg.image_ref("notebook"))
+    client.images.get(executor_image).tag(cfg.image_ref("spark-executor"))
     users = {f"bench{i:02d}": f"pw-{i:02d}-{os.getpid()}" for i in range(args.users)}
     for i, (n, pw) in enumerate(users.items()):
         add_user(cfg, n, pw, 24000 + i, 24000 + i, [])
@@ -131,7 +135,7 @@ def main() -> int:
     finally:
         hubstack(config, "down")
         subprocess.run([*compose, "down", "-v"], capture_output=True)
-        for n in ("hub", "notebook"):
+        for n in ("hub", "notebook", "spark-executor"):
             try:
                 client.images.remove(cfg.image_ref(n))
             except docker.errors.APIError:

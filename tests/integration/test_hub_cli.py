@@ -12,12 +12,15 @@ from tests.integration.hubstack_e2e import hubstack, write_config
 pytestmark = pytest.mark.integration
 
 
-def test_up_without_images_names_the_missing_image_and_keeps_secrets(tmp_path, docker_client):
+def test_up_without_images_names_the_missing_images_and_keeps_secrets(tmp_path, docker_client):
     config = write_config(tmp_path, "hubtest-noimages", image_ns="hubtest-noimages")
     cfg = load_config(config)
     r = hubstack(config, "up", "--no-build")
     assert r.returncode == 2
-    assert f"image {cfg.image_ref('hub')} does not exist" in r.stderr
+    assert "the stack needs images that do not exist here: " in r.stderr
+    for name in ("hub", "notebook", "spark-executor"):
+        assert cfg.image_ref(name) in r.stderr
+    assert cfg.image_ref("gpu") not in r.stderr, "the GPU image is built on demand"
     names = sorted(p.name for p in cfg.secrets_dir.iterdir())
     assert names == ["jupyterhub-cookie-secret", "jupyterhub-crypt-key", "proxy-token",
                      "registry-credentials.json", "registry.htpasswd"]
