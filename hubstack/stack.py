@@ -24,6 +24,8 @@ from hubstack.errors import CommandError
 from hubstack.hub.container_spec import PROFILE_LABEL, USER_LABEL
 
 HUB_USERS_DIR = "/etc/hubstack/users"
+CI_SOURCE_DIR = "/srv/hubstack"
+CI_EXTRA_CA = "/etc/hubstack/extra-ca.pem"
 
 
 def compose_file(cfg: PlatformConfig) -> Path:
@@ -69,6 +71,16 @@ def hub_config(cfg: PlatformConfig) -> dict:
     return data
 
 
+def ci_builder_config(cfg: PlatformConfig) -> dict:
+    """The platform config as the webhook builder container sees it (compose/ci.yaml): the
+    state dir is mounted at its host path, the checkout read-only at CI_SOURCE_DIR."""
+    data = cfg.model_dump(mode="json", exclude={"path"})
+    data["source_dir"] = CI_SOURCE_DIR
+    data["base"]["extra_ca_bundle"] = None if cfg.base.extra_ca_bundle is None else CI_EXTRA_CA
+    data["ci"]["host"] = "0.0.0.0"  # host networking: the config's port is the host's port
+    return data
+
+
 def compose_env(cfg: PlatformConfig) -> dict[str, str]:
     env = {
         "COMPOSE_PROJECT_NAME": project_name(cfg),
@@ -83,6 +95,12 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
         "HUBSTACK_HOME_ROOT": str(cfg.home_root),
         "HUBSTACK_SECRETS_DIR": str(cfg.secrets_dir),
         "HUBSTACK_REGISTRY_CREDENTIALS": str(cfg.registry_credentials_file),
+        # compose/ci.yaml, the webhook builder
+        "HUBSTACK_STATE_DIR": str(cfg.state_dir),
+        "HUBSTACK_SOURCE_DIR": str(cfg.source_root),
+        "HUBSTACK_CI_CONFIG": str(cfg.state_dir / "ci" / "hubstack.yaml"),
+        "HUBSTACK_CI_PORT": str(cfg.ci.port),
+        "HUBSTACK_EXTRA_CA": str(cfg.base.extra_ca_bundle or "/dev/null"),
     }
     from hubstack import spark
 
@@ -96,6 +114,10 @@ def render_env(cfg: PlatformConfig) -> Path:
     hub_cfg.parent.mkdir(parents=True, exist_ok=True)
     hub_cfg.write_text("# Written by `hubstack up` from the platform config; edit that instead.\n"
                        + yaml.safe_dump(hub_config(cfg), sort_keys=False))
+    ci_cfg = cfg.state_dir / "ci" / "hubstack.yaml"
+    ci_cfg.parent.mkdir(parents=True, exist_ok=True)
+    ci_cfg.write_text("# Written by `hubstack up` from the platform config; edit that instead.\n"
+                      + yaml.safe_dump(ci_builder_config(cfg), sort_keys=False))
     cfg.users_file.parent.mkdir(parents=True, exist_ok=True)
     cfg.home_root.mkdir(parents=True, exist_ok=True, mode=0o755)
     lines = ["# Written by `hubstack up` from the platform config; edit that instead."]

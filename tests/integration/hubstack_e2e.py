@@ -169,6 +169,7 @@ def write_config(tmp: Path, name: str, image_ns: str) -> Path:
         # two analysts' applications (2 cores each) run side by side.
         spark={"workers": 2, "worker_cores": 2, "worker_memory": "1g", "max_cores_per_app": 2,
                "master_ui_port": free_port(), "worker_ui_port": free_port_range(2)},
+        ci={"port": free_port()},  # the webhook builder's compose service (host networking)
     )
     path = tmp / "hubstack.yaml"
     path.write_text(yaml.safe_dump(data))
