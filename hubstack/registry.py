@@ -9,7 +9,6 @@ repr and errors name the user and the address only.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import requests
 
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
+from hubstack.secretfiles import write_private
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -36,18 +36,6 @@ class Credentials:
 
     def __repr__(self) -> str:  # never show the password, even in a traceback
         return f"Credentials(username={self.username!r}, password=***)"
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a secret file atomically with mode 0600 (created so, never widened)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_credentials(cfg: PlatformConfig, create: bool = True) -> Credentials:

@@ -9,7 +9,6 @@ by render_env) lets plain `docker compose -f compose/compose.yaml up -d` work af
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -21,10 +20,12 @@ import yaml
 
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
+from hubstack.secretfiles import generated_secret
 from hubstack.hub.container_spec import PROFILE_LABEL, USER_LABEL
 
 HUB_USERS_DIR = "/etc/hubstack/users"
 CI_SOURCE_DIR = "/srv/hubstack"
+GENERATED = "# Written by `hubstack up` from the platform config; edit that instead."
 CI_EXTRA_CA = "/etc/hubstack/extra-ca.pem"
 
 
@@ -38,19 +39,10 @@ def project_name(cfg: PlatformConfig) -> str:
 
 
 # --- secrets -------------------------------------------------------------------------
-def _write_secret(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
 def ensure_secrets(cfg: PlatformConfig) -> None:
     """Cookie secret, proxy token, crypt key and registry credentials: made once, mode 0600."""
     for name in ("jupyterhub-cookie-secret", "proxy-token", "jupyterhub-crypt-key"):
-        path = cfg.secrets_dir / name
-        if not path.exists():
-            _write_secret(path, secrets.token_hex(32) + "\n")
+        generated_secret(cfg.secrets_dir / name)
     from hubstack.registry import htpasswd_file
 
     htpasswd_file(cfg)  # registry credentials and their htpasswd (the images issue's module)
@@ -90,7 +82,7 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
         "HUBSTACK_HUB_IMAGE": cfg.image_ref(cfg.hub.image),
         "HUBSTACK_HUB_HOST": cfg.hub.host,
         "HUBSTACK_HUB_PORT": str(cfg.hub.port),
-        "HUBSTACK_HUB_CONFIG": str(cfg.state_dir / "hub" / "hubstack.yaml"),
+        "HUBSTACK_HUB_CONFIG": str(container_config_file(cfg, "hub")),
         "HUBSTACK_USERS_DIR": str(cfg.users_file.parent),
         "HUBSTACK_HOME_ROOT": str(cfg.home_root),
         "HUBSTACK_SECRETS_DIR": str(cfg.secrets_dir),
@@ -98,7 +90,7 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
         # compose/ci.yaml, the webhook builder
         "HUBSTACK_STATE_DIR": str(cfg.state_dir),
         "HUBSTACK_SOURCE_DIR": str(cfg.source_root),
-        "HUBSTACK_CI_CONFIG": str(cfg.state_dir / "ci" / "hubstack.yaml"),
+        "HUBSTACK_CI_CONFIG": str(container_config_file(cfg, "ci")),
         "HUBSTACK_CI_PORT": str(cfg.ci.port),
         "HUBSTACK_EXTRA_CA": str(cfg.base.extra_ca_bundle or "/dev/null"),
     }
@@ -109,25 +101,24 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
 
 
 def render_env(cfg: PlatformConfig) -> Path:
-    """Write compose/.env and the hub's copy of the config; returns the .env path."""
-    hub_cfg = cfg.state_dir / "hub" / "hubstack.yaml"
-    hub_cfg.parent.mkdir(parents=True, exist_ok=True)
-    hub_cfg.write_text("# Written by `hubstack up` from the platform config; edit that instead.\n"
-                       + yaml.safe_dump(hub_config(cfg), sort_keys=False))
-    ci_cfg = cfg.state_dir / "ci" / "hubstack.yaml"
-    ci_cfg.parent.mkdir(parents=True, exist_ok=True)
-    ci_cfg.write_text("# Written by `hubstack up` from the platform config; edit that instead.\n"
-                      + yaml.safe_dump(ci_builder_config(cfg), sort_keys=False))
+    """Write compose/.env and the containers' copies of the config; returns the .env path."""
+    for service, data in (("hub", hub_config(cfg)), ("ci", ci_builder_config(cfg))):
+        path = container_config_file(cfg, service)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(GENERATED + "\n" + yaml.safe_dump(data, sort_keys=False))
     cfg.users_file.parent.mkdir(parents=True, exist_ok=True)
     cfg.home_root.mkdir(parents=True, exist_ok=True, mode=0o755)
-    lines = ["# Written by `hubstack up` from the platform config; edit that instead."]
-    lines += [f"{k}={v}" for k, v in compose_env(cfg).items()]
-    text = "\n".join(lines) + "\n"
+    text = "\n".join([GENERATED, *(f"{k}={v}" for k, v in compose_env(cfg).items())]) + "\n"
     # Our commands read the copy under state_dir (two platforms can share one checkout);
     # compose/.env is what a plain `docker compose -f compose/compose.yaml` reads.
     env_file(cfg).write_text(text)
     (compose_file(cfg).parent / ".env").write_text(text)
     return env_file(cfg)
+
+
+def container_config_file(cfg: PlatformConfig, service: str) -> Path:
+    """The platform config as SERVICE's container sees it (hub_config, ci_builder_config)."""
+    return cfg.state_dir / service / "hubstack.yaml"
 
 
 def env_file(cfg: PlatformConfig) -> Path:
@@ -169,15 +160,13 @@ def ensure_registry_image(cfg: PlatformConfig, client) -> None:
 
 
 def push_images(cfg: PlatformConfig, client, names: list[str]) -> None:
-    from hubstack.hub.spawner import registry_auth
+    from hubstack.images.build import push_image
+    from hubstack.registry import auth_config
 
-    auth = registry_auth(cfg)
+    auth = auth_config(cfg)
     for name in names:
-        ref = cfg.image_ref(name)
-        print(f"pushing {ref}", flush=True)
-        for ev in client.images.push(ref, stream=True, decode=True, auth_config=auth):
-            if "error" in ev:
-                raise CommandError(f"push of {ref} failed: {ev['error']}")
+        print(f"pushing {cfg.image_ref(name)}", flush=True)
+        push_image(cfg, client, name, auth=auth)
 
 
 def stack_images(cfg: PlatformConfig) -> list[str]:

@@ -27,6 +27,7 @@ import docker
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
+from hubstack import stack  # noqa: E402
 from hubstack.config import load_config  # noqa: E402
 from tests.integration.hubstack_e2e import HubClient, add_user, hubstack, write_config  # noqa: E402
 
@@ -116,7 +117,7 @@ def main() -> int:
     users = {f"bench{i:02d}": f"pw-{i:02d}-{os.getpid()}" for i in range(args.users)}
     for i, (n, pw) in enumerate(users.items()):
         add_user(cfg, n, pw, 24000 + i, 24000 + i, [])
-    env_file = cfg.state_dir / "hub" / "compose.env"
+    env_file = stack.env_file(cfg)
     compose = ["docker", "compose", "-p", name, "-f", str(cfg.source_root / "compose/compose.yaml"), "--env-file", str(env_file)]
     lines = []
     try:

@@ -27,6 +27,7 @@ from traitlets.config import Configurable
 from hubstack.ci.imagetest import run_image_tests
 from hubstack.ci.plan import Plan, make_plan
 from hubstack.config import PlatformConfig
+from hubstack.errors import CommandError
 from hubstack.images.graph import ImageGraph
 
 # Build logs are kept in the report up to this many characters (the tail: where errors are).
@@ -142,10 +143,12 @@ class Rebuilder(Configurable):
         return auth_config(self.cfg)
 
     def _push(self, name: str, tag: str) -> None:
-        repo = self.cfg.image_repository(name)
-        for chunk in self.client.api.push(repo, tag=tag, auth_config=self._auth(), stream=True, decode=True):
-            if "error" in chunk:
-                raise StageFailed("push", f"{repo}:{tag}: {chunk['error']}")
+        from hubstack.images.build import push_image
+
+        try:
+            push_image(self.cfg, self.client, name, tag, auth=self._auth(), progress=self.out)
+        except CommandError as e:
+            raise StageFailed("push", str(e)) from None
 
     def _alias_parent(self, name: str, tag: str) -> bool:
         """Give an unchanged parent the commit tag locally, so its children build FROM it.

@@ -20,9 +20,7 @@ import hashlib
 import hmac
 import html
 import json
-import os
 import re
-import secrets
 import subprocess
 import threading
 import uuid
@@ -39,6 +37,7 @@ from traitlets.config import Configurable
 from hubstack.ci.plan import make_plan
 from hubstack.ci.rebuild import BuildReport, Rebuilder, write_report
 from hubstack.config import PlatformConfig
+from hubstack.secretfiles import generated_secret
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _ZERO = "0" * 40
@@ -50,13 +49,7 @@ def _now() -> str:
 
 def load_or_create_secret(path: Path) -> bytes:
     """The webhook secret; generated (mode 0600) on first use, never printed."""
-    path = Path(path)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
-    secret = path.read_text().strip()
+    secret = generated_secret(path)
     if not secret:
         raise ValueError(f"webhook secret file {path} is empty")
     return secret.encode()

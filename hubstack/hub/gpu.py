@@ -373,8 +373,7 @@ def allocator(cfg: PlatformConfig, client: Any) -> GPUAllocator:
     Cheap to make per spawn: the lock is per event loop (class level) and the
     assignments live in the engine, so every instance agrees.
     """
-    devices_root = os.environ.get(DEVICES_ROOT_ENV) or "/dev"
-    return GPUAllocator(cfg, client, devices_root=devices_root, scan_root=os.environ.get(SCAN_ROOT_ENV) or devices_root)
+    return GPUAllocator(cfg, client, devices_root=os.environ.get(DEVICES_ROOT_ENV) or "/dev", scan_root=scan_root())
 
 
 # ----------------------------------------------------------------------- CLI

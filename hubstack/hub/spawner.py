@@ -32,15 +32,9 @@ from traitlets import Dict, Int, default
 from hubstack.config import PlatformConfig, load_config
 from hubstack.hub import container_spec
 from hubstack.hub.progress import PullProgress, SpawnProgress
+from hubstack.registry import auth_config
 
 HOME_MODE = 0o700
-
-
-def registry_auth(cfg: PlatformConfig) -> dict:
-    """auth_config for docker-py pulls (the registry credentials of the platform config)."""
-    from hubstack.registry import auth_config
-
-    return auth_config(cfg)
 
 
 def passwd_entries(name: str, uid: int, gid: int, groups: list[int], home: str) -> tuple[str, str]:
@@ -185,7 +179,7 @@ class HubstackSpawner(DockerSpawner):
 
     # --- image -----------------------------------------------------------------------
     def _auth(self) -> dict | None:
-        return registry_auth(self.platform)
+        return auth_config(self.platform)
 
     async def _resolve_digest(self, ref: str) -> str:
         """REPO:TAG -> REPO@sha256:..., asked of the registry through the engine."""
@@ -232,21 +226,17 @@ class HubstackSpawner(DockerSpawner):
 
         return spark.driver_environment(self.platform, self.container_name)
 
-    def _refuse_without_gpus(self, profile) -> None:
-        """Where the node has fewer GPUs than the profile asks for, say so before any other work."""
+    def _gpu_allocator(self, profile):
+        """The GPU allocator (hubstack.hub.gpu owns it), once it has found that this node can
+        serve the profile at all: a profile it can never serve is refused before any work."""
         from hubstack.hub import gpu
 
-        have = len(gpu.gpu_indices(self.platform, gpu.scan_root()))
-        if have < profile.gpus:
-            raise web.HTTPError(409, gpu.no_gpu_message(profile.name, profile.gpus, self.platform, gpu.scan_root()))
-
-    def _gpu_reservation(self, profile):
-        """GPU grant context for profiles with gpus > 0 (hubstack.hub.gpu owns it), else None."""
-        from hubstack.hub import gpu
-
-        return gpu.allocator(self.platform, self.client).reserve(
-            owner=self.user.name, count=profile.gpus, profile_name=profile.name
-        )
+        alloc = gpu.allocator(self.platform, self.client)
+        try:
+            alloc.check(profile.gpus, profile.name)
+        except gpu.GPUUnavailable as e:
+            raise web.HTTPError(409, str(e)) from None
+        return alloc
 
     async def create_object(self):
         ident = self._ident
@@ -322,8 +312,7 @@ class HubstackSpawner(DockerSpawner):
         progress = self.spawn_progress
         profile = self._profile()
         self._profile_cfg = profile
-        if profile.gpus > 0:
-            self._refuse_without_gpus(profile)
+        gpus = self._gpu_allocator(profile) if profile.gpus > 0 else None
         self._ident = await self._identity()
         self.mem_limit = profile.mem_limit or self.platform.resources.mem_limit
         self.cpu_limit = profile.cpu_limit or self.platform.resources.cpu_limit
@@ -335,14 +324,14 @@ class HubstackSpawner(DockerSpawner):
         self.image = await self._resolve_digest(ref)
         progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
 
-        if profile.gpus > 0:
+        if gpus:
             from hubstack.hub.gpu import GPUUnavailable
 
             # Pull first: a long pull must not hold the GPU lock, so other GPU spawns are
             # answered at once instead of waiting behind it.
             await self.pull_image(self.image)
             try:
-                async with self._gpu_reservation(profile) as grant:
+                async with gpus.reserve(owner=self.user.name, count=profile.gpus, profile_name=profile.name) as grant:
                     self._extra_gpu = {"labels": grant.labels, "host_config": grant.host_config}
                     self._extra_env.update(grant.environment)
                     result = await super().start()

@@ -13,7 +13,7 @@ import docker
 import pytest
 
 from hubstack.config import load_config
-from hubstack.stack import local_images
+from hubstack.stack import env_file, local_images
 from tests.integration.hubstack_e2e import add_user, hubstack, logged_in_clients, stop_servers, write_config
 
 ANALYSTS = {
@@ -56,7 +56,7 @@ def hub_stack(request, docker_client):
         hubstack(config, "down")
         # The test platform is disposable: remove its volumes and images too.
         subprocess.run(["docker", "compose", "-p", name, "-f", str(cfg.source_root / "compose/compose.yaml"),
-                        "--env-file", str(cfg.state_dir / "hub/compose.env"), "down", "-v"],
+                        "--env-file", str(env_file(cfg)), "down", "-v"],
                        capture_output=True)
         for image_name in local_images(cfg, docker_client):
             try:
