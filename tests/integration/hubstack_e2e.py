@@ -127,21 +127,42 @@ class HubClient:
             raise PermissionError(f"{r.status_code}: {r.text[:200]}")
         kernel = r.json()["id"]
         url = self.base.replace("http", "ws", 1) + f"{prefix}/kernels/{kernel}/channels"
-        ws = websocket.create_connection(url, header=[f"Authorization: token {self.token}"], timeout=timeout)
-        try:
+        # Short socket timeouts, so the deadline holds even while the server's websocket pings
+        # keep the connection busy.
+        ws = websocket.create_connection(url, header=[f"Authorization: token {self.token}"], timeout=5)
+        session, deadline = uuid.uuid4().hex, time.monotonic() + timeout
+
+        def send(msg_type: str, content: dict) -> str:
             msg_id = uuid.uuid4().hex
             ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": self.name,
-                           "session": uuid.uuid4().hex, "version": "5.3"},
-                "parent_header": {}, "metadata": {}, "channel": "shell",
-                "content": {"code": code, "silent": False, "store_history": False,
-                            "user_expressions": {}, "allow_stdin": False},
+                "header": {"msg_id": msg_id, "msg_type": msg_type, "username": self.name,
+                           "session": session, "version": "5.3"},
+                "parent_header": {}, "metadata": {}, "channel": "shell", "content": content,
             }))
-            out, deadline = [], time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                msg = json.loads(ws.recv())
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            return msg_id
+
+        def replies(msg_id: str, wait: float):
+            """Messages answering MSG_ID until WAIT seconds pass without one."""
+            quiet_until = min(deadline, time.monotonic() + wait)
+            while time.monotonic() < quiet_until:
+                try:
+                    msg = json.loads(ws.recv())
+                except websocket.WebSocketTimeoutException:
                     continue
+                if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                    yield msg
+                    quiet_until = min(deadline, time.monotonic() + wait)
+
+        try:
+            # A request sent before the kernel's channels are connected can be lost, so ask for
+            # kernel_info until one is answered, as Jupyter's own clients do, then execute.
+            while not any(m["msg_type"] == "kernel_info_reply" for m in replies(send("kernel_info_request", {}), 2)):
+                if time.monotonic() > deadline:
+                    raise AssertionError("kernel did not answer kernel_info_request")
+            msg_id = send("execute_request", {"code": code, "silent": False, "store_history": False,
+                                              "user_expressions": {}, "allow_stdin": False})
+            out = []
+            for msg in replies(msg_id, timeout):
                 kind = msg["msg_type"]
                 if kind == "stream":
                     out.append(msg["content"]["text"])
