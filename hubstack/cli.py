@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hubstack {__version__}")
     parser.add_argument(
-        "-c", "--config", metavar="FILE",
+        "-c",
+        "--config",
+        metavar="FILE",
         help="platform config (default: $HUBSTACK_CONFIG, ./hubstack.yaml, /etc/hubstack/hubstack.yaml, else defaults)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CONFIG_ENV = "HUBSTACK_CONFIG"
 DEFAULT_CONFIG_PATHS = (Path("hubstack.yaml"), Path("/etc/hubstack/hubstack.yaml"))
@@ -117,14 +125,18 @@ class ProfileConfig(_Section):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _NAME.match(v):
-            raise ValueError(f"profile name must be lowercase letters, digits, '-', '_' or '.', got {v!r}")
+            raise ValueError(
+                f"profile name must be lowercase letters, digits, '-', '_' or '.', got {v!r}"
+            )
         return v
 
 
 def _default_profiles() -> list[ProfileConfig]:
     return [
         ProfileConfig(name="default", display_name="Default: Python data stack"),
-        ProfileConfig(name="spark", display_name="Spark: notebook as driver on the shared cluster", spark=True),
+        ProfileConfig(
+            name="spark", display_name="Spark: notebook as driver on the shared cluster", spark=True
+        ),
         ProfileConfig(name="gpu", display_name="GPU: one GPU of this node", image="gpu", gpus=1),
     ]
 
@@ -198,7 +210,7 @@ class PlatformConfig(_Section):
     path: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
-    def _unique_profiles(self) -> "PlatformConfig":
+    def _unique_profiles(self) -> PlatformConfig:
         seen: set[str] = set()
         for p in self.profiles:
             if p.name in seen:
@@ -295,7 +307,9 @@ def parse_config(data: dict | None, path: Path | str = "<config>") -> PlatformCo
     """Validate already-loaded YAML data (path is only used in messages and for relative paths)."""
     data = dict(data or {})
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: (top level): must be a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: (top level): must be a mapping of keys, got {type(data).__name__}"
+        )
     if isinstance(path, Path):
         _resolve_paths(data, path.resolve().parent)
     try:
@@ -330,5 +344,7 @@ def load_config(path: str | os.PathLike | None = None) -> PlatformConfig:
         loc = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
         raise ConfigError(f"{path}: {loc}not valid YAML: {getattr(e, 'problem', e)}") from None
     if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{path}: (top level): must be a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: (top level): must be a mapping of keys, got {type(data).__name__}"
+        )
     return parse_config(data, path)

@@ -70,7 +70,9 @@ def driver_conf(cfg: PlatformConfig, driver_host: str) -> dict[str, str]:
 def driver_environment(cfg: PlatformConfig, driver_host: str) -> dict[str, str]:
     """Environment that makes SparkSession.builder.getOrCreate() run on the cluster."""
     if not driver_host:
-        raise ValueError("driver_host must be the notebook container's name on the platform network")
+        raise ValueError(
+            "driver_host must be the notebook container's name on the platform network"
+        )
     conf = driver_conf(cfg, driver_host)
     args = ["--master", conf.pop("spark.master")]
     for key, value in conf.items():

@@ -20,8 +20,8 @@ import yaml
 
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
-from hubstack.secretfiles import generated_secret
 from hubstack.hub.container_spec import PROFILE_LABEL, USER_LABEL
+from hubstack.secretfiles import generated_secret
 
 HUB_USERS_DIR = "/etc/hubstack/users"
 CI_SOURCE_DIR = "/srv/hubstack"
@@ -125,16 +125,29 @@ def env_file(cfg: PlatformConfig) -> Path:
     return cfg.state_dir / "hub" / "compose.env"
 
 
-def compose(cfg: PlatformConfig, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
-    cmd = ["docker", "compose", "-f", str(compose_file(cfg)), "--env-file", str(env_file(cfg)),
-           "-p", project_name(cfg), *args]
+def compose(
+    cfg: PlatformConfig, *args: str, check: bool = True, capture: bool = False
+) -> subprocess.CompletedProcess:
+    cmd = [
+        "docker",
+        "compose",
+        "-f",
+        str(compose_file(cfg)),
+        "--env-file",
+        str(env_file(cfg)),
+        "-p",
+        project_name(cfg),
+        *args,
+    ]
     try:
         result = subprocess.run(cmd, text=True, capture_output=capture)
     except FileNotFoundError:
         raise CommandError("the docker CLI is not installed") from None
     if check and result.returncode != 0:
         detail = (result.stderr or "").strip()[-2000:] if capture else ""
-        raise CommandError(f"`{' '.join(cmd[1:])}` failed (exit {result.returncode}) {detail}".strip())
+        raise CommandError(
+            f"`{' '.join(cmd[1:])}` failed (exit {result.returncode}) {detail}".strip()
+        )
     return result
 
 
@@ -149,7 +162,9 @@ def build_images(cfg: PlatformConfig, client) -> None:
     results = ImageBuilder(cfg, client).build_many(targets)
     failed = [r for r in results if not r.ok]
     if failed:
-        raise CommandError("image build failed: " + "; ".join(f"{r.name}: {r.error}" for r in failed))
+        raise CommandError(
+            "image build failed: " + "; ".join(f"{r.name}: {r.error}" for r in failed)
+        )
 
 
 def ensure_registry_image(cfg: PlatformConfig, client) -> None:
@@ -186,7 +201,7 @@ def local_images(cfg: PlatformConfig, client) -> list[str]:
     for image in client.images.list():
         for tag in image.tags:
             if tag.startswith(repo) and tag.endswith(f":{cfg.images.tag}"):
-                names.add(tag[len(repo):].rsplit(":", 1)[0])
+                names.add(tag[len(repo) :].rsplit(":", 1)[0])
     return sorted(names)
 
 
@@ -207,7 +222,9 @@ def wait_for_hub(cfg: PlatformConfig, timeout: float = 180) -> None:
         except (urllib.error.URLError, OSError) as e:
             last = str(e)
         time.sleep(1)
-    raise CommandError(f"the hub did not answer on {url} within {timeout:.0f}s ({last}); see `docker compose logs hub`")
+    raise CommandError(
+        f"the hub did not answer on {url} within {timeout:.0f}s ({last}); see `docker compose logs hub`"
+    )
 
 
 # --- commands ------------------------------------------------------------------------
@@ -222,8 +239,11 @@ def up(cfg: PlatformConfig, args) -> int:
     names = local_images(cfg, client)
     missing = [n for n in stack_images(cfg) if n not in names]
     if missing:
-        raise CommandError("the stack needs images that do not exist here: "
-                           + ", ".join(cfg.image_ref(n) for n in missing) + "; run without --no-build")
+        raise CommandError(
+            "the stack needs images that do not exist here: "
+            + ", ".join(cfg.image_ref(n) for n in missing)
+            + "; run without --no-build"
+        )
     ensure_registry_image(cfg, client)
     compose(cfg, "up", "-d", "--wait", "registry")
     push_images(cfg, client, names)
@@ -233,7 +253,9 @@ def up(cfg: PlatformConfig, args) -> int:
     admin = _initial_admin(cfg)
     if admin:
         name, password = admin
-        print(f"log in as {name} with password {password}  (shown once: change it, or keep it safe)")
+        print(
+            f"log in as {name} with password {password}  (shown once: change it, or keep it safe)"
+        )
     else:
         print("log in with an account from the users file (`hubstack users list`)")
     return 0
@@ -249,7 +271,8 @@ def _initial_admin(cfg: PlatformConfig):
 
 def notebook_containers(cfg: PlatformConfig, client) -> list:
     return [
-        c for c in client.containers.list(all=True, filters={"label": USER_LABEL})
+        c
+        for c in client.containers.list(all=True, filters={"label": USER_LABEL})
         if cfg.hub.network in (c.attrs.get("NetworkSettings", {}).get("Networks") or {})
     ]
 
@@ -280,8 +303,10 @@ def status(cfg: PlatformConfig, args) -> int:
     servers = [c for c in notebook_containers(cfg, client) if c.status == "running"]
     print(f"\nnotebook servers running: {len(servers)}")
     for c in servers:
-        print(f"  {c.labels.get(USER_LABEL):<20} profile={c.labels.get(PROFILE_LABEL, '?'):<10} "
-              f"{c.name}  image={c.attrs['Config']['Image'][-71:]}")
+        print(
+            f"  {c.labels.get(USER_LABEL):<20} profile={c.labels.get(PROFILE_LABEL, '?'):<10} "
+            f"{c.name}  image={c.attrs['Config']['Image'][-71:]}"
+        )
     from hubstack.hub import gpu
 
     print()
@@ -290,7 +315,9 @@ def status(cfg: PlatformConfig, args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("up", help="bootstrap, build, push, start the platform and wait until the hub answers")
+    p = subparsers.add_parser(
+        "up", help="bootstrap, build, push, start the platform and wait until the hub answers"
+    )
     p.add_argument("--no-build", action="store_true", help="use the images already in the engine")
     p.set_defaults(func=up)
     p = subparsers.add_parser("down", help="stop notebooks and the stack; keep all data")

@@ -20,15 +20,17 @@ EXTRAS = {"spark-executor": "leaf", "hub": "root"}
 ROOT_FROM = "ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE}\n"
 CHILD_FROM = "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM ${HUBSTACK_REPO}/%s:${HUBSTACK_TAG}\n"
 
-TEST_MODULE = '''\
+TEST_MODULE = """\
 def test_marker_is_in_the_image(run):
     out = run("cat", "/usr/share/citest/{name}.txt").check()
     assert "{name}" in out
-'''
+"""
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def folder_of(repo: Path, name: str) -> Path:
@@ -85,13 +87,25 @@ def break_dockerfile(repo: Path, name: str) -> str:
 def tiny_config(platform_config, repo: Path, state_dir: Path, with_extras: bool = False):
     """The session's platform config, pointed at the tiny repository and its own namespace."""
     contexts = ["images/*", "spark-executor", "hub"] if with_extras else ["images/*"]
-    images = platform_config.images.model_copy(update={"namespace": "citest", "contexts": contexts, "on_demand": [],
-                                                        "tag": "latest"})
-    ci = platform_config.ci.model_copy(update={"webhook_secret_file": state_dir / "secrets" / "webhook-secret"})
+    images = platform_config.images.model_copy(
+        update={"namespace": "citest", "contexts": contexts, "on_demand": [], "tag": "latest"}
+    )
+    ci = platform_config.ci.model_copy(
+        update={"webhook_secret_file": state_dir / "secrets" / "webhook-secret"}
+    )
     # The registry's credentials stay where the session put them, whatever state_dir becomes.
-    registry = platform_config.registry.model_copy(update={"credentials_file": platform_config.registry_credentials_file})
-    return platform_config.model_copy(update={"source_dir": repo, "state_dir": state_dir, "images": images, "ci": ci,
-                                              "registry": registry})
+    registry = platform_config.registry.model_copy(
+        update={"credentials_file": platform_config.registry_credentials_file}
+    )
+    return platform_config.model_copy(
+        update={
+            "source_dir": repo,
+            "state_dir": state_dir,
+            "images": images,
+            "ci": ci,
+            "registry": registry,
+        }
+    )
 
 
 class WebhookServer:
@@ -142,21 +156,34 @@ class WebhookServer:
 def push_payload(sha: str, before: str = "0" * 40, branch: str = "main") -> bytes:
     import json
 
-    return json.dumps({"ref": f"refs/heads/{branch}", "before": before, "after": sha,
-                       "repository": {"full_name": "hubstack/citest"}}).encode()
+    return json.dumps(
+        {
+            "ref": f"refs/heads/{branch}",
+            "before": before,
+            "after": sha,
+            "repository": {"full_name": "hubstack/citest"},
+        }
+    ).encode()
 
 
 def github_headers(secret: bytes, body: bytes, event: str = "push") -> dict:
     from hubstack.ci.webhook import sign
 
-    return {"X-GitHub-Event": event, "X-Hub-Signature-256": "sha256=" + sign(secret, body),
-            "Content-Type": "application/json"}
+    return {
+        "X-GitHub-Event": event,
+        "X-Hub-Signature-256": "sha256=" + sign(secret, body),
+        "Content-Type": "application/json",
+    }
 
 
 def gitea_headers(secret: bytes, body: bytes, event: str = "push") -> dict:
     from hubstack.ci.webhook import sign
 
-    return {"X-Gitea-Event": event, "X-Gitea-Signature": sign(secret, body), "Content-Type": "application/json"}
+    return {
+        "X-Gitea-Event": event,
+        "X-Gitea-Signature": sign(secret, body),
+        "Content-Type": "application/json",
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -169,12 +196,14 @@ def gitea_headers(secret: bytes, body: bytes, event: str = "push") -> dict:
 # minimal test-only versions of auth_config and ImageBuilder.
 # ---------------------------------------------------------------------------
 
-_MANIFEST_TYPES = ", ".join([
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-])
+_MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+    ]
+)
 
 
 def registry_login(cfg) -> tuple[str, str]:
@@ -189,7 +218,9 @@ def manifest_digest(cfg, name: str, tag: str) -> str | None:
     import requests
 
     url = f"http://{cfg.registry.address}/v2/{cfg.images.namespace}/{name}/manifests/{tag}"
-    r = requests.head(url, auth=registry_login(cfg), headers={"Accept": _MANIFEST_TYPES}, timeout=30)
+    r = requests.head(
+        url, auth=registry_login(cfg), headers={"Accept": _MANIFEST_TYPES}, timeout=30
+    )
     if r.status_code == 404:
         return None
     r.raise_for_status()

@@ -118,6 +118,10 @@ def hierarchy(platform_config, docker_client, registry) -> dict[str, dict]:
     images = {}
     for r in results:
         digest = push_image(cfg, docker_client, r.name, TEST_TAG)
-        images[r.name] = {"ref": r.ref, "digest": digest, "image_id": r.image_id,
-                          "repo_digest": f"{cfg.image_repository(r.name)}@{digest}"}
+        images[r.name] = {
+            "ref": r.ref,
+            "digest": digest,
+            "image_id": r.image_id,
+            "repo_digest": f"{cfg.image_repository(r.name)}@{digest}",
+        }
     return images

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from hubstack.config import load_config  # noqa: E402
 from tests.integration.spark_helpers import SparkCluster, cluster_config, start_driver  # noqa: E402
 
-JOB = r'''
+JOB = r"""
 import json, sys, time
 from pyspark.sql import SparkSession
 
@@ -53,7 +53,7 @@ def measure(master):
 # One Python process (and so one JVM start) per mode: both figures include launching
 # the driver's JVM.
 print("RESULT " + json.dumps(measure(None if sys.argv[1] == "cluster" else "local[*]")))
-'''
+"""
 
 
 def main() -> int:
@@ -65,31 +65,49 @@ def main() -> int:
     args = ap.parse_args()
 
     cfg = cluster_config(
-        load_config(args.config), workers=args.workers, worker_cores=args.worker_cores,
-        worker_memory=args.worker_memory, max_cores_per_app=args.workers * args.worker_cores,
+        load_config(args.config),
+        workers=args.workers,
+        worker_cores=args.worker_cores,
+        worker_memory=args.worker_memory,
+        max_cores_per_app=args.workers * args.worker_cores,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = SparkCluster(cfg, docker.from_env(timeout=600), Path(tmp) / "spark.env", project=f"spkbench-{os.getpid()}")
+        cluster = SparkCluster(
+            cfg,
+            docker.from_env(timeout=600),
+            Path(tmp) / "spark.env",
+            project=f"spkbench-{os.getpid()}",
+        )
         driver = None
         try:
             cluster.up()
             cluster.wait_alive_workers(args.workers)
             py = "/opt/venv/bin/python /tmp/job.py"
-            driver = start_driver(cluster, cfg.image_ref("notebook"), JOB,
-                                  command=["sh", "-c", f"{py} cluster && {py} local"])
+            driver = start_driver(
+                cluster,
+                cfg.image_ref("notebook"),
+                JOB,
+                command=["sh", "-c", f"{py} cluster && {py} local"],
+            )
             results = driver.results(timeout=900)
         finally:
             if driver is not None:
                 driver.remove()
             cluster.down()
 
-    print(f"Spark benchmark: {args.workers} workers x {args.worker_cores} core(s), "
-          f"{args.worker_memory} each; host CPUs: {len(os.sched_getaffinity(0))}, "
-          f"load average at the end: {os.getloadavg()[0]:.1f}")
-    print("| where | getOrCreate -> first result | sum over 10^7 rows, 1000 groups | Python map, 2*10^6 numbers |")
+    print(
+        f"Spark benchmark: {args.workers} workers x {args.worker_cores} core(s), "
+        f"{args.worker_memory} each; host CPUs: {len(os.sched_getaffinity(0))}, "
+        f"load average at the end: {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        "| where | getOrCreate -> first result | sum over 10^7 rows, 1000 groups | Python map, 2*10^6 numbers |"
+    )
     print("| --- | --- | --- | --- |")
     for r in results:
-        print(f"| {r['master']} | {r['startup_s']:.1f} s | {r['sql_job_s']:.1f} s | {r['python_job_s']:.1f} s |")
+        print(
+            f"| {r['master']} | {r['startup_s']:.1f} s | {r['sql_job_s']:.1f} s | {r['python_job_s']:.1f} s |"
+        )
     return 0
 
 

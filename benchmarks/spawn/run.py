@@ -49,6 +49,7 @@ def stop_all(base: str, users: dict) -> None:
         c.make_token()
         if c.api("GET", f"/hub/api/users/{name}").json()["servers"]:
             c.stop()
+
     with ThreadPoolExecutor(len(users)) as pool:
         list(pool.map(stop, users))
 
@@ -61,7 +62,9 @@ def container_figures(client, network: str) -> tuple[list[float], list[float]]:
             continue
         s = c.stats(stream=False)
         m = s["memory_stats"]
-        usage = m.get("usage", 0) - m.get("stats", {}).get("total_inactive_file", m.get("stats", {}).get("cache", 0))
+        usage = m.get("usage", 0) - m.get("stats", {}).get(
+            "total_inactive_file", m.get("stats", {}).get("cache", 0)
+        )
         mem.append(usage / 2**20)
         cpu.append(s["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9)
     return mem, cpu
@@ -83,7 +86,9 @@ def run_round(cfg, users: dict, client, label: str) -> list[str]:
     lines.append(summary(f"{label}: 1 after another (s)", serial))
     time.sleep(10)  # let the servers go idle
     mem, cpu = container_figures(client, cfg.hub.network)
-    lines.append(f"{label + ': idle container memory (MiB)':<34} median {statistics.median(mem):6.1f}")
+    lines.append(
+        f"{label + ': idle container memory (MiB)':<34} median {statistics.median(mem):6.1f}"
+    )
     lines.append(f"{label + ': CPU-seconds to start':<34} median {statistics.median(cpu):6.2f}")
     stop_all(base, users)
     with ThreadPoolExecutor(len(users)) as pool:
@@ -96,10 +101,14 @@ def run_round(cfg, users: dict, client, label: str) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=10)
-    ap.add_argument("--config", help="platform config whose hub and notebook images to use (default: defaults)")
+    ap.add_argument(
+        "--config", help="platform config whose hub and notebook images to use (default: defaults)"
+    )
     ap.add_argument("--hub-image")
     ap.add_argument("--notebook-image")
-    ap.add_argument("--executor-image", help="Spark executor image (the stack includes the Spark cluster)")
+    ap.add_argument(
+        "--executor-image", help="Spark executor image (the stack includes the Spark cluster)"
+    )
     args = ap.parse_args()
     src = load_config(args.config)
     hub_image = args.hub_image or src.image_ref(src.hub.image)
@@ -118,7 +127,16 @@ def main() -> int:
     for i, (n, pw) in enumerate(users.items()):
         add_user(cfg, n, pw, 24000 + i, 24000 + i, [])
     env_file = stack.env_file(cfg)
-    compose = ["docker", "compose", "-p", name, "-f", str(cfg.source_root / "compose/compose.yaml"), "--env-file", str(env_file)]
+    compose = [
+        "docker",
+        "compose",
+        "-p",
+        name,
+        "-f",
+        str(cfg.source_root / "compose/compose.yaml"),
+        "--env-file",
+        str(env_file),
+    ]
     lines = []
     try:
         r = hubstack(config, "up", "--no-build")
@@ -129,8 +147,12 @@ def main() -> int:
         lines += run_round(cfg, users, client, "hubstack")
 
         stock_env = dict(os.environ, BENCH_IMAGE=cfg.image_ref("notebook"), BENCH_DIR=str(HERE))
-        subprocess.run([*compose, "-f", str(HERE / "stock.yaml"), "up", "-d", "--wait", "hub"], env=stock_env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [*compose, "-f", str(HERE / "stock.yaml"), "up", "-d", "--wait", "hub"],
+            env=stock_env,
+            check=True,
+            capture_output=True,
+        )
         time.sleep(3)
         lines += run_round(cfg, users, client, "stock DockerSpawner")
     finally:

@@ -21,15 +21,23 @@ def _build(cfg, args) -> int:
 
     plan = make_plan(cfg, None if args.all else args.since)
     print(plan.format_text(), flush=True)
-    builder = Rebuilder(cfg, docker_client(), push=args.push, concurrency=args.concurrency or 0,
-                        out=lambda line: print(line, flush=True))
+    builder = Rebuilder(
+        cfg,
+        docker_client(),
+        push=args.push,
+        concurrency=args.concurrency or 0,
+        out=lambda line: print(line, flush=True),
+    )
     report = builder.run_plan(plan)
     js, txt = write_report(cfg, report)
     print()
     print(report.format_text())
     print(f"report: {js} and {txt}")
     for failed in report.failed:
-        print(f"hubstack: error: image {failed.name} failed at {failed.stage}: {failed.error}", file=sys.stderr)
+        print(
+            f"hubstack: error: image {failed.name} failed at {failed.stage}: {failed.error}",
+            file=sys.stderr,
+        )
     return 0 if report.ok else 1
 
 
@@ -52,8 +60,11 @@ def _serve(cfg, args) -> int:
     host, port = args.host or cfg.ci.host, args.port or cfg.ci.port
     listen(builder, host, port)
     builder.start()
-    print(f"hubstack ci builder on http://{host}:{port}/ (hook: POST /hook, branches {', '.join(cfg.ci.branches)}; "
-          f"secret in {cfg.webhook_secret_file})", flush=True)
+    print(
+        f"hubstack ci builder on http://{host}:{port}/ (hook: POST /hook, branches {', '.join(cfg.ci.branches)}; "
+        f"secret in {cfg.webhook_secret_file})",
+        flush=True,
+    )
     try:
         tornado.ioloop.IOLoop.current().start()
     finally:
@@ -62,32 +73,54 @@ def _serve(cfg, args) -> int:
 
 
 def register(subparsers) -> None:
-    ci = subparsers.add_parser("ci", help="change detection, rebuild and promotion of images; webhook builder")
+    ci = subparsers.add_parser(
+        "ci", help="change detection, rebuild and promotion of images; webhook builder"
+    )
     sub = ci.add_subparsers(dest="ci_command", metavar="ACTION", required=True)
 
     def since(p: argparse.ArgumentParser) -> None:
         g = p.add_mutually_exclusive_group(required=True)
-        g.add_argument("--since", metavar="REF", help="git revision to compare HEAD with (e.g. origin/main, HEAD~1)")
-        g.add_argument("--all", action="store_true", help="every image, as if nothing had been built before")
+        g.add_argument(
+            "--since",
+            metavar="REF",
+            help="git revision to compare HEAD with (e.g. origin/main, HEAD~1)",
+        )
+        g.add_argument(
+            "--all", action="store_true", help="every image, as if nothing had been built before"
+        )
 
-    p = sub.add_parser("plan", help="list, in build order, the images changed since REF and those built FROM them")
+    p = sub.add_parser(
+        "plan", help="list, in build order, the images changed since REF and those built FROM them"
+    )
     since(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_plan)
 
-    p = sub.add_parser("build", help="rebuild, test and tag the plan; with --push move latest in the registry")
+    p = sub.add_parser(
+        "build", help="rebuild, test and tag the plan; with --push move latest in the registry"
+    )
     since(p)
-    p.add_argument("--push", action="store_true", help="push NAME:<commit> and move NAME:latest after tests pass")
-    p.add_argument("--concurrency", type=int, metavar="N", help="images built at once (default ci.concurrency)")
+    p.add_argument(
+        "--push",
+        action="store_true",
+        help="push NAME:<commit> and move NAME:latest after tests pass",
+    )
+    p.add_argument(
+        "--concurrency", type=int, metavar="N", help="images built at once (default ci.concurrency)"
+    )
     p.set_defaults(func=_build)
 
-    p = sub.add_parser("promote", help="move `stable` to a tested commit tag (roll back: an older tag)")
+    p = sub.add_parser(
+        "promote", help="move `stable` to a tested commit tag (roll back: an older tag)"
+    )
     p.add_argument("tag", metavar="TAG", help="a commit tag that `ci build --push` produced")
     p.add_argument("--to", default="stable", help="the tag to move (default stable)")
     p.add_argument("--image", action="append", metavar="NAME", help="only this image (repeatable)")
     p.set_defaults(func=_promote)
 
-    p = sub.add_parser("serve", help="webhook builder: GitHub/Gitea push events -> builds, with a status page")
+    p = sub.add_parser(
+        "serve", help="webhook builder: GitHub/Gitea push events -> builds, with a status page"
+    )
     p.add_argument("--host", help="listen address (default ci.host)")
     p.add_argument("--port", type=int, help="listen port (default ci.port)")
     p.add_argument("--repo", help="git URL or path to clone and build (default: source_dir)")

@@ -39,14 +39,18 @@ class Ran:
 
 
 def pytest_addoption(parser):
-    parser.addoption("--image", default=os.environ.get("HUBSTACK_TEST_IMAGE"), help="image reference under test")
+    parser.addoption(
+        "--image", default=os.environ.get("HUBSTACK_TEST_IMAGE"), help="image reference under test"
+    )
 
 
 @pytest.fixture(scope="session")
 def image(request) -> str:
     ref = request.config.getoption("--image")
     if not ref:
-        pytest.fail("no image under test: pass --image REF (or set HUBSTACK_TEST_IMAGE)", pytrace=False)
+        pytest.fail(
+            "no image under test: pass --image REF (or set HUBSTACK_TEST_IMAGE)", pytrace=False
+        )
     return ref
 
 
@@ -54,10 +58,16 @@ def image(request) -> str:
 def run(image):
     client = docker.from_env(timeout=300)
 
-    def _run(*cmd: str, user: str | None = None, env: dict | None = None, entrypoint: list[str] | None = None,
-             timeout: int = 240) -> Ran:
-        container = client.containers.run(image, list(cmd), user=user, environment=env, entrypoint=entrypoint,
-                                          detach=True)
+    def _run(
+        *cmd: str,
+        user: str | None = None,
+        env: dict | None = None,
+        entrypoint: list[str] | None = None,
+        timeout: int = 240,
+    ) -> Ran:
+        container = client.containers.run(
+            image, list(cmd), user=user, environment=env, entrypoint=entrypoint, detach=True
+        )
         try:
             status = container.wait(timeout=timeout)
             out = container.logs(stdout=True, stderr=True).decode(errors="replace")
@@ -88,8 +98,21 @@ def run_image_tests(folder: Path, ref: str, timeout: int = 900) -> tuple[bool, s
     # No __pycache__ or .pytest_cache in the image folder: it is a build context.
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     cmd = [
-        sys.executable, "-m", "pytest", "-q", "-p", "hubstack.ci.imagetest", "-p", "no:cacheprovider",
-        "--rootdir", str(module.parent), "-c", os.devnull, str(module), "--image", ref,
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "hubstack.ci.imagetest",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(module.parent),
+        "-c",
+        os.devnull,
+        str(module),
+        "--image",
+        ref,
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)

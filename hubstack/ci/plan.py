@@ -25,7 +25,9 @@ def git(root: Path, *args: str) -> str:
     """Run git in ROOT and return its stdout; a failure becomes a CommandError naming the command."""
     proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise CommandError(f"git {' '.join(args)} failed in {root}: {proc.stderr.strip() or proc.stdout.strip()}")
+        raise CommandError(
+            f"git {' '.join(args)} failed in {root}: {proc.stderr.strip() or proc.stdout.strip()}"
+        )
     return proc.stdout
 
 
@@ -33,13 +35,20 @@ def resolve_commit(root: Path, ref: str) -> str:
     """The full commit id REF names in ROOT's repository, or a clear error."""
     proc = subprocess.run(
         ["git", "-C", str(root), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
-        if not (root / ".git").exists() and subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True
-        ).returncode != 0:
-            raise CommandError(f"{root} is not a git repository (source_dir); change detection needs one")
+        if (
+            not (root / ".git").exists()
+            and subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True
+            ).returncode
+            != 0
+        ):
+            raise CommandError(
+                f"{root} is not a git repository (source_dir); change detection needs one"
+            )
         raise CommandError(f"unknown git revision {ref!r} in {root}: no commit by that name")
     return proc.stdout.strip()
 
@@ -81,7 +90,9 @@ class Plan:
         return {
             "since": self.since,
             "head": self.head,
-            "images": [{"name": i.name, "reason": i.reason, "changed": i.changed} for i in self.items],
+            "images": [
+                {"name": i.name, "reason": i.reason, "changed": i.changed} for i in self.items
+            ],
         }
 
     def to_json(self) -> str:
@@ -123,7 +134,9 @@ def _describe(files: list[str]) -> str:
     return f"changed: {shown}" + (f" (+{more} more)" if more > 0 else "")
 
 
-def make_plan(cfg: PlatformConfig, since: str | None, head: str = "HEAD", graph: ImageGraph | None = None) -> Plan:
+def make_plan(
+    cfg: PlatformConfig, since: str | None, head: str = "HEAD", graph: ImageGraph | None = None
+) -> Plan:
     """The images to rebuild for the changes SINCE..HEAD, in build order, each with its reason.
 
     The graph comes from the source tree (cfg.source_root), which is HEAD's tree
@@ -139,7 +152,10 @@ def make_plan(cfg: PlatformConfig, since: str | None, head: str = "HEAD", graph:
     except GraphError as e:
         raise CommandError(f"cannot read the image graph: {e}") from None
     if since is None:
-        items = [PlanItem(n, ["full build: no earlier commit to compare with"], changed=True) for n in graph.order()]
+        items = [
+            PlanItem(n, ["full build: no earlier commit to compare with"], changed=True)
+            for n in graph.order()
+        ]
         return Plan(since="", head=tip, items=items)
     files = changed_files(root, base, tip)
 
@@ -150,7 +166,9 @@ def make_plan(cfg: PlatformConfig, since: str | None, head: str = "HEAD", graph:
         if hits:
             direct[name] = hits
 
-    items: dict[str, PlanItem] = {n: PlanItem(n, [_describe(h)], changed=True) for n, h in direct.items()}
+    items: dict[str, PlanItem] = {
+        n: PlanItem(n, [_describe(h)], changed=True) for n, h in direct.items()
+    }
     for name in graph.descendants(direct):
         items[name] = PlanItem(name)
     # Reasons for inherited rebuilds name the parent(s) in the plan, in build order.

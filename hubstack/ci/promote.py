@@ -26,13 +26,20 @@ class Promotion:
     detail: str
 
 
-def promote(cfg: PlatformConfig, client: docker.DockerClient, tag: str, to: str = STABLE,
-            names: list[str] | None = None) -> list[Promotion]:
+def promote(
+    cfg: PlatformConfig,
+    client: docker.DockerClient,
+    tag: str,
+    to: str = STABLE,
+    names: list[str] | None = None,
+) -> list[Promotion]:
     """Move TO (default `stable`) to TAG for each image (default: all of the graph) that has TAG."""
     from hubstack.registry import auth_config
 
     if tag in (to, cfg.images.tag):
-        raise CommandError(f"promote takes a commit tag, not {tag!r}: `stable` must name a tested commit")
+        raise CommandError(
+            f"promote takes a commit tag, not {tag!r}: `stable` must name a tested commit"
+        )
     graph = ImageGraph.from_config(cfg)
     auth = auth_config(cfg)
     results: list[Promotion] = []
@@ -41,13 +48,21 @@ def promote(cfg: PlatformConfig, client: docker.DockerClient, tag: str, to: str 
         try:
             img = client.images.pull(repo, tag=tag, auth_config=auth)
         except docker.errors.NotFound:
-            results.append(Promotion(name, tag, False, f"no tag {tag} in the registry; {to} left as it was"))
+            results.append(
+                Promotion(name, tag, False, f"no tag {tag} in the registry; {to} left as it was")
+            )
             continue
         except docker.errors.APIError as e:
             if "not found" in str(e).lower() or "unknown" in str(e).lower():
-                results.append(Promotion(name, tag, False, f"no tag {tag} in the registry; {to} left as it was"))
+                results.append(
+                    Promotion(
+                        name, tag, False, f"no tag {tag} in the registry; {to} left as it was"
+                    )
+                )
                 continue
-            raise CommandError(f"cannot pull {repo}:{tag} from the registry: {e.explanation or e}") from None
+            raise CommandError(
+                f"cannot pull {repo}:{tag} from the registry: {e.explanation or e}"
+            ) from None
         img.tag(repo, to)
         for chunk in client.api.push(repo, tag=to, auth_config=auth, stream=True, decode=True):
             if "error" in chunk:

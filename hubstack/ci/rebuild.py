@@ -15,10 +15,10 @@ import datetime as dt
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import docker
 from traitlets import Bool, Int
@@ -44,7 +44,7 @@ def reports_dir(cfg: PlatformConfig) -> Path:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -122,11 +122,25 @@ class StageFailed(Exception):
 class Rebuilder(Configurable):
     """Runs a change plan: build, test, tag and push each image, parents first."""
 
-    push = Bool(False, help="Push NAME:<commit> and move NAME:latest in the registry when an image's tests pass.").tag(config=True)
-    concurrency = Int(0, help="Images built at once (independent branches only); 0: the platform config's ci.concurrency.").tag(config=True)
-    run_tests = Bool(True, help="Run each image's test_image.py against the fresh image before tagging.").tag(config=True)
+    push = Bool(
+        False,
+        help="Push NAME:<commit> and move NAME:latest in the registry when an image's tests pass.",
+    ).tag(config=True)
+    concurrency = Int(
+        0,
+        help="Images built at once (independent branches only); 0: the platform config's ci.concurrency.",
+    ).tag(config=True)
+    run_tests = Bool(
+        True, help="Run each image's test_image.py against the fresh image before tagging."
+    ).tag(config=True)
 
-    def __init__(self, cfg: PlatformConfig, client: docker.DockerClient, out: Callable[[str], None] = print, **kw):
+    def __init__(
+        self,
+        cfg: PlatformConfig,
+        client: docker.DockerClient,
+        out: Callable[[str], None] = print,
+        **kw,
+    ):
         super().__init__(**kw)
         self.cfg, self.client, self.out = cfg, client, out
         self._lock = threading.Lock()
@@ -166,7 +180,11 @@ class Rebuilder(Configurable):
             img = self.client.images.get(latest)
         except docker.errors.ImageNotFound:
             try:
-                img = self.client.images.pull(self.cfg.image_repository(name), tag=self.cfg.images.tag, auth_config=self._auth())
+                img = self.client.images.pull(
+                    self.cfg.image_repository(name),
+                    tag=self.cfg.images.tag,
+                    auth_config=self._auth(),
+                )
             except docker.errors.NotFound:
                 return False
             except docker.errors.APIError as e:
@@ -192,7 +210,9 @@ class Rebuilder(Configurable):
             outcome.ref = result.ref
             outcome.image_id = result.image_id or ""
             log = result.log or ""
-            outcome.build_log = (log if isinstance(log, str) else "\n".join(map(str, log)))[-LOG_TAIL:]
+            outcome.build_log = (log if isinstance(log, str) else "\n".join(map(str, log)))[
+                -LOG_TAIL:
+            ]
             if not result.ok:
                 raise StageFailed("build", str(result.error or "build failed"))
             if self.run_tests:
@@ -208,15 +228,24 @@ class Rebuilder(Configurable):
                 self._push(name, tag)
                 outcome.tags_pushed.append(tag)
                 # Only now, with the tests passed and the commit tag in the registry, does latest move.
-                self.client.images.get(result.ref).tag(self.cfg.image_repository(name), self.cfg.images.tag)
+                self.client.images.get(result.ref).tag(
+                    self.cfg.image_repository(name), self.cfg.images.tag
+                )
                 self._push(name, self.cfg.images.tag)
                 outcome.tags_pushed.append(self.cfg.images.tag)
             outcome.status = "ok"
-            self.out(f"[ci] {name}: ok" + (f" (pushed {', '.join(outcome.tags_pushed)})" if self.push else ""))
+            self.out(
+                f"[ci] {name}: ok"
+                + (f" (pushed {', '.join(outcome.tags_pushed)})" if self.push else "")
+            )
         except StageFailed as e:
             outcome.status, outcome.stage, outcome.error = "failed", e.stage, e.error
-        except Exception as e:  # noqa: BLE001 - one image's surprise must not stop its siblings
-            outcome.status, outcome.stage, outcome.error = "failed", stage, f"{type(e).__name__}: {e}"
+        except Exception as e:
+            outcome.status, outcome.stage, outcome.error = (
+                "failed",
+                stage,
+                f"{type(e).__name__}: {e}",
+            )
         finally:
             outcome.seconds = round(time.monotonic() - started, 2)
             if outcome.status == "failed":
@@ -226,9 +255,15 @@ class Rebuilder(Configurable):
     def run_plan(self, plan: Plan, graph: ImageGraph | None = None) -> BuildReport:
         graph = graph or ImageGraph.from_config(self.cfg)
         tag = commit_tag(plan.head)
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        report = BuildReport(run_id=f"{stamp}-{tag}", since=plan.since, head=plan.head, tag=tag,
-                             push=self.push, started=_now())
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        report = BuildReport(
+            run_id=f"{stamp}-{tag}",
+            since=plan.since,
+            head=plan.head,
+            tag=tag,
+            push=self.push,
+            started=_now(),
+        )
         outcomes = {i.name: ImageOutcome(i.name, i.reason) for i in plan.items}
         report.images = list(outcomes.values())
         in_plan = set(outcomes)
@@ -247,14 +282,21 @@ class Rebuilder(Configurable):
             try:
                 if not self._alias_parent(p, tag):
                     # Nothing to build FROM (a fresh engine and registry, as in hosted CI): build it too.
-                    outcomes[p] = ImageOutcome(p, f"needed by {', '.join(graph.children(p))}, and no "
-                                                  f"{self.cfg.images.tag} of it in the engine or registry")
+                    outcomes[p] = ImageOutcome(
+                        p,
+                        f"needed by {', '.join(graph.children(p))}, and no "
+                        f"{self.cfg.images.tag} of it in the engine or registry",
+                    )
                     in_plan.add(p)
                     self.out(f"[ci] {p}: added to the plan ({outcomes[p].reason})")
             except StageFailed as e:
                 for n in graph.order(in_plan):
                     if p in graph.ancestors(n) and outcomes[n].status == "pending":
-                        outcomes[n].status, outcomes[n].stage, outcomes[n].error = "failed", e.stage, e.error
+                        outcomes[n].status, outcomes[n].stage, outcomes[n].error = (
+                            "failed",
+                            e.stage,
+                            e.error,
+                        )
                         self.out(f"[ci] {n}: FAILED at {e.stage}: {e.error}")
                         fail_descendants(n)
 
@@ -267,7 +309,11 @@ class Rebuilder(Configurable):
                     o = outcomes[name]
                     if o.status != "pending" or name in running.values():
                         continue
-                    if all(outcomes[p].status == "ok" for p in graph.images[name].parents if p in in_plan):
+                    if all(
+                        outcomes[p].status == "ok"
+                        for p in graph.images[name].parents
+                        if p in in_plan
+                    ):
                         running[pool.submit(self._one, o, graph, tag)] = name
                 if not running:
                     break

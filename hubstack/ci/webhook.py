@@ -24,9 +24,9 @@ import re
 import subprocess
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 from urllib.parse import parse_qs
 
 import tornado.web
@@ -44,7 +44,7 @@ _ZERO = "0" * 40
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -63,7 +63,9 @@ def signature_valid(headers, body: bytes, secret: bytes) -> bool:
     """True when the GitHub (sha256=<hex>) or Gitea (<hex>) signature header matches BODY."""
     expected = sign(secret, body)
     github = headers.get("X-Hub-Signature-256", "")
-    if github.startswith("sha256=") and hmac.compare_digest(github[len("sha256="):].lower(), expected):
+    if github.startswith("sha256=") and hmac.compare_digest(
+        github[len("sha256=") :].lower(), expected
+    ):
         return True
     gitea = headers.get("X-Gitea-Signature", "")
     return bool(gitea) and hmac.compare_digest(gitea.strip().lower(), expected)
@@ -104,7 +106,7 @@ def parse_push(body: bytes, content_type: str, provider: str) -> PushEvent | Non
         raise BadPush("'before' must be a commit id (40 hex digits)")
     if after == _ZERO or data.get("deleted"):
         return None
-    branch = ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else ref
+    branch = ref[len("refs/heads/") :] if ref.startswith("refs/heads/") else ref
     return PushEvent(branch=branch, after=after, before=before, provider=provider)
 
 
@@ -138,7 +140,10 @@ class BuildHistory:
             for d in json.loads(self.path.read_text() or "[]"):
                 rec = BuildRecord(**d)
                 if rec.status in ("queued", "running"):
-                    rec.status, rec.error = "interrupted", "the builder stopped before this build finished"
+                    rec.status, rec.error = (
+                        "interrupted",
+                        "the builder stopped before this build finished",
+                    )
                 self.records.append(rec)
 
     def save(self) -> None:
@@ -172,29 +177,52 @@ class Checkout:
     def at(self, sha: str) -> Path:
         if not (self.path / ".git").exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.run(["git", "clone", "--quiet", "--no-checkout", self.repository, str(self.path)],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                ["git", "clone", "--quiet", "--no-checkout", self.repository, str(self.path)],
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
                 raise RuntimeError(f"cannot clone {self.repository}: {proc.stderr.strip()}")
         self._git("fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/remotes/origin/*")
-        if subprocess.run(["git", "-C", str(self.path), "cat-file", "-e", f"{sha}^{{commit}}"]).returncode != 0:
+        if (
+            subprocess.run(
+                ["git", "-C", str(self.path), "cat-file", "-e", f"{sha}^{{commit}}"]
+            ).returncode
+            != 0
+        ):
             self._git("fetch", "--quiet", "origin", sha)  # a commit no branch holds any more
         self._git("checkout", "--quiet", "--force", "--detach", sha)
         self._git("clean", "-ffdxq")
         return self.path
 
     def has(self, sha: str) -> bool:
-        return subprocess.run(["git", "-C", str(self.path), "cat-file", "-e", f"{sha}^{{commit}}"],
-                              capture_output=True).returncode == 0
+        return (
+            subprocess.run(
+                ["git", "-C", str(self.path), "cat-file", "-e", f"{sha}^{{commit}}"],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
 
 
 class WebhookBuilder(Configurable):
     """Queue and worker: one build at a time, pushes during a build coalesce to the newest."""
 
-    repository = Unicode("", help="Git URL or path the builder clones; default: the platform's source_dir.").tag(config=True)
-    push = Bool(True, help="Push tested images and move latest (as `ci build --push`).").tag(config=True)
+    repository = Unicode(
+        "", help="Git URL or path the builder clones; default: the platform's source_dir."
+    ).tag(config=True)
+    push = Bool(True, help="Push tested images and move latest (as `ci build --push`).").tag(
+        config=True
+    )
 
-    def __init__(self, cfg: PlatformConfig, client, run_build: Callable[[BuildRecord, Path], BuildReport] | None = None, **kw):
+    def __init__(
+        self,
+        cfg: PlatformConfig,
+        client,
+        run_build: Callable[[BuildRecord, Path], BuildReport] | None = None,
+        **kw,
+    ):
         super().__init__(**kw)
         self.cfg, self.client = cfg, client
         self.state = cfg.state_dir / "ci"
@@ -229,9 +257,13 @@ class WebhookBuilder(Configurable):
                 self.history.save()
                 return pending, True
             rec = BuildRecord(
-                id=f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
-                branch=push.branch, sha=push.after, since=push.before, provider=push.provider,
-                received=_now(), pushes=[push.after],
+                id=f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
+                branch=push.branch,
+                sha=push.after,
+                since=push.before,
+                provider=push.provider,
+                received=_now(),
+                pushes=[push.after],
             )
             self.history.add(rec)
             self._pending[push.branch] = rec
@@ -251,10 +283,12 @@ class WebhookBuilder(Configurable):
             try:
                 report = self._run_build(rec, self.checkout.path)
                 rec.report = report.run_id
-                rec.images = [{k: v for k, v in asdict(i).items() if k not in ("build_log", "test_output")}
-                              for i in report.images]
+                rec.images = [
+                    {k: v for k, v in asdict(i).items() if k not in ("build_log", "test_output")}
+                    for i in report.images
+                ]
                 rec.status = "ok" if report.ok else "failed"
-            except Exception as e:  # noqa: BLE001 - a broken build must not stop the builder
+            except Exception as e:
                 rec.status, rec.error = "error", f"{type(e).__name__}: {e}"
             rec.finished = _now()
             self.history.save()
@@ -264,8 +298,14 @@ class WebhookBuilder(Configurable):
         cfg = self.cfg.model_copy(update={"source_dir": source})
         # Compare with the last commit built green on this branch, so what a failed build left
         # out is retried; the push's own `before` when there is none.
-        last_ok = next((r for r in reversed(self.history.records)
-                        if r.branch == rec.branch and r.status == "ok" and r.id != rec.id), None)
+        last_ok = next(
+            (
+                r
+                for r in reversed(self.history.records)
+                if r.branch == rec.branch and r.status == "ok" and r.id != rec.id
+            ),
+            None,
+        )
         since = last_ok.sha if last_ok else rec.since
         since = since if since != _ZERO and self.checkout.has(since) else None
         plan = make_plan(cfg, since, rec.sha)
@@ -311,25 +351,34 @@ class HookHandler(_Base):
             if not length.isdigit():
                 raise tornado.web.HTTPError(400, "Content-Length is not a number")
             if int(length) > limit:
-                raise tornado.web.HTTPError(400, f"body of {length} bytes is over the limit of {limit} (ci.max_body_bytes)")
+                raise tornado.web.HTTPError(
+                    400, f"body of {length} bytes is over the limit of {limit} (ci.max_body_bytes)"
+                )
 
     def data_received(self, chunk: bytes):
         self._size += len(chunk)
         if self._size > self.builder.cfg.ci.max_body_bytes:
-            raise tornado.web.HTTPError(400, f"body over the limit of {self.builder.cfg.ci.max_body_bytes} bytes (ci.max_body_bytes)")
+            raise tornado.web.HTTPError(
+                400,
+                f"body over the limit of {self.builder.cfg.ci.max_body_bytes} bytes (ci.max_body_bytes)",
+            )
         self._chunks.append(chunk)
 
     def post(self):
         body = b"".join(self._chunks)
         headers = self.request.headers
         if not signature_valid(headers, body, self.builder.secret):
-            raise tornado.web.HTTPError(401, "missing or bad signature (X-Hub-Signature-256 or X-Gitea-Signature)")
+            raise tornado.web.HTTPError(
+                401, "missing or bad signature (X-Hub-Signature-256 or X-Gitea-Signature)"
+            )
         provider = "gitea" if "X-Gitea-Event" in headers else "github"
         event = headers.get("X-Gitea-Event") or headers.get("X-GitHub-Event") or ""
         if event == "ping":
             return self.write_json({"status": "pong"})
         if event != "push":
-            return self.write_json({"status": "ignored", "reason": f"event {event or '(none)'!r} is not a push"}, 202)
+            return self.write_json(
+                {"status": "ignored", "reason": f"event {event or '(none)'!r} is not a push"}, 202
+            )
         try:
             push = parse_push(body, headers.get("Content-Type", "application/json"), provider)
         except BadPush as e:
@@ -337,10 +386,17 @@ class HookHandler(_Base):
         if push is None:
             return self.write_json({"status": "ignored", "reason": "branch deleted"}, 202)
         if push.branch not in self.builder.cfg.ci.branches:
-            return self.write_json({"status": "ignored",
-                                    "reason": f"branch {push.branch!r} is not one of ci.branches {self.builder.cfg.ci.branches}"}, 202)
+            return self.write_json(
+                {
+                    "status": "ignored",
+                    "reason": f"branch {push.branch!r} is not one of ci.branches {self.builder.cfg.ci.branches}",
+                },
+                202,
+            )
         rec, coalesced = self.builder.submit(push)
-        self.write_json({"status": "coalesced" if coalesced else "queued", "build": rec.id, "sha": rec.sha}, 202)
+        self.write_json(
+            {"status": "coalesced" if coalesced else "queued", "build": rec.id, "sha": rec.sha}, 202
+        )
 
 
 class BuildsHandler(_Base):
@@ -356,7 +412,9 @@ class BuildHandler(_Base):
         data = asdict(rec)
         path = self.builder.report_path(rec)
         if path:
-            data["images"] = json.loads(path.read_text())["images"]  # with build logs and test output
+            data["images"] = json.loads(path.read_text())[
+                "images"
+            ]  # with build logs and test output
         self.write_json(data)
 
 
@@ -366,15 +424,28 @@ class StatusPage(_Base):
         for r in reversed(self.builder.history.records):
             imgs = ", ".join(f"{i['name']}: {i['status']}" for i in r.images) or r.error
             rows.append(
-                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-                    r.id, r.branch, r.sha[:12], r.status, r.started or r.received, r.finished, imgs)) +
-                f'<td><a href="api/builds/{html.escape(r.id)}">details</a></td></tr>'
+                "<tr>"
+                + "".join(
+                    f"<td>{html.escape(str(c))}</td>"
+                    for c in (
+                        r.id,
+                        r.branch,
+                        r.sha[:12],
+                        r.status,
+                        r.started or r.received,
+                        r.finished,
+                        imgs,
+                    )
+                )
+                + f'<td><a href="api/builds/{html.escape(r.id)}">details</a></td></tr>'
             )
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(
             "<!doctype html><title>hubstack CI</title><h1>hubstack CI builds</h1>"
             "<table border=1 cellpadding=4><tr><th>build</th><th>branch</th><th>commit</th><th>status</th>"
-            "<th>started</th><th>finished</th><th>images</th><th></th></tr>" + "".join(rows) + "</table>"
+            "<th>started</th><th>finished</th><th>images</th><th></th></tr>"
+            + "".join(rows)
+            + "</table>"
         )
 
 
@@ -385,13 +456,15 @@ class HealthHandler(_Base):
 
 def make_app(builder: WebhookBuilder) -> tornado.web.Application:
     args = {"builder": builder}
-    return tornado.web.Application([
-        (r"/hook", HookHandler, args),
-        (r"/api/builds", BuildsHandler, args),
-        (r"/api/builds/([^/]+)", BuildHandler, args),
-        (r"/health", HealthHandler, args),
-        (r"/", StatusPage, args),
-    ])
+    return tornado.web.Application(
+        [
+            (r"/hook", HookHandler, args),
+            (r"/api/builds", BuildsHandler, args),
+            (r"/api/builds/([^/]+)", BuildHandler, args),
+            (r"/health", HealthHandler, args),
+            (r"/", StatusPage, args),
+        ]
+    )
 
 
 def make_server(builder: WebhookBuilder) -> HTTPServer:

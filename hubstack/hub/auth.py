@@ -12,7 +12,7 @@ from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.auth import Authenticator
 from traitlets import Integer, Unicode, default
 
-from hubstack.hub.users import FileUserSource, UserRecord, UserSource, UsersFile
+from hubstack.hub.users import FileUserSource, UserRecord, UsersFile, UserSource
 
 
 def auth_state_for(rec: UserRecord) -> dict:
@@ -39,7 +39,7 @@ class HubstackAuthenticator(Authenticator):
         return True
 
     @classmethod
-    def from_platform_config(cls, cfg, **kwargs) -> "HubstackAuthenticator":
+    def from_platform_config(cls, cfg, **kwargs) -> HubstackAuthenticator:
         return cls(users_file=str(cfg.users_file), min_uid=cfg.hub.min_uid, **kwargs)
 
     def user_source(self) -> UserSource:

@@ -23,7 +23,9 @@ def _gid_list(text: str) -> list[int]:
         try:
             out.append(int(part))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"groups must be comma-separated numeric GIDs, not {part!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"groups must be comma-separated numeric GIDs, not {part!r}"
+            ) from None
     return out
 
 
@@ -38,7 +40,9 @@ def _read_password(args: argparse.Namespace) -> str:
         password = getpass.getpass("Password: ")
         again = getpass.getpass("Password (again): ")
     except EOFError:
-        raise CommandError("no password given; type it at the prompt or use --password-stdin") from None
+        raise CommandError(
+            "no password given; type it at the prompt or use --password-stdin"
+        ) from None
     if password != again:
         raise CommandError("passwords do not match; nothing changed")
     if not password:
@@ -57,8 +61,16 @@ def _change(action):
 def cmd_add(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     users = users_file_for(cfg)
     password = _read_password(args)
-    rec = _change(lambda: users.add(args.name, uid=args.uid, gid=args.gid, groups=args.groups or [],
-                                    admin=args.admin, password=password))
+    rec = _change(
+        lambda: users.add(
+            args.name,
+            uid=args.uid,
+            gid=args.gid,
+            groups=args.groups or [],
+            admin=args.admin,
+            password=password,
+        )
+    )
     print(f"added user {rec.name} (uid {rec.uid}, gid {rec.gid}{', admin' if rec.admin else ''})")
     return 0
 
@@ -96,7 +108,9 @@ def cmd_list(cfg: PlatformConfig, args: argparse.Namespace) -> int:
         except PasswordHashError as e:
             note = f"  (cannot log in: {e})"
         groups = ",".join(map(str, rec.groups)) or "-"
-        print(f"{rec.name:16} {rec.uid:>6} {rec.gid:>6} {'yes' if rec.admin else 'no':5}  {groups}{note}")
+        print(
+            f"{rec.name:16} {rec.uid:>6} {rec.gid:>6} {'yes' if rec.admin else 'no':5}  {groups}{note}"
+        )
     return 0
 
 
@@ -112,7 +126,9 @@ def ensure_initial_admin(cfg: PlatformConfig) -> tuple[str, str] | None:
         return None
     password = secrets.token_urlsafe(12)
     try:
-        users.add(INITIAL_ADMIN, uid=cfg.hub.min_uid, gid=cfg.hub.min_uid, admin=True, password=password)
+        users.add(
+            INITIAL_ADMIN, uid=cfg.hub.min_uid, gid=cfg.hub.min_uid, admin=True, password=password
+        )
     except UsersFileError as e:
         if users.load():  # someone else created users meanwhile
             return None
@@ -128,11 +144,19 @@ def register(subparsers) -> None:
     add.add_argument("name", help="POSIX user name (lowercase, max 32 characters)")
     add.add_argument("--uid", type=int, required=True, help="user id (>= hub.min_uid)")
     add.add_argument("--gid", type=int, required=True, help="primary group id (>= hub.min_uid)")
-    add.add_argument("--groups", type=_gid_list, default=[], metavar="GID,...",
-                     help="supplementary group ids, comma-separated")
+    add.add_argument(
+        "--groups",
+        type=_gid_list,
+        default=[],
+        metavar="GID,...",
+        help="supplementary group ids, comma-separated",
+    )
     add.add_argument("--admin", action="store_true", help="make the user a hub admin")
-    add.add_argument("--password-stdin", action="store_true",
-                     help="read the password from the first line of standard input")
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
     add.set_defaults(func=cmd_add)
 
     rm = sub.add_parser("remove", help="remove a user (their home folder is kept)")
@@ -141,8 +165,11 @@ def register(subparsers) -> None:
 
     pw = sub.add_parser("passwd", help="set a user's password")
     pw.add_argument("name")
-    pw.add_argument("--password-stdin", action="store_true",
-                    help="read the password from the first line of standard input")
+    pw.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
     pw.set_defaults(func=cmd_passwd)
 
     ls = sub.add_parser("list", help="list users")

@@ -13,17 +13,29 @@ PROFILE_LABEL = "io.hubstack.profile"
 DEFAULT_PIDS_LIMIT = 1024
 
 
-def create_kwargs(user_name: str, profile_name: str, ident: dict, labels: dict | None = None,
-                  grant_labels: dict | None = None) -> dict:
+def create_kwargs(
+    user_name: str,
+    profile_name: str,
+    ident: dict,
+    labels: dict | None = None,
+    grant_labels: dict | None = None,
+) -> dict:
     """docker create arguments: run as UID:GID in the home, labelled with owner and profile."""
     return {
         "user": f"{ident['uid']}:{ident['gid']}",
         "working_dir": ident["home"],
-        "labels": {USER_LABEL: user_name, PROFILE_LABEL: profile_name, **(labels or {}), **(grant_labels or {})},
+        "labels": {
+            USER_LABEL: user_name,
+            PROFILE_LABEL: profile_name,
+            **(labels or {}),
+            **(grant_labels or {}),
+        },
     }
 
 
-def host_config(ident: dict, pids_limit: int = DEFAULT_PIDS_LIMIT, grant_host_config: dict | None = None) -> dict:
+def host_config(
+    ident: dict, pids_limit: int = DEFAULT_PIDS_LIMIT, grant_host_config: dict | None = None
+) -> dict:
     """HostConfig settings: the analyst's supplementary groups and the lockdown."""
     return {
         "group_add": [str(g) for g in ident["groups"]],

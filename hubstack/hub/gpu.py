@@ -38,9 +38,10 @@ import contextlib
 import os
 import re
 import weakref
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable
+from typing import Any
 
 import docker
 from docker.types import DeviceRequest
@@ -101,13 +102,17 @@ def detect_mode(cfg: PlatformConfig, client: Any) -> str:
     return MODE_DEVICE_REQUESTS if "nvidia" in runtimes else MODE_DEVICE_NODES
 
 
-def offered_profiles(cfg: PlatformConfig, scan_root: str | os.PathLike = "/dev") -> list[ProfileConfig]:
+def offered_profiles(
+    cfg: PlatformConfig, scan_root: str | os.PathLike = "/dev"
+) -> list[ProfileConfig]:
     """Profiles to show in the spawn form: those asking for GPUs only where GPUs exist."""
     have = len(gpu_indices(cfg, scan_root))
     return [p for p in cfg.profiles if p.gpus <= have]
 
 
-def no_gpu_message(profile_name: str | None, count: int, cfg: PlatformConfig, scan_root: str | os.PathLike) -> str:
+def no_gpu_message(
+    profile_name: str | None, count: int, cfg: PlatformConfig, scan_root: str | os.PathLike
+) -> str:
     what = f"the profile {profile_name!r}" if profile_name else "this server"
     if cfg.gpu.count == "auto":
         why = f"gpu.count is auto and no {Path(scan_root) / 'nvidia[0-9]*'} device node exists"
@@ -120,7 +125,10 @@ def no_gpu_message(profile_name: str | None, count: int, cfg: PlatformConfig, sc
 
 
 def device_nodes_host_config(
-    indices: Iterable[int], devices_root: str | os.PathLike, driver_dir: str | os.PathLike, scan_root: str | os.PathLike | None = None
+    indices: Iterable[int],
+    devices_root: str | os.PathLike,
+    driver_dir: str | os.PathLike,
+    scan_root: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """create_host_config() kwargs for the device-node way (no NVIDIA toolkit).
 
@@ -131,7 +139,9 @@ def device_nodes_host_config(
     """
     devices_root, scan_root = Path(devices_root), Path(scan_root or devices_root)
     devices = [f"{devices_root / f'nvidia{i}'}:/dev/nvidia{i}:rwm" for i in indices]
-    devices += [f"{devices_root / n}:/dev/{n}:rwm" for n in CONTROL_NODES if (scan_root / n).exists()]
+    devices += [
+        f"{devices_root / n}:/dev/{n}:rwm" for n in CONTROL_NODES if (scan_root / n).exists()
+    ]
     driver = str(driver_dir)
     return {"devices": devices, "binds": {driver: {"bind": driver, "mode": "ro"}}}
 
@@ -139,10 +149,17 @@ def device_nodes_host_config(
 def device_requests_host_config(indices: Iterable[int]) -> dict[str, Any]:
     """create_host_config() kwargs for device requests (what `docker run --gpus '"device=0,1"'` sends)."""
     ids = [str(i) for i in indices]
-    return {"device_requests": [DeviceRequest(driver="nvidia", device_ids=ids, capabilities=[["gpu"]])]}
+    return {
+        "device_requests": [DeviceRequest(driver="nvidia", device_ids=ids, capabilities=[["gpu"]])]
+    }
 
 
-def gpu_environment(indices: Iterable[int], mode: str, driver_dir: str | os.PathLike, base_path: str = DEFAULT_IMAGE_PATH) -> dict[str, str]:
+def gpu_environment(
+    indices: Iterable[int],
+    mode: str,
+    driver_dir: str | os.PathLike,
+    base_path: str = DEFAULT_IMAGE_PATH,
+) -> dict[str, str]:
     """Environment agreeing with the grant: host indices for NVIDIA_*, container ordinals for CUDA_*."""
     indices = list(indices)
     env = {
@@ -190,9 +207,23 @@ def make_grant(
     elif mode == MODE_DEVICE_REQUESTS:
         host_config = device_requests_host_config(indices)
     else:
-        raise ValueError(f"unknown GPU mode {mode!r} (expected {MODE_DEVICE_REQUESTS} or {MODE_DEVICE_NODES})")
-    labels = {**(extra_labels or {}), LABEL_USER: owner, LABEL_GPUS: ",".join(map(str, indices)), LABEL_GPU_MODE: mode}
-    return GPUGrant(owner, indices, mode, labels, gpu_environment(indices, mode, driver_dir, base_path), host_config)
+        raise ValueError(
+            f"unknown GPU mode {mode!r} (expected {MODE_DEVICE_REQUESTS} or {MODE_DEVICE_NODES})"
+        )
+    labels = {
+        **(extra_labels or {}),
+        LABEL_USER: owner,
+        LABEL_GPUS: ",".join(map(str, indices)),
+        LABEL_GPU_MODE: mode,
+    }
+    return GPUGrant(
+        owner,
+        indices,
+        mode,
+        labels,
+        gpu_environment(indices, mode, driver_dir, base_path),
+        host_config,
+    )
 
 
 # --------------------------------------------------------------- allocation
@@ -227,7 +258,10 @@ def gpu_holders(client: Any, scope_labels: dict[str, str] | None = None) -> list
 
 
 def format_gpu_status(
-    cfg: PlatformConfig, client: Any, scan_root: str | os.PathLike = "/dev", scope_labels: dict[str, str] | None = None
+    cfg: PlatformConfig,
+    client: Any,
+    scan_root: str | os.PathLike = "/dev",
+    scope_labels: dict[str, str] | None = None,
 ) -> list[str]:
     """Lines for `hubstack status` / `hubstack gpus`: each GPU and who holds it."""
     gpus = gpu_indices(cfg, scan_root)
@@ -237,7 +271,9 @@ def format_gpu_status(
     by_gpu: dict[int, list[GPUHolder]] = {}
     for h in holders:
         by_gpu.setdefault(h.gpu, []).append(h)
-    lines = [f"GPUs: {len(gpus)} ({detect_mode(cfg, client)}), {sum(1 for g in gpus if g in by_gpu)} busy"]
+    lines = [
+        f"GPUs: {len(gpus)} ({detect_mode(cfg, client)}), {sum(1 for g in gpus if g in by_gpu)} busy"
+    ]
     for g in sorted(set(gpus) | set(by_gpu)):
         held = by_gpu.get(g)
         who = ", ".join(f"{h.user} ({h.container}, {h.state})" for h in held) if held else "free"
@@ -255,7 +291,9 @@ class GPUAllocator:
     held until the spawner has created the container.
     """
 
-    _locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
+    _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+        weakref.WeakKeyDictionary()
+    )
 
     def __init__(
         self,
@@ -328,7 +366,11 @@ class GPUAllocator:
 
     @contextlib.asynccontextmanager
     async def reserve(
-        self, owner: str, count: int, profile_name: str | None = None, base_path: str = DEFAULT_IMAGE_PATH
+        self,
+        owner: str,
+        count: int,
+        profile_name: str | None = None,
+        base_path: str = DEFAULT_IMAGE_PATH,
     ) -> AsyncIterator[GPUGrant]:
         """Grant `count` GPUs to `owner` while the caller creates the container.
 
@@ -373,7 +415,9 @@ def allocator(cfg: PlatformConfig, client: Any) -> GPUAllocator:
     Cheap to make per spawn: the lock is per event loop (class level) and the
     assignments live in the engine, so every instance agrees.
     """
-    return GPUAllocator(cfg, client, devices_root=os.environ.get(DEVICES_ROOT_ENV) or "/dev", scan_root=scan_root())
+    return GPUAllocator(
+        cfg, client, devices_root=os.environ.get(DEVICES_ROOT_ENV) or "/dev", scan_root=scan_root()
+    )
 
 
 # ----------------------------------------------------------------------- CLI
@@ -381,8 +425,11 @@ def allocator(cfg: PlatformConfig, client: Any) -> GPUAllocator:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("gpus", help="show this node's GPUs and which analyst holds each")
-    p.add_argument("--dev", default=os.environ.get(SCAN_ROOT_ENV) or "/dev",
-                   help=f"where the /dev/nvidia* device nodes are (default ${SCAN_ROOT_ENV} or /dev)")
+    p.add_argument(
+        "--dev",
+        default=os.environ.get(SCAN_ROOT_ENV) or "/dev",
+        help=f"where the /dev/nvidia* device nodes are (default ${SCAN_ROOT_ENV} or /dev)",
+    )
     p.set_defaults(func=_cmd_gpus)
 
 

@@ -50,4 +50,3 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     # Refusals come sooner (a profile needing GPUs where there are none), so they answer
     # the request itself with their message.
     c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 1}
-

@@ -67,7 +67,11 @@ class HubstackSpawner(DockerSpawner):
         config=True,
         help="Threads for Docker calls, shared by all spawns (stock DockerSpawner uses 1).",
     )
-    pids_limit = Int(container_spec.DEFAULT_PIDS_LIMIT, config=True, help="Most processes one notebook container may run.")
+    pids_limit = Int(
+        container_spec.DEFAULT_PIDS_LIMIT,
+        config=True,
+        help="Most processes one notebook container may run.",
+    )
     extra_labels = Dict(config=True, help="More labels for notebook containers.")
 
     _pool: ThreadPoolExecutor | None = None
@@ -124,7 +128,7 @@ class HubstackSpawner(DockerSpawner):
             rows.append(
                 f'<label class="form-check"><input class="form-check-input" type="radio" name="profile" '
                 f'value="{escape(p.name)}"{checked}> <strong>{escape(p.display_name)}</strong> '
-                f'<small>{escape(p.description)}</small></label>'
+                f"<small>{escape(p.description)}</small></label>"
             )
         return "\n".join(rows)
 
@@ -155,7 +159,8 @@ class HubstackSpawner(DockerSpawner):
         missing = [k for k in ("uid", "gid") if k not in state]
         if missing:
             raise web.HTTPError(
-                500, f"user {self.user.name} has no {', '.join(missing)} in their auth state; log in again"
+                500,
+                f"user {self.user.name} has no {', '.join(missing)} in their auth state; log in again",
             )
         ident = {
             "uid": int(state["uid"]),
@@ -164,7 +169,9 @@ class HubstackSpawner(DockerSpawner):
             "home": f"/home/{self.user.name}",
         }
         if ident["uid"] < self.platform.hub.min_uid or ident["gid"] < self.platform.hub.min_uid:
-            raise web.HTTPError(403, f"user {self.user.name}: UID/GID below hub.min_uid are refused")
+            raise web.HTTPError(
+                403, f"user {self.user.name}: UID/GID below hub.min_uid are refused"
+            )
         return ident
 
     def _ensure_home(self, uid: int, gid: int) -> str:
@@ -186,7 +193,9 @@ class HubstackSpawner(DockerSpawner):
         try:
             info = await self.docker("inspect_distribution", ref, auth_config=self._auth())
         except docker.errors.APIError as e:
-            raise web.HTTPError(500, f"image {ref} not found in the registry: {e.explanation}") from None
+            raise web.HTTPError(
+                500, f"image {ref} not found in the registry: {e.explanation}"
+            ) from None
         repo = ref.rsplit(":", 1)[0]
         return f"{repo}@{info['Descriptor']['digest']}"
 
@@ -204,7 +213,9 @@ class HubstackSpawner(DockerSpawner):
                     raise RuntimeError(ev["error"])
                 if pull.update(ev):
                     loop.call_soon_threadsafe(
-                        progress.emit, 10 + int(60 * pull.fraction), f"Pulling image: {pull.describe()}"
+                        progress.emit,
+                        10 + int(60 * pull.fraction),
+                        f"Pulling image: {pull.describe()}",
                     )
 
         if self.pull_policy.lower() != "always":
@@ -214,7 +225,9 @@ class HubstackSpawner(DockerSpawner):
                 return
             except docker.errors.ImageNotFound:
                 if self.pull_policy.lower() == "never":
-                    raise web.HTTPError(500, f"image {image} is not on this node and pull_policy is never") from None
+                    raise web.HTTPError(
+                        500, f"image {image} is not on this node and pull_policy is never"
+                    ) from None
         progress.emit(10, f"Pulling image {image}")
         await asyncio.wrap_future(self.executor.submit(run))
         progress.emit(70, "Image ready")
@@ -276,7 +289,10 @@ class HubstackSpawner(DockerSpawner):
     def get_env(self):
         env = super().get_env()
         env.update(
-            HOME=f"/home/{self.user.name}", USER=self.user.name, NB_USER=self.user.name, SHELL="/bin/bash"
+            HOME=f"/home/{self.user.name}",
+            USER=self.user.name,
+            NB_USER=self.user.name,
+            SHELL="/bin/bash",
         )
         env.update(getattr(self, "_extra_env", {}))
         return env
@@ -301,7 +317,13 @@ class HubstackSpawner(DockerSpawner):
                 ):
                     data = text.encode()
                     info = tarfile.TarInfo(name)
-                    info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o644, 0, 0, int(time.time())
+                    info.size, info.mode, info.uid, info.gid, info.mtime = (
+                        len(data),
+                        0o644,
+                        0,
+                        0,
+                        int(time.time()),
+                    )
                     tar.addfile(info, io.BytesIO(data))
             self.client.put_archive(container_id, "/etc", out.getvalue())
 
@@ -331,7 +353,9 @@ class HubstackSpawner(DockerSpawner):
             # answered at once instead of waiting behind it.
             await self.pull_image(self.image)
             try:
-                async with gpus.reserve(owner=self.user.name, count=profile.gpus, profile_name=profile.name) as grant:
+                async with gpus.reserve(
+                    owner=self.user.name, count=profile.gpus, profile_name=profile.name
+                ) as grant:
                     self._extra_gpu = {"labels": grant.labels, "host_config": grant.host_config}
                     self._extra_env.update(grant.environment)
                     result = await super().start()

@@ -27,9 +27,9 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 
@@ -39,13 +39,46 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 # Names that belong to the system or to images; an analyst must never map onto them.
-RESERVED_NAMES = frozenset({
-    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news",
-    "uucp", "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody",
-    "nogroup", "systemd-network", "systemd-resolve", "systemd-timesync",
-    "messagebus", "sshd", "_apt", "admin-sys", "jovyan", "operator", "adm",
-    "wheel", "staff", "users", "shadow", "sudo", "docker", "hubstack",
-})
+RESERVED_NAMES = frozenset(
+    {
+        "root",
+        "daemon",
+        "bin",
+        "sys",
+        "sync",
+        "games",
+        "man",
+        "lp",
+        "mail",
+        "news",
+        "uucp",
+        "proxy",
+        "www-data",
+        "backup",
+        "list",
+        "irc",
+        "gnats",
+        "nobody",
+        "nogroup",
+        "systemd-network",
+        "systemd-resolve",
+        "systemd-timesync",
+        "messagebus",
+        "sshd",
+        "_apt",
+        "admin-sys",
+        "jovyan",
+        "operator",
+        "adm",
+        "wheel",
+        "staff",
+        "users",
+        "shadow",
+        "sudo",
+        "docker",
+        "hubstack",
+    }
+)
 
 # scrypt cost: ~16 MiB memory per hash, tens of ms; stdlib, no extra dependency.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -63,6 +96,7 @@ class PasswordHashError(ValueError):
 
 # ---------------------------------------------------------------- passwords
 
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -73,7 +107,11 @@ def hash_password(password: str) -> str:
         raise ValueError("password must not be empty")
     salt = secrets.token_bytes(SCRYPT_SALT_BYTES)
     digest = hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+        password.encode("utf-8"),
+        salt=salt,
+        n=SCRYPT_N,
+        r=SCRYPT_R,
+        p=SCRYPT_P,
         dklen=SCRYPT_DKLEN,
     )
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
@@ -93,7 +131,9 @@ def _parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes]:
         raise PasswordHashError("password hash has a non-numeric cost or invalid base64") from None
     # Bound the cost so a tampered file can't make a login eat all memory.
     if n < 2 or n & (n - 1) or n > 2**20 or not (1 <= r <= 32) or not (1 <= p <= 16):
-        raise PasswordHashError(f"password hash has unsupported scrypt parameters n={n} r={r} p={p}")
+        raise PasswordHashError(
+            f"password hash has unsupported scrypt parameters n={n} r={r} p={p}"
+        )
     if len(salt) < 8 or len(digest) < 16:
         raise PasswordHashError("password hash has a too short salt or digest")
     return n, r, p, salt, digest
@@ -108,13 +148,19 @@ def verify_password(password: str, stored: str) -> bool:
     """True when ``password`` matches ``stored``; raises PasswordHashError for a broken hash."""
     n, r, p, salt, digest = _parse_hash(stored)
     candidate = hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=len(digest),
+        password.encode("utf-8"),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        dklen=len(digest),
         maxmem=256 * 1024 * 1024,
     )
     return hmac.compare_digest(candidate, digest)
 
 
 # ---------------------------------------------------------------- records
+
 
 @dataclass(frozen=True)
 class UserRecord:
@@ -160,7 +206,9 @@ def _int_id(value: object, what: str) -> int:
     return value
 
 
-def validate_ids(uid: object, gid: object, groups: object, min_uid: int) -> tuple[int, int, tuple[int, ...]]:
+def validate_ids(
+    uid: object, gid: object, groups: object, min_uid: int
+) -> tuple[int, int, tuple[int, ...]]:
     uid = _int_id(uid, "uid")
     gid = _int_id(gid, "gid")
     if uid == 0:
@@ -181,7 +229,9 @@ def validate_ids(uid: object, gid: object, groups: object, min_uid: int) -> tupl
         if g == 0:
             raise ValueError("supplementary group 0 (root) is not allowed")
         if g < min_uid:
-            raise ValueError(f"supplementary group {g} is below the minimum {min_uid} (hub.min_uid)")
+            raise ValueError(
+                f"supplementary group {g} is below the minimum {min_uid} (hub.min_uid)"
+            )
         if g not in out:
             out.append(g)
     return uid, gid, tuple(out)
@@ -204,6 +254,7 @@ def validate_users(records: dict[str, UserRecord], min_uid: int, where: str) -> 
 
 
 # ---------------------------------------------------------------- the file
+
 
 class UsersFile:
     """The YAML users file at ``path``; load() validates, mutations write atomically."""
@@ -246,14 +297,18 @@ class UsersFile:
             try:
                 validate_name(name)
                 if not isinstance(entry, dict):
-                    raise ValueError("settings must be a mapping (uid, gid, groups, admin, password)")
+                    raise ValueError(
+                        "settings must be a mapping (uid, gid, groups, admin, password)"
+                    )
                 unknown = set(entry) - {"uid", "gid", "groups", "admin", "password"}
                 if unknown:
                     raise ValueError(f"unknown keys: {', '.join(sorted(map(str, unknown)))}")
                 for key in ("uid", "gid", "password"):
                     if key not in entry:
                         raise ValueError(f"missing '{key}'")
-                uid, gid, groups = validate_ids(entry["uid"], entry["gid"], entry.get("groups"), self.min_uid)
+                uid, gid, groups = validate_ids(
+                    entry["uid"], entry["gid"], entry.get("groups"), self.min_uid
+                )
                 admin = entry.get("admin", False)
                 if not isinstance(admin, bool):
                     raise ValueError(f"admin must be true or false, not {admin!r}")
@@ -319,8 +374,16 @@ class UsersFile:
             finally:
                 os.close(dfd)
 
-    def add(self, name: str, uid: int, gid: int, groups=(), admin: bool = False,
-            password: str | None = None, password_hash: str | None = None) -> UserRecord:
+    def add(
+        self,
+        name: str,
+        uid: int,
+        gid: int,
+        groups=(),
+        admin: bool = False,
+        password: str | None = None,
+        password_hash: str | None = None,
+    ) -> UserRecord:
         """Add a user; refuses an existing name, invalid ids or a duplicate UID."""
         where = str(self.path)
         try:
@@ -363,6 +426,7 @@ class UsersFile:
 
 # ---------------------------------------------------------------- sources
 
+
 class UserSource:
     """Where identities come from. Subclass for LDAP/OIDC; the hub only needs these two."""
 
@@ -392,8 +456,13 @@ class FileUserSource(UserSource):
             ok = verify_password(password, rec.password_hash)
         except PasswordHashError as e:
             # Only this user is locked out; the fix is `hubstack users passwd NAME`.
-            log.error("%s: user %r cannot log in: %s (reset it with `hubstack users passwd %s`)",
-                      self.users_file.path, name, e, name)
+            log.error(
+                "%s: user %r cannot log in: %s (reset it with `hubstack users passwd %s`)",
+                self.users_file.path,
+                name,
+                e,
+                name,
+            )
             return None
         return rec if ok else None
 

@@ -36,7 +36,9 @@ def _try_pull(client: docker.DockerClient, ref: str, progress: Callable[[str], N
         client.images.pull(ref)
         return True
     except docker.errors.APIError as e:
-        progress(f"{ref}: cannot be pulled ({str(e.explanation or e).splitlines()[0][:160]}); building it offline")
+        progress(
+            f"{ref}: cannot be pulled ({str(e.explanation or e).splitlines()[0][:160]}); building it offline"
+        )
         return False
 
 
@@ -45,76 +47,118 @@ def _ensure_debootstrap(progress: Callable[[str], None]) -> str:
     if found:
         return found
     if shutil.which("apt-get") is None:
-        raise CommandError("debootstrap is needed to make the Debian root offline; install it (Debian: apt-get install debootstrap)")
+        raise CommandError(
+            "debootstrap is needed to make the Debian root offline; install it (Debian: apt-get install debootstrap)"
+        )
     progress("installing debootstrap with apt-get")
-    proc = subprocess.run(["apt-get", "install", "-y", "-q", "debootstrap"], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["apt-get", "install", "-y", "-q", "debootstrap"], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], capture_output=True)
-        proc = subprocess.run(["apt-get", "install", "-y", "-q", "debootstrap"], capture_output=True, text=True)
+        proc = subprocess.run(
+            ["apt-get", "install", "-y", "-q", "debootstrap"], capture_output=True, text=True
+        )
     if proc.returncode != 0 or not shutil.which("debootstrap"):
         raise CommandError(f"could not install debootstrap: {proc.stderr.strip()[-300:]}")
     return shutil.which("debootstrap")
 
 
-def debootstrap_base(cfg: PlatformConfig, client: docker.DockerClient,
-                     progress: Callable[[str], None] = print_progress) -> str:
+def debootstrap_base(
+    cfg: PlatformConfig,
+    client: docker.DockerClient,
+    progress: Callable[[str], None] = print_progress,
+) -> str:
     """Make a minbase Debian root and import it as cfg.base.image; returns the image id."""
     debootstrap = _ensure_debootstrap(progress)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hubstack-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        progress(f"{cfg.base.image}: debootstrap --variant=minbase {cfg.base.suite} from {cfg.base.debian_mirror} (about 30 s)")
+        progress(
+            f"{cfg.base.image}: debootstrap --variant=minbase {cfg.base.suite} from {cfg.base.debian_mirror} (about 30 s)"
+        )
         proc = subprocess.Popen(
             [debootstrap, "--variant=minbase", cfg.base.suite, str(rootfs), cfg.base.debian_mirror],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         tail: list[str] = []
         for line in proc.stdout:
             tail = (tail + [line.rstrip()])[-20:]
-            if line.startswith("I: Retrieving") or line.startswith("I: Installing core") or line.startswith("I: Base system"):
+            if (
+                line.startswith("I: Retrieving")
+                or line.startswith("I: Installing core")
+                or line.startswith("I: Base system")
+            ):
                 progress(f"{cfg.base.image}:   {line.strip()}")
         if proc.wait() != 0:
             raise CommandError("debootstrap failed:\n" + "\n".join(tail))
         # Drop the apt lists debootstrap leaves, as debian:*-slim does.
         shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)
         (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
-        repo, _, tag = cfg.base.image.rpartition(":") if ":" in cfg.base.image.split("/")[-1] else (cfg.base.image, "", "latest")
+        repo, _, tag = (
+            cfg.base.image.rpartition(":")
+            if ":" in cfg.base.image.split("/")[-1]
+            else (cfg.base.image, "", "latest")
+        )
         progress(f"{cfg.base.image}: importing the root into the engine")
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+        tar = subprocess.Popen(
+            ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE
+        )
         try:
             client.api.import_image(src=tar.stdout, repository=repo, tag=tag)
         finally:
             tar.stdout.close()
             tar.wait()
     image_id = client.images.get(cfg.base.image).id
-    progress(f"{cfg.base.image}: made offline in {time.monotonic() - started:.0f}s ({image_id[7:19]})")
+    progress(
+        f"{cfg.base.image}: made offline in {time.monotonic() - started:.0f}s ({image_id[7:19]})"
+    )
     return image_id
 
 
-def build_registry_image(cfg: PlatformConfig, client: docker.DockerClient,
-                         progress: Callable[[str], None] = print_progress) -> str:
+def build_registry_image(
+    cfg: PlatformConfig,
+    client: docker.DockerClient,
+    progress: Callable[[str], None] = print_progress,
+) -> str:
     """Build registry/Dockerfile (Debian's docker-registry) and tag it as cfg.registry.image."""
     context = cfg.source_root / "registry"
     if not (context / "Dockerfile").is_file():
-        raise CommandError(f"{context}/Dockerfile is missing: cannot build the registry image offline")
+        raise CommandError(
+            f"{context}/Dockerfile is missing: cannot build the registry image offline"
+        )
     progress(f"{cfg.registry.image}: building from {context} (Debian's docker-registry)")
     try:
         image, _ = client.images.build(
-            path=str(context), tag=cfg.registry.image, buildargs={"BASE_IMAGE": cfg.base.image},
-            rm=True, forcerm=True, pull=False,
+            path=str(context),
+            tag=cfg.registry.image,
+            buildargs={"BASE_IMAGE": cfg.base.image},
+            rm=True,
+            forcerm=True,
+            pull=False,
         )
     except docker.errors.BuildError as e:
-        log = "\n".join(str(c.get("stream", c.get("error", ""))).rstrip() for c in e.build_log)[-1500:]
+        log = "\n".join(str(c.get("stream", c.get("error", ""))).rstrip() for c in e.build_log)[
+            -1500:
+        ]
         raise CommandError(f"building the registry image failed: {e.msg}\n{log}") from None
     progress(f"{cfg.registry.image}: built ({image.id[7:19]})")
     return image.id
 
 
-def bootstrap(cfg: PlatformConfig, client: docker.DockerClient,
-              progress: Callable[[str], None] = print_progress) -> None:
+def bootstrap(
+    cfg: PlatformConfig,
+    client: docker.DockerClient,
+    progress: Callable[[str], None] = print_progress,
+) -> None:
     """Ensure the base and registry images exist: present, else pulled, else built offline."""
     mode = cfg.base.bootstrap
-    for ref, build_offline in ((cfg.base.image, debootstrap_base), (cfg.registry.image, build_registry_image)):
+    for ref, build_offline in (
+        (cfg.base.image, debootstrap_base),
+        (cfg.registry.image, build_registry_image),
+    ):
         if _have(client, ref) and not (mode == "always" and ref == cfg.base.image):
             progress(f"{ref}: present")
         elif mode == "always" or not _try_pull(client, ref, progress):

@@ -19,7 +19,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
@@ -55,7 +55,10 @@ def _context_files(ctx: ImageContext, root: Path) -> list[tuple[str, Path]]:
             files.append((prefix, top))
             return
         for p in sorted(top.rglob("*")):
-            if any(part in IGNORED_NAMES for part in p.relative_to(top).parts) or p.suffix == ".pyc":
+            if (
+                any(part in IGNORED_NAMES for part in p.relative_to(top).parts)
+                or p.suffix == ".pyc"
+            ):
                 continue
             if p.is_file():
                 files.append((f"{prefix}/{p.relative_to(top).as_posix()}".lstrip("/"), p))
@@ -118,7 +121,9 @@ def image_labels(cfg: PlatformConfig, ctx: ImageContext, root: Path, digest: str
     if _git(root, "status", "--porcelain", "--", *paths):
         revision += "-dirty"
     if created:
-        created = datetime.fromisoformat(created).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created = (
+            datetime.fromisoformat(created).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
     # The remote when there is one; never the checkout's own path, which differs per clone
     # and would make every clone rebuild every image.
     folder = ctx.path.resolve().relative_to(root.resolve()).as_posix()
@@ -217,7 +222,9 @@ class ImageBuilder:
                     elif self.verbose:
                         self.progress(f"{label}:   {text[:200]}")
                 elif "error" in chunk or "errorDetail" in chunk:
-                    result.error = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")
+                    result.error = (chunk.get("errorDetail") or {}).get("message") or chunk.get(
+                        "error"
+                    )
                     result.log.append(f"ERROR: {result.error}")
                 elif "aux" in chunk and "ID" in chunk["aux"]:
                     result.image_id = chunk["aux"]["ID"]
@@ -233,15 +240,20 @@ class ImageBuilder:
         result.ok = result.error is None
         result.cached = result.ok and steps > 0 and steps_cached >= steps
         if result.ok:
-            how = "unchanged (all steps cached)" if result.cached else f"built in {result.seconds:.0f}s"
+            how = (
+                "unchanged (all steps cached)"
+                if result.cached
+                else f"built in {result.seconds:.0f}s"
+            )
             self.progress(f"{label}: {how} -> {ref} {result.image_id[7:19]}")
         else:
             tail = "\n".join(f"    {line}" for line in result.log[-15:])
             self.progress(f"{label}: FAILED after {result.seconds:.0f}s: {result.error}\n{tail}")
         return result
 
-    def build_many(self, names: Iterable[str] | None = None, tag: str | None = None,
-                   with_parents: bool = True) -> list[BuildResult]:
+    def build_many(
+        self, names: Iterable[str] | None = None, tag: str | None = None, with_parents: bool = True
+    ) -> list[BuildResult]:
         """Build NAMES (default: the graph's default targets) plus what they need, in order.
 
         Stops at the first failure: the descendants of a failed image are not built.
@@ -254,8 +266,14 @@ class ImageBuilder:
             blocked = [p for p in self.graph[name].parents if p in failed]
             if blocked:
                 self.progress(f"[{i}/{len(order)}] {name}: skipped, parent {blocked[0]} failed")
-                results.append(BuildResult(name, self.cfg.image_ref(name, tag), False,
-                                           error=f"parent {blocked[0]} failed"))
+                results.append(
+                    BuildResult(
+                        name,
+                        self.cfg.image_ref(name, tag),
+                        False,
+                        error=f"parent {blocked[0]} failed",
+                    )
+                )
                 failed.add(name)
                 continue
             r = self.build(name, tag, position=f"{i}/{len(order)}")
@@ -265,13 +283,21 @@ class ImageBuilder:
         return results
 
 
-def push_image(cfg: PlatformConfig, client: docker.DockerClient, name: str, tag: str | None = None,
-               auth: dict | None = None, progress: Callable[[str], None] = print_progress) -> str:
+def push_image(
+    cfg: PlatformConfig,
+    client: docker.DockerClient,
+    name: str,
+    tag: str | None = None,
+    auth: dict | None = None,
+    progress: Callable[[str], None] = print_progress,
+) -> str:
     """Push one image to the registry; returns the manifest digest. Raises on any error."""
     tag = tag or cfg.images.tag
     repo = cfg.image_repository(name)
     digest = None
-    for chunk in client.api.push(repo, tag, auth_config=auth or auth_config(cfg), stream=True, decode=True):
+    for chunk in client.api.push(
+        repo, tag, auth_config=auth or auth_config(cfg), stream=True, decode=True
+    ):
         if "error" in chunk or "errorDetail" in chunk:
             msg = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")
             raise CommandError(f"push of {repo}:{tag} failed: {msg}")
@@ -282,4 +308,3 @@ def push_image(cfg: PlatformConfig, client: docker.DockerClient, name: str, tag:
         raise CommandError(f"push of {repo}:{tag} ended without a digest")
     progress(f"{name}: pushed {repo}:{tag} @ {digest}")
     return digest
-

@@ -69,19 +69,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     images = sub.add_parser("images", help="the image hierarchy: list, bootstrap, build, push")
     isub = images.add_subparsers(dest="images_command", metavar="ACTION", required=True)
 
-    p = isub.add_parser("list", help="the images in build order, with their parents (from the FROM lines)")
+    p = isub.add_parser(
+        "list", help="the images in build order, with their parents (from the FROM lines)"
+    )
     p.set_defaults(func=cmd_list)
 
-    p = isub.add_parser("bootstrap", help="make sure the base and registry images exist (pull, else build offline)")
+    p = isub.add_parser(
+        "bootstrap", help="make sure the base and registry images exist (pull, else build offline)"
+    )
     p.set_defaults(func=cmd_bootstrap)
 
     p = isub.add_parser("build", help="build images and everything they need, in dependency order")
-    p.add_argument("names", nargs="*", metavar="NAME", help="images to build (default: all but on-demand ones)")
+    p.add_argument(
+        "names", nargs="*", metavar="NAME", help="images to build (default: all but on-demand ones)"
+    )
     p.add_argument("--tag", help="tag to build (default: images.tag)")
     p.add_argument("--push", action="store_true", help="push what was built to the registry")
     p.set_defaults(func=cmd_build)
 
-    p = isub.add_parser("push", help="push images (and their parents) to the registry with its credentials")
+    p = isub.add_parser(
+        "push", help="push images (and their parents) to the registry with its credentials"
+    )
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--tag", help="tag to push (default: images.tag)")
     p.set_defaults(func=cmd_push)

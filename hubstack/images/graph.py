@@ -66,7 +66,9 @@ def build_args(cfg: PlatformConfig, tag: str | None = None) -> dict[str, str]:
     }
 
 
-_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 def _substitute(text: str, env: dict[str, str]) -> str:
@@ -132,8 +134,14 @@ def _read_includes(folder: Path, root: Path) -> tuple[Path, ...]:
     if not spec.is_file():
         return ()
     data = yaml.safe_load(spec.read_text()) or {}
-    if not isinstance(data, dict) or set(data) - {"include"} or not isinstance(data.get("include", []), list):
-        raise GraphError(f"{spec}: must be a mapping with one key, include: [paths relative to {root}]")
+    if (
+        not isinstance(data, dict)
+        or set(data) - {"include"}
+        or not isinstance(data.get("include", []), list)
+    ):
+        raise GraphError(
+            f"{spec}: must be a mapping with one key, include: [paths relative to {root}]"
+        )
     paths = []
     for item in data.get("include", []):
         p = (root / str(item)).resolve()
@@ -154,7 +162,7 @@ class ImageGraph:
     images: dict[str, ImageContext] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, cfg: PlatformConfig, source_root: Path | None = None) -> "ImageGraph":
+    def from_config(cls, cfg: PlatformConfig, source_root: Path | None = None) -> ImageGraph:
         root = Path(source_root or cfg.source_root)
         folders: dict[str, Path] = {}
         for pattern in cfg.images.contexts:
@@ -181,7 +189,7 @@ class ImageGraph:
             for no, ref in parse_from_lines(folder / "Dockerfile", args):
                 where = f"{folder / 'Dockerfile'}:{no}"
                 if ref.startswith(ours):
-                    parent = _strip_tag(ref[len(ours):])
+                    parent = _strip_tag(ref[len(ours) :])
                     if parent not in folders:
                         known = ", ".join(sorted(folders))
                         raise GraphError(
@@ -197,7 +205,10 @@ class ImageGraph:
                         f"{cfg.base.image} (base.image)"
                     )
             images[name] = ImageContext(
-                name=name, path=folder, parents=tuple(parents), external=tuple(external),
+                name=name,
+                path=folder,
+                parents=tuple(parents),
+                external=tuple(external),
                 includes=_read_includes(folder, root),
             )
         graph = cls(images)
@@ -211,7 +222,9 @@ class ImageGraph:
         try:
             return self.images[name]
         except KeyError:
-            raise GraphError(f"no image named {name!r} (images: {', '.join(sorted(self.images))})") from None
+            raise GraphError(
+                f"no image named {name!r} (images: {', '.join(sorted(self.images))})"
+            ) from None
 
     def children(self, name: str) -> list[str]:
         return sorted(n for n, img in self.images.items() if name in img.parents)
@@ -226,10 +239,13 @@ class ImageGraph:
             if state.get(n) == "done":
                 return
             if state.get(n) == "visiting":
-                cycle = path[path.index(n):] + [n]
+                cycle = path[path.index(n) :] + [n]
                 raise GraphError(
-                    "FROM cycle: " + " -> ".join(cycle) + " (" + ", ".join(
-                        str(self.images[c].dockerfile) for c in cycle[:-1]) + ")"
+                    "FROM cycle: "
+                    + " -> ".join(cycle)
+                    + " ("
+                    + ", ".join(str(self.images[c].dockerfile) for c in cycle[:-1])
+                    + ")"
                 )
             state[n] = "visiting"
             for p in sorted(self.images[n].parents):

@@ -41,7 +41,11 @@ def hubstack(config: Path, *args: str, timeout: int = 900) -> subprocess.Complet
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(
         [sys.executable, "-m", "hubstack", "-c", str(config), *args],
-        cwd=REPO, env=env, text=True, capture_output=True, timeout=timeout,
+        cwd=REPO,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
     )
 
 
@@ -72,14 +76,16 @@ class HubClient:
         return self.http.post(
             f"{self.base}/hub/login?next=",
             data={"username": self.name, "password": password, "_xsrf": m.group(1)},
-            allow_redirects=False, timeout=60,
+            allow_redirects=False,
+            timeout=60,
         )
 
     def make_token(self) -> str:
         r = self.http.post(
             f"{self.base}/hub/api/users/{self.name}/tokens",
             json={"note": "e2e", "expires_in": 3600},
-            headers={"X-XSRFToken": self._xsrf()}, timeout=30,
+            headers={"X-XSRFToken": self._xsrf()},
+            timeout=30,
         )
         r.raise_for_status()
         self.token = r.json()["token"]
@@ -88,14 +94,18 @@ class HubClient:
     def api(self, method: str, path: str, **kw) -> requests.Response:
         headers = kw.pop("headers", {})
         headers["Authorization"] = f"token {self.token}"
-        return requests.request(method, f"{self.base}{path}", headers=headers, timeout=kw.pop("timeout", 60), **kw)
+        return requests.request(
+            method, f"{self.base}{path}", headers=headers, timeout=kw.pop("timeout", 60), **kw
+        )
 
     def start(self, profile: str = "default", timeout: float = 300) -> list[dict]:
         """Start the server and follow the progress stream until it is ready; returns the events."""
         r = self.api("POST", f"/hub/api/users/{self.name}/server", json={"profile": profile})
         assert r.status_code in (201, 202), r.text
         events = []
-        with self.api("GET", f"/hub/api/users/{self.name}/server/progress", stream=True, timeout=timeout) as s:
+        with self.api(
+            "GET", f"/hub/api/users/{self.name}/server/progress", stream=True, timeout=timeout
+        ) as s:
             for line in s.iter_lines(decode_unicode=True):
                 if line and line.startswith("data:"):
                     ev = json.loads(line[5:])
@@ -129,16 +139,30 @@ class HubClient:
         url = self.base.replace("http", "ws", 1) + f"{prefix}/kernels/{kernel}/channels"
         # Short socket timeouts, so the deadline holds even while the server's websocket pings
         # keep the connection busy.
-        ws = websocket.create_connection(url, header=[f"Authorization: token {self.token}"], timeout=5)
+        ws = websocket.create_connection(
+            url, header=[f"Authorization: token {self.token}"], timeout=5
+        )
         session, deadline = uuid.uuid4().hex, time.monotonic() + timeout
 
         def send(msg_type: str, content: dict) -> str:
             msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "msg_type": msg_type, "username": self.name,
-                           "session": session, "version": "5.3"},
-                "parent_header": {}, "metadata": {}, "channel": "shell", "content": content,
-            }))
+            ws.send(
+                json.dumps(
+                    {
+                        "header": {
+                            "msg_id": msg_id,
+                            "msg_type": msg_type,
+                            "username": self.name,
+                            "session": session,
+                            "version": "5.3",
+                        },
+                        "parent_header": {},
+                        "metadata": {},
+                        "channel": "shell",
+                        "content": content,
+                    }
+                )
+            )
             return msg_id
 
         def replies(msg_id: str, wait: float):
@@ -156,11 +180,22 @@ class HubClient:
         try:
             # A request sent before the kernel's channels are connected can be lost, so ask for
             # kernel_info until one is answered, as Jupyter's own clients do, then execute.
-            while not any(m["msg_type"] == "kernel_info_reply" for m in replies(send("kernel_info_request", {}), 2)):
+            while not any(
+                m["msg_type"] == "kernel_info_reply"
+                for m in replies(send("kernel_info_request", {}), 2)
+            ):
                 if time.monotonic() > deadline:
                     raise AssertionError("kernel did not answer kernel_info_request")
-            msg_id = send("execute_request", {"code": code, "silent": False, "store_history": False,
-                                              "user_expressions": {}, "allow_stdin": False})
+            msg_id = send(
+                "execute_request",
+                {
+                    "code": code,
+                    "silent": False,
+                    "store_history": False,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                },
+            )
             out = []
             for msg in replies(msg_id, timeout):
                 kind = msg["msg_type"]
@@ -181,15 +216,22 @@ def write_config(tmp: Path, name: str, image_ns: str) -> Path:
     # The suite's common settings (host CA for builds), so `hubstack up` builds what the
     # session's hierarchy built, from the layer cache.
     data = config_data(
-        tmp / "state", free_port(),
+        tmp / "state",
+        free_port(),
         registry={"image": os.environ.get("HUBTEST_REGISTRY_IMAGE", "registry:2")},
         images={"namespace": image_ns, "tag": "latest"},
         resources={"cpu_limit": 1.0, "mem_limit": "1G"},
         hub={"host": "127.0.0.1", "port": free_port(), "network": name, "start_timeout": 240},
         # The stack includes the Spark cluster: UIs on free ports, 2 workers x 2 cores so
         # two analysts' applications (2 cores each) run side by side.
-        spark={"workers": 2, "worker_cores": 2, "worker_memory": "1g", "max_cores_per_app": 2,
-               "master_ui_port": free_port(), "worker_ui_port": free_port_range(2)},
+        spark={
+            "workers": 2,
+            "worker_cores": 2,
+            "worker_memory": "1g",
+            "max_cores_per_app": 2,
+            "master_ui_port": free_port(),
+            "worker_ui_port": free_port_range(2),
+        },
         ci={"port": free_port()},  # the webhook builder's compose service (host networking)
     )
     path = tmp / "hubstack.yaml"
@@ -197,7 +239,7 @@ def write_config(tmp: Path, name: str, image_ns: str) -> Path:
     return path
 
 
-def logged_in_clients(cfg, analysts: dict) -> dict[str, "HubClient"]:
+def logged_in_clients(cfg, analysts: dict) -> dict[str, HubClient]:
     """One logged-in client with an API token per analyst (name -> (password, ...))."""
     out = {}
     for name, (pw, *_rest) in analysts.items():
@@ -209,7 +251,7 @@ def logged_in_clients(cfg, analysts: dict) -> dict[str, "HubClient"]:
     return out
 
 
-def stop_servers(clients: dict[str, "HubClient"]) -> None:
+def stop_servers(clients: dict[str, HubClient]) -> None:
     """Leave the shared stack as found: no analyst's server running."""
     for c in clients.values():
         if c.running():

@@ -30,7 +30,7 @@ PREFIX = "spktest"
 # Run in a driver (a kernel): each executor's and the driver's Python, libraries and
 # image identity (the notebook image's lock files, baked in at build), and a sum over
 # 10^7 rows. Printed as one "RESULT {json}" line.
-ENV_JOB = r'''
+ENV_JOB = r"""
 import glob, hashlib, json, time
 
 def environment():
@@ -70,12 +70,17 @@ print("RESULT " + json.dumps({
     "driver": environment(), "executors": executors, "sum": total,
 }))
 spark.stop()
-'''
+"""
 
 
 def cluster_config(cfg: PlatformConfig, **spark) -> PlatformConfig:
     """CFG with its own network and free UI ports, and small workers for the suite."""
-    settings = {"workers": 2, "worker_cores": 2, "worker_memory": "1g", "max_cores_per_app": 2} | spark
+    settings = {
+        "workers": 2,
+        "worker_cores": 2,
+        "worker_memory": "1g",
+        "max_cores_per_app": 2,
+    } | spark
     workers = settings["workers"]
     ports = free_port_range(workers + 1)
     settings |= {"master_ui_port": ports, "worker_ui_port": ports + 1}
@@ -100,7 +105,17 @@ class SparkCluster:
         return self.cfg.hub.network
 
     def compose(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-        cmd = ["docker", "compose", "-p", self.project, "-f", str(COMPOSE_FILE), "--env-file", str(self.env_file), *args]
+        cmd = [
+            "docker",
+            "compose",
+            "-p",
+            self.project,
+            "-f",
+            str(COMPOSE_FILE),
+            "--env-file",
+            str(self.env_file),
+            *args,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -116,7 +131,12 @@ class SparkCluster:
     def containers(self, service: str) -> list:
         return self.client.containers.list(
             all=True,
-            filters={"label": [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]},
+            filters={
+                "label": [
+                    f"com.docker.compose.project={self.project}",
+                    f"com.docker.compose.service={service}",
+                ]
+            },
         )
 
     def master_status(self) -> dict:
@@ -136,7 +156,9 @@ class SparkCluster:
             except OSError:
                 status = None
             if time.monotonic() > deadline:
-                raise AssertionError(f"master did not report {count} alive workers in {timeout}s: {status}")
+                raise AssertionError(
+                    f"master did not report {count} alive workers in {timeout}s: {status}"
+                )
             time.sleep(2)
 
 
@@ -168,7 +190,7 @@ class Driver:
         code, out = self.wait(timeout)
         lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
         assert code == 0 and lines, f"driver {self.name} exited {code}:\n{out[-4000:]}"
-        return [json.loads(ln[len("RESULT "):]) for ln in lines]
+        return [json.loads(ln[len("RESULT ") :]) for ln in lines]
 
     def result(self, timeout: float = 300) -> dict:
         return self.results(timeout)[-1]
@@ -181,7 +203,11 @@ class Driver:
 
 
 def start_driver(
-    cluster: SparkCluster, image: str, script: str, user: str = "1000:100", command: list[str] | None = None
+    cluster: SparkCluster,
+    image: str,
+    script: str,
+    user: str = "1000:100",
+    command: list[str] | None = None,
 ) -> Driver:
     """A notebook-image container on the platform network, set up like a Spark-profile
     server, running SCRIPT (/tmp/job.py) through IPython, or COMMAND."""

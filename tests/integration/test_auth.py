@@ -29,8 +29,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     if not shutil.which("configurable-http-proxy"):
-        pytest.fail("configurable-http-proxy is not installed (npm install -g configurable-http-proxy)",
-                    pytrace=False)
+        pytest.fail(
+            "configurable-http-proxy is not installed (npm install -g configurable-http-proxy)",
+            pytrace=False,
+        )
     tmp = tmp_path_factory.mktemp("hub")
     users = UsersFile(tmp / "users.yaml", min_uid=1000)
     users.add("alice", uid=1001, gid=1001, groups=[2000], password="alice-pw")
@@ -48,29 +50,40 @@ c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = {hub_port}
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
 c.ConfigurableHTTPProxy.pid_file = {str(tmp / "proxy.pid")!r}
-c.JupyterHub.db_url = "sqlite:///{tmp / 'jupyterhub.sqlite'}"
+c.JupyterHub.db_url = "sqlite:///{tmp / "jupyterhub.sqlite"}"
 c.JupyterHub.cookie_secret_file = {str(tmp / "cookie_secret")!r}
 """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
     log_path = tmp / "hub.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(config)],
-            cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=tmp,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"jupyterhub exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}", pytrace=False)
+                pytest.fail(
+                    f"jupyterhub exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}",
+                    pytrace=False,
+                )
             try:
                 if requests.get(f"{url}/hub/api/", timeout=2).status_code == 200:
                     break
             except requests.ConnectionError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"jupyterhub did not answer:\n{log_path.read_text()[-4000:]}", pytrace=False)
+                pytest.fail(
+                    f"jupyterhub did not answer:\n{log_path.read_text()[-4000:]}", pytrace=False
+                )
             time.sleep(0.5)
         yield {"url": url, "users": users, "log": log_path}
     finally:
@@ -90,7 +103,8 @@ def login(hub, name, password) -> requests.Session | None:
     r = s.post(
         f"{hub['url']}/hub/login",
         data={"username": name, "password": password, "_xsrf": s.cookies.get("_xsrf")},
-        allow_redirects=False, timeout=30,
+        allow_redirects=False,
+        timeout=30,
     )
     if r.status_code == 302:
         return s
@@ -108,7 +122,9 @@ def request_token(hub, name, password) -> requests.Response:
 
 
 def whoami(hub, token) -> dict:
-    r = requests.get(f"{hub['url']}/hub/api/user", headers={"Authorization": f"token {token}"}, timeout=10)
+    r = requests.get(
+        f"{hub['url']}/hub/api/user", headers={"Authorization": f"token {token}"}, timeout=10
+    )
     r.raise_for_status()
     return r.json()
 

@@ -21,15 +21,24 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ARTIFACTS = REPO / "artifacts"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,900",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,900",
 ]
 
 
 @pytest.fixture
 def browser():
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "install Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)"
+    assert chromium and driver, (
+        "install Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)"
+    )
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for flag in CHROMIUM_FLAGS:
@@ -39,7 +48,7 @@ def browser():
     b.quit()
 
 
-def test_notebook_cell_prints_the_analysts_uid(hub_stack, browser):  # noqa: F811
+def test_notebook_cell_prints_the_analysts_uid(hub_stack, browser):
     cfg, _, _ = hub_stack
     name = "bob"
     password, uid, _gid, _groups = ANALYSTS[name]
@@ -52,18 +61,33 @@ def test_notebook_cell_prints_the_analysts_uid(hub_stack, browser):  # noqa: F81
         browser.find_element(By.ID, "login_submit").click()
         # Either the spawn form (profiles) or straight to a server already running.
         wait.until(lambda b: "/hub/spawn" in b.current_url or "/user/" in b.current_url)
-        if "/hub/spawn" in browser.current_url and browser.find_elements(By.CSS_SELECTOR, "#spawn_form"):
+        if "/hub/spawn" in browser.current_url and browser.find_elements(
+            By.CSS_SELECTOR, "#spawn_form"
+        ):
             browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
-        card = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')))
+        card = wait.until(
+            EC.element_to_be_clickable(
+                (By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')
+            )
+        )
         card.click()
-        editor = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content")))
+        editor = wait.until(
+            EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content"))
+        )
         # Typing before the kernel is attached would "run" the cell with no kernel: wait for Idle.
         wait.until(lambda b: "| Idle" in b.find_element(By.ID, "jp-main-statusbar").text)
         editor.click()
         editor.send_keys("import os; print('UID', os.getuid())")
         editor.send_keys(Keys.SHIFT, Keys.ENTER)
         out = wait.until(
-            lambda b: next((e.text for e in b.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output") if "UID" in e.text), None)
+            lambda b: next(
+                (
+                    e.text
+                    for e in b.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
+                    if "UID" in e.text
+                ),
+                None,
+            )
         )
         assert out.strip() == f"UID {uid}"
     finally:

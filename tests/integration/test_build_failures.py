@@ -17,11 +17,19 @@ def test_broken_dockerfile_leaves_the_tag_and_skips_children(tmp_path, docker_cl
     (images / "root").mkdir(parents=True)
     (images / "leaf").mkdir()
     (images / "root" / "Dockerfile").write_text(
-        f"ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${{BASE_IMAGE}}\nRUN echo v1-{SESSION_ID} > /v\n")
+        f"ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${{BASE_IMAGE}}\nRUN echo v1-{SESSION_ID} > /v\n"
+    )
     (images / "leaf" / "Dockerfile").write_text(
-        "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM ${HUBSTACK_REPO}/root:${HUBSTACK_TAG}\nRUN cat /v\n")
-    cfg = parse_config({"source_dir": str(tmp_path), "images": {"namespace": f"buildtest{SESSION_ID}", "contexts": ["images/*"]},
-                        "registry": {"address": "127.0.0.1:5999"}, "state_dir": str(tmp_path / "state")})
+        "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM ${HUBSTACK_REPO}/root:${HUBSTACK_TAG}\nRUN cat /v\n"
+    )
+    cfg = parse_config(
+        {
+            "source_dir": str(tmp_path),
+            "images": {"namespace": f"buildtest{SESSION_ID}", "contexts": ["images/*"]},
+            "registry": {"address": "127.0.0.1:5999"},
+            "state_dir": str(tmp_path / "state"),
+        }
+    )
     lines: list[str] = []
     builder = ImageBuilder(cfg, docker_client, progress=lines.append)
     first = builder.build_many(tag="t")
@@ -29,12 +37,17 @@ def test_broken_dockerfile_leaves_the_tag_and_skips_children(tmp_path, docker_cl
     good = docker_client.images.get(cfg.image_ref("root", "t")).id
 
     (images / "root" / "Dockerfile").write_text(
-        "ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE}\nRUN exit 3\n")
+        "ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE}\nRUN exit 3\n"
+    )
     second = builder.build_many(tag="t")
     assert [(r.name, r.ok) for r in second] == [("root", False), ("leaf", False)]
     assert "returned a non-zero code: 3" in second[0].error
     assert second[1].error == "parent root failed"
-    assert any("root: FAILED" in line for line in lines) and any("leaf: skipped, parent root failed" in line for line in lines)
-    assert docker_client.images.get(cfg.image_ref("root", "t")).id == good, "a failed build moved the tag"
+    assert any("root: FAILED" in line for line in lines) and any(
+        "leaf: skipped, parent root failed" in line for line in lines
+    )
+    assert docker_client.images.get(cfg.image_ref("root", "t")).id == good, (
+        "a failed build moved the tag"
+    )
     for name in ("leaf", "root"):
         docker_client.images.remove(cfg.image_ref(name, "t"), force=True)

@@ -11,12 +11,18 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.ci_support import (
-    break_dockerfile, change, commit, folder_of, git, manifest_digest, tiny_env,
-)
 
 from hubstack.ci.rebuild import commit_tag, reports_dir
 from hubstack.cli import main
+from tests.ci_support import (
+    break_dockerfile,
+    change,
+    commit,
+    folder_of,
+    git,
+    manifest_digest,
+    tiny_env,
+)
 
 pytestmark = pytest.mark.integration
 IMAGES = ["root", "mid", "side", "leaf"]
@@ -35,8 +41,9 @@ def latest(cfg) -> dict[str, str | None]:
 
 
 def cat(docker_client, cfg, name: str, file: str, tag: str = "latest") -> str:
-    return docker_client.containers.run(cfg.image_ref(name, tag), ["cat", f"/usr/share/citest/{file}.txt"],
-                                        remove=True).decode()
+    return docker_client.containers.run(
+        cfg.image_ref(name, tag), ["cat", f"/usr/share/citest/{file}.txt"], remove=True
+    ).decode()
 
 
 def last_report(cfg) -> dict:
@@ -60,7 +67,9 @@ def test_leaf_change_rebuilds_only_the_leaf(env, docker_client, capsys):
     assert main(["-c", str(conf), "ci", "build", "--since", "HEAD~1", "--push"]) == 0
     after = latest(cfg)
     assert after["leaf"] != before["leaf"]
-    assert {n: after[n] for n in ("root", "mid", "side")} == {n: before[n] for n in ("root", "mid", "side")}
+    assert {n: after[n] for n in ("root", "mid", "side")} == {
+        n: before[n] for n in ("root", "mid", "side")
+    }
     assert manifest_digest(cfg, "leaf", commit_tag(sha)) == after["leaf"]
     assert "leaf-change" in cat(docker_client, cfg, "leaf", "leaf")
     report = last_report(cfg)
@@ -73,12 +82,19 @@ def test_root_change_rebuilds_every_descendant_in_order(env, docker_client):
     cfg, repo, conf = env
     before = latest(cfg)
     change(repo, "root", "root-change")
-    assert main(["-c", str(conf), "ci", "build", "--since", "HEAD~1", "--push", "--concurrency", "2"]) == 0
+    assert (
+        main(["-c", str(conf), "ci", "build", "--since", "HEAD~1", "--push", "--concurrency", "2"])
+        == 0
+    )
     after = latest(cfg)
     assert all(after[n] != before[n] for n in IMAGES)
     report = last_report(cfg)
     order = [i["name"] for i in report["images"]]
-    assert order[0] == "root" and order.index("mid") < order.index("leaf") and set(order) == set(IMAGES)
+    assert (
+        order[0] == "root"
+        and order.index("mid") < order.index("leaf")
+        and set(order) == set(IMAGES)
+    )
     assert all(i["status"] == "ok" for i in report["images"])
     # The new leaf really is built FROM the new root, through mid.
     assert "root-change" in cat(docker_client, cfg, "leaf", "root")
@@ -96,7 +112,11 @@ def test_broken_dockerfile_fails_keeps_latest_and_skips_descendants(env, capsys)
         err = capsys.readouterr().err
         assert "image mid failed at build" in err and "exit" in err.lower()
         after = latest(cfg)
-        assert after["mid"] == before["mid"] and after["leaf"] == before["leaf"] and after["root"] == before["root"]
+        assert (
+            after["mid"] == before["mid"]
+            and after["leaf"] == before["leaf"]
+            and after["root"] == before["root"]
+        )
         assert after["side"] != before["side"]
         assert manifest_digest(cfg, "mid", commit_tag(sha)) is None
         assert manifest_digest(cfg, "leaf", commit_tag(sha)) is None
@@ -104,7 +124,10 @@ def test_broken_dockerfile_fails_keeps_latest_and_skips_descendants(env, capsys)
         status = {i["name"]: (i["status"], i["error"]) for i in report["images"]}
         assert status["mid"][0] == "failed" and status["leaf"] == ("skipped", "parent mid failed")
         assert status["side"][0] == "ok" and report["ok"] is False
-        assert "deliberately broken" in next(i for i in report["images"] if i["name"] == "mid")["build_log"]
+        assert (
+            "deliberately broken"
+            in next(i for i in report["images"] if i["name"] == "mid")["build_log"]
+        )
     finally:
         df = folder_of(repo, "mid") / "Dockerfile"
         df.write_text(df.read_text().replace("RUN echo 'deliberately broken' && exit 3\n", ""))
@@ -115,7 +138,11 @@ def test_failing_image_tests_keep_latest(env):
     cfg, repo, conf = env
     before = latest(cfg)
     test = folder_of(repo, "leaf") / "test_image.py"
-    test.write_text(test.read_text().replace('assert "{name}" in out'.format(name="leaf"), 'assert "nope" in out'))
+    test.write_text(
+        test.read_text().replace(
+            'assert "{name}" in out'.format(name="leaf"), 'assert "nope" in out'
+        )
+    )
     sha = commit(repo, "leaf test that cannot pass")
     try:
         assert main(["-c", str(conf), "ci", "build", "--since", "HEAD~1", "--push"]) == 1
@@ -129,7 +156,9 @@ def test_failing_image_tests_keep_latest(env):
 
 def test_promote_moves_stable_and_rolls_back(env, capsys):
     cfg, repo, conf = env
-    older = commit_tag(git(repo, "rev-list", "-n1", "HEAD", "--", "images/root"))  # the root-change commit
+    older = commit_tag(
+        git(repo, "rev-list", "-n1", "HEAD", "--", "images/root")
+    )  # the root-change commit
     newer = commit_tag(change(repo, "leaf", "promote-me"))
     assert main(["-c", str(conf), "ci", "build", "--since", "HEAD~1", "--push"]) == 0
     assert main(["-c", str(conf), "ci", "promote", newer]) == 0
@@ -149,15 +178,24 @@ def test_promote_moves_stable_and_rolls_back(env, capsys):
 def test_missing_parents_are_built_first_on_a_fresh_registry(env, docker_client):
     # A hosted CI runner starts with an empty engine and registry: a leaf change must still build.
     cfg, repo, _ = env
-    fresh = cfg.model_copy(update={"images": cfg.images.model_copy(update={"namespace": "citestfresh"})})
+    fresh = cfg.model_copy(
+        update={"images": cfg.images.model_copy(update={"namespace": "citestfresh"})}
+    )
     change(repo, "leaf", "fresh")
     from hubstack.ci.rebuild import Rebuilder
 
     try:
         report = Rebuilder(fresh, docker_client, push=True, out=lambda line: None).run("HEAD~1")
-        assert [(i.name, i.status) for i in report.images] == [("root", "ok"), ("mid", "ok"), ("leaf", "ok")]
+        assert [(i.name, i.status) for i in report.images] == [
+            ("root", "ok"),
+            ("mid", "ok"),
+            ("leaf", "ok"),
+        ]
         assert "no latest of it" in report.images[0].reason
-        assert manifest_digest(fresh, "leaf", "latest") and manifest_digest(fresh, "side", "latest") is None
+        assert (
+            manifest_digest(fresh, "leaf", "latest")
+            and manifest_digest(fresh, "side", "latest") is None
+        )
     finally:
         for n in ("root", "mid", "leaf"):
             for img in docker_client.images.list(name=fresh.image_repository(n)):

@@ -18,34 +18,68 @@ from tests.integration.hubstack_e2e import REPO
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_webhook_builder_runs_as_a_compose_service(hub_stack, docker_client):  # noqa: F811
+def test_webhook_builder_runs_as_a_compose_service(hub_stack, docker_client):
     cfg, _, _ = hub_stack
     stack.render_env(cfg)
-    compose = ["docker", "compose", "-f", "compose/compose.yaml", "-f", "compose/ci.yaml",
-               "--env-file", str(stack.env_file(cfg)), "-p", stack.project_name(cfg)]
+    compose = [
+        "docker",
+        "compose",
+        "-f",
+        "compose/compose.yaml",
+        "-f",
+        "compose/ci.yaml",
+        "--env-file",
+        str(stack.env_file(cfg)),
+        "-p",
+        stack.project_name(cfg),
+    ]
     url = f"http://127.0.0.1:{cfg.ci.port}"
     try:
-        r = subprocess.run([*compose, "up", "-d", "--build", "--wait", "ci-builder"], cwd=REPO,
-                           capture_output=True, text=True, timeout=900)
+        r = subprocess.run(
+            [*compose, "up", "-d", "--build", "--wait", "ci-builder"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if r.returncode != 0:
-            logs = subprocess.run([*compose, "logs", "ci-builder"], cwd=REPO, capture_output=True, text=True)
-            pytest.fail(f"ci-builder did not become healthy:\n{r.stderr[-2000:]}\nits log:\n{logs.stdout[-3000:]}")
+            logs = subprocess.run(
+                [*compose, "logs", "ci-builder"], cwd=REPO, capture_output=True, text=True
+            )
+            pytest.fail(
+                f"ci-builder did not become healthy:\n{r.stderr[-2000:]}\nits log:\n{logs.stdout[-3000:]}"
+            )
         assert requests.get(f"{url}/health", timeout=10).json() == {"status": "ok"}
 
-        body = json.dumps({"ref": "refs/heads/feature", "before": "1" * 40, "after": "2" * 40}).encode()
+        body = json.dumps(
+            {"ref": "refs/heads/feature", "before": "1" * 40, "after": "2" * 40}
+        ).encode()
         headers = {"Content-Type": "application/json", "X-GitHub-Event": "push"}
-        bad = requests.post(f"{url}/hook", data=body, timeout=10,
-                            headers={**headers, "X-Hub-Signature-256": "sha256=" + "0" * 64})
+        bad = requests.post(
+            f"{url}/hook",
+            data=body,
+            timeout=10,
+            headers={**headers, "X-Hub-Signature-256": "sha256=" + "0" * 64},
+        )
         assert bad.status_code == 401
         # Signed with the secret the service read from the state dir: accepted, and ignored
         # because the branch is not configured, so no build starts.
         secret = load_or_create_secret(cfg.webhook_secret_file)
-        ok = requests.post(f"{url}/hook", data=body, timeout=10,
-                           headers={**headers, "X-Hub-Signature-256": "sha256=" + sign(secret, body)})
+        ok = requests.post(
+            f"{url}/hook",
+            data=body,
+            timeout=10,
+            headers={**headers, "X-Hub-Signature-256": "sha256=" + sign(secret, body)},
+        )
         assert ok.status_code == 202 and ok.json()["status"] == "ignored", ok.text
         assert requests.get(f"{url}/api/builds", timeout=10).json() == {"builds": []}
     finally:
-        subprocess.run([*compose, "rm", "--stop", "--force", "ci-builder"], cwd=REPO, capture_output=True, timeout=120)
+        subprocess.run(
+            [*compose, "rm", "--stop", "--force", "ci-builder"],
+            cwd=REPO,
+            capture_output=True,
+            timeout=120,
+        )
         try:
             docker_client.images.remove(f"{cfg.image_ref(cfg.hub.image)}-ci-builder")
         except docker.errors.APIError:

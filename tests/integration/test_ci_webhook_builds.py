@@ -7,10 +7,19 @@ import time
 
 import pytest
 import requests
-from tests.ci_support import change, gitea_headers, github_headers, manifest_digest, push_payload, tiny_env, WebhookServer, git
 
 from hubstack.ci.rebuild import commit_tag
 from hubstack.ci.webhook import WebhookBuilder
+from tests.ci_support import (
+    WebhookServer,
+    change,
+    git,
+    gitea_headers,
+    github_headers,
+    manifest_digest,
+    push_payload,
+    tiny_env,
+)
 
 pytestmark = pytest.mark.integration
 ZERO = "0" * 40
@@ -32,7 +41,9 @@ def post(url: str, body: bytes, headers: dict) -> dict:
     return r.json()
 
 
-def test_pushes_during_a_build_coalesce_to_one_build_of_the_last_commit(request, tmp_path_factory, docker_client):
+def test_pushes_during_a_build_coalesce_to_one_build_of_the_last_commit(
+    request, tmp_path_factory, docker_client
+):
     cfg, repo, _ = tiny_env(request, tmp_path_factory, docker_client, "ci-webhook")
     builder = WebhookBuilder(cfg, docker_client, repository=str(repo))
     secret = builder.secret
@@ -64,11 +75,17 @@ def test_pushes_during_a_build_coalesce_to_one_build_of_the_last_commit(request,
         # One at a time: the second build started only after the first finished.
         assert done1["finished"] <= done2["started"]
         # The coalesced build covered both pushes' changes, built once at the last commit.
-        assert [(i["name"], i["status"]) for i in done2["images"]] == [("mid", "ok"), ("leaf", "ok")]
+        assert [(i["name"], i["status"]) for i in done2["images"]] == [
+            ("mid", "ok"),
+            ("leaf", "ok"),
+        ]
         assert manifest_digest(cfg, "leaf", commit_tag(b)) is None
         assert manifest_digest(cfg, "leaf", "latest") == manifest_digest(cfg, "leaf", commit_tag(c))
-        out = docker_client.containers.run(cfg.image_ref("leaf"), ["cat", "/usr/share/citest/leaf.txt",
-                                                                   "/usr/share/citest/mid.txt"], remove=True).decode()
+        out = docker_client.containers.run(
+            cfg.image_ref("leaf"),
+            ["cat", "/usr/share/citest/leaf.txt", "/usr/share/citest/mid.txt"],
+            remove=True,
+        ).decode()
         assert "from-push-b" in out and "from-push-c" in out
         page = requests.get(srv.url + "/", timeout=10).text
         assert c[:12] in page and a[:12] in page

@@ -70,12 +70,16 @@ def sim(tmp_path, docker_client):
     tmp_path.chmod(0o755)
     scope = {"io.hubstack.test": f"gpu-{uuid.uuid4().hex[:10]}"}
     yield dev, driver, scope
-    for c in docker_client.api.containers(all=True, filters={"label": [f"{k}={v}" for k, v in scope.items()]}):
+    for c in docker_client.api.containers(
+        all=True, filters={"label": [f"{k}={v}" for k, v in scope.items()]}
+    ):
         docker_client.api.remove_container(c["Id"], force=True)
 
 
 def gpu_cfg(tmp_path, driver, **gpu):
-    return parse_config({"state_dir": str(tmp_path / "state"), "gpu": {"driver_dir": str(driver), **gpu}})
+    return parse_config(
+        {"state_dir": str(tmp_path / "state"), "gpu": {"driver_dir": str(driver), **gpu}}
+    )
 
 
 def create(client, grant, name, start=True):
@@ -118,7 +122,9 @@ def test_device_nodes_container_gets_its_gpu_and_nothing_more(tmp_path, docker_c
 
     info = docker_client.api.inspect_container(cid)
     hc = info["HostConfig"]
-    assert {(d["PathOnHost"], d["PathInContainer"], d["CgroupPermissions"]) for d in hc["Devices"]} == {
+    assert {
+        (d["PathOnHost"], d["PathInContainer"], d["CgroupPermissions"]) for d in hc["Devices"]
+    } == {
         (f"{dev}/nvidia0", "/dev/nvidia0", "rwm"),
         (f"{dev}/nvidiactl", "/dev/nvidiactl", "rwm"),
         (f"{dev}/nvidia-uvm", "/dev/nvidia-uvm", "rwm"),
@@ -135,9 +141,13 @@ def test_device_nodes_container_gets_its_gpu_and_nothing_more(tmp_path, docker_c
     assert env["PATH"].endswith(f":{driver}/bin") and env["PATH"].startswith("/opt/venv/bin:")
 
     # Inside, as the analyst: the simulated GPU is listed, the node opens, nothing else granted.
-    rc, out = sh(docker_client, cid, "id -u; id -g; nvidia-smi; ls /dev | grep nvidia; "
-                 "echo x > /dev/nvidia0 && echo node-writable; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
-                 f"touch {driver}/bin/x 2>/dev/null || echo driver-read-only")
+    rc, out = sh(
+        docker_client,
+        cid,
+        "id -u; id -g; nvidia-smi; ls /dev | grep nvidia; "
+        "echo x > /dev/nvidia0 && echo node-writable; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
+        f"touch {driver}/bin/x 2>/dev/null || echo driver-read-only",
+    )
     assert rc == 0, out
     lines = out.split("\n")
     assert lines[:3] == ["23456", "23456", "GPU 0: Simulated GPU (node /dev/nvidia0)"]
@@ -150,9 +160,14 @@ def test_device_nodes_container_gets_its_gpu_and_nothing_more(tmp_path, docker_c
 def test_default_profile_container_sees_no_gpu(tmp_path, docker_client, sim):
     dev, driver, scope = sim
     api = docker_client.api
-    c = api.create_container(IMAGE, command=["sleep", "600"], user=ANALYST, labels=scope,
-                             name=f"gpu-test-default-{uuid.uuid4().hex[:6]}",
-                             host_config=api.create_host_config(cap_drop=["ALL"], security_opt=["no-new-privileges"]))
+    c = api.create_container(
+        IMAGE,
+        command=["sleep", "600"],
+        user=ANALYST,
+        labels=scope,
+        name=f"gpu-test-default-{uuid.uuid4().hex[:6]}",
+        host_config=api.create_host_config(cap_drop=["ALL"], security_opt=["no-new-privileges"]),
+    )
     api.start(c["Id"])
     rc, out = sh(docker_client, c["Id"], "ls /dev/nvidia* 2>&1; echo end")
     assert "No such file" in out and "nvidia0" not in out.replace("/dev/nvidia*", "")
@@ -179,15 +194,28 @@ def test_device_requests_spec_is_what_the_engine_records(tmp_path, docker_client
     info = docker_client.api.inspect_container(cid)
     hc = info["HostConfig"]
     assert hc["DeviceRequests"] == [
-        {"Driver": "nvidia", "Count": 0, "DeviceIDs": ["0", "1"], "Capabilities": [["gpu"]], "Options": {}}
+        {
+            "Driver": "nvidia",
+            "Count": 0,
+            "DeviceIDs": ["0", "1"],
+            "Capabilities": [["gpu"]],
+            "Options": {},
+        }
     ]
     assert not hc["Devices"] and not hc["Binds"]
-    assert hc["CapDrop"] == ["ALL"] and hc["SecurityOpt"] == ["no-new-privileges"] and info["Config"]["User"] == ANALYST
+    assert (
+        hc["CapDrop"] == ["ALL"]
+        and hc["SecurityOpt"] == ["no-new-privileges"]
+        and info["Config"]["User"] == ANALYST
+    )
     env = dict(e.split("=", 1) for e in info["Config"]["Env"])
     assert env["NVIDIA_VISIBLE_DEVICES"] == "0,1" and env["CUDA_VISIBLE_DEVICES"] == "0,1"
     assert "LD_LIBRARY_PATH" not in env
     # A created container holds its GPUs (the spawner starts it after reserve()).
-    assert [(h.gpu, h.user, h.state) for h in gpu_holders(docker_client, scope)] == [(0, "alice", "created"), (1, "alice", "created")]
+    assert [(h.gpu, h.user, h.state) for h in gpu_holders(docker_client, scope)] == [
+        (0, "alice", "created"),
+        (1, "alice", "created"),
+    ]
 
 
 def test_ten_concurrent_spawns_for_two_gpus(tmp_path, docker_client, sim):
@@ -218,7 +246,12 @@ def test_ten_concurrent_spawns_for_two_gpus(tmp_path, docker_client, sim):
     assert gpu_holders(docker_client, scope) == []
     for cid in started:
         docker_client.api.remove_container(cid)
-    assert docker_client.api.containers(all=True, filters={"label": [LABEL_GPUS] + [f"{k}={v}" for k, v in scope.items()]}) == []
+    assert (
+        docker_client.api.containers(
+            all=True, filters={"label": [LABEL_GPUS] + [f"{k}={v}" for k, v in scope.items()]}
+        )
+        == []
+    )
 
 
 def test_assignments_survive_a_hub_restart(tmp_path, docker_client, sim):
@@ -230,7 +263,9 @@ def test_assignments_survive_a_hub_restart(tmp_path, docker_client, sim):
             return grant.indices, await asyncio.to_thread(create, docker_client, grant, user)
 
     # First hub process: alice gets GPU 0.
-    (gpu_a, cid_a) = asyncio.run(spawn(GPUAllocator(cfg, docker_client, devices_root=dev, scope_labels=scope), "alice"))
+    (gpu_a, cid_a) = asyncio.run(
+        spawn(GPUAllocator(cfg, docker_client, devices_root=dev, scope_labels=scope), "alice")
+    )
     assert gpu_a == (0,)
 
     # "Restarted" hub: a new allocator and a new event loop, no memory of the first.
@@ -242,7 +277,9 @@ def test_assignments_survive_a_hub_restart(tmp_path, docker_client, sim):
         asyncio.run(spawn(hub2, "carol"))
     status = format_gpu_status(cfg, docker_client, dev, scope)
     assert status[0] == "GPUs: 2 (device-nodes), 2 busy"
-    assert status[1].startswith("  GPU 0: alice (gpu-test-alice-") and status[1].endswith(", running)")
+    assert status[1].startswith("  GPU 0: alice (gpu-test-alice-") and status[1].endswith(
+        ", running)"
+    )
     assert status[2].startswith("  GPU 1: bob (gpu-test-bob-")
 
     # alice's server is culled: her GPU goes to carol.
@@ -264,9 +301,16 @@ def test_gpu_profile_refused_where_no_gpu_exists(tmp_path, docker_client, sim):
         async with alloc.reserve("alice", cfg.profile("gpu").gpus, profile_name="gpu") as grant:
             create(docker_client, grant, "never")
 
-    with pytest.raises(GPUUnavailable, match=r"the profile 'gpu' needs 1 GPU, but this platform has no GPU"):
+    with pytest.raises(
+        GPUUnavailable, match=r"the profile 'gpu' needs 1 GPU, but this platform has no GPU"
+    ):
         asyncio.run(spawn())
-    assert docker_client.api.containers(all=True, filters={"label": [f"{k}={v}" for k, v in scope.items()]}) == []
+    assert (
+        docker_client.api.containers(
+            all=True, filters={"label": [f"{k}={v}" for k, v in scope.items()]}
+        )
+        == []
+    )
 
 
 def test_real_gpu_check_creates_its_containers_on_simulated_devices(sim):
@@ -275,13 +319,29 @@ def test_real_gpu_check_creates_its_containers_on_simulated_devices(sim):
     here it fails, and the check says so."""
     dev, driver, _ = sim
     r = subprocess.run(
-        [sys.executable, str(REPO / "tests/gpu/check.py"), "--dev-root", str(dev), "--driver-dir", str(driver),
-         "--image", IMAGE],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "tests/gpu/check.py"),
+            "--dev-root",
+            str(dev),
+            "--driver-dir",
+            str(driver),
+            "--image",
+            IMAGE,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     out = r.stdout
-    for step in ("engine", "GPU mode", "create 'gpu' container", "non-root analyst, no capabilities, no-new-privileges",
-                 "nvidia-smi -L lists the granted GPU", "default profile sees no GPU"):
+    for step in (
+        "engine",
+        "GPU mode",
+        "create 'gpu' container",
+        "non-root analyst, no capabilities, no-new-privileges",
+        "nvidia-smi -L lists the granted GPU",
+        "default profile sees no GPU",
+    ):
         assert f"PASS  {step}" in out, out + r.stderr
     assert "FAIL  CUDA probe" in out
     assert r.returncode == 1 and out.rstrip().endswith("RESULT: FAILED")

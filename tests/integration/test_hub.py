@@ -32,18 +32,20 @@ def forget_local_digest(docker_client, cfg, image: str) -> None:
     """Drop this node's reference to the image's registry digest, so the next spawn must pull
     (the layers stay: the pull is quick, but it is a real pull with real progress)."""
     repo = cfg.image_repository(image)
-    for ref in docker_client.images.get(cfg.image_ref(image, cfg.hub.notebook_image_tag)).attrs["RepoDigests"]:
+    for ref in docker_client.images.get(cfg.image_ref(image, cfg.hub.notebook_image_tag)).attrs[
+        "RepoDigests"
+    ]:
         if ref.startswith(repo + "@"):
             docker_client.images.remove(ref)
 
 
-def test_up_prints_url_and_login(hub_stack):  # noqa: F811
+def test_up_prints_url_and_login(hub_stack):
     cfg, _, stdout = hub_stack
     assert f"http://{cfg.hub.host}:{cfg.hub.port}/" in stdout
     assert "log in" in stdout
 
 
-def test_wrong_password_is_refused(hub_stack):  # noqa: F811
+def test_wrong_password_is_refused(hub_stack):
     cfg, _, _ = hub_stack
     c = HubClient(url(cfg), "alice")
     r = c.login("not-her-password")
@@ -52,7 +54,7 @@ def test_wrong_password_is_refused(hub_stack):  # noqa: F811
     assert c.http.get(f"{url(cfg)}/hub/api/user", timeout=30).status_code == 403
 
 
-def test_identity_home_and_isolation(hub_stack, clients, docker_client):  # noqa: F811
+def test_identity_home_and_isolation(hub_stack, clients, docker_client):
     cfg, _, _ = hub_stack
     alice, bob = clients["alice"], clients["bob"]
     forget_local_digest(docker_client, cfg, "notebook")
@@ -65,7 +67,9 @@ def test_identity_home_and_isolation(hub_stack, clients, docker_client):  # noqa
         pw, uid, gid, groups = ANALYSTS[name]
         lines = c.run_code(WHOAMI).splitlines()
         home = f"/home/{name}"
-        assert lines[0] == f"{uid} {gid} {sorted({gid, *groups})} {name} {home} {home} {home} {name}"
+        assert (
+            lines[0] == f"{uid} {gid} {sorted({gid, *groups})} {name} {home} {home} {home} {name}"
+        )
         assert int(lines[1], 16) == 0, "no capabilities at all"
         assert lines[2] == "1", "no-new-privileges is set"
 
@@ -83,7 +87,10 @@ def test_identity_home_and_isolation(hub_stack, clients, docker_client):  # noqa
     assert hc["Memory"] == 1 << 30 and hc["NanoCpus"] in (0, None) and hc["CpuQuota"] == 100_000
     assert not any("docker.sock" in (m.get("Source") or "") for m in c.attrs["Mounts"])
     assert "@sha256:" in c.attrs["Config"]["Image"]
-    assert alice.run_code("import os; print(os.path.exists('/var/run/docker.sock'))").strip() == "False"
+    assert (
+        alice.run_code("import os; print(os.path.exists('/var/run/docker.sock'))").strip()
+        == "False"
+    )
 
     # Bob cannot reach Alice's server, with his token or his cookies.
     with pytest.raises(PermissionError):
@@ -92,7 +99,7 @@ def test_identity_home_and_isolation(hub_stack, clients, docker_client):  # noqa
     assert r.status_code == 403, (r.status_code, r.url)
 
 
-def test_stop_respawn_and_hub_restart_keep_the_file(hub_stack, clients, docker_client):  # noqa: F811
+def test_stop_respawn_and_hub_restart_keep_the_file(hub_stack, clients, docker_client):
     cfg, config, _ = hub_stack
     alice = clients["alice"]
     if not alice.api("GET", "/hub/api/users/alice").json()["servers"]:
@@ -104,7 +111,12 @@ def test_stop_respawn_and_hub_restart_keep_the_file(hub_stack, clients, docker_c
 
     # Restart the hub container while the server runs: the server stays reachable.
     hub = docker_client.containers.list(
-        filters={"label": [f"com.docker.compose.project={cfg.hub.network}", "com.docker.compose.service=hub"]}
+        filters={
+            "label": [
+                f"com.docker.compose.project={cfg.hub.network}",
+                "com.docker.compose.service=hub",
+            ]
+        }
     )[0]
     hub.restart(timeout=20)
     assert read_back_after_restart(cfg, alice, "respawn.txt") == "still here"
@@ -131,7 +143,7 @@ def read_back_after_restart(cfg, client, filename: str) -> str:
             time.sleep(2)
 
 
-def test_status_lists_running_servers(hub_stack, clients):  # noqa: F811
+def test_status_lists_running_servers(hub_stack, clients):
     cfg, config, _ = hub_stack
     r = hubstack(config, "status")
     assert r.returncode == 0, r.stderr
@@ -139,7 +151,7 @@ def test_status_lists_running_servers(hub_stack, clients):  # noqa: F811
     assert "alice" in r.stdout
 
 
-def test_plain_docker_compose_starts_the_platform(hub_stack, clients):  # noqa: F811
+def test_plain_docker_compose_starts_the_platform(hub_stack, clients):
     """Once `hubstack up` has run, compose/.env lets plain `docker compose` drive the stack."""
     cfg, _, _ = hub_stack
     alice = clients["alice"]
@@ -152,6 +164,8 @@ def test_plain_docker_compose_starts_the_platform(hub_stack, clients):  # noqa: 
     assert r.returncode == 0, r.stderr
     with pytest.raises(requests.RequestException):
         requests.get(f"{url(cfg)}/hub/health", timeout=5)
-    r = subprocess.run([*plain, "up", "-d", "--wait"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [*plain, "up", "-d", "--wait"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr
     assert read_back_after_restart(cfg, alice, "compose.txt") == "plain compose"

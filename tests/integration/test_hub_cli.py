@@ -22,12 +22,19 @@ def test_up_without_images_names_the_missing_images_and_keeps_secrets(tmp_path, 
         assert cfg.image_ref(name) in r.stderr
     assert cfg.image_ref("gpu") not in r.stderr, "the GPU image is built on demand"
     names = sorted(p.name for p in cfg.secrets_dir.iterdir())
-    assert names == ["jupyterhub-cookie-secret", "jupyterhub-crypt-key", "proxy-token",
-                     "registry-credentials.json", "registry.htpasswd"]
+    assert names == [
+        "jupyterhub-cookie-secret",
+        "jupyterhub-crypt-key",
+        "proxy-token",
+        "registry-credentials.json",
+        "registry.htpasswd",
+    ]
     before = {p.name: p.read_text() for p in cfg.secrets_dir.iterdir()}
     for p in cfg.secrets_dir.iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o600
         assert p.read_text().strip() not in r.stdout + r.stderr
     hubstack(config, "up", "--no-build")
-    assert {p.name: p.read_text() for p in cfg.secrets_dir.iterdir()} == before, "secrets are made once"
+    assert {p.name: p.read_text() for p in cfg.secrets_dir.iterdir()} == before, (
+        "secrets are made once"
+    )
     assert (cfg.state_dir / "hub" / "compose.env").read_text().count("HUBSTACK_HUB_PORT=") == 1

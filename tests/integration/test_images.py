@@ -40,10 +40,23 @@ def empty_engine():
     subprocess.run(["ip", "addr", "add", f"198.18.{subnet}.1/24", "dev", bridge], check=True)
     subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
     proc = subprocess.Popen(
-        ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-         "--pidfile", str(root / "pid"), "-H", f"unix://{sock}",
-         "--bridge", bridge, "--iptables=false", "--ip-masq=false"],
-        stdout=open(root / "log", "w"), stderr=subprocess.STDOUT,
+        [
+            "dockerd",
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "pid"),
+            "-H",
+            f"unix://{sock}",
+            "--bridge",
+            bridge,
+            "--iptables=false",
+            "--ip-masq=false",
+        ],
+        stdout=open(root / "log", "w"),
+        stderr=subprocess.STDOUT,
     )
     client = None
     try:
@@ -56,7 +69,9 @@ def empty_engine():
                 break
             except Exception:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("second engine did not start:\n" + (root / "log").read_text()[-2000:])
+                    pytest.fail(
+                        "second engine did not start:\n" + (root / "log").read_text()[-2000:]
+                    )
                 time.sleep(0.5)
         assert client.images.list() == []
         yield client
@@ -77,16 +92,22 @@ def test_notebook_pulls_back_by_digest_on_an_empty_engine(hierarchy, platform_co
     image = empty_engine.images.pull(nb["repo_digest"], auth_config=auth_config(platform_config))
     assert nb["digest"] in " ".join(image.attrs["RepoDigests"])
     assert image.id == nb["image_id"], "the pulled image is not the one that was built"
-    out = run(empty_engine, nb["repo_digest"],
-              'python -c "import jupyterlab, pyspark, pandas; print(pyspark.__version__, pandas.__version__)"; id -u',
-              network_mode="none")
+    out = run(
+        empty_engine,
+        nb["repo_digest"],
+        'python -c "import jupyterlab, pyspark, pandas; print(pyspark.__version__, pandas.__version__)"; id -u',
+        network_mode="none",
+    )
     versions, uid = out.split("\n")[:2]
     assert versions.startswith("4.") and uid == "1000"
 
 
 def test_every_image_runs_unprivileged_by_default(hierarchy, docker_client):
     for name in CORE:
-        assert run(docker_client, hierarchy[name]["ref"], "id -u; id -g").split() == ["1000", "100"], name
+        assert run(docker_client, hierarchy[name]["ref"], "id -u; id -g").split() == [
+            "1000",
+            "100",
+        ], name
 
 
 def test_locks_are_true(hierarchy, docker_client):
@@ -94,7 +115,9 @@ def test_locks_are_true(hierarchy, docker_client):
         ref = hierarchy[name]["ref"]
         lock = f"/usr/share/hubstack/lock/{name}"
         dpkg_lock = run(docker_client, ref, f"cat {lock}/dpkg.txt")
-        dpkg_now = run(docker_client, ref, "dpkg-query --show --showformat='${Package}=${Version}\\n' | sort")
+        dpkg_now = run(
+            docker_client, ref, "dpkg-query --show --showformat='${Package}=${Version}\\n' | sort"
+        )
         assert dpkg_lock == dpkg_now and "tini=" in dpkg_lock, name
         pip_lock = run(docker_client, ref, f"cat {lock}/pip-freeze.txt")
         if name == "base":
@@ -102,8 +125,11 @@ def test_locks_are_true(hierarchy, docker_client):
         else:
             pip_now = run(docker_client, ref, "/opt/venv/bin/python -m pip freeze --all | sort")
             assert pip_lock == pip_now and "jupyterlab==" in pip_lock, name
-    assert "pyspark==" in run(docker_client, hierarchy["notebook"]["ref"],
-                              "cat /usr/share/hubstack/lock/notebook/pip-freeze.txt")
+    assert "pyspark==" in run(
+        docker_client,
+        hierarchy["notebook"]["ref"],
+        "cat /usr/share/hubstack/lock/notebook/pip-freeze.txt",
+    )
 
 
 def test_labels_are_true(hierarchy, docker_client, platform_config):
@@ -115,8 +141,20 @@ def test_labels_are_true(hierarchy, docker_client, platform_config):
         assert labels["io.hubstack.image"] == name
         assert labels["io.hubstack.context-digest"] == digest
         assert labels["org.opencontainers.image.version"] == digest[:12]
-        head = subprocess.run(["git", "-C", str(cfg.source_root), "log", "-1", "--format=%H", "--",
-                               str(graph[name].path)], capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(cfg.source_root),
+                "log",
+                "-1",
+                "--format=%H",
+                "--",
+                str(graph[name].path),
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         assert labels["org.opencontainers.image.revision"].split("-")[0] == (head or "unknown")
         assert labels["org.opencontainers.image.created"].endswith("Z")
         assert labels["org.opencontainers.image.source"]
@@ -133,29 +171,56 @@ def test_extra_ca_is_trusted_in_every_image(hierarchy, docker_client, platform_c
     ca = platform_config.base.extra_ca_bundle
     if ca is None:
         pytest.fail("the test config always sets an extra CA bundle")
-    first_cert = ca.read_text().split("-----END CERTIFICATE-----")[0].split("-----BEGIN CERTIFICATE-----")[1].strip()
-    bundle = run(docker_client, hierarchy["notebook"]["ref"], "cat /etc/ssl/certs/ca-certificates.crt")
+    first_cert = (
+        ca.read_text()
+        .split("-----END CERTIFICATE-----")[0]
+        .split("-----BEGIN CERTIFICATE-----")[1]
+        .strip()
+    )
+    bundle = run(
+        docker_client, hierarchy["notebook"]["ref"], "cat /etc/ssl/certs/ca-certificates.crt"
+    )
     assert first_cert.splitlines()[0] in bundle
 
 
 def test_anonymous_push_is_refused(hierarchy, docker_client, platform_config, registry):
     repo = platform_config.image_repository("base")
-    out = list(docker_client.api.push(repo, "test", stream=True, decode=True,
-                                      auth_config={"username": "", "password": ""}))
+    out = list(
+        docker_client.api.push(
+            repo, "test", stream=True, decode=True, auth_config={"username": "", "password": ""}
+        )
+    )
     assert any("error" in c for c in out), out
     assert "no basic auth credentials" in str(out) or "unauthorized" in str(out).lower()
     # and the HTTP API, without credentials, answers 401
     import requests
-    assert requests.get(f"http://{platform_config.registry.address}/v2/_catalog", timeout=10).status_code == 401
+
+    assert (
+        requests.get(
+            f"http://{platform_config.registry.address}/v2/_catalog", timeout=10
+        ).status_code
+        == 401
+    )
 
 
 def test_wrong_password_is_refused(hierarchy, docker_client, platform_config, registry):
     from hubstack.errors import CommandError
 
-    with pytest.raises(CommandError, match="push of .*/base:test failed: .*(unauthorized|authentication required)"):
-        push_image(platform_config, docker_client, "base", "test", progress=lambda line: None,
-                   auth={"username": registry.creds.username, "password": "not-the-password",
-                         "serveraddress": platform_config.registry.address})
+    with pytest.raises(
+        CommandError, match="push of .*/base:test failed: .*(unauthorized|authentication required)"
+    ):
+        push_image(
+            platform_config,
+            docker_client,
+            "base",
+            "test",
+            progress=lambda line: None,
+            auth={
+                "username": registry.creds.username,
+                "password": "not-the-password",
+                "serveraddress": platform_config.registry.address,
+            },
+        )
     with pytest.raises(CommandError, match="refused user 'hubstack': wrong credentials"):
         RegistryClient(platform_config, Credentials(registry.creds.username, "nope")).tags("base")
 

@@ -17,10 +17,9 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 from hubstack import spark as hs
-
 from tests.integration.spark_helpers import ENV_JOB, SparkCluster, cluster_config, start_driver
 
-KILL_JOB = r'''
+KILL_JOB = r"""
 import json, time
 from pyspark.sql import SparkSession
 spark = SparkSession.builder.getOrCreate()
@@ -35,9 +34,9 @@ def slow(x):
 total = sc.parallelize(range(60), 60).map(slow).sum()
 print("RESULT " + json.dumps({"sum": total}))
 spark.stop()
-'''
+"""
 
-MASTER_DOWN_JOB = r'''
+MASTER_DOWN_JOB = r"""
 import json, time
 from pyspark.sql import SparkSession
 start = time.monotonic()
@@ -48,7 +47,7 @@ except Exception as e:
     outcome = {"error": f"{type(e).__name__}: {e}"}
 outcome["seconds"] = time.monotonic() - start
 print("RESULT " + json.dumps(outcome))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +78,9 @@ def notebook_image(cfg) -> str:
     return cfg.image_ref("notebook")
 
 
-def test_executor_image_is_the_notebook_image_plus_an_entrypoint(spark_cfg, hierarchy, docker_client):
+def test_executor_image_is_the_notebook_image_plus_an_entrypoint(
+    spark_cfg, hierarchy, docker_client
+):
     notebook = docker_client.images.get(spark_cfg.image_ref("notebook"))
     executor = docker_client.images.get(spark_cfg.image_ref(hs.EXECUTOR_IMAGE))
     nb_layers = notebook.attrs["RootFS"]["Layers"]
@@ -102,7 +103,9 @@ def test_cluster_ui_and_service_user(cluster):
     assert seen == [hs.master_url(cluster.cfg)] * cluster.cfg.spark.workers
     # Master and workers run as the spark service user, never root.
     for c in cluster.containers("spark-master") + cluster.containers("spark-worker"):
-        uids = c.exec_run(["sh", "-c", "awk '/^Uid:/{print $2}' /proc/[0-9]*/status | sort -u"]).output.split()
+        uids = c.exec_run(
+            ["sh", "-c", "awk '/^Uid:/{print $2}' /proc/[0-9]*/status | sort -u"]
+        ).output.split()
         assert uids == [b"185"], (c.name, uids)
 
 

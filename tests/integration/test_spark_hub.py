@@ -16,7 +16,7 @@ from tests.integration.spark_helpers import ENV_JOB
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_spawn_form_offers_default_and_spark(hub_stack, clients):  # noqa: F811
+def test_spawn_form_offers_default_and_spark(hub_stack, clients):
     cfg, _, _ = hub_stack
     alice = clients["alice"]
     page = alice.http.get(f"{alice.base}/hub/spawn", timeout=30).text
@@ -30,7 +30,7 @@ def test_spawn_form_offers_default_and_spark(hub_stack, clients):  # noqa: F811
     assert not alice.running()
 
 
-def test_two_analysts_spark_jobs_share_the_drivers_environment(hub_stack, clients, docker_client):  # noqa: F811
+def test_two_analysts_spark_jobs_share_the_drivers_environment(hub_stack, clients, docker_client):
     cfg, _, _ = hub_stack
     for c in clients.values():
         c.start(profile="spark")
@@ -39,7 +39,9 @@ def test_two_analysts_spark_jobs_share_the_drivers_environment(hub_stack, client
     def run(name, client):
         try:
             out = client.run_code(ENV_JOB, timeout=420)
-            results[name] = json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:])
+            results[name] = json.loads(
+                [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:]
+            )
         except BaseException as e:  # reported below, with the analyst's name
             errors[name] = e
 
@@ -53,7 +55,9 @@ def test_two_analysts_spark_jobs_share_the_drivers_environment(hub_stack, client
 
     workers = {
         c.id[:12]
-        for c in docker_client.containers.list(filters={"label": "com.docker.compose.service=spark-worker"})
+        for c in docker_client.containers.list(
+            filters={"label": "com.docker.compose.service=spark-worker"}
+        )
         if c.attrs["NetworkSettings"]["Networks"].get(cfg.hub.network)
     }
     for name, r in results.items():
@@ -61,7 +65,9 @@ def test_two_analysts_spark_jobs_share_the_drivers_environment(hub_stack, client
         assert r["master"] == hs.master_url(cfg)
         assert r["sum"] == 10**7 * (10**7 - 1) // 2
         driver = r["driver"]
-        assert driver["uid"] == uid and driver["image"] is not None and driver["prefix"] == "/opt/venv"
+        assert (
+            driver["uid"] == uid and driver["image"] is not None and driver["prefix"] == "/opt/venv"
+        )
         hosts = set()
         for ex in r["executors"]:
             hosts.add(ex.pop("host"))

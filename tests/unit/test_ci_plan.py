@@ -3,12 +3,20 @@
 import json
 
 import pytest
-from tests.ci_support import break_dockerfile, change, commit, folder_of, git, make_repo, tiny_config
 
 from hubstack.ci.plan import make_plan
 from hubstack.cli import main
 from hubstack.config import parse_config
 from hubstack.errors import CommandError
+from tests.ci_support import (
+    break_dockerfile,
+    change,
+    commit,
+    folder_of,
+    git,
+    make_repo,
+    tiny_config,
+)
 
 
 @pytest.fixture
@@ -42,7 +50,13 @@ def test_root_change_rebuilds_every_descendant_parents_first(repo, cfg):
     plan = make_plan(cfg, "HEAD~1")
     names = plan.names
     assert set(names) == {"root", "mid", "leaf", "side", "spark-executor", "hub"}
-    for child, parent in [("mid", "root"), ("leaf", "mid"), ("side", "root"), ("spark-executor", "leaf"), ("hub", "root")]:
+    for child, parent in [
+        ("mid", "root"),
+        ("leaf", "mid"),
+        ("side", "root"),
+        ("spark-executor", "leaf"),
+        ("hub", "root"),
+    ]:
         assert names.index(parent) < names.index(child)
         assert plan.item(child).reason == f"parent {parent} rebuilt"
     assert plan.item("root").reason == "changed: images/root/marker.txt"

@@ -9,10 +9,17 @@ import stat
 
 import pytest
 import requests
-from tests.ci_support import WebhookServer, gitea_headers, github_headers, make_repo, push_payload, tiny_config
 
 from hubstack.ci.webhook import WebhookBuilder, load_or_create_secret
 from hubstack.config import parse_config
+from tests.ci_support import (
+    WebhookServer,
+    gitea_headers,
+    github_headers,
+    make_repo,
+    push_payload,
+    tiny_config,
+)
 
 SHA = "a" * 40
 
@@ -21,7 +28,9 @@ SHA = "a" * 40
 def cfg(tmp_path):
     repo = make_repo(tmp_path / "repo")
     base = tiny_config(parse_config({}), repo, tmp_path / "state")
-    return base.model_copy(update={"ci": base.ci.model_copy(update={"max_body_bytes": 4096, "branches": ["main"]})})
+    return base.model_copy(
+        update={"ci": base.ci.model_copy(update={"max_body_bytes": 4096, "branches": ["main"]})}
+    )
 
 
 @pytest.fixture
@@ -40,12 +49,16 @@ def test_secret_is_generated_private_and_reused(cfg):
     assert len(s1) >= 32 and load_or_create_secret(cfg.webhook_secret_file) == s1
 
 
-@pytest.mark.parametrize("headers", [
-    {"X-GitHub-Event": "push"},
-    {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64},
-    {"X-GitHub-Event": "push", "X-Hub-Signature-256": "0" * 64},
-    {"X-Gitea-Event": "push", "X-Gitea-Signature": "f" * 64},
-], ids=["unsigned", "github-wrong", "github-no-prefix", "gitea-wrong"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-GitHub-Event": "push"},
+        {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64},
+        {"X-GitHub-Event": "push", "X-Hub-Signature-256": "0" * 64},
+        {"X-Gitea-Event": "push", "X-Gitea-Signature": "f" * 64},
+    ],
+    ids=["unsigned", "github-wrong", "github-no-prefix", "gitea-wrong"],
+)
 def test_bad_signature_is_401_and_builds_nothing(server, headers):
     r = requests.post(server.url + "/hook", data=push_payload(SHA), headers=headers, timeout=10)
     assert r.status_code == 401
@@ -60,14 +73,22 @@ def test_signature_of_another_body_is_401(server):
     assert r.status_code == 401 and builds(server) == []
 
 
-@pytest.mark.parametrize("body, problem", [
-    (b"{not json", "not JSON"),
-    (b"[1, 2]", "JSON object"),
-    (json.dumps({"ref": "refs/heads/main", "after": "xyz"}).encode(), "'after' commit id"),
-    (json.dumps({"after": SHA}).encode(), "without a ref"),
-])
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (json.dumps({"ref": "refs/heads/main", "after": "xyz"}).encode(), "'after' commit id"),
+        (json.dumps({"after": SHA}).encode(), "without a ref"),
+    ],
+)
 def test_malformed_push_is_400(server, body, problem):
-    r = requests.post(server.url + "/hook", data=body, headers=github_headers(server.builder.secret, body), timeout=10)
+    r = requests.post(
+        server.url + "/hook",
+        data=body,
+        headers=github_headers(server.builder.secret, body),
+        timeout=10,
+    )
     assert r.status_code == 400
     assert problem in r.json()["error"]
     assert builds(server) == []
@@ -75,7 +96,12 @@ def test_malformed_push_is_400(server, body, problem):
 
 def test_oversized_body_is_400(server, cfg):
     body = b'{"pad": "' + b"x" * (cfg.ci.max_body_bytes + 10) + b'"}'
-    r = requests.post(server.url + "/hook", data=body, headers=github_headers(server.builder.secret, body), timeout=10)
+    r = requests.post(
+        server.url + "/hook",
+        data=body,
+        headers=github_headers(server.builder.secret, body),
+        timeout=10,
+    )
     assert r.status_code == 400
     assert "over the limit" in r.json()["error"]
     assert builds(server) == []
@@ -84,14 +110,30 @@ def test_oversized_body_is_400(server, cfg):
 def test_other_branches_and_events_are_ignored(server):
     secret = server.builder.secret
     body = push_payload(SHA, branch="feature")
-    r = requests.post(server.url + "/hook", data=body, headers=github_headers(secret, body), timeout=10)
-    assert r.status_code == 202 and r.json()["status"] == "ignored" and "feature" in r.json()["reason"]
+    r = requests.post(
+        server.url + "/hook", data=body, headers=github_headers(secret, body), timeout=10
+    )
+    assert (
+        r.status_code == 202 and r.json()["status"] == "ignored" and "feature" in r.json()["reason"]
+    )
     body = push_payload(SHA, branch="feature")
-    r = requests.post(server.url + "/hook", data=body, headers=gitea_headers(secret, body), timeout=10)
+    r = requests.post(
+        server.url + "/hook", data=body, headers=gitea_headers(secret, body), timeout=10
+    )
     assert r.json()["status"] == "ignored"
-    r = requests.post(server.url + "/hook", data=b"{}", headers=github_headers(secret, b"{}", event="ping"), timeout=10)
+    r = requests.post(
+        server.url + "/hook",
+        data=b"{}",
+        headers=github_headers(secret, b"{}", event="ping"),
+        timeout=10,
+    )
     assert r.status_code == 200 and r.json()["status"] == "pong"
-    r = requests.post(server.url + "/hook", data=b"{}", headers=github_headers(secret, b"{}", event="issues"), timeout=10)
+    r = requests.post(
+        server.url + "/hook",
+        data=b"{}",
+        headers=github_headers(secret, b"{}", event="issues"),
+        timeout=10,
+    )
     assert r.json()["status"] == "ignored"
     assert builds(server) == []
     assert requests.get(server.url + "/", timeout=10).status_code == 200

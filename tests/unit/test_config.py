@@ -40,7 +40,9 @@ def test_top_level_must_be_a_mapping(tmp_path):
 def test_missing_ca_bundle_is_named(tmp_path):
     f = tmp_path / "hubstack.yaml"
     f.write_text("base:\n  extra_ca_bundle: no-such-ca.pem\n")
-    with pytest.raises(ConfigError, match=r"base.extra_ca_bundle: file .*no-such-ca.pem does not exist"):
+    with pytest.raises(
+        ConfigError, match=r"base.extra_ca_bundle: file .*no-such-ca.pem does not exist"
+    ):
         load_config(f)
 
 
@@ -53,4 +55,11 @@ def test_relative_paths_are_relative_to_the_file(tmp_path):
 
 def test_duplicate_profiles_refused():
     with pytest.raises(ConfigError, match="duplicate profile name 'default'"):
-        parse_config({"profiles": [{"name": "default", "display_name": "a"}, {"name": "default", "display_name": "b"}]})
+        parse_config(
+            {
+                "profiles": [
+                    {"name": "default", "display_name": "a"},
+                    {"name": "default", "display_name": "b"},
+                ]
+            }
+        )

@@ -37,7 +37,16 @@ def cfg(**gpu):
 
 
 def test_detects_gpu_nodes_not_control_nodes(tmp_path):
-    dev = fake_dev(tmp_path, "nvidia0", "nvidia1", "nvidia10", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "null")
+    dev = fake_dev(
+        tmp_path,
+        "nvidia0",
+        "nvidia1",
+        "nvidia10",
+        "nvidiactl",
+        "nvidia-uvm",
+        "nvidia-uvm-tools",
+        "null",
+    )
     assert detect_gpu_indices(dev) == [0, 1, 10]
     assert detect_gpu_indices(tmp_path / "missing") == []
 
@@ -83,13 +92,19 @@ def test_device_nodes_paths_for_engine_differ_from_where_hub_looks(tmp_path):
 
 def test_device_requests_spec_exact():
     hc = device_requests_host_config([0, 1])
-    assert hc == {"device_requests": [DeviceRequest(driver="nvidia", device_ids=["0", "1"], capabilities=[["gpu"]])]}
+    assert hc == {
+        "device_requests": [
+            DeviceRequest(driver="nvidia", device_ids=["0", "1"], capabilities=[["gpu"]])
+        ]
+    }
     assert "devices" not in hc and "binds" not in hc
 
 
 def test_environment_agrees_with_grant():
     # Host GPUs 2 and 3 are the container's CUDA devices 0 and 1.
-    env = gpu_environment([2, 3], "device-nodes", "/usr/local/nvidia", base_path="/opt/venv/bin:/usr/bin:/bin")
+    env = gpu_environment(
+        [2, 3], "device-nodes", "/usr/local/nvidia", base_path="/opt/venv/bin:/usr/bin:/bin"
+    )
     assert env == {
         "NVIDIA_VISIBLE_DEVICES": "2,3",
         "CUDA_VISIBLE_DEVICES": "0,1",
@@ -128,7 +143,9 @@ def test_exclusive_choice_and_refusal_message(tmp_path):
     assert alloc._choose(2, []) == [0, 1]
     with pytest.raises(GPUUnavailable, match=r"^no GPU free: 2 of 2 busy"):
         alloc._choose(1, holders((0, "alice"), (1, "bob")))
-    with pytest.raises(GPUUnavailable, match=r"no GPU free: 1 of 2 busy \(this server needs 2 GPUs\)"):
+    with pytest.raises(
+        GPUUnavailable, match=r"no GPU free: 1 of 2 busy \(this server needs 2 GPUs\)"
+    ):
         alloc._choose(2, holders((1, "bob")))
 
 
@@ -168,8 +185,13 @@ def test_spawner_allocator_gives_engine_host_paths_and_scans_where_told(tmp_path
 
     alloc = allocator(cfg(mode="device-nodes"), None)
     assert alloc.gpus == [0]
-    grant = make_grant("alice", [0], "device-nodes", devices_root=alloc.devices_root, scan_root=alloc.scan_root)
-    assert grant.host_config["devices"] == ["/dev/nvidia0:/dev/nvidia0:rwm", "/dev/nvidiactl:/dev/nvidiactl:rwm"]
+    grant = make_grant(
+        "alice", [0], "device-nodes", devices_root=alloc.devices_root, scan_root=alloc.scan_root
+    )
+    assert grant.host_config["devices"] == [
+        "/dev/nvidia0:/dev/nvidia0:rwm",
+        "/dev/nvidiactl:/dev/nvidiactl:rwm",
+    ]
 
 
 def test_gpu_image_is_in_the_graph_but_built_only_on_demand(tmp_path):
@@ -183,8 +205,13 @@ def test_gpu_image_is_in_the_graph_but_built_only_on_demand(tmp_path):
     parents = {"base": None, "python": "base", "spark": "python", "notebook": "spark"}
     for name, parent in parents.items():
         (tmp_path / "images" / name).mkdir(parents=True)
-        head = "ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE}\n" if parent is None else (
-            f"ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM ${{HUBSTACK_REPO}}/{parent}:${{HUBSTACK_TAG}}\n")
+        head = (
+            "ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE}\n"
+            if parent is None
+            else (
+                f"ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM ${{HUBSTACK_REPO}}/{parent}:${{HUBSTACK_TAG}}\n"
+            )
+        )
         (tmp_path / "images" / name / "Dockerfile").write_text(head)
     shutil.copytree(root / "images" / "gpu", tmp_path / "images" / "gpu")
     c = parse_config({"source_dir": str(tmp_path)})

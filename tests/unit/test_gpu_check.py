@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_check_refuses_clearly_without_nvidia_device_nodes(tmp_path):
     r = subprocess.run(
         [sys.executable, str(ROOT / "tests/gpu/check.py"), "--dev-root", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"no NVIDIA device nodes ({tmp_path}/nvidia[0-9]*) on this host" in r.stdout

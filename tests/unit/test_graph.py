@@ -16,17 +16,22 @@ def make_tree(tmp_path: Path, dockerfiles: dict[str, str]):
     for name, text in dockerfiles.items():
         (tmp_path / "images" / name).mkdir(parents=True)
         (tmp_path / "images" / name / "Dockerfile").write_text(text)
-    return parse_config({"source_dir": str(tmp_path), "images": {"contexts": ["images/*"], "on_demand": ["big"]}})
+    return parse_config(
+        {"source_dir": str(tmp_path), "images": {"contexts": ["images/*"], "on_demand": ["big"]}}
+    )
 
 
 def test_order_comes_from_from_lines(tmp_path):
-    cfg = make_tree(tmp_path, {
-        "root": ROOT_IMAGE,
-        "mid": CHILD.format(parent="root"),
-        "leaf": CHILD.format(parent="mid"),
-        "other": CHILD.format(parent="root"),
-        "big": CHILD.format(parent="leaf"),
-    })
+    cfg = make_tree(
+        tmp_path,
+        {
+            "root": ROOT_IMAGE,
+            "mid": CHILD.format(parent="root"),
+            "leaf": CHILD.format(parent="mid"),
+            "other": CHILD.format(parent="root"),
+            "big": CHILD.format(parent="leaf"),
+        },
+    )
     g = ImageGraph.from_config(cfg)
     assert g.order() == ["root", "mid", "leaf", "big", "other"]
     assert g["leaf"].parent == "mid"
@@ -37,24 +42,33 @@ def test_order_comes_from_from_lines(tmp_path):
 
 
 def test_multi_stage_and_arg_defaults(tmp_path):
-    cfg = make_tree(tmp_path, {
-        "root": ROOT_IMAGE,
-        "app": "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\n"
-               "FROM ${HUBSTACK_REPO}/root:${HUBSTACK_TAG} AS build\nRUN true\n"
-               "FROM build\nCOPY --from=build /x /x\n",
-    })
+    cfg = make_tree(
+        tmp_path,
+        {
+            "root": ROOT_IMAGE,
+            "app": "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\n"
+            "FROM ${HUBSTACK_REPO}/root:${HUBSTACK_TAG} AS build\nRUN true\n"
+            "FROM build\nCOPY --from=build /x /x\n",
+        },
+    )
     assert ImageGraph.from_config(cfg)["app"].parents == ("root",)
 
 
 def test_unknown_parent_is_named(tmp_path):
     cfg = make_tree(tmp_path, {"root": ROOT_IMAGE, "leaf": CHILD.format(parent="rot")})
-    with pytest.raises(GraphError, match=r"leaf/Dockerfile:3: FROM .*/rot:latest: unknown parent image 'rot' \(images: leaf, root\)"):
+    with pytest.raises(
+        GraphError,
+        match=r"leaf/Dockerfile:3: FROM .*/rot:latest: unknown parent image 'rot' \(images: leaf, root\)",
+    ):
         ImageGraph.from_config(cfg)
 
 
 def test_foreign_base_is_refused(tmp_path):
     cfg = make_tree(tmp_path, {"root": "FROM ubuntu:24.04\n"})
-    with pytest.raises(GraphError, match=r"FROM ubuntu:24.04: unknown parent: neither one of our images .* nor the configured base image debian:bookworm-slim"):
+    with pytest.raises(
+        GraphError,
+        match=r"FROM ubuntu:24.04: unknown parent: neither one of our images .* nor the configured base image debian:bookworm-slim",
+    ):
         ImageGraph.from_config(cfg)
 
 

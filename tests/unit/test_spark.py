@@ -43,8 +43,15 @@ def test_a_driver_host_is_required():
 
 def test_compose_env_from_the_config():
     cfg = parse_config(
-        {"spark": {"workers": 3, "worker_cores": 2, "worker_memory": "1.5g", "worker_ui_port": 9081},
-         "hub": {"network": "plat"}}
+        {
+            "spark": {
+                "workers": 3,
+                "worker_cores": 2,
+                "worker_memory": "1.5g",
+                "worker_ui_port": 9081,
+            },
+            "hub": {"network": "plat"},
+        }
     )
     env = hs.compose_env(cfg)
     assert env["SPARK_WORKERS"] == "3"

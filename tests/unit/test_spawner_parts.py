@@ -37,16 +37,19 @@ def test_spawn_progress_never_goes_back_and_replays_for_late_readers():
         sp.emit(10, "pull")
         sp.emit(5, "create")
         got = []
+
         async def read():
             async for ev in sp.events():
                 got.append(ev)
                 if len(got) == 3:
                     return
+
         task = asyncio.create_task(read())
         await asyncio.sleep(0)
         sp.emit(90, "wait")
         await asyncio.wait_for(task, 5)
         return got
+
     got = asyncio.run(main())
     assert [e["progress"] for e in got] == [10, 10, 90]
     assert [e["message"] for e in got] == ["pull", "create", "wait"]

@@ -44,6 +44,7 @@ def run_cli(cfg_file, monkeypatch, *argv, stdin: str = ""):
 
 # ------------------------------------------------------------- hashing
 
+
 def test_hash_round_trip():
     h = hash_password("s3cret é")
     assert h.startswith("scrypt$16384$8$1$")
@@ -52,8 +53,16 @@ def test_hash_round_trip():
     assert hash_password("s3cret é") != h  # salted
 
 
-@pytest.mark.parametrize("bad", ["", "plaintext", "scrypt$x$8$1$AAAA$AAAA", "scrypt$16384$8$1$!!$AAAA",
-                                 "scrypt$1000$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAA=="])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "plaintext",
+        "scrypt$x$8$1$AAAA$AAAA",
+        "scrypt$16384$8$1$!!$AAAA",
+        "scrypt$1000$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAA==",
+    ],
+)
 def test_broken_hash_is_a_clear_error(bad):
     with pytest.raises(PasswordHashError, match="password hash"):
         verify_password("x", bad)
@@ -61,9 +70,16 @@ def test_broken_hash_is_a_clear_error(bad):
 
 # ------------------------------------------------------------- file
 
+
 def test_add_and_load(users):
     rec = users.load()["alice"]
-    assert (rec.uid, rec.gid, rec.groups, rec.admin, rec.home) == (1001, 1001, (2000,), False, "/home/alice")
+    assert (rec.uid, rec.gid, rec.groups, rec.admin, rec.home) == (
+        1001,
+        1001,
+        (2000,),
+        False,
+        "/home/alice",
+    )
     assert stat.S_IMODE(users.path.stat().st_mode) == 0o600
     assert "alice-pw" not in users.path.read_text()
     assert FileUserSource(users).verify("alice", "alice-pw") == rec
@@ -71,22 +87,25 @@ def test_add_and_load(users):
     assert FileUserSource(users).verify("bob", "alice-pw") is None
 
 
-@pytest.mark.parametrize("name,uid,gid,groups,problem", [
-    ("Alice", 1002, 1002, [], "invalid user name"),
-    ("1bob", 1002, 1002, [], "invalid user name"),
-    ("bob smith", 1002, 1002, [], "invalid user name"),
-    ("a" * 33, 1002, 1002, [], "invalid user name"),
-    ("bob/..", 1002, 1002, [], "invalid user name"),
-    ("root", 1002, 1002, [], "reserved"),
-    ("jovyan", 1002, 1002, [], "reserved"),
-    ("bob", 0, 1002, [], "uid 0"),
-    ("bob", 1002, 0, [], "gid 0"),
-    ("bob", 999, 1002, [], "below the minimum 1000"),
-    ("bob", 1002, 50, [], "below the minimum 1000"),
-    ("bob", 1002, 1002, [0], "group 0"),
-    ("bob", 1001, 1002, [], "uid 1001 is already used by user 'alice'"),
-    ("alice", 1002, 1002, [], "already exists"),
-])
+@pytest.mark.parametrize(
+    "name,uid,gid,groups,problem",
+    [
+        ("Alice", 1002, 1002, [], "invalid user name"),
+        ("1bob", 1002, 1002, [], "invalid user name"),
+        ("bob smith", 1002, 1002, [], "invalid user name"),
+        ("a" * 33, 1002, 1002, [], "invalid user name"),
+        ("bob/..", 1002, 1002, [], "invalid user name"),
+        ("root", 1002, 1002, [], "reserved"),
+        ("jovyan", 1002, 1002, [], "reserved"),
+        ("bob", 0, 1002, [], "uid 0"),
+        ("bob", 1002, 0, [], "gid 0"),
+        ("bob", 999, 1002, [], "below the minimum 1000"),
+        ("bob", 1002, 50, [], "below the minimum 1000"),
+        ("bob", 1002, 1002, [0], "group 0"),
+        ("bob", 1001, 1002, [], "uid 1001 is already used by user 'alice'"),
+        ("alice", 1002, 1002, [], "already exists"),
+    ],
+)
 def test_refused_add_leaves_file_unchanged(users, name, uid, gid, groups, problem):
     before = users.path.read_bytes()
     with pytest.raises(UsersFileError, match=problem) as e:
@@ -122,16 +141,34 @@ def _write_raw(uf: UsersFile, users: dict):
     uf.path.write_text(yaml.safe_dump({"users": users}))
 
 
-@pytest.mark.parametrize("entry,problem", [
-    ({"Bad Name": {"uid": 1002, "gid": 1002, "password": "x"}}, "user 'Bad Name': invalid user name"),
-    ({"bob": {"uid": 0, "gid": 1002, "password": "x"}}, "user 'bob': uid 0"),
-    ({"bob": {"uid": 10, "gid": 1002, "password": "x"}}, "user 'bob': uid 10 is below the minimum"),
-    ({"bob": {"uid": 1001, "gid": 1002, "password": "x"}}, "user 'bob': uid 1001 is already used by user 'alice'"),
-    ({"bob": {"uid": "x", "gid": 1002, "password": "x"}}, "user 'bob': uid must be an integer"),
-    ({"bob": {"gid": 1002, "password": "x"}}, "user 'bob': missing 'uid'"),
-    ({"bob": {"uid": 1002, "gid": 1002, "password": "x", "shell": "/bin/sh"}}, "user 'bob': unknown keys: shell"),
-    ({"bob": {"uid": 1002, "gid": 1002, "password": "x", "admin": "yes"}}, "user 'bob': admin must be true or false"),
-])
+@pytest.mark.parametrize(
+    "entry,problem",
+    [
+        (
+            {"Bad Name": {"uid": 1002, "gid": 1002, "password": "x"}},
+            "user 'Bad Name': invalid user name",
+        ),
+        ({"bob": {"uid": 0, "gid": 1002, "password": "x"}}, "user 'bob': uid 0"),
+        (
+            {"bob": {"uid": 10, "gid": 1002, "password": "x"}},
+            "user 'bob': uid 10 is below the minimum",
+        ),
+        (
+            {"bob": {"uid": 1001, "gid": 1002, "password": "x"}},
+            "user 'bob': uid 1001 is already used by user 'alice'",
+        ),
+        ({"bob": {"uid": "x", "gid": 1002, "password": "x"}}, "user 'bob': uid must be an integer"),
+        ({"bob": {"gid": 1002, "password": "x"}}, "user 'bob': missing 'uid'"),
+        (
+            {"bob": {"uid": 1002, "gid": 1002, "password": "x", "shell": "/bin/sh"}},
+            "user 'bob': unknown keys: shell",
+        ),
+        (
+            {"bob": {"uid": 1002, "gid": 1002, "password": "x", "admin": "yes"}},
+            "user 'bob': admin must be true or false",
+        ),
+    ],
+)
 def test_invalid_file_is_refused_at_load(users, entry, problem):
     alice = yaml.safe_load(users.path.read_text())["users"]
     _write_raw(users, {**alice, **entry})
@@ -175,7 +212,9 @@ def test_add_refuses_a_broken_given_hash(users):
 
 def test_lookup_user_for_spawner(tmp_path):
     cfg = parse_config({"state_dir": str(tmp_path)})
-    UsersFile(cfg.users_file, cfg.hub.min_uid).add("alice", uid=1001, gid=1001, groups=[2000, 2001], password="pw")
+    UsersFile(cfg.users_file, cfg.hub.min_uid).add(
+        "alice", uid=1001, gid=1001, groups=[2000, 2001], password="pw"
+    )
     rec = lookup_user(cfg, "alice")
     assert (rec.uid, rec.gid, rec.groups, rec.home) == (1001, 1001, (2000, 2001), "/home/alice")
     assert lookup_user(cfg, "nobody-here") is None
@@ -183,31 +222,80 @@ def test_lookup_user_for_spawner(tmp_path):
 
 # ------------------------------------------------------------- CLI
 
+
 def test_cli_add_list_passwd_remove(cfg_file, monkeypatch, capsys, tmp_path):
-    assert run_cli(cfg_file, monkeypatch, "add", "alice", "--uid", "1001", "--gid", "1001",
-                   "--groups", "2000,2001", "--admin", "--password-stdin", stdin="pw one\nignored\n") == 0
+    assert (
+        run_cli(
+            cfg_file,
+            monkeypatch,
+            "add",
+            "alice",
+            "--uid",
+            "1001",
+            "--gid",
+            "1001",
+            "--groups",
+            "2000,2001",
+            "--admin",
+            "--password-stdin",
+            stdin="pw one\nignored\n",
+        )
+        == 0
+    )
     uf = UsersFile(tmp_path / "state" / "users.yaml")
     assert FileUserSource(uf).verify("alice", "pw one").groups == (2000, 2001)
     assert run_cli(cfg_file, monkeypatch, "list") == 0
     out = capsys.readouterr().out
     assert "alice" in out and "1001" in out and "2000,2001" in out and "pw one" not in out
-    assert run_cli(cfg_file, monkeypatch, "passwd", "alice", "--password-stdin", stdin="pw two\n") == 0
+    assert (
+        run_cli(cfg_file, monkeypatch, "passwd", "alice", "--password-stdin", stdin="pw two\n") == 0
+    )
     assert FileUserSource(uf).verify("alice", "pw two")
     assert run_cli(cfg_file, monkeypatch, "remove", "alice") == 0
     assert uf.load() == {}
 
 
-@pytest.mark.parametrize("argv,stdin,problem", [
-    (["add", "Bad", "--uid", "1002", "--gid", "1002", "--password-stdin"], "pw\n", "invalid user name"),
-    (["add", "bob", "--uid", "0", "--gid", "1002", "--password-stdin"], "pw\n", "uid 0"),
-    (["add", "bob", "--uid", "1001", "--gid", "1002", "--password-stdin"], "pw\n", "already used by user 'alice'"),
-    (["add", "bob", "--uid", "1002", "--gid", "1002", "--password-stdin"], "", "no password on standard input"),
-    (["remove", "bob"], "", "no user 'bob'"),
-    (["passwd", "bob", "--password-stdin"], "pw\n", "no user 'bob'"),
-])
-def test_cli_errors_are_clear_and_change_nothing(cfg_file, monkeypatch, capsys, argv, stdin, problem):
-    assert run_cli(cfg_file, monkeypatch, "add", "alice", "--uid", "1001", "--gid", "1001",
-                   "--password-stdin", stdin="pw\n") == 0
+@pytest.mark.parametrize(
+    "argv,stdin,problem",
+    [
+        (
+            ["add", "Bad", "--uid", "1002", "--gid", "1002", "--password-stdin"],
+            "pw\n",
+            "invalid user name",
+        ),
+        (["add", "bob", "--uid", "0", "--gid", "1002", "--password-stdin"], "pw\n", "uid 0"),
+        (
+            ["add", "bob", "--uid", "1001", "--gid", "1002", "--password-stdin"],
+            "pw\n",
+            "already used by user 'alice'",
+        ),
+        (
+            ["add", "bob", "--uid", "1002", "--gid", "1002", "--password-stdin"],
+            "",
+            "no password on standard input",
+        ),
+        (["remove", "bob"], "", "no user 'bob'"),
+        (["passwd", "bob", "--password-stdin"], "pw\n", "no user 'bob'"),
+    ],
+)
+def test_cli_errors_are_clear_and_change_nothing(
+    cfg_file, monkeypatch, capsys, argv, stdin, problem
+):
+    assert (
+        run_cli(
+            cfg_file,
+            monkeypatch,
+            "add",
+            "alice",
+            "--uid",
+            "1001",
+            "--gid",
+            "1001",
+            "--password-stdin",
+            stdin="pw\n",
+        )
+        == 0
+    )
     path = cfg_file.parent / "state" / "users.yaml"
     before = path.read_bytes()
     capsys.readouterr()
