@@ -47,7 +47,10 @@ fi
 log "compose: $(docker compose version --short)"
 
 # 4. Chromium and its driver for the browser tests, and debootstrap for the offline root.
-command -v chromium >/dev/null && command -v chromedriver >/dev/null || { log "installing chromium"; apt_install chromium chromium-driver; }
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    log "installing chromium"
+    apt_install chromium chromium-driver
+fi
 command -v debootstrap >/dev/null || apt_install debootstrap
 
 # 5. configurable-http-proxy, for the tests that run JupyterHub on this host (the hub image has its own).

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: the README's test command, and what
-# .ci/run calls. Installs and starts what the tests need first (ci/test-env.sh);
-# if the Docker engine cannot start, this fails: integration tests never skip.
+# .ci/run calls. The static checks first (ci/lint.sh: a finding fails the run before
+# any image is built), then what the tests need (ci/test-env.sh); if the Docker engine
+# cannot start, this fails: integration tests never skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+bash ci/lint.sh
 bash ci/test-env.sh
 mkdir -p artifacts
 set +e
