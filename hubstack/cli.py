@@ -18,8 +18,8 @@ from hubstack.errors import CommandError
 # Modules that add sub-commands; each exposes register(subparsers).
 COMMAND_MODULES = (
     "hubstack.images.cli",
-    "hubstack.hub.cli",
-    "hubstack.hub.gpu",
+    "hubstack.hub.users_cli",
+    "hubstack.hub.gpus_cli",
     "hubstack.stack",
     "hubstack.ci.cli",
 )
@@ -35,18 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-c",
         "--config",
         metavar="FILE",
-        help="platform config (default: $HUBSTACK_CONFIG, ./hubstack.yaml, /etc/hubstack/hubstack.yaml, else defaults)",
+        help="platform config (default: $HUBSTACK_CONFIG, ./hubstack.yaml, "
+        "/etc/hubstack/hubstack.yaml, else the defaults)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(sub)
+        # No fallback: a command module that does not import is a bug, not an absent feature.
+        importlib.import_module(name).register(sub)
     return parser
 
 

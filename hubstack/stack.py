@@ -18,9 +18,17 @@ from pathlib import Path
 
 import yaml
 
+from hubstack import spark
 from hubstack.config import PlatformConfig
+from hubstack.engine import docker_client
 from hubstack.errors import CommandError
+from hubstack.hub import gpu
 from hubstack.hub.container_spec import PROFILE_LABEL, USER_LABEL
+from hubstack.hub.users_cli import ensure_initial_admin
+from hubstack.images.bootstrap import bootstrap
+from hubstack.images.build import ImageBuilder, push_image
+from hubstack.images.graph import ImageGraph
+from hubstack.registry import auth_config, htpasswd_file
 from hubstack.secretfiles import generated_secret
 
 HUB_USERS_DIR = "/etc/hubstack/users"
@@ -43,9 +51,7 @@ def ensure_secrets(cfg: PlatformConfig) -> None:
     """Cookie secret, proxy token, crypt key and registry credentials: made once, mode 0600."""
     for name in ("jupyterhub-cookie-secret", "proxy-token", "jupyterhub-crypt-key"):
         generated_secret(cfg.secrets_dir / name)
-    from hubstack.registry import htpasswd_file
-
-    htpasswd_file(cfg)  # registry credentials and their htpasswd (the images issue's module)
+    htpasswd_file(cfg)  # the registry's push credentials and its htpasswd
 
 
 # --- compose -------------------------------------------------------------------------
@@ -94,8 +100,6 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
         "HUBSTACK_CI_PORT": str(cfg.ci.port),
         "HUBSTACK_EXTRA_CA": str(cfg.base.extra_ca_bundle or "/dev/null"),
     }
-    from hubstack import spark
-
     env.update(spark.compose_env(cfg))
     return env
 
@@ -154,9 +158,6 @@ def compose(
 # --- images --------------------------------------------------------------------------
 def build_images(cfg: PlatformConfig, client) -> None:
     """Build the default image set (and the hub) in dependency order."""
-    from hubstack.images.build import ImageBuilder
-    from hubstack.images.graph import ImageGraph
-
     graph = ImageGraph.from_config(cfg)
     targets = list(graph.default_targets(cfg))
     results = ImageBuilder(cfg, client).build_many(targets)
@@ -169,15 +170,10 @@ def build_images(cfg: PlatformConfig, client) -> None:
 
 def ensure_registry_image(cfg: PlatformConfig, client) -> None:
     """Base and registry images present: pulled, else built offline (hubstack.images.bootstrap)."""
-    from hubstack.images.bootstrap import bootstrap
-
     bootstrap(cfg, client)
 
 
 def push_images(cfg: PlatformConfig, client, names: list[str]) -> None:
-    from hubstack.images.build import push_image
-    from hubstack.registry import auth_config
-
     auth = auth_config(cfg)
     for name in names:
         print(f"pushing {cfg.image_ref(name)}", flush=True)
@@ -187,8 +183,6 @@ def push_images(cfg: PlatformConfig, client, names: list[str]) -> None:
 def stack_images(cfg: PlatformConfig) -> list[str]:
     """Images the platform needs before it starts: its services' and its profiles' (on-demand
     images, such as the GPU one, are built and pushed when a site wants them)."""
-    from hubstack import spark
-
     names = {cfg.hub.image, spark.EXECUTOR_IMAGE}
     names.update(p.image for p in cfg.profiles if p.image not in cfg.images.on_demand)
     return sorted(names)
@@ -196,7 +190,7 @@ def stack_images(cfg: PlatformConfig) -> list[str]:
 
 def local_images(cfg: PlatformConfig, client) -> list[str]:
     """Our images present in the engine under the registry's name (what gets pushed)."""
-    repo = f"{cfg.registry.address}/{cfg.images.namespace}/"
+    repo = f"{cfg.image_prefix}/"
     names = set()
     for image in client.images.list():
         for tag in image.tags:
@@ -223,14 +217,13 @@ def wait_for_hub(cfg: PlatformConfig, timeout: float = 180) -> None:
             last = str(e)
         time.sleep(1)
     raise CommandError(
-        f"the hub did not answer on {url} within {timeout:.0f}s ({last}); see `docker compose logs hub`"
+        f"the hub did not answer on {url} within {timeout:.0f}s ({last}); "
+        "see `docker compose logs hub`"
     )
 
 
 # --- commands ------------------------------------------------------------------------
-def up(cfg: PlatformConfig, args) -> int:
-    from hubstack.engine import docker_client
-
+def cmd_up(cfg: PlatformConfig, args) -> int:
     client = docker_client()
     ensure_secrets(cfg)
     render_env(cfg)
@@ -250,7 +243,7 @@ def up(cfg: PlatformConfig, args) -> int:
     compose(cfg, "up", "-d", "--wait")
     wait_for_hub(cfg)
     print(f"\nhubstack is up: {hub_url(cfg)}")
-    admin = _initial_admin(cfg)
+    admin = ensure_initial_admin(cfg)
     if admin:
         name, password = admin
         print(
@@ -261,14 +254,6 @@ def up(cfg: PlatformConfig, args) -> int:
     return 0
 
 
-def _initial_admin(cfg: PlatformConfig):
-    try:
-        from hubstack.hub.cli import ensure_initial_admin
-    except ImportError:
-        return None
-    return ensure_initial_admin(cfg)
-
-
 def notebook_containers(cfg: PlatformConfig, client) -> list:
     return [
         c
@@ -277,9 +262,7 @@ def notebook_containers(cfg: PlatformConfig, client) -> list:
     ]
 
 
-def down(cfg: PlatformConfig, args) -> int:
-    from hubstack.engine import docker_client
-
+def cmd_down(cfg: PlatformConfig, args) -> int:
     client = docker_client()
     # Notebooks first: they hold the network; their homes stay on the host.
     for c in notebook_containers(cfg, client):
@@ -292,9 +275,7 @@ def down(cfg: PlatformConfig, args) -> int:
     return 0
 
 
-def status(cfg: PlatformConfig, args) -> int:
-    from hubstack.engine import docker_client
-
+def cmd_status(cfg: PlatformConfig, args) -> int:
     client = docker_client()
     render_env(cfg)
     print("services:")
@@ -307,8 +288,6 @@ def status(cfg: PlatformConfig, args) -> int:
             f"  {c.labels.get(USER_LABEL):<20} profile={c.labels.get(PROFILE_LABEL, '?'):<10} "
             f"{c.name}  image={c.attrs['Config']['Image'][-71:]}"
         )
-    from hubstack.hub import gpu
-
     print()
     print("\n".join(gpu.format_gpu_status(cfg, client, gpu.scan_root())))
     return 0
@@ -319,8 +298,8 @@ def register(subparsers) -> None:
         "up", help="bootstrap, build, push, start the platform and wait until the hub answers"
     )
     p.add_argument("--no-build", action="store_true", help="use the images already in the engine")
-    p.set_defaults(func=up)
+    p.set_defaults(func=cmd_up)
     p = subparsers.add_parser("down", help="stop notebooks and the stack; keep all data")
-    p.set_defaults(func=down)
+    p.set_defaults(func=cmd_down)
     p = subparsers.add_parser("status", help="show services and running notebook servers")
-    p.set_defaults(func=status)
+    p.set_defaults(func=cmd_status)

@@ -5,20 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+import tornado.ioloop
 
-def _plan(cfg, args) -> int:
-    from hubstack.ci.plan import make_plan
+from hubstack.ci.plan import make_plan
+from hubstack.ci.promote import promote
+from hubstack.ci.rebuild import Rebuilder, write_report
+from hubstack.ci.webhook import WebhookBuilder, listen
+from hubstack.engine import docker_client
 
+
+def cmd_plan(cfg, args) -> int:
     plan = make_plan(cfg, None if args.all else args.since)
     print(plan.to_json() if args.json else plan.format_text())
     return 0
 
 
-def _build(cfg, args) -> int:
-    from hubstack.ci.plan import make_plan
-    from hubstack.ci.rebuild import Rebuilder, write_report
-    from hubstack.engine import docker_client
-
+def cmd_build(cfg, args) -> int:
     plan = make_plan(cfg, None if args.all else args.since)
     print(plan.format_text(), flush=True)
     builder = Rebuilder(
@@ -41,27 +43,20 @@ def _build(cfg, args) -> int:
     return 0 if report.ok else 1
 
 
-def _promote(cfg, args) -> int:
-    from hubstack.ci.promote import promote
-    from hubstack.engine import docker_client
-
+def cmd_promote(cfg, args) -> int:
     for p in promote(cfg, docker_client(), args.tag, to=args.to, names=args.image or None):
         print(f"  {p.name}: {p.detail}")
     return 0
 
 
-def _serve(cfg, args) -> int:
-    import tornado.ioloop
-
-    from hubstack.ci.webhook import WebhookBuilder, listen
-    from hubstack.engine import docker_client
-
+def cmd_serve(cfg, args) -> int:
     builder = WebhookBuilder(cfg, docker_client(), repository=args.repo or "")
     host, port = args.host or cfg.ci.host, args.port or cfg.ci.port
     listen(builder, host, port)
     builder.start()
     print(
-        f"hubstack ci builder on http://{host}:{port}/ (hook: POST /hook, branches {', '.join(cfg.ci.branches)}; "
+        f"hubstack ci builder on http://{host}:{port}/ (hook: POST /hook, branches "
+        f"{', '.join(cfg.ci.branches)}; "
         f"secret in {cfg.webhook_secret_file})",
         flush=True,
     )
@@ -94,7 +89,7 @@ def register(subparsers) -> None:
     )
     since(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_plan)
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
         "build", help="rebuild, test and tag the plan; with --push move latest in the registry"
@@ -108,7 +103,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--concurrency", type=int, metavar="N", help="images built at once (default ci.concurrency)"
     )
-    p.set_defaults(func=_build)
+    p.set_defaults(func=cmd_build)
 
     p = sub.add_parser(
         "promote", help="move `stable` to a tested commit tag (roll back: an older tag)"
@@ -116,7 +111,7 @@ def register(subparsers) -> None:
     p.add_argument("tag", metavar="TAG", help="a commit tag that `ci build --push` produced")
     p.add_argument("--to", default="stable", help="the tag to move (default stable)")
     p.add_argument("--image", action="append", metavar="NAME", help="only this image (repeatable)")
-    p.set_defaults(func=_promote)
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser(
         "serve", help="webhook builder: GitHub/Gitea push events -> builds, with a status page"
@@ -124,4 +119,4 @@ def register(subparsers) -> None:
     p.add_argument("--host", help="listen address (default ci.host)")
     p.add_argument("--port", type=int, help="listen port (default ci.port)")
     p.add_argument("--repo", help="git URL or path to clone and build (default: source_dir)")
-    p.set_defaults(func=_serve)
+    p.set_defaults(func=cmd_serve)

@@ -52,7 +52,6 @@ from hubstack.hub import container_spec
 # Labels on every GPU container: they ARE the allocation table.
 LABEL_GPUS = "io.hubstack.gpus"
 LABEL_GPU_MODE = "io.hubstack.gpu-mode"
-LABEL_USER = container_spec.USER_LABEL
 
 MODE_DEVICE_REQUESTS = "device-requests"
 MODE_DEVICE_NODES = "device-nodes"
@@ -118,7 +117,11 @@ def no_gpu_message(
         why = f"gpu.count is auto and no {Path(scan_root) / 'nvidia[0-9]*'} device node exists"
     else:
         why = "gpu.count is 0 in the platform config"
-    return f"{what} needs {count} GPU{'s' if count != 1 else ''}, but this platform has no GPU ({why}); choose another profile"
+    plural = "s" if count != 1 else ""
+    return (
+        f"{what} needs {count} GPU{plural}, but this platform has no GPU ({why}); "
+        "choose another profile"
+    )
 
 
 # ---------------------------------------------------------- container specs
@@ -147,7 +150,7 @@ def device_nodes_host_config(
 
 
 def device_requests_host_config(indices: Iterable[int]) -> dict[str, Any]:
-    """create_host_config() kwargs for device requests (what `docker run --gpus '"device=0,1"'` sends)."""
+    """create_host_config() kwargs for device requests (what `docker run --gpus` sends)."""
     ids = [str(i) for i in indices]
     return {
         "device_requests": [DeviceRequest(driver="nvidia", device_ids=ids, capabilities=[["gpu"]])]
@@ -160,7 +163,7 @@ def gpu_environment(
     driver_dir: str | os.PathLike,
     base_path: str = DEFAULT_IMAGE_PATH,
 ) -> dict[str, str]:
-    """Environment agreeing with the grant: host indices for NVIDIA_*, container ordinals for CUDA_*."""
+    """Environment for the grant: host indices for NVIDIA_*, container ordinals for CUDA_*."""
     indices = list(indices)
     env = {
         "NVIDIA_VISIBLE_DEVICES": ",".join(str(i) for i in indices),
@@ -212,7 +215,7 @@ def make_grant(
         )
     labels = {
         **(extra_labels or {}),
-        LABEL_USER: owner,
+        container_spec.USER_LABEL: owner,
         LABEL_GPUS: ",".join(map(str, indices)),
         LABEL_GPU_MODE: mode,
     }
@@ -253,7 +256,11 @@ def gpu_holders(client: Any, scope_labels: dict[str, str] | None = None) -> list
         name = (c.get("Names") or ["?"])[0].lstrip("/")
         for part in labels.get(LABEL_GPUS, "").split(","):
             if part.strip().isdigit():
-                holders.append(GPUHolder(int(part), labels.get(LABEL_USER, "?"), name, c["State"]))
+                holders.append(
+                    GPUHolder(
+                        int(part), labels.get(container_spec.USER_LABEL, "?"), name, c["State"]
+                    )
+                )
     return sorted(holders, key=lambda h: (h.gpu, h.user))
 
 
@@ -272,7 +279,8 @@ def format_gpu_status(
     for h in holders:
         by_gpu.setdefault(h.gpu, []).append(h)
     lines = [
-        f"GPUs: {len(gpus)} ({detect_mode(cfg, client)}), {sum(1 for g in gpus if g in by_gpu)} busy"
+        f"GPUs: {len(gpus)} ({detect_mode(cfg, client)}), {sum(1 for g in gpus if g in by_gpu)} "
+        "busy"
     ]
     for g in sorted(set(gpus) | set(by_gpu)):
         held = by_gpu.get(g)
@@ -334,8 +342,10 @@ class GPUAllocator:
             raise GPUUnavailable(no_gpu_message(profile_name, count, self.cfg, self.scan_root))
         if count > len(gpus):
             raise GPUUnavailable(
-                f"{'the profile ' + repr(profile_name) if profile_name else 'this server'} needs {count} GPUs, "
-                f"but this node has only {len(gpus)}; ask the platform team to lower the profile's gpus"
+                f"{'the profile ' + repr(profile_name) if profile_name else 'this server'} needs "
+                f"{count} GPUs, "
+                f"but this node has only {len(gpus)}; ask the platform team to lower the profile's "
+                "gpus"
             )
 
     def _choose(self, count: int, holders: list[GPUHolder]) -> list[int]:
@@ -405,7 +415,7 @@ DEVICES_ROOT_ENV = "HUBSTACK_GPU_DEVICES_ROOT"
 
 
 def scan_root() -> str:
-    """Where this process looks for /dev/nvidia* nodes (the hub in a container mounts them elsewhere)."""
+    """Where this process looks for /dev/nvidia* nodes (a hub in a container: elsewhere)."""
     return os.environ.get(SCAN_ROOT_ENV) or os.environ.get(DEVICES_ROOT_ENV) or "/dev"
 
 
@@ -418,23 +428,3 @@ def allocator(cfg: PlatformConfig, client: Any) -> GPUAllocator:
     return GPUAllocator(
         cfg, client, devices_root=os.environ.get(DEVICES_ROOT_ENV) or "/dev", scan_root=scan_root()
     )
-
-
-# ----------------------------------------------------------------------- CLI
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("gpus", help="show this node's GPUs and which analyst holds each")
-    p.add_argument(
-        "--dev",
-        default=os.environ.get(SCAN_ROOT_ENV) or "/dev",
-        help=f"where the /dev/nvidia* device nodes are (default ${SCAN_ROOT_ENV} or /dev)",
-    )
-    p.set_defaults(func=_cmd_gpus)
-
-
-def _cmd_gpus(cfg: PlatformConfig, args) -> int:
-    from hubstack.engine import docker_client
-
-    print("\n".join(format_gpu_status(cfg, docker_client(), args.dev)))
-    return 0

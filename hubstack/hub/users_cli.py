@@ -109,7 +109,8 @@ def cmd_list(cfg: PlatformConfig, args: argparse.Namespace) -> int:
             note = f"  (cannot log in: {e})"
         groups = ",".join(map(str, rec.groups)) or "-"
         print(
-            f"{rec.name:16} {rec.uid:>6} {rec.gid:>6} {'yes' if rec.admin else 'no':5}  {groups}{note}"
+            f"{rec.name:16} {rec.uid:>6} {rec.gid:>6} {'yes' if rec.admin else 'no':5}  "
+            f"{groups}{note}"
         )
     return 0
 
