@@ -24,7 +24,9 @@ class SpawnProgress:
         self._changed.set()
 
     async def events(self):
-        """Every event so far, then each new one as it comes (the hub stops reading when the spawn ends)."""
+        """Every event so far, then each new one as it comes (the hub stops reading when the spawn
+        ends).
+        """
         seen = 0
         while True:
             while seen < len(self._events):

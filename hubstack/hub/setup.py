@@ -41,6 +41,7 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     c.HubstackAuthenticator.min_uid = cfg.hub.min_uid
 
     c.JupyterHub.spawner_class = "hubstack.hub.spawner.HubstackSpawner"
+    c.HubstackSpawner.platform = cfg
     c.Spawner.start_timeout = cfg.hub.start_timeout
     c.Spawner.http_timeout = 120
     c.Spawner.default_url = "/lab"

@@ -27,10 +27,11 @@ from html import escape
 import docker
 from dockerspawner import DockerSpawner
 from tornado import web
-from traitlets import Dict, Int, default
+from traitlets import Dict, Instance, Int, default
 
-from hubstack.config import PlatformConfig, load_config
-from hubstack.hub import container_spec
+from hubstack import spark
+from hubstack.config import PlatformConfig
+from hubstack.hub import container_spec, gpu
 from hubstack.hub.progress import PullProgress, SpawnProgress
 from hubstack.registry import auth_config
 
@@ -73,6 +74,13 @@ class HubstackSpawner(DockerSpawner):
         help="Most processes one notebook container may run.",
     )
     extra_labels = Dict(config=True, help="More labels for notebook containers.")
+    platform = Instance(
+        PlatformConfig,
+        config=True,
+        allow_none=True,
+        help="The platform config; hubstack.hub.setup.configure_hub sets it from the one "
+        "hubstack.yaml the hub loads (the authenticator gets its settings the same way).",
+    )
 
     _pool: ThreadPoolExecutor | None = None
 
@@ -87,18 +95,21 @@ class HubstackSpawner(DockerSpawner):
 
     # --- configuration ---------------------------------------------------------------
     @property
-    def platform(self) -> PlatformConfig:
-        if not hasattr(self, "_platform"):
-            self._platform = load_config()
-        return self._platform
+    def cfg(self) -> PlatformConfig:
+        if self.platform is None:
+            raise RuntimeError(
+                "HubstackSpawner.platform is not set: the hub's config must call "
+                "hubstack.hub.setup.configure_hub (hub/jupyterhub_config.py does)"
+            )
+        return self.platform
 
     @default("network_name")
     def _default_network(self):
-        return self.platform.hub.network
+        return self.cfg.hub.network
 
     @default("prefix")
     def _default_prefix(self):
-        return f"{self.platform.hub.network}-nb"
+        return f"{self.cfg.hub.network}-nb"
 
     @default("use_internal_ip")
     def _default_internal(self):
@@ -121,12 +132,11 @@ class HubstackSpawner(DockerSpawner):
     @default("options_form")
     def _default_form(self):
         rows = []
-        from hubstack.hub import gpu
-
-        for i, p in enumerate(gpu.offered_profiles(self.platform, gpu.scan_root())):
+        for i, p in enumerate(gpu.offered_profiles(self.cfg, gpu.scan_root())):
             checked = " checked" if i == 0 else ""
             rows.append(
-                f'<label class="form-check"><input class="form-check-input" type="radio" name="profile" '
+                '<label class="form-check">'
+                f'<input class="form-check-input" type="radio" name="profile" '
                 f'value="{escape(p.name)}"{checked}> <strong>{escape(p.display_name)}</strong> '
                 f"<small>{escape(p.description)}</small></label>"
             )
@@ -136,16 +146,18 @@ class HubstackSpawner(DockerSpawner):
         return {"profile": (formdata.get("profile") or [""])[0]}
 
     def _profile(self):
-        name = (self.user_options or {}).get("profile") or self.platform.profiles[0].name
+        name = (self.user_options or {}).get("profile") or self.cfg.profiles[0].name
         try:
-            return self.platform.profile(name)
+            return self.cfg.profile(name)
         except KeyError as e:
             raise web.HTTPError(400, str(e.args[0])) from None
 
     # --- progress --------------------------------------------------------------------
+    _spawn_progress: SpawnProgress | None = None
+
     @property
     def spawn_progress(self) -> SpawnProgress:
-        if getattr(self, "_spawn_progress", None) is None:
+        if self._spawn_progress is None:
             self._spawn_progress = SpawnProgress()
         return self._spawn_progress
 
@@ -160,15 +172,17 @@ class HubstackSpawner(DockerSpawner):
         if missing:
             raise web.HTTPError(
                 500,
-                f"user {self.user.name} has no {', '.join(missing)} in their auth state; log in again",
+                f"user {self.user.name} has no {', '.join(missing)} in their auth state; "
+                "log in again",
             )
+        uid, gid = int(state["uid"]), int(state["gid"])
         ident = {
-            "uid": int(state["uid"]),
-            "gid": int(state["gid"]),
+            "uid": uid,
+            "gid": gid,
             "groups": [int(g) for g in state.get("groups") or []],
             "home": f"/home/{self.user.name}",
         }
-        if ident["uid"] < self.platform.hub.min_uid or ident["gid"] < self.platform.hub.min_uid:
+        if uid < self.cfg.hub.min_uid or gid < self.cfg.hub.min_uid:
             raise web.HTTPError(
                 403, f"user {self.user.name}: UID/GID below hub.min_uid are refused"
             )
@@ -176,7 +190,7 @@ class HubstackSpawner(DockerSpawner):
 
     def _ensure_home(self, uid: int, gid: int) -> str:
         """Create CONFIG home_root/<name> owned uid:gid, mode 0700 (runs in the hub, as root)."""
-        home = self.platform.home_root / self.user.name
+        home = self.cfg.home_root / self.user.name
         home.mkdir(parents=True, exist_ok=True)
         st = home.stat()
         if (st.st_uid, st.st_gid) != (uid, gid):
@@ -186,7 +200,7 @@ class HubstackSpawner(DockerSpawner):
 
     # --- image -----------------------------------------------------------------------
     def _auth(self) -> dict | None:
-        return auth_config(self.platform)
+        return auth_config(self.cfg)
 
     async def _resolve_digest(self, ref: str) -> str:
         """REPO:TAG -> REPO@sha256:..., asked of the registry through the engine."""
@@ -235,16 +249,12 @@ class HubstackSpawner(DockerSpawner):
     # --- containers ------------------------------------------------------------------
     def _spark_environment(self, profile) -> dict:
         """Spark driver settings for a spark profile (hubstack.spark owns them)."""
-        from hubstack import spark
-
-        return spark.driver_environment(self.platform, self.container_name)
+        return spark.driver_environment(self.cfg, self.container_name)
 
     def _gpu_allocator(self, profile):
         """The GPU allocator (hubstack.hub.gpu owns it), once it has found that this node can
         serve the profile at all: a profile it can never serve is refused before any work."""
-        from hubstack.hub import gpu
-
-        alloc = gpu.allocator(self.platform, self.client)
+        alloc = gpu.allocator(self.cfg, self.client)
         try:
             alloc.check(profile.gpus, profile.name)
         except gpu.GPUUnavailable as e:
@@ -272,13 +282,13 @@ class HubstackSpawner(DockerSpawner):
         return obj
 
     async def _write_spark_files(self, container_id: str) -> None:
-        """Files a Spark-profile container needs beside its environment (hubstack.spark owns them)."""
-        from hubstack import spark
+        """Files a Spark-profile container needs beside its environment (hubstack.spark
+        owns them)."""
 
         def run():
             out = io.BytesIO()
             with tarfile.open(fileobj=out, mode="w") as tar:
-                for path, data in spark.driver_files(self.platform).items():
+                for path, data in spark.driver_files(self.cfg).items():
                     info = tarfile.TarInfo(path.lstrip("/"))
                     info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
                     tar.addfile(info, io.BytesIO(data))
@@ -298,14 +308,17 @@ class HubstackSpawner(DockerSpawner):
         return env
 
     async def _write_accounts(self, container_id: str, ident: dict) -> None:
-        """Put the image's /etc/passwd and /etc/group plus the analyst's lines into the container."""
+        """Put the image's /etc/passwd and /etc/group plus the analyst's lines into the
+        container."""
 
         def run():
             files = {}
             for path in ("/etc/passwd", "/etc/group"):
                 stream, _ = self.client.get_archive(container_id, path)
                 with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                    files[path] = tar.extractfile(tar.getmembers()[0]).read().decode()
+                    member = tar.extractfile(tar.getmembers()[0])
+                    assert member is not None  # a regular file, as /etc/passwd always is
+                    files[path] = member.read().decode()
             passwd, group = passwd_entries(
                 self.user.name, ident["uid"], ident["gid"], ident["groups"], ident["home"]
             )
@@ -336,19 +349,17 @@ class HubstackSpawner(DockerSpawner):
         self._profile_cfg = profile
         gpus = self._gpu_allocator(profile) if profile.gpus > 0 else None
         self._ident = await self._identity()
-        self.mem_limit = profile.mem_limit or self.platform.resources.mem_limit
-        self.cpu_limit = profile.cpu_limit or self.platform.resources.cpu_limit
+        self.mem_limit = profile.mem_limit or self.cfg.resources.mem_limit
+        self.cpu_limit = profile.cpu_limit or self.cfg.resources.cpu_limit
         self._extra_env = self._spark_environment(profile) if profile.spark else {}
         self._extra_gpu = {}
 
         progress.emit(2, f"Looking up image {profile.image} in the registry")
-        ref = self.platform.image_ref(profile.image, self.platform.hub.notebook_image_tag)
+        ref = self.cfg.image_ref(profile.image, self.cfg.hub.notebook_image_tag)
         self.image = await self._resolve_digest(ref)
         progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
 
         if gpus:
-            from hubstack.hub.gpu import GPUUnavailable
-
             # Pull first: a long pull must not hold the GPU lock, so other GPU spawns are
             # answered at once instead of waiting behind it.
             await self.pull_image(self.image)
@@ -359,7 +370,7 @@ class HubstackSpawner(DockerSpawner):
                     self._extra_gpu = {"labels": grant.labels, "host_config": grant.host_config}
                     self._extra_env.update(grant.environment)
                     result = await super().start()
-            except GPUUnavailable as e:
+            except gpu.GPUUnavailable as e:
                 raise web.HTTPError(409, str(e)) from None
         else:
             result = await super().start()

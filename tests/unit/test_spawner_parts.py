@@ -1,10 +1,11 @@
 """The spawner's pure parts: account lines, pull progress, progress events, hub config."""
 
 import asyncio
+import threading
 
 from hubstack.config import parse_config
 from hubstack.hub.progress import PullProgress, SpawnProgress
-from hubstack.hub.spawner import merge_account_file, passwd_entries
+from hubstack.hub.spawner import HubstackSpawner, merge_account_file, passwd_entries
 from hubstack.stack import compose_env, hub_config
 
 IMAGE_PASSWD = "root:x:0:0:root:/root:/bin/bash\njovyan:x:1000:100::/home/jovyan:/bin/bash\n"
@@ -68,9 +69,6 @@ def test_hub_sees_container_paths_and_compose_gets_host_paths(tmp_path):
 
 def test_a_blocked_docker_call_does_not_hold_up_another():
     """Stock DockerSpawner's single thread would run the second call only after the first."""
-    import threading
-
-    from hubstack.hub.spawner import HubstackSpawner
 
     release = threading.Event()
     pool = HubstackSpawner().executor
