@@ -11,26 +11,32 @@ layer cache, and its test_image.py checks that file inside the fresh image.
 
 from __future__ import annotations
 
-import subprocess
+import asyncio
+import json
+import threading
 from pathlib import Path
+
+import requests
+from tornado.ioloop import IOLoop
+from tornado.testing import bind_unused_port
+
+from hubstack.ci.webhook import make_server, sign
+from hubstack.git import git
 
 PARENTS = {"root": None, "mid": "root", "leaf": "mid", "side": "root"}
 EXTRAS = {"spark-executor": "leaf", "hub": "root"}
 
 ROOT_FROM = "ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE}\n"
-CHILD_FROM = "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM ${HUBSTACK_REPO}/%s:${HUBSTACK_TAG}\n"
+CHILD_FROM = (
+    "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\n"
+    "FROM ${HUBSTACK_REPO}/%s:${HUBSTACK_TAG}\n"
+)
 
 TEST_MODULE = """\
 def test_marker_is_in_the_image(run):
     out = run("cat", "/usr/share/citest/{name}.txt").check()
     assert "{name}" in out
 """
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
-    ).stdout.strip()
 
 
 def folder_of(repo: Path, name: str) -> Path:
@@ -67,7 +73,7 @@ def make_repo(path: Path, with_extras: bool = False) -> Path:
 def commit(repo: Path, message: str) -> str:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "--allow-empty", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
+    return git(repo, "rev-parse", "HEAD").strip()
 
 
 def change(repo: Path, name: str, text: str = "v2") -> str:
@@ -117,14 +123,6 @@ class WebhookServer:
         self.port = None
 
     def __enter__(self):
-        import asyncio
-        import threading
-
-        from tornado.ioloop import IOLoop
-        from tornado.testing import bind_unused_port
-
-        from hubstack.ci.webhook import make_server
-
         sock, self.port = bind_unused_port()
         ready = threading.Event()
 
@@ -154,8 +152,6 @@ class WebhookServer:
 
 
 def push_payload(sha: str, before: str = "0" * 40, branch: str = "main") -> bytes:
-    import json
-
     return json.dumps(
         {
             "ref": f"refs/heads/{branch}",
@@ -167,8 +163,6 @@ def push_payload(sha: str, before: str = "0" * 40, branch: str = "main") -> byte
 
 
 def github_headers(secret: bytes, body: bytes, event: str = "push") -> dict:
-    from hubstack.ci.webhook import sign
-
     return {
         "X-GitHub-Event": event,
         "X-Hub-Signature-256": "sha256=" + sign(secret, body),
@@ -177,8 +171,6 @@ def github_headers(secret: bytes, body: bytes, event: str = "push") -> dict:
 
 
 def gitea_headers(secret: bytes, body: bytes, event: str = "push") -> dict:
-    from hubstack.ci.webhook import sign
-
     return {
         "X-Gitea-Event": event,
         "X-Gitea-Signature": sign(secret, body),
@@ -207,17 +199,13 @@ _MANIFEST_TYPES = ", ".join(
 
 
 def registry_login(cfg) -> tuple[str, str]:
-    import json
-
     data = json.loads(cfg.registry_credentials_file.read_text())
     return data["username"], data["password"]
 
 
 def manifest_digest(cfg, name: str, tag: str) -> str | None:
     """Digest of NAME:TAG's manifest in the registry (what a pull by tag gets), None if absent."""
-    import requests
-
-    url = f"http://{cfg.registry.address}/v2/{cfg.images.namespace}/{name}/manifests/{tag}"
+    url = f"http://{cfg.registry.address}/v2/{cfg.repository_path(name)}/manifests/{tag}"
     r = requests.head(
         url, auth=registry_login(cfg), headers={"Accept": _MANIFEST_TYPES}, timeout=30
     )
@@ -235,8 +223,7 @@ def registry_config(request, tmp_path_factory, client):
 
 
 def tiny_env(request, tmp_path_factory, client, name: str):
-    """(cfg, repo, config file) for a fresh tiny repository on a running registry; cleans up after."""
-    import json
+    """(cfg, repo, config file) for a fresh tiny repository on a running registry; cleans up."""
 
     cfg = registry_config(request, tmp_path_factory, client)
     tmp = tmp_path_factory.mktemp(name)

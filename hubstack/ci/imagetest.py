@@ -117,5 +117,6 @@ def run_image_tests(folder: Path, ref: str, timeout: int = 900) -> tuple[bool, s
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired as e:
-        return False, f"image tests timed out after {timeout}s\n{e.stdout or ''}"
+        output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
+        return False, f"image tests timed out after {timeout}s\n{output or ''}"
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()

@@ -9,48 +9,27 @@ describe (:class:`~hubstack.images.graph.ImageGraph`), never a hand-kept list.
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
+from hubstack.git import git, git_succeeds
 from hubstack.images.graph import GraphError, ImageGraph
 
 # How many changed files a reason names before it says "(+N more)".
 _REASON_FILES = 3
 
 
-def git(root: Path, *args: str) -> str:
-    """Run git in ROOT and return its stdout; a failure becomes a CommandError naming the command."""
-    proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise CommandError(
-            f"git {' '.join(args)} failed in {root}: {proc.stderr.strip() or proc.stdout.strip()}"
-        )
-    return proc.stdout
-
-
 def resolve_commit(root: Path, ref: str) -> str:
     """The full commit id REF names in ROOT's repository, or a clear error."""
-    proc = subprocess.run(
-        ["git", "-C", str(root), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        if (
-            not (root / ".git").exists()
-            and subprocess.run(
-                ["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True
-            ).returncode
-            != 0
-        ):
+    if not git_succeeds(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"):
+        if not git_succeeds(root, "rev-parse", "--git-dir"):
             raise CommandError(
                 f"{root} is not a git repository (source_dir); change detection needs one"
             )
         raise CommandError(f"unknown git revision {ref!r} in {root}: no commit by that name")
-    return proc.stdout.strip()
+    return git(root, "rev-parse", "--verify", f"{ref}^{{commit}}").strip()
 
 
 def changed_files(root: Path, since: str, head: str = "HEAD") -> list[str]:
@@ -78,6 +57,8 @@ class Plan:
     since: str
     head: str
     items: list[PlanItem] = field(default_factory=list)
+    graph: ImageGraph | None = field(default=None, repr=False, compare=False)
+    """The image graph the plan was made from: the rebuild uses it instead of parsing again."""
 
     @property
     def names(self) -> list[str]:
@@ -152,11 +133,11 @@ def make_plan(
     except GraphError as e:
         raise CommandError(f"cannot read the image graph: {e}") from None
     if since is None:
-        items = [
+        full = [
             PlanItem(n, ["full build: no earlier commit to compare with"], changed=True)
             for n in graph.order()
         ]
-        return Plan(since="", head=tip, items=items)
+        return Plan(since="", head=tip, items=full, graph=graph)
     files = changed_files(root, base, tip)
 
     prefixes = _context_prefixes(graph, top)
@@ -176,4 +157,4 @@ def make_plan(
         rebuilt_parents = [p for p in graph.images[name].parents if p in items]
         for p in dict.fromkeys(rebuilt_parents):
             items[name].reasons.append(f"parent {p} rebuilt")
-    return Plan(since=base, head=tip, items=[items[n] for n in graph.order(items)])
+    return Plan(since=base, head=tip, items=[items[n] for n in graph.order(items)], graph=graph)

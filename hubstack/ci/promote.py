@@ -13,7 +13,9 @@ import docker
 
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
+from hubstack.images.build import push_image
 from hubstack.images.graph import ImageGraph
+from hubstack.registry import auth_config
 
 STABLE = "stable"
 
@@ -34,7 +36,6 @@ def promote(
     names: list[str] | None = None,
 ) -> list[Promotion]:
     """Move TO (default `stable`) to TAG for each image (default: all of the graph) that has TAG."""
-    from hubstack.registry import auth_config
 
     if tag in (to, cfg.images.tag):
         raise CommandError(
@@ -64,9 +65,7 @@ def promote(
                 f"cannot pull {repo}:{tag} from the registry: {e.explanation or e}"
             ) from None
         img.tag(repo, to)
-        for chunk in client.api.push(repo, tag=to, auth_config=auth, stream=True, decode=True):
-            if "error" in chunk:
-                raise CommandError(f"cannot push {repo}:{to}: {chunk['error']}")
+        push_image(cfg, client, name, to, auth=auth, progress=lambda line: None)
         results.append(Promotion(name, tag, True, f"{to} -> {tag} ({img.id[:19]})"))
     if not any(r.moved for r in results):
         raise CommandError(

@@ -11,9 +11,7 @@ STATE_DIR/ci/reports.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -21,14 +19,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import docker
-from traitlets import Bool, Int
-from traitlets.config import Configurable
 
 from hubstack.ci.imagetest import run_image_tests
 from hubstack.ci.plan import Plan, make_plan
+from hubstack.clock import run_stamp, timestamp
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
+from hubstack.images.build import ImageBuilder, push_image
 from hubstack.images.graph import ImageGraph
+from hubstack.registry import auth_config
 
 # Build logs are kept in the report up to this many characters (the tail: where errors are).
 LOG_TAIL = 20_000
@@ -41,10 +40,6 @@ def commit_tag(sha: str) -> str:
 
 def reports_dir(cfg: PlatformConfig) -> Path:
     return cfg.state_dir / "ci" / "reports"
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -119,46 +114,33 @@ class StageFailed(Exception):
         self.stage, self.error = stage, error
 
 
-class Rebuilder(Configurable):
-    """Runs a change plan: build, test, tag and push each image, parents first."""
+class Rebuilder:
+    """Runs a change plan: build, test, tag and push each image, parents first.
 
-    push = Bool(
-        False,
-        help="Push NAME:<commit> and move NAME:latest in the registry when an image's tests pass.",
-    ).tag(config=True)
-    concurrency = Int(
-        0,
-        help="Images built at once (independent branches only); 0: the platform config's ci.concurrency.",
-    ).tag(config=True)
-    run_tests = Bool(
-        True, help="Run each image's test_image.py against the fresh image before tagging."
-    ).tag(config=True)
+    PUSH: push NAME:<commit> and move NAME:latest in the registry when an image's tests
+    pass. CONCURRENCY: images built at once (independent branches only); 0 takes the
+    platform config's ci.concurrency. RUN_TESTS: run each image's test_image.py against
+    the fresh image before tagging.
+    """
 
     def __init__(
         self,
         cfg: PlatformConfig,
         client: docker.DockerClient,
         out: Callable[[str], None] = print,
-        **kw,
+        *,
+        push: bool = False,
+        concurrency: int = 0,
+        run_tests: bool = True,
     ):
-        super().__init__(**kw)
         self.cfg, self.client, self.out = cfg, client, out
-        self._lock = threading.Lock()
+        self.push, self.concurrency, self.run_tests = push, concurrency, run_tests
 
     # -- one image ---------------------------------------------------------
-    def _builder(self):
-        from hubstack.images.build import ImageBuilder  # the images area owns building
-
-        return ImageBuilder(self.cfg, self.client)
-
     def _auth(self) -> dict | None:
-        from hubstack.registry import auth_config
-
         return auth_config(self.cfg)
 
     def _push(self, name: str, tag: str) -> None:
-        from hubstack.images.build import push_image
-
         try:
             push_image(self.cfg, self.client, name, tag, auth=self._auth(), progress=self.out)
         except CommandError as e:
@@ -190,7 +172,8 @@ class Rebuilder(Configurable):
             except docker.errors.APIError as e:
                 raise StageFailed(
                     "parent",
-                    f"unchanged parent {latest} is neither in the engine nor pullable ({e.explanation or e}); "
+                    f"unchanged parent {latest} is neither in the engine nor pullable "
+                    f"({e.explanation or e}); "
                     f"build it first (hubstack images build {name}) or give an older --since",
                 ) from None
         img.tag(self.cfg.image_repository(name), tag)
@@ -200,13 +183,15 @@ class Rebuilder(Configurable):
             self._push(name, tag)
         return True
 
-    def _one(self, outcome: ImageOutcome, graph: ImageGraph, tag: str) -> None:
+    def _one(
+        self, outcome: ImageOutcome, graph: ImageGraph, builder: ImageBuilder, tag: str
+    ) -> None:
         name = outcome.name
         started = time.monotonic()
         stage = "build"
         try:
             self.out(f"[ci] {name}: building ({outcome.reason})")
-            result = self._builder().build(name, tag=tag)
+            result = builder.build(name, tag=tag)
             outcome.ref = result.ref
             outcome.image_id = result.image_id or ""
             log = result.log or ""
@@ -227,7 +212,8 @@ class Rebuilder(Configurable):
                 stage = "push"
                 self._push(name, tag)
                 outcome.tags_pushed.append(tag)
-                # Only now, with the tests passed and the commit tag in the registry, does latest move.
+                # Only now, with the tests passed and the commit tag in the registry, does latest
+                # move.
                 self.client.images.get(result.ref).tag(
                     self.cfg.image_repository(name), self.cfg.images.tag
                 )
@@ -252,17 +238,18 @@ class Rebuilder(Configurable):
                 self.out(f"[ci] {name}: FAILED at {outcome.stage}: {outcome.error}")
 
     # -- the plan ----------------------------------------------------------
-    def run_plan(self, plan: Plan, graph: ImageGraph | None = None) -> BuildReport:
-        graph = graph or ImageGraph.from_config(self.cfg)
+    def run_plan(self, plan: Plan) -> BuildReport:
+        # One graph per run: the plan's own (parsed once), shared by every image's build.
+        graph = plan.graph or ImageGraph.from_config(self.cfg)
+        builder = ImageBuilder(self.cfg, self.client, graph=graph)
         tag = commit_tag(plan.head)
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         report = BuildReport(
-            run_id=f"{stamp}-{tag}",
+            run_id=f"{run_stamp()}-{tag}",
             since=plan.since,
             head=plan.head,
             tag=tag,
             push=self.push,
-            started=_now(),
+            started=timestamp(),
         )
         outcomes = {i.name: ImageOutcome(i.name, i.reason) for i in plan.items}
         report.images = list(outcomes.values())
@@ -281,7 +268,8 @@ class Rebuilder(Configurable):
         for p in outside:
             try:
                 if not self._alias_parent(p, tag):
-                    # Nothing to build FROM (a fresh engine and registry, as in hosted CI): build it too.
+                    # Nothing to build FROM (a fresh engine and registry, as in hosted CI): build it
+                    # too.
                     outcomes[p] = ImageOutcome(
                         p,
                         f"needed by {', '.join(graph.children(p))}, and no "
@@ -314,7 +302,7 @@ class Rebuilder(Configurable):
                         for p in graph.images[name].parents
                         if p in in_plan
                     ):
-                        running[pool.submit(self._one, o, graph, tag)] = name
+                        running[pool.submit(self._one, o, graph, builder, tag)] = name
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -322,7 +310,7 @@ class Rebuilder(Configurable):
                     name = running.pop(fut)
                     if outcomes[name].status != "ok":
                         fail_descendants(name)
-        report.finished = _now()
+        report.finished = timestamp()
         return report
 
     def run(self, since: str, head: str = "HEAD") -> BuildReport:

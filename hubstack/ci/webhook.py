@@ -15,13 +15,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import html
 import json
 import re
-import subprocess
 import threading
 import uuid
 from collections.abc import Callable
@@ -31,20 +29,16 @@ from urllib.parse import parse_qs
 
 import tornado.web
 from tornado.httpserver import HTTPServer
-from traitlets import Bool, Unicode
-from traitlets.config import Configurable
 
 from hubstack.ci.plan import make_plan
-from hubstack.ci.rebuild import BuildReport, Rebuilder, write_report
+from hubstack.ci.rebuild import BuildReport, Rebuilder, reports_dir, write_report
+from hubstack.clock import run_stamp, timestamp
 from hubstack.config import PlatformConfig
+from hubstack.git import git, is_commit
 from hubstack.secretfiles import generated_secret
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _ZERO = "0" * 40
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -162,69 +156,50 @@ class BuildHistory:
         return next((r for r in self.records if r.id == build_id), None)
 
 
+# Every branch of the remote, mirrored as remote-tracking refs (pushed commits live there).
+_ALL_BRANCHES = "+refs/heads/*:refs/remotes/origin/*"
+
+
 class Checkout:
     """A clone of the configured repository, moved to whichever commit is to be built."""
 
     def __init__(self, repository: str, path: Path):
         self.repository, self.path = repository, Path(path)
 
-    def _git(self, *args: str) -> str:
-        proc = subprocess.run(["git", "-C", str(self.path), *args], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"git {' '.join(args)}: {proc.stderr.strip()}")
-        return proc.stdout
-
     def at(self, sha: str) -> Path:
         if not (self.path / ".git").exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.run(
-                ["git", "clone", "--quiet", "--no-checkout", self.repository, str(self.path)],
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"cannot clone {self.repository}: {proc.stderr.strip()}")
-        self._git("fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/remotes/origin/*")
-        if (
-            subprocess.run(
-                ["git", "-C", str(self.path), "cat-file", "-e", f"{sha}^{{commit}}"]
-            ).returncode
-            != 0
-        ):
-            self._git("fetch", "--quiet", "origin", sha)  # a commit no branch holds any more
-        self._git("checkout", "--quiet", "--force", "--detach", sha)
-        self._git("clean", "-ffdxq")
+            clone = ("clone", "--quiet", "--no-checkout", self.repository, str(self.path))
+            git(self.path.parent, *clone)
+        git(self.path, "fetch", "--quiet", "--prune", "origin", _ALL_BRANCHES)
+        if not self.has(sha):
+            git(self.path, "fetch", "--quiet", "origin", sha)  # a commit no branch holds any more
+        git(self.path, "checkout", "--quiet", "--force", "--detach", sha)
+        git(self.path, "clean", "-ffdxq")
         return self.path
 
     def has(self, sha: str) -> bool:
-        return (
-            subprocess.run(
-                ["git", "-C", str(self.path), "cat-file", "-e", f"{sha}^{{commit}}"],
-                capture_output=True,
-            ).returncode
-            == 0
-        )
+        return is_commit(self.path, sha)
 
 
-class WebhookBuilder(Configurable):
-    """Queue and worker: one build at a time, pushes during a build coalesce to the newest."""
+class WebhookBuilder:
+    """Queue and worker: one build at a time, pushes during a build coalesce to the newest.
 
-    repository = Unicode(
-        "", help="Git URL or path the builder clones; default: the platform's source_dir."
-    ).tag(config=True)
-    push = Bool(True, help="Push tested images and move latest (as `ci build --push`).").tag(
-        config=True
-    )
+    REPOSITORY: the git URL or path the builder clones (default: the platform's
+    source_dir). PUSH: push tested images and move latest (as `ci build --push`).
+    """
 
     def __init__(
         self,
         cfg: PlatformConfig,
         client,
         run_build: Callable[[BuildRecord, Path], BuildReport] | None = None,
-        **kw,
+        *,
+        repository: str = "",
+        push: bool = True,
     ):
-        super().__init__(**kw)
         self.cfg, self.client = cfg, client
+        self.repository, self.push = repository, push
         self.state = cfg.state_dir / "ci"
         self.secret = load_or_create_secret(cfg.webhook_secret_file)
         self.history = BuildHistory(self.state / "builds.json")
@@ -257,12 +232,12 @@ class WebhookBuilder(Configurable):
                 self.history.save()
                 return pending, True
             rec = BuildRecord(
-                id=f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
+                id=f"{run_stamp()}-{uuid.uuid4().hex[:6]}",
                 branch=push.branch,
                 sha=push.after,
                 since=push.before,
                 provider=push.provider,
-                received=_now(),
+                received=timestamp(),
                 pushes=[push.after],
             )
             self.history.add(rec)
@@ -278,7 +253,7 @@ class WebhookBuilder(Configurable):
                 if self._stopping:
                     return
                 rec = self._pending.pop(next(iter(self._pending)))
-                rec.status, rec.started = "running", _now()
+                rec.status, rec.started = "running", timestamp()
             self.history.save()
             try:
                 report = self._run_build(rec, self.checkout.path)
@@ -290,7 +265,7 @@ class WebhookBuilder(Configurable):
                 rec.status = "ok" if report.ok else "failed"
             except Exception as e:
                 rec.status, rec.error = "error", f"{type(e).__name__}: {e}"
-            rec.finished = _now()
+            rec.finished = timestamp()
             self.history.save()
 
     def _default_build(self, rec: BuildRecord, _: Path) -> BuildReport:
@@ -306,8 +281,8 @@ class WebhookBuilder(Configurable):
             ),
             None,
         )
-        since = last_ok.sha if last_ok else rec.since
-        since = since if since != _ZERO and self.checkout.has(since) else None
+        candidate = last_ok.sha if last_ok else rec.since
+        since = candidate if candidate != _ZERO and self.checkout.has(candidate) else None
         plan = make_plan(cfg, since, rec.sha)
         report = Rebuilder(cfg, self.client, push=self.push, out=lambda line: None).run_plan(plan)
         write_report(self.cfg, report)
@@ -316,7 +291,7 @@ class WebhookBuilder(Configurable):
     def report_path(self, rec: BuildRecord) -> Path | None:
         if not rec.report:
             return None
-        p = self.state / "reports" / f"{rec.report}.json"
+        p = reports_dir(self.cfg) / f"{rec.report}.json"
         return p if p.exists() else None
 
 
@@ -360,7 +335,8 @@ class HookHandler(_Base):
         if self._size > self.builder.cfg.ci.max_body_bytes:
             raise tornado.web.HTTPError(
                 400,
-                f"body over the limit of {self.builder.cfg.ci.max_body_bytes} bytes (ci.max_body_bytes)",
+                f"body over the limit of {self.builder.cfg.ci.max_body_bytes} bytes "
+                "(ci.max_body_bytes)",
             )
         self._chunks.append(chunk)
 
@@ -389,7 +365,8 @@ class HookHandler(_Base):
             return self.write_json(
                 {
                     "status": "ignored",
-                    "reason": f"branch {push.branch!r} is not one of ci.branches {self.builder.cfg.ci.branches}",
+                    "reason": f"branch {push.branch!r} is not one of ci.branches "
+                    f"{self.builder.cfg.ci.branches}",
                 },
                 202,
             )
@@ -442,7 +419,8 @@ class StatusPage(_Base):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(
             "<!doctype html><title>hubstack CI</title><h1>hubstack CI builds</h1>"
-            "<table border=1 cellpadding=4><tr><th>build</th><th>branch</th><th>commit</th><th>status</th>"
+            "<table border=1 "
+            "cellpadding=4><tr><th>build</th><th>branch</th><th>commit</th><th>status</th>"
             "<th>started</th><th>finished</th><th>images</th><th></th></tr>"
             + "".join(rows)
             + "</table>"
@@ -468,7 +446,8 @@ def make_app(builder: WebhookBuilder) -> tornado.web.Application:
 
 
 def make_server(builder: WebhookBuilder) -> HTTPServer:
-    # The handler answers oversized bodies with a clear 400; the server's own cap is only a backstop.
+    # The handler answers oversized bodies with a clear 400; the server's own cap is only a
+    # backstop.
     return HTTPServer(make_app(builder), max_body_size=builder.cfg.ci.max_body_bytes * 2 + 65536)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import subprocess
 import sys
 import tarfile
 import time
@@ -26,6 +25,7 @@ import docker
 
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
+from hubstack.git import git_output_or_empty
 from hubstack.images.graph import ImageContext, ImageGraph, build_args
 from hubstack.registry import auth_config
 
@@ -104,30 +104,19 @@ def context_tar(cfg: PlatformConfig, ctx: ImageContext, root: Path) -> io.BytesI
     return buf
 
 
-def _git(root: Path, *args: str) -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return ""
-
-
 def image_labels(cfg: PlatformConfig, ctx: ImageContext, root: Path, digest: str) -> dict[str, str]:
     """OCI labels that change only when the context does (see the module docstring)."""
     paths = [str(ctx.path), *map(str, ctx.includes)]
-    revision = _git(root, "log", "-1", "--format=%H", "--", *paths) or "unknown"
-    created = _git(root, "log", "-1", "--format=%cI", "--", *paths)
-    if _git(root, "status", "--porcelain", "--", *paths):
+    revision = git_output_or_empty(root, "log", "-1", "--format=%H", "--", *paths) or "unknown"
+    created = git_output_or_empty(root, "log", "-1", "--format=%cI", "--", *paths)
+    if git_output_or_empty(root, "status", "--porcelain", "--", *paths):
         revision += "-dirty"
     if created:
-        created = (
-            datetime.fromisoformat(created).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        )
+        created = datetime.fromisoformat(created).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     # The remote when there is one; never the checkout's own path, which differs per clone
     # and would make every clone rebuild every image.
     folder = ctx.path.resolve().relative_to(root.resolve()).as_posix()
-    origin = _git(root, "config", "--get", "remote.origin.url")
+    origin = git_output_or_empty(root, "config", "--get", "remote.origin.url")
     source = f"{origin}#{folder}" if origin else folder
     return {
         f"{LABEL_PREFIX}.source": source,
@@ -245,7 +234,7 @@ class ImageBuilder:
                 if result.cached
                 else f"built in {result.seconds:.0f}s"
             )
-            self.progress(f"{label}: {how} -> {ref} {result.image_id[7:19]}")
+            self.progress(f"{label}: {how} -> {ref} {(result.image_id or '')[7:19]}")
         else:
             tail = "\n".join(f"    {line}" for line in result.log[-15:])
             self.progress(f"{label}: FAILED after {result.seconds:.0f}s: {result.error}\n{tail}")

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from hubstack.ci.rebuild import commit_tag, reports_dir
+from hubstack.ci.rebuild import Rebuilder, commit_tag, reports_dir
 from hubstack.cli import main
 from tests.ci_support import (
     break_dockerfile,
@@ -102,7 +102,7 @@ def test_root_change_rebuilds_every_descendant_in_order(env, docker_client):
 
 def test_broken_dockerfile_fails_keeps_latest_and_skips_descendants(env, capsys):
     cfg, repo, conf = env
-    base = git(repo, "rev-parse", "HEAD")
+    base = git(repo, "rev-parse", "HEAD").strip()
     before = latest(cfg)
     change(repo, "side", "side-change")  # an independent branch in the same push still ships
     sha = break_dockerfile(repo, "mid")
@@ -162,7 +162,8 @@ def test_promote_moves_stable_and_rolls_back(env, capsys):
     newer = commit_tag(change(repo, "leaf", "promote-me"))
     assert main(["-c", str(conf), "ci", "build", "--since", "HEAD~1", "--push"]) == 0
     assert main(["-c", str(conf), "ci", "promote", newer]) == 0
-    # The leaf's lineage carries the commit tag (root and mid as they were), side has none: it keeps its stable.
+    # The leaf's lineage carries the commit tag (root and mid as they were), side has none: it keeps
+    # its stable.
     for n in ("root", "mid", "leaf"):
         assert manifest_digest(cfg, n, "stable") == manifest_digest(cfg, n, newer) is not None
     assert manifest_digest(cfg, "side", newer) is None
@@ -182,7 +183,6 @@ def test_missing_parents_are_built_first_on_a_fresh_registry(env, docker_client)
         update={"images": cfg.images.model_copy(update={"namespace": "citestfresh"})}
     )
     change(repo, "leaf", "fresh")
-    from hubstack.ci.rebuild import Rebuilder
 
     try:
         report = Rebuilder(fresh, docker_client, push=True, out=lambda line: None).run("HEAD~1")

@@ -47,7 +47,8 @@ def test_webhook_builder_runs_as_a_compose_service(hub_stack, docker_client):
                 [*compose, "logs", "ci-builder"], cwd=REPO, capture_output=True, text=True
             )
             pytest.fail(
-                f"ci-builder did not become healthy:\n{r.stderr[-2000:]}\nits log:\n{logs.stdout[-3000:]}"
+                f"ci-builder did not become healthy:\n{r.stderr[-2000:]}\nits "
+                f"log:\n{logs.stdout[-3000:]}"
             )
         assert requests.get(f"{url}/health", timeout=10).json() == {"status": "ok"}
 

@@ -47,7 +47,7 @@ def test_pushes_during_a_build_coalesce_to_one_build_of_the_last_commit(
     cfg, repo, _ = tiny_env(request, tmp_path_factory, docker_client, "ci-webhook")
     builder = WebhookBuilder(cfg, docker_client, repository=str(repo))
     secret = builder.secret
-    a = git(repo, "rev-parse", "HEAD")
+    a = git(repo, "rev-parse", "HEAD").strip()
     with WebhookServer(builder) as srv:
         # First push of the branch: nothing to compare with, so everything is built.
         body = push_payload(a, ZERO)
@@ -55,7 +55,8 @@ def test_pushes_during_a_build_coalesce_to_one_build_of_the_last_commit(
         assert first["status"] == "queued"
         wait_for(srv.url, first["build"], {"running"})
 
-        # Two pushes while that build runs (one via Gitea): they become one queued build of the last.
+        # Two pushes while that build runs (one via Gitea): they become one queued build of the
+        # last.
         b = change(repo, "leaf", "from-push-b")
         c = change(repo, "mid", "from-push-c")
         body = push_payload(b, a)

@@ -63,7 +63,7 @@ def test_root_change_rebuilds_every_descendant_parents_first(repo, cfg):
 
 
 def test_top_level_contexts_and_build_yaml_includes_count(repo, cfg):
-    base = git(repo, "rev-parse", "HEAD")
+    base = git(repo, "rev-parse", "HEAD").strip()
     (folder_of(repo, "spark-executor") / "entrypoint.sh").write_text("#!/bin/sh\n")
     commit(repo, "executor entrypoint")
     assert make_plan(cfg, base).names == ["spark-executor"]
@@ -75,7 +75,7 @@ def test_top_level_contexts_and_build_yaml_includes_count(repo, cfg):
 
 
 def test_a_changed_image_keeps_its_own_reason_when_its_parent_also_changed(repo, cfg):
-    base = git(repo, "rev-parse", "HEAD")
+    base = git(repo, "rev-parse", "HEAD").strip()
     change(repo, "mid")
     break_dockerfile(repo, "leaf")
     plan = make_plan(cfg, base)
@@ -86,7 +86,8 @@ def test_a_changed_image_keeps_its_own_reason_when_its_parent_also_changed(repo,
 def test_graph_comes_from_the_dockerfiles_at_head(repo, cfg):
     # Re-parent side onto mid in the Dockerfile: a mid change must now rebuild side too.
     (folder_of(repo, "side") / "Dockerfile").write_text(
-        "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM ${HUBSTACK_REPO}/mid:${HUBSTACK_TAG}\n"
+        "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM "
+        "${HUBSTACK_REPO}/mid:${HUBSTACK_TAG}\n"
         "COPY marker.txt /usr/share/citest/side.txt\n"
     )
     commit(repo, "side from mid")

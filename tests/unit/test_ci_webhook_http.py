@@ -10,7 +10,7 @@ import stat
 import pytest
 import requests
 
-from hubstack.ci.webhook import WebhookBuilder, load_or_create_secret
+from hubstack.ci.webhook import PushEvent, WebhookBuilder, load_or_create_secret
 from hubstack.config import parse_config
 from tests.ci_support import (
     WebhookServer,
@@ -142,7 +142,6 @@ def test_other_branches_and_events_are_ignored(server):
 def test_history_survives_a_restart(cfg):
     # The worker is never started, so the build stays queued; a restart marks it interrupted.
     builder = WebhookBuilder(cfg, client=None)
-    from hubstack.ci.webhook import PushEvent
 
     rec, coalesced = builder.submit(PushEvent("main", SHA, "0" * 40, "github"))
     again, coalesced_again = builder.submit(PushEvent("main", "c" * 40, SHA, "github"))
