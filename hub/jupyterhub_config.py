@@ -3,4 +3,4 @@
 from hubstack.config import load_config
 from hubstack.hub.setup import configure_hub
 
-configure_hub(c, load_config())  # noqa: F821 (c is JupyterHub's config object)
+configure_hub(c, load_config())

@@ -56,7 +56,8 @@ class RegistryConfig(_Section):
     address: str = "127.0.0.1:5000"
     """host:port that engines push to and pull from (loopback needs no TLS)."""
     image: str = "registry:2"
-    """Registry server image; built offline from Debian's docker-registry when it cannot be pulled."""
+    """Registry server image; built offline from Debian's docker-registry when it cannot be pulled.
+    """
     username: str = "hubstack"
     credentials_file: Path | None = None
     """Generated on first run (mode 0600); default STATE_DIR/secrets/registry-credentials.json."""
@@ -243,12 +244,24 @@ class PlatformConfig(_Section):
     def source_root(self) -> Path:
         return self.source_dir or default_source_dir()
 
-    def image_ref(self, name: str, tag: str | None = None) -> str:
-        """Full reference of one of our images: REGISTRY/NAMESPACE/NAME:TAG."""
-        return f"{self.registry.address}/{self.images.namespace}/{name}:{tag or self.images.tag}"
+    # An image reference REGISTRY/NAMESPACE/NAME:TAG is spelled here and nowhere else.
+    @property
+    def image_prefix(self) -> str:
+        """REGISTRY/NAMESPACE: what every reference to one of our images starts with (the
+        images' FROM lines get it as the HUBSTACK_REPO build argument)."""
+        return f"{self.registry.address}/{self.images.namespace}"
+
+    def repository_path(self, name: str) -> str:
+        """NAMESPACE/NAME: the repository's path inside the registry (its HTTP API's name)."""
+        return f"{self.images.namespace}/{name}"
 
     def image_repository(self, name: str) -> str:
-        return f"{self.registry.address}/{self.images.namespace}/{name}"
+        """REGISTRY/NAMESPACE/NAME: an image's repository, without a tag."""
+        return f"{self.image_prefix}/{name}"
+
+    def image_ref(self, name: str, tag: str | None = None) -> str:
+        """Full reference of one of our images: REGISTRY/NAMESPACE/NAME:TAG."""
+        return f"{self.image_repository(name)}:{tag or self.images.tag}"
 
     def profile(self, name: str) -> ProfileConfig:
         for p in self.profiles:

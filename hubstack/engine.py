@@ -15,6 +15,7 @@ def docker_client(timeout: int = 600) -> docker.DockerClient:
         client.ping()
     except DockerException as e:
         raise CommandError(
-            f"cannot reach the Docker engine ({e}). Start dockerd, or run ci/test-env.sh which installs and starts it."
+            f"cannot reach the Docker engine ({e}). Start dockerd, or run ci/test-env.sh which "
+            "installs and starts it."
         ) from None
     return client

@@ -50,7 +50,7 @@ def _check_reachable(master):
 
 def _install():
     try:
-        from pyspark.sql import SparkSession
+        from pyspark.sql import SparkSession  # noqa: PLC0415 - optional: kernels without pyspark
     except ImportError:
         return
     builder_class = SparkSession.Builder
@@ -71,7 +71,7 @@ def _install():
                 f"could not start a Spark application on the master {master}: {first_line}"
             ) from e
 
-    getOrCreate._hubstack_wrapped = True
+    getOrCreate._hubstack_wrapped = True  # type: ignore[attr-defined]
     getOrCreate.__doc__ = original.__doc__
     builder_class.getOrCreate = getOrCreate
 

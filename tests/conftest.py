@@ -18,6 +18,9 @@ import pytest
 import yaml
 
 from hubstack.config import PlatformConfig, load_config
+from hubstack.images.bootstrap import bootstrap
+from hubstack.images.build import ImageBuilder, push_image
+from hubstack.registry import RegistryClient, registry_container_spec
 
 IN_CI = os.environ.get("CI") == "true"
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +69,8 @@ def docker_client() -> docker.DockerClient:
         client.ping()
     except docker.errors.DockerException as e:
         pytest.fail(
-            f"the Docker engine is not reachable ({e}); run the README's test command (ci/test.sh), "
+            f"the Docker engine is not reachable ({e}); run the README's test command "
+            "(ci/test.sh), "
             "which installs and starts it",
             pytrace=False,
         )
@@ -82,8 +86,6 @@ def platform_config(tmp_path_factory) -> PlatformConfig:
 @pytest.fixture(scope="session")
 def registry(platform_config, docker_client):
     """The real registry (registry:2 or its offline build), with generated credentials."""
-    from hubstack.images.bootstrap import bootstrap
-    from hubstack.registry import RegistryClient, registry_container_spec
 
     cfg = platform_config
     bootstrap(cfg, docker_client)
@@ -106,7 +108,6 @@ def registry(platform_config, docker_client):
 @pytest.fixture(scope="session")
 def hierarchy(platform_config, docker_client, registry) -> dict[str, dict]:
     """The real hierarchy (all default images), built once and pushed: name -> ref, digest, id."""
-    from hubstack.images.build import ImageBuilder, push_image
 
     cfg = platform_config
     builder = ImageBuilder(cfg, docker_client)

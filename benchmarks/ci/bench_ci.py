@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
 import sys
 import tempfile
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT)]  # run as a script from any folder: the checkout's hubstack first
 
 import docker  # noqa: E402
 
@@ -36,8 +37,6 @@ from tests.ci_support import change, make_repo, tiny_config  # noqa: E402
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -53,7 +52,8 @@ def main() -> int:
     client.ping()
     with tempfile.TemporaryDirectory(prefix="ci-bench-") as tmp:
         tmp = Path(tmp)
-        # A throw-away registry like the platform's own (bootstrapped offline if it cannot be pulled).
+        # A throw-away registry like the platform's own (bootstrapped offline if it cannot be
+        # pulled).
         base_cfg = parse_config(
             {
                 "state_dir": str(tmp / "registry-state"),
@@ -118,7 +118,8 @@ def main() -> int:
         )
         return 0
     print(
-        f"hubstack ci benchmark: tiny 4-image hierarchy, median of {args.repeat}, build+test+push per image"
+        f"hubstack ci benchmark: tiny 4-image hierarchy, median of {args.repeat}, build+test+push "
+        "per image"
     )
     for k, v in med.items():
         print(f"  {k:30} {v:8.3f} s  ({counts[k]} image(s))")

@@ -40,7 +40,8 @@ def measure(master):
     assert spark.range(1000).count() == 1000
     startup = time.perf_counter() - t0
     t1 = time.perf_counter()
-    rows = spark.range(10**7).selectExpr("id % 1000 as k", "id as v").groupBy("k").sum("v").collect()
+    frame = spark.range(10**7).selectExpr("id % 1000 as k", "id as v")
+    rows = frame.groupBy("k").sum("v").collect()
     assert sum(r[1] for r in rows) == 10**7 * (10**7 - 1) // 2
     sql = time.perf_counter() - t1
     t2 = time.perf_counter()
@@ -101,12 +102,14 @@ def main() -> int:
         f"load average at the end: {os.getloadavg()[0]:.1f}"
     )
     print(
-        "| where | getOrCreate -> first result | sum over 10^7 rows, 1000 groups | Python map, 2*10^6 numbers |"
+        "| where | getOrCreate -> first result | sum over 10^7 rows, 1000 groups | Python map, "
+        "2*10^6 numbers |"
     )
     print("| --- | --- | --- | --- |")
     for r in results:
         print(
-            f"| {r['master']} | {r['startup_s']:.1f} s | {r['sql_job_s']:.1f} s | {r['python_job_s']:.1f} s |"
+            f"| {r['master']} | {r['startup_s']:.1f} s | {r['sql_job_s']:.1f} s | "
+            f"{r['python_job_s']:.1f} s |"
         )
     return 0
 

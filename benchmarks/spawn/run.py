@@ -76,7 +76,8 @@ def pct(values: list[float], p: float) -> float:
 
 
 def summary(label: str, values: list[float]) -> str:
-    return f"{label:<34} p50 {pct(values, 50):6.2f}  p95 {pct(values, 95):6.2f}  max {max(values):6.2f}"
+    p50, p95 = pct(values, 50), pct(values, 95)
+    return f"{label:<34} p50 {p50:6.2f}  p95 {p95:6.2f}  max {max(values):6.2f}"
 
 
 def run_round(cfg, users: dict, client, label: str) -> list[str]:

@@ -248,7 +248,8 @@ def validate_users(records: dict[str, UserRecord], min_uid: int, where: str) -> 
             raise UsersFileError(f"{where}: user {name!r}: {e}") from None
         if rec.uid in seen_uids:
             raise UsersFileError(
-                f"{where}: user {name!r}: uid {rec.uid} is already used by user {seen_uids[rec.uid]!r}"
+                f"{where}: user {name!r}: uid {rec.uid} is already used by user "
+                f"{seen_uids[rec.uid]!r}"
             )
         seen_uids[rec.uid] = name
 

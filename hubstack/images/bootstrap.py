@@ -37,7 +37,8 @@ def _try_pull(client: docker.DockerClient, ref: str, progress: Callable[[str], N
         return True
     except docker.errors.APIError as e:
         progress(
-            f"{ref}: cannot be pulled ({str(e.explanation or e).splitlines()[0][:160]}); building it offline"
+            f"{ref}: cannot be pulled ({str(e.explanation or e).splitlines()[0][:160]}); building "
+            "it offline"
         )
         return False
 
@@ -48,7 +49,8 @@ def _ensure_debootstrap(progress: Callable[[str], None]) -> str:
         return found
     if shutil.which("apt-get") is None:
         raise CommandError(
-            "debootstrap is needed to make the Debian root offline; install it (Debian: apt-get install debootstrap)"
+            "debootstrap is needed to make the Debian root offline; install it (Debian: apt-get "
+            "install debootstrap)"
         )
     progress("installing debootstrap with apt-get")
     proc = subprocess.run(
@@ -61,7 +63,7 @@ def _ensure_debootstrap(progress: Callable[[str], None]) -> str:
         )
     if proc.returncode != 0 or not shutil.which("debootstrap"):
         raise CommandError(f"could not install debootstrap: {proc.stderr.strip()[-300:]}")
-    return shutil.which("debootstrap")
+    return shutil.which("debootstrap") or "debootstrap"
 
 
 def debootstrap_base(
@@ -75,7 +77,8 @@ def debootstrap_base(
     with tempfile.TemporaryDirectory(prefix="hubstack-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         progress(
-            f"{cfg.base.image}: debootstrap --variant=minbase {cfg.base.suite} from {cfg.base.debian_mirror} (about 30 s)"
+            f"{cfg.base.image}: debootstrap --variant=minbase {cfg.base.suite} from "
+            f"{cfg.base.debian_mirror} (about 30 s)"
         )
         proc = subprocess.Popen(
             [debootstrap, "--variant=minbase", cfg.base.suite, str(rootfs), cfg.base.debian_mirror],
@@ -84,6 +87,7 @@ def debootstrap_base(
             text=True,
         )
         tail: list[str] = []
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
             tail = (tail + [line.rstrip()])[-20:]
             if (
@@ -106,6 +110,7 @@ def debootstrap_base(
         tar = subprocess.Popen(
             ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE
         )
+        assert tar.stdout is not None  # stdout=PIPE
         try:
             client.api.import_image(src=tar.stdout, repository=repo, tag=tag)
         finally:

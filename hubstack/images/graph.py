@@ -61,7 +61,7 @@ def build_args(cfg: PlatformConfig, tag: str | None = None) -> dict[str, str]:
     """The build arguments every image build gets; FROM lines are resolved with them."""
     return {
         "BASE_IMAGE": cfg.base.image,
-        "HUBSTACK_REPO": f"{cfg.registry.address}/{cfg.images.namespace}",
+        "HUBSTACK_REPO": cfg.image_prefix,
         "HUBSTACK_TAG": tag or cfg.images.tag,
     }
 
@@ -100,7 +100,7 @@ def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
 
 
 def parse_from_lines(dockerfile: Path, args: dict[str, str]) -> list[tuple[int, str]]:
-    """The image each stage starts FROM (line number, resolved reference), stage aliases excluded."""
+    """The image each stage starts FROM (line number, resolved reference), aliases excluded."""
     env: dict[str, str] = {}
     stages: set[str] = set()
     refs: list[tuple[int, str]] = []
@@ -172,7 +172,8 @@ class ImageGraph:
                     continue
                 if folder.name in folders and folders[folder.name] != folder:
                     raise GraphError(
-                        f"two images are named {folder.name!r}: {folders[folder.name]} and {folder}; "
+                        f"two images are named {folder.name!r}: {folders[folder.name]} and "
+                        f"{folder}; "
                         "image names come from folder names and must be unique"
                     )
                 folders[folder.name] = folder
@@ -193,7 +194,8 @@ class ImageGraph:
                     if parent not in folders:
                         known = ", ".join(sorted(folders))
                         raise GraphError(
-                            f"{where}: FROM {ref}: unknown parent image {parent!r} (images: {known})"
+                            f"{where}: FROM {ref}: unknown parent image {parent!r} (images: "
+                            f"{known})"
                         )
                     parents.append(parent)
                 elif _strip_tag(ref) in allowed_external:
@@ -201,8 +203,8 @@ class ImageGraph:
                 else:
                     raise GraphError(
                         f"{where}: FROM {ref}: unknown parent: neither one of our images "
-                        f"(FROM ${{HUBSTACK_REPO}}/NAME:${{HUBSTACK_TAG}}) nor the configured base image "
-                        f"{cfg.base.image} (base.image)"
+                        f"(FROM ${{HUBSTACK_REPO}}/NAME:${{HUBSTACK_TAG}}) nor the configured "
+                        f"base image {cfg.base.image} (base.image)"
                     )
             images[name] = ImageContext(
                 name=name,
@@ -290,7 +292,7 @@ class ImageGraph:
         return self.order(need)
 
     def default_targets(self, cfg: PlatformConfig) -> list[str]:
-        """What a plain `hubstack images build` builds: all but on-demand images and their descendants."""
+        """What a plain `hubstack images build` builds: all but on-demand images and children."""
         skip = {n for n in cfg.images.on_demand if n in self.images}
         skip.update(self.descendants(skip))
         return [n for n in self.order() if n not in skip]

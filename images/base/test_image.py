@@ -1,4 +1,6 @@
-"""base: the blessed root. Run by `hubstack ci build` against a fresh image (see hubstack/ci/imagetest.py)."""
+"""base: the blessed root. Run by `hubstack ci build` against a fresh image (see
+hubstack/ci/imagetest.py).
+"""
 
 
 def test_default_user_is_jovyan_uid_1000_not_root(run):

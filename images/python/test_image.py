@@ -1,4 +1,4 @@
-"""python: the data stack in /opt/venv. Run by `hubstack ci build` (see hubstack/ci/imagetest.py)."""
+"""python: the data stack in /opt/venv. Run by `hubstack ci build` (hubstack/ci/imagetest.py)."""
 
 
 def test_venv_python_is_the_default(run):

@@ -1,4 +1,4 @@
-"""spark: a JRE and pyspark in /opt/venv. Run by `hubstack ci build` (see hubstack/ci/imagetest.py)."""
+"""spark: a JRE and pyspark in /opt/venv. Run by `hubstack ci build` (hubstack/ci/imagetest.py)."""
 
 
 def test_local_spark_session_runs_a_job(run):

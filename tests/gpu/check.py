@@ -23,6 +23,7 @@ Exit status: 0 all passed, 1 a step failed, 2 this host cannot run the check
 from __future__ import annotations
 
 import argparse
+import asyncio
 import glob
 import importlib
 import json
@@ -53,7 +54,8 @@ if out["cuInit"] != 0:
     print(json.dumps(out)); sys.exit(4)
 n = ctypes.c_int(); cuda.cuDeviceGetCount(ctypes.byref(n)); out["devices"] = n.value
 dev = ctypes.c_int(); out["cuDeviceGet"] = cuda.cuDeviceGet(ctypes.byref(dev), 0)
-name = ctypes.create_string_buffer(256); cuda.cuDeviceGetName(name, 256, dev); out["name"] = name.value.decode()
+name = ctypes.create_string_buffer(256); cuda.cuDeviceGetName(name, 256, dev)
+out["name"] = name.value.decode()
 ctx = ctypes.c_void_p()
 out["cuCtxCreate"] = cuda.cuCtxCreate_v2(ctypes.byref(ctx), 0, dev)
 ptr = ctypes.c_uint64(); size = 1 << 30
@@ -70,13 +72,15 @@ TORCH_PROBE = r"""
 import json, time, torch
 assert torch.cuda.is_available(), "torch.cuda.is_available() is False"
 n = 8192
-a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16); b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
 for _ in range(3): a @ b
 torch.cuda.synchronize(); t = time.perf_counter(); reps = 20
 for _ in range(reps): c = a @ b
 torch.cuda.synchronize(); dt = time.perf_counter() - t
 print(json.dumps({"torch": torch.__version__, "device": torch.cuda.get_device_name(0),
-                  "tflops_bf16": round(2 * n**3 * reps / dt / 1e12, 1), "finite": bool(torch.isfinite(c).all())}))
+                  "tflops_bf16": round(2 * n**3 * reps / dt / 1e12, 1),
+                  "finite": bool(torch.isfinite(c).all())}))
 """
 
 
@@ -114,8 +118,10 @@ def find_gpu_nodes(dev_root: Path) -> list[str]:
     nodes = sorted(glob.glob(str(dev_root / "nvidia[0-9]*")))
     if not nodes:
         raise CannotRun(
-            f"no NVIDIA device nodes ({dev_root}/nvidia[0-9]*) on this host: it has no NVIDIA GPU, or the "
-            "driver's kernel module is not loaded (nvidia-smi on the host creates the nodes). Run this on a GPU host."
+            f"no NVIDIA device nodes ({dev_root}/nvidia[0-9]*) on this host: it has no NVIDIA GPU, "
+            "or the "
+            "driver's kernel module is not loaded (nvidia-smi on the host creates the nodes). Run "
+            "this on a GPU host."
         )
     return nodes
 
@@ -163,7 +169,7 @@ def python_deps_from_bundle(bundle: Path | None, work: Path) -> None:
 
 
 class Engine:
-    """The host's engine if one answers, else Debian's engine from the bundle on a private socket."""
+    """The host's engine if one answers, else Debian's engine from the bundle, privately."""
 
     def __init__(self, bundle: Path | None, work: Path, own: bool):
         self.bundle, self.work, self.own = bundle, work, own
@@ -295,8 +301,6 @@ def notebook_container(
     """Create (and start) the container for a profile the way the hub does: the GPU grant from
     hubstack.hub.gpu (GPUAllocator.reserve), identity and lockdown from
     hubstack.hub.container_spec, the very functions the spawner calls."""
-    import asyncio
-
     from hubstack.hub import container_spec
     from hubstack.hub.gpu import GPUAllocator
 
@@ -356,14 +360,16 @@ def last_json(text: str) -> dict:
 
 
 def torch_python_mounts(torch_python: str) -> tuple[str, dict]:
-    """Interpreter path and read-only binds that make a host Python with torch usable in the container."""
+    """Interpreter path and read-only binds that make a host Python with torch usable inside."""
     info = json.loads(
         subprocess.check_output(
             [
                 torch_python,
                 "-c",
-                "import sys, json, os, torch; print(json.dumps({'exe': os.path.realpath(sys.executable), "
-                "'prefixes': sorted({sys.prefix, sys.base_prefix}), 'torch': os.path.dirname(torch.__file__)}))",
+                "import sys, json, os, torch; "
+                "print(json.dumps({'exe': os.path.realpath(sys.executable), "
+                "'prefixes': sorted({sys.prefix, sys.base_prefix}), 'torch': "
+                "os.path.dirname(torch.__file__)}))",
             ],
             text=True,
         )
@@ -371,8 +377,10 @@ def torch_python_mounts(torch_python: str) -> tuple[str, dict]:
     for p in info["prefixes"]:
         if p in ("/usr", "/usr/local", "/"):
             raise CannotRun(
-                f"{torch_python}'s torch lives in the system Python ({p}), which cannot be mounted over the "
-                "container's; use a self-contained Python (conda, uv/python-build-standalone, or a venv of one)"
+                f"{torch_python}'s torch lives in the system Python ({p}), which cannot be mounted "
+                "over the "
+                "container's; use a self-contained Python (conda, uv/python-build-standalone, or a "
+                "venv of one)"
             )
     binds = {p: {"bind": p, "mode": "ro"} for p in info["prefixes"]}
     return torch_python, binds
@@ -398,7 +406,8 @@ def main(argv=None) -> int:
         "--driver-dir",
         type=Path,
         default=None,
-        help="driver folder with bin/nvidia-smi and lib64/libcuda.so.1 (default: gpu.driver_dir, /usr/local/nvidia)",
+        help="driver folder with bin/nvidia-smi and lib64/libcuda.so.1 "
+        "(default: gpu.driver_dir, /usr/local/nvidia)",
     )
     ap.add_argument(
         "--config", help="hubstack platform config (default: built-in defaults; gpu.mode auto)"
@@ -446,7 +455,8 @@ def main(argv=None) -> int:
         driver = Path(cfg.gpu.driver_dir)
         if not (driver / "bin" / "nvidia-smi").exists():
             raise CannotRun(
-                f"no {driver}/bin/nvidia-smi: point --driver-dir (or gpu.driver_dir) at the driver folder"
+                f"no {driver}/bin/nvidia-smi: point --driver-dir (or gpu.driver_dir) at the driver "
+                "folder"
             )
         report.add("driver folder", True, str(driver))
 

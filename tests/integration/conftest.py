@@ -30,7 +30,7 @@ ANALYSTS = {
 
 
 def _dev_images() -> dict[str, str] | None:
-    """name -> hand-built stand-in image, for quick local iteration (HUBTEST_DEV_IMAGES=repo:tag)."""
+    """name -> hand-built stand-in image, for quick local runs (HUBTEST_DEV_IMAGES=repo:tag)."""
     dev = os.environ.get("HUBTEST_DEV_IMAGES")
     if not dev:
         return None

@@ -18,6 +18,7 @@ import requests
 import websocket
 import yaml
 
+from hubstack.hub.users import users_file_for
 from tests.conftest import config_data, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +52,6 @@ def hubstack(config: Path, *args: str, timeout: int = 900) -> subprocess.Complet
 
 def add_user(cfg, name: str, password: str, uid: int, gid: int, groups: list[int]) -> None:
     """Put an analyst into the users file through the users module."""
-    from hubstack.hub.users import users_file_for
 
     users_file_for(cfg).add(name, uid, gid, groups, password=password)
 

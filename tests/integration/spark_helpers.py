@@ -13,6 +13,7 @@ import json
 import subprocess
 import tarfile
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,8 +141,6 @@ class SparkCluster:
         )
 
     def master_status(self) -> dict:
-        import urllib.request
-
         url = f"http://127.0.0.1:{self.cfg.spark.master_ui_port}/json/"
         with urllib.request.urlopen(url, timeout=10) as r:
             return json.load(r)

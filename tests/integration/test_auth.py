@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from hubstack.hub.users import UsersFile
 
@@ -162,8 +163,6 @@ def test_users_added_changed_removed_while_running(hub):
 
 
 def test_broken_hash_locks_out_only_that_user(hub):
-    import yaml
-
     users = hub["users"]
     users.add("dave", uid=1004, gid=1004, password="dave-pw")
     data = yaml.safe_load(users.path.read_text())

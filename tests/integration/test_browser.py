@@ -37,7 +37,8 @@ CHROMIUM_FLAGS = [
 def browser():
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     assert chromium and driver, (
-        "install Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)"
+        "install Debian's chromium and chromium-driver (apt-get install -y chromium "
+        "chromium-driver)"
     )
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium

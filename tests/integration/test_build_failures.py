@@ -6,21 +6,22 @@ import pytest
 
 from hubstack.config import parse_config
 from hubstack.images.build import ImageBuilder
+from tests.conftest import SESSION_ID
 
 pytestmark = pytest.mark.integration
 
 
 def test_broken_dockerfile_leaves_the_tag_and_skips_children(tmp_path, docker_client):
-    from tests.conftest import SESSION_ID
-
     images = tmp_path / "images"
     (images / "root").mkdir(parents=True)
     (images / "leaf").mkdir()
     (images / "root" / "Dockerfile").write_text(
-        f"ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${{BASE_IMAGE}}\nRUN echo v1-{SESSION_ID} > /v\n"
+        f"ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${{BASE_IMAGE}}\nRUN echo v1-{SESSION_ID} > "
+        "/v\n"
     )
     (images / "leaf" / "Dockerfile").write_text(
-        "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM ${HUBSTACK_REPO}/root:${HUBSTACK_TAG}\nRUN cat /v\n"
+        "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM "
+        "${HUBSTACK_REPO}/root:${HUBSTACK_TAG}\nRUN cat /v\n"
     )
     cfg = parse_config(
         {

@@ -145,7 +145,8 @@ def test_device_nodes_container_gets_its_gpu_and_nothing_more(tmp_path, docker_c
         docker_client,
         cid,
         "id -u; id -g; nvidia-smi; ls /dev | grep nvidia; "
-        "echo x > /dev/nvidia0 && echo node-writable; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
+        "echo x > /dev/nvidia0 && echo node-writable; grep -E '^(CapEff|NoNewPrivs)' "
+        "/proc/self/status; "
         f"touch {driver}/bin/x 2>/dev/null || echo driver-read-only",
     )
     assert rc == 0, out

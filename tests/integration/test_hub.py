@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 WHOAMI = (
     "import os, pwd, grp, getpass, subprocess\n"
     "print(os.getuid(), os.getgid(), sorted(os.getgroups()), getpass.getuser(), os.environ['HOME'],"
-    " pwd.getpwuid(os.getuid()).pw_dir, os.getcwd(), subprocess.run(['whoami'], capture_output=True, text=True).stdout.strip())\n"
+    " pwd.getpwuid(os.getuid()).pw_dir, os.getcwd(), subprocess.run(['whoami'], "
+    "capture_output=True, text=True).stdout.strip())\n"
     "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
     "print(open('/proc/self/status').read().split('NoNewPrivs:')[1].split()[0])\n"
 )

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import docker
 import pytest
+import requests
 
+from hubstack.errors import CommandError
 from hubstack.images.build import ImageBuilder, context_digest, push_image
 from hubstack.images.graph import ImageGraph
-from hubstack.registry import Credentials, RegistryClient
+from hubstack.registry import Credentials, RegistryClient, auth_config
+from tests.conftest import SESSION_ID
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,7 +31,6 @@ def run(client: docker.DockerClient, image: str, command: str, **kw) -> str:
 @pytest.fixture(scope="module")
 def empty_engine():
     """A second dockerd with its own empty image store: a fresh node pulling from the registry."""
-    from tests.conftest import SESSION_ID
 
     root = Path(tempfile.mkdtemp(prefix="hubstack-node2-"))
     sock = root / "docker.sock"
@@ -86,8 +88,6 @@ def empty_engine():
 
 
 def test_notebook_pulls_back_by_digest_on_an_empty_engine(hierarchy, platform_config, empty_engine):
-    from hubstack.registry import auth_config
-
     nb = hierarchy["notebook"]
     image = empty_engine.images.pull(nb["repo_digest"], auth_config=auth_config(platform_config))
     assert nb["digest"] in " ".join(image.attrs["RepoDigests"])
@@ -95,7 +95,8 @@ def test_notebook_pulls_back_by_digest_on_an_empty_engine(hierarchy, platform_co
     out = run(
         empty_engine,
         nb["repo_digest"],
-        'python -c "import jupyterlab, pyspark, pandas; print(pyspark.__version__, pandas.__version__)"; id -u',
+        'python -c "import jupyterlab, pyspark, pandas; print(pyspark.__version__, '
+        'pandas.__version__)"; id -u',
         network_mode="none",
     )
     versions, uid = out.split("\n")[:2]
@@ -193,7 +194,6 @@ def test_anonymous_push_is_refused(hierarchy, docker_client, platform_config, re
     assert any("error" in c for c in out), out
     assert "no basic auth credentials" in str(out) or "unauthorized" in str(out).lower()
     # and the HTTP API, without credentials, answers 401
-    import requests
 
     assert (
         requests.get(
@@ -204,8 +204,6 @@ def test_anonymous_push_is_refused(hierarchy, docker_client, platform_config, re
 
 
 def test_wrong_password_is_refused(hierarchy, docker_client, platform_config, registry):
-    from hubstack.errors import CommandError
-
     with pytest.raises(
         CommandError, match="push of .*/base:test failed: .*(unauthorized|authentication required)"
     ):

@@ -10,14 +10,15 @@ lose the job.
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
 from hubstack import spark as hs
 from tests.integration.spark_helpers import ENV_JOB, SparkCluster, cluster_config, start_driver
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KILL_JOB = r"""
 import json, time
@@ -132,7 +133,6 @@ def test_two_analysts_run_on_the_cluster_with_the_drivers_environment(cluster, d
 def test_job_survives_a_worker_killed_mid_job(cluster, drivers):
     d = start_driver(cluster, notebook_image(cluster.cfg), KILL_JOB)
     drivers.append(d)
-    import time
 
     deadline = time.monotonic() + 240
     while "JOB START" not in d.logs():

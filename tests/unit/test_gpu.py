@@ -4,15 +4,18 @@ plain files under a temporary folder (detection only reads their names)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+from pathlib import Path
 
 import pytest
-from docker.types import DeviceRequest
+from docker.types import DeviceRequest, HostConfig
 
 from hubstack.config import parse_config
 from hubstack.hub.gpu import (
     GPUAllocator,
     GPUHolder,
     GPUUnavailable,
+    allocator,
     detect_gpu_indices,
     detect_mode,
     device_nodes_host_config,
@@ -22,6 +25,7 @@ from hubstack.hub.gpu import (
     make_grant,
     offered_profiles,
 )
+from hubstack.images.graph import ImageGraph
 
 
 def fake_dev(tmp_path, *names):
@@ -181,7 +185,6 @@ def test_spawner_allocator_gives_engine_host_paths_and_scans_where_told(tmp_path
     # A hub in a container sees the host's /dev mounted elsewhere; the engine needs /dev paths.
     seen = fake_dev(tmp_path, "nvidia0", "nvidiactl")
     monkeypatch.setenv("HUBSTACK_GPU_SCAN_ROOT", str(seen))
-    from hubstack.hub.gpu import allocator
 
     alloc = allocator(cfg(mode="device-nodes"), None)
     assert alloc.gpus == [0]
@@ -196,10 +199,6 @@ def test_spawner_allocator_gives_engine_host_paths_and_scans_where_told(tmp_path
 
 def test_gpu_image_is_in_the_graph_but_built_only_on_demand(tmp_path):
     # The real images/gpu/Dockerfile beside stand-ins for its ancestors.
-    import shutil
-    from pathlib import Path
-
-    from hubstack.images.graph import ImageGraph
 
     root = Path(__file__).resolve().parents[2]
     parents = {"base": None, "python": "base", "spark": "python", "notebook": "spark"}
@@ -209,7 +208,8 @@ def test_gpu_image_is_in_the_graph_but_built_only_on_demand(tmp_path):
             "ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE}\n"
             if parent is None
             else (
-                f"ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM ${{HUBSTACK_REPO}}/{parent}:${{HUBSTACK_TAG}}\n"
+                "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM "
+                f"${{HUBSTACK_REPO}}/{parent}:${{HUBSTACK_TAG}}\n"
             )
         )
         (tmp_path / "images" / name / "Dockerfile").write_text(head)
@@ -223,8 +223,8 @@ def test_gpu_image_is_in_the_graph_but_built_only_on_demand(tmp_path):
 
 
 def test_device_requests_survive_dockerspawner_template_rendering():
-    # DockerSpawner renders extra_host_config into plain dicts; the engine must get the same request.
-    from docker.types import HostConfig
+    # DockerSpawner renders extra_host_config into plain dicts; the engine must get the same
+    # request.
 
     req = device_requests_host_config([1])["device_requests"][0]
     rendered = {str(k): v for k, v in req.items()}

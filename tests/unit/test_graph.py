@@ -8,7 +8,10 @@ from hubstack.cli import main
 from hubstack.config import parse_config
 from hubstack.images.graph import GraphError, ImageGraph
 
-CHILD = "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\nFROM ${{HUBSTACK_REPO}}/{parent}:${{HUBSTACK_TAG}}\n"
+CHILD = (
+    "ARG HUBSTACK_REPO=hubstack\nARG HUBSTACK_TAG=latest\n"
+    "FROM ${{HUBSTACK_REPO}}/{parent}:${{HUBSTACK_TAG}}\n"
+)
 ROOT_IMAGE = "ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE}\n"
 
 
@@ -58,7 +61,8 @@ def test_unknown_parent_is_named(tmp_path):
     cfg = make_tree(tmp_path, {"root": ROOT_IMAGE, "leaf": CHILD.format(parent="rot")})
     with pytest.raises(
         GraphError,
-        match=r"leaf/Dockerfile:3: FROM .*/rot:latest: unknown parent image 'rot' \(images: leaf, root\)",
+        match=r"leaf/Dockerfile:3: FROM .*/rot:latest: "
+        r"unknown parent image 'rot' \(images: leaf, root\)",
     ):
         ImageGraph.from_config(cfg)
 
@@ -67,7 +71,8 @@ def test_foreign_base_is_refused(tmp_path):
     cfg = make_tree(tmp_path, {"root": "FROM ubuntu:24.04\n"})
     with pytest.raises(
         GraphError,
-        match=r"FROM ubuntu:24.04: unknown parent: neither one of our images .* nor the configured base image debian:bookworm-slim",
+        match=r"FROM ubuntu:24.04: unknown parent: neither one of our images .* "
+        r"nor the configured base image debian:bookworm-slim",
     ):
         ImageGraph.from_config(cfg)
 

@@ -11,7 +11,6 @@ import yaml
 
 from hubstack.cli import main
 from hubstack.config import parse_config
-from hubstack.hub.cli import ensure_initial_admin
 from hubstack.hub.users import (
     FileUserSource,
     PasswordHashError,
@@ -21,6 +20,7 @@ from hubstack.hub.users import (
     lookup_user,
     verify_password,
 )
+from hubstack.hub.users_cli import ensure_initial_admin
 
 
 @pytest.fixture
