@@ -8,8 +8,11 @@ Loading validates the whole file and reports every problem as
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -30,6 +33,41 @@ DEFAULT_CONFIG_PATHS = (Path("hubstack.yaml"), Path("/etc/hubstack/hubstack.yaml
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")
 _MEMORY = re.compile(r"^\d+(\.\d+)?[kKmMgGtT]?$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+
+
+# Where Debian/Ubuntu and Fedora/RHEL keep the system's trusted CAs as one PEM bundle.
+HOST_CA_BUNDLES = (
+    Path("/etc/ssl/certs/ca-certificates.crt"),
+    Path("/etc/pki/tls/certs/ca-bundle.crt"),
+)
+NO_CA = "none"
+
+
+def host_ca_bundle() -> Path | None:
+    """The host's system CA bundle, if it has one where Linux distributions keep it."""
+    return next((p for p in HOST_CA_BUNDLES if p.is_file()), None)
+
+
+@functools.cache
+def host_pip_index_url() -> str | None:
+    """The host's pip index when it is a URL a container can use (http/https), else None.
+
+    PIP_INDEX_URL first, then pip's own config (`pip config get global.index-url`), read
+    with pip's config module so every file pip reads is honoured.
+    """
+    url = os.environ.get("PIP_INDEX_URL")
+    if not url:
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            url = proc.stdout.strip() if proc.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            url = None
+    return url if url and url.startswith(("http://", "https://")) else None
 
 
 class ConfigError(Exception):
@@ -82,9 +120,31 @@ class BaseImageConfig(_Section):
     """auto: pull, and build the root with debootstrap when the pull fails."""
     debian_mirror: str = "http://deb.debian.org/debian"
     suite: str = "bookworm"
-    extra_ca_bundle: Path | None = None
-    """PEM bundle added to every image's trust store (enterprise TLS inspection)."""
-    pip_index_url: str | None = None
+    extra_ca_bundle: Path | None = Field(None, validate_default=True)
+    """PEM bundle added to every image's trust store, so builds and notebooks trust what the
+    host trusts (a site that re-signs TLS has its CA there). Unset: the host's system bundle
+    (HOST_CA_BUNDLES); `none`: Debian's own certificates only."""
+    pip_index_url: str | None = Field(None, validate_default=True)
+    """Index pip uses in the images. Unset: the host's own (PIP_INDEX_URL, or pip's config
+    global.index-url) when that is an http(s) URL; else PyPI."""
+
+    @field_validator("extra_ca_bundle", mode="before")
+    @classmethod
+    def _ca_default(cls, v: object) -> object:
+        if v is None:
+            return host_ca_bundle()
+        if isinstance(v, str) and v.strip().lower() == NO_CA:
+            return None
+        return v
+
+    @field_validator("pip_index_url", mode="before")
+    @classmethod
+    def _index_default(cls, v: object) -> object:
+        if v is None:
+            return host_pip_index_url()
+        if isinstance(v, str) and v.strip().lower() == "pypi":
+            return None
+        return v
 
 
 class ImagesConfig(_Section):
@@ -198,7 +258,7 @@ class PlatformConfig(_Section):
     source_dir: Path | None = None
     """Checkout holding images/, hub/, compose/; default: the one this package came from."""
     registry: RegistryConfig = RegistryConfig()
-    base: BaseImageConfig = BaseImageConfig()
+    base: BaseImageConfig = Field(default_factory=BaseImageConfig)
     images: ImagesConfig = ImagesConfig()
     resources: ResourcesConfig = ResourcesConfig()
     profiles: list[ProfileConfig] = Field(default_factory=_default_profiles)
@@ -281,8 +341,11 @@ def _resolve_paths(data: dict, base: Path) -> None:
     """Make relative paths in the file relative to the file, not to the cwd."""
 
     def fix(section: dict | None, key: str) -> None:
-        if isinstance(section, dict) and isinstance(section.get(key), str):
-            p = Path(os.path.expanduser(section[key]))
+        if not isinstance(section, dict):
+            return
+        value = section.get(key)
+        if isinstance(value, str) and value.strip().lower() != NO_CA:  # `none` is no path
+            p = Path(os.path.expanduser(value))
             section[key] = str(p if p.is_absolute() else (base / p))
 
     fix(data, "state_dir")

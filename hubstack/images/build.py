@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import sys
 import tarfile
 import time
@@ -44,6 +45,57 @@ class BuildResult:
     seconds: float = 0.0
     cached: bool = False
     """Every step came from the build cache."""
+
+
+# What pip, npm, curl and apt print when a build cannot verify or reach a package index.
+_TLS_FAILURES = (
+    "SELF_SIGNED_CERT_IN_CHAIN",
+    "CERTIFICATE_VERIFY_FAILED",
+    "certificate verify failed",
+    "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+    "unable to get local issuer certificate",
+    "Certificate verification failed",
+    "SSL certificate problem",
+)
+_INDEX_UNREACHABLE = (
+    "Temporary failure in name resolution",
+    "Failed to establish a new connection",
+    "getaddrinfo ENOTFOUND",
+    "EAI_AGAIN",
+    "Could not resolve host",
+    "Connection timed out",
+    "ETIMEDOUT",
+)
+
+
+def diagnose_failure(cfg: PlatformConfig, log: Iterable[str]) -> str | None:
+    """One line naming the cause and the config key that fixes it, for the failures a new
+    site meets first (TLS re-signed by a proxy, no route to the package index); else None."""
+    # The engine streams a RUN's stderr in small chunks with colour codes between them,
+    # which can split a message mid-word: join the chunks as they came, colours removed.
+    text = _ANSI.sub("", "".join(log))
+    if any(marker in text for marker in _TLS_FAILURES):
+        ca = cfg.base.extra_ca_bundle
+        now = f"it is {ca}" if ca else "it is `none`"
+        return (
+            "a package download failed the TLS certificate check: this network re-signs TLS, "
+            f"so set base.extra_ca_bundle to a PEM bundle holding its CA ({now})"
+        )
+    if any(marker in text for marker in _INDEX_UNREACHABLE):
+        index = cfg.base.pip_index_url or "PyPI"
+        return (
+            f"a package index could not be reached from inside the build (pip: {index}); set "
+            "base.pip_index_url (and base.debian_mirror) to a mirror this network reaches"
+        )
+    return None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def build_log_file(cfg: PlatformConfig, name: str) -> Path:
+    """Where a failed build's whole log is kept (the terminal shows its tail)."""
+    return cfg.state_dir / "logs" / f"build-{name}.log"
 
 
 def _context_files(ctx: ImageContext, root: Path) -> list[tuple[str, Path]]:
@@ -236,9 +288,28 @@ class ImageBuilder:
             )
             self.progress(f"{label}: {how} -> {ref} {(result.image_id or '')[7:19]}")
         else:
-            tail = "\n".join(f"    {line}" for line in result.log[-15:])
-            self.progress(f"{label}: FAILED after {result.seconds:.0f}s: {result.error}\n{tail}")
+            log_note = self._keep_log(name, result.log)
+            cause = diagnose_failure(self.cfg, result.log)
+            if cause:
+                # The one line that says what to change, instead of a page of pip or npm.
+                result.error = cause
+                self.progress(f"{label}: FAILED after {result.seconds:.0f}s: {cause}{log_note}")
+            else:
+                tail = "\n".join(f"    {line}" for line in result.log[-15:])
+                self.progress(
+                    f"{label}: FAILED after {result.seconds:.0f}s: {result.error}{log_note}\n{tail}"
+                )
         return result
+
+    def _keep_log(self, name: str, log: list[str]) -> str:
+        """Write a failed build's log to build_log_file; returns ' (full log: PATH)' or ''."""
+        path = build_log_file(self.cfg, name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(_ANSI.sub("", "\n".join(log)) + "\n")
+        except OSError:
+            return ""
+        return f" (full log: {path})"
 
     def build_many(
         self, names: Iterable[str] | None = None, tag: str | None = None, with_parents: bool = True

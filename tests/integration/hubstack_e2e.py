@@ -213,8 +213,8 @@ class HubClient:
 
 def write_config(tmp: Path, name: str, image_ns: str) -> Path:
     """A platform config of our own: state dir, ports, network and image namespace."""
-    # The suite's common settings (host CA for builds), so `hubstack up` builds what the
-    # session's hierarchy built, from the layer cache.
+    # The suite's common settings, so `hubstack up` builds what the session's hierarchy
+    # built, from the layer cache.
     data = config_data(
         tmp / "state",
         free_port(),

@@ -2,7 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from hubstack.config import ConfigError, load_config, parse_config
+from hubstack.config import (
+    ConfigError,
+    host_ca_bundle,
+    host_pip_index_url,
+    load_config,
+    parse_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,3 +69,27 @@ def test_duplicate_profiles_refused():
                 ]
             }
         )
+
+
+def test_builds_trust_the_hosts_ca_bundle_unless_told_none(tmp_path):
+    host = host_ca_bundle()
+    assert parse_config({}).base.extra_ca_bundle == host
+    f = tmp_path / "hubstack.yaml"
+    f.write_text("base:\n  extra_ca_bundle: none\n")  # `none` is a word, not a relative path
+    assert load_config(f).base.extra_ca_bundle is None
+    f.write_text("base:\n  extra_ca_bundle: null\n")  # an explicit null is the default
+    assert load_config(f).base.extra_ca_bundle == host
+
+
+def test_pip_index_follows_the_hosts_when_it_is_a_url(monkeypatch):
+    host_pip_index_url.cache_clear()
+    monkeypatch.setenv("PIP_INDEX_URL", "https://pypi.mirror.invalid/simple")
+    try:
+        assert parse_config({}).base.pip_index_url == "https://pypi.mirror.invalid/simple"
+        assert parse_config({"base": {"pip_index_url": "pypi"}}).base.pip_index_url is None
+        host_pip_index_url.cache_clear()
+        # A local folder index means nothing inside a container: PyPI then.
+        monkeypatch.setenv("PIP_INDEX_URL", "file:///opt/pypi/simple")
+        assert parse_config({}).base.pip_index_url is None
+    finally:
+        host_pip_index_url.cache_clear()
