@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from hubstack import spark
-from hubstack.config import PlatformConfig
+from hubstack.config import NO_CA, PlatformConfig
 from hubstack.engine import docker_client
 from hubstack.errors import CommandError
 from hubstack.hub import gpu
@@ -63,7 +63,7 @@ def hub_config(cfg: PlatformConfig) -> dict:
     data["registry"]["credentials_file"] = "/run/secrets/registry_credentials"
     data["hub"]["users_file"] = f"{HUB_USERS_DIR}/{cfg.users_file.name}"
     data["hub"]["home_root"] = str(cfg.home_root)  # mounted at the same path
-    data["base"]["extra_ca_bundle"] = None
+    data["base"]["extra_ca_bundle"] = NO_CA  # the hub builds no image
     data["ci"]["webhook_secret_file"] = None
     data["gpu"]["driver_dir"] = str(cfg.gpu.driver_dir)
     return data
@@ -74,7 +74,9 @@ def ci_builder_config(cfg: PlatformConfig) -> dict:
     state dir is mounted at its host path, the checkout read-only at CI_SOURCE_DIR."""
     data = cfg.model_dump(mode="json", exclude={"path"})
     data["source_dir"] = CI_SOURCE_DIR
-    data["base"]["extra_ca_bundle"] = None if cfg.base.extra_ca_bundle is None else CI_EXTRA_CA
+    data["base"]["extra_ca_bundle"] = NO_CA if cfg.base.extra_ca_bundle is None else CI_EXTRA_CA
+    # The host's index, resolved here: the container must not guess its own.
+    data["base"]["pip_index_url"] = cfg.base.pip_index_url or "pypi"
     data["ci"]["host"] = "0.0.0.0"  # host networking: the config's port is the host's port
     return data
 
@@ -223,11 +225,40 @@ def wait_for_hub(cfg: PlatformConfig, timeout: float = 180) -> None:
 
 
 # --- commands ------------------------------------------------------------------------
+class Stages:
+    """One line per stage of `up` ("[up 3/8] build: ..."), and the total time at the end."""
+
+    NAMES = ("engine", "secrets", "bootstrap", "build", "registry", "push", "start", "health")
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.index = 0
+
+    def __call__(self, name: str, what: str) -> None:
+        self.index = self.NAMES.index(name) + 1
+        took = time.monotonic() - self.started
+        print(f"[up {self.index}/{len(self.NAMES)}] {name}: {what} (+{took:.0f}s)", flush=True)
+
+    def total(self) -> str:
+        return f"{time.monotonic() - self.started:.0f}s"
+
+
 def cmd_up(cfg: PlatformConfig, args) -> int:
+    stage = Stages()
     client = docker_client()
+    version = client.version()
+    stage("engine", f"dockerd {version.get('Version', '?')}, API {version.get('ApiVersion', '?')}")
     ensure_secrets(cfg)
     render_env(cfg)
-    if not args.no_build:
+    stage("secrets", f"state, secrets and compose/.env under {cfg.state_dir}")
+    # The roots first: every build starts FROM the base image, and `up` on a fresh
+    # engine must not depend on a separate bootstrap step.
+    stage("bootstrap", f"base and registry images ({cfg.base.image}, {cfg.registry.image})")
+    ensure_registry_image(cfg, client)
+    if args.no_build:
+        stage("build", "skipped (--no-build): using the images in the engine")
+    else:
+        stage("build", "the image hierarchy, parents first (unchanged images: cache hits)")
         build_images(cfg, client)
     names = local_images(cfg, client)
     missing = [n for n in stack_images(cfg) if n not in names]
@@ -237,12 +268,15 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
             + ", ".join(cfg.image_ref(n) for n in missing)
             + "; run without --no-build"
         )
-    ensure_registry_image(cfg, client)
+    stage("registry", f"starting the registry on {cfg.registry.address}")
     compose(cfg, "up", "-d", "--wait", "registry")
+    stage("push", f"{len(names)} images to {cfg.image_prefix}")
     push_images(cfg, client, names)
+    stage("start", "hub and Spark cluster (docker compose up --wait)")
     compose(cfg, "up", "-d", "--wait")
+    stage("health", f"waiting for {hub_url(cfg)}hub/health")
     wait_for_hub(cfg)
-    print(f"\nhubstack is up: {hub_url(cfg)}")
+    print(f"\nhubstack is up in {stage.total()}: {hub_url(cfg)}")
     admin = ensure_initial_admin(cfg)
     if admin:
         name, password = admin
