@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "hubstack.hub.gpus_cli",
     "hubstack.stack",
     "hubstack.ci.cli",
+    "hubstack.doctor",
 )
 
 
