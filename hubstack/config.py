@@ -41,6 +41,7 @@ HOST_CA_BUNDLES = (
     Path("/etc/pki/tls/certs/ca-bundle.crt"),
 )
 NO_CA = "none"
+PYPI = "pypi"
 
 
 def host_ca_bundle() -> Path | None:
@@ -124,9 +125,10 @@ class BaseImageConfig(_Section):
     """PEM bundle added to every image's trust store, so builds and notebooks trust what the
     host trusts (a site that re-signs TLS has its CA there). Unset: the host's system bundle
     (HOST_CA_BUNDLES); `none`: Debian's own certificates only."""
-    pip_index_url: str | None = Field(None, validate_default=True)
+    pip_index_url: str | None = None
     """Index pip uses in the images. Unset: the host's own (PIP_INDEX_URL, or pip's config
-    global.index-url) when that is an http(s) URL; else PyPI."""
+    global.index-url) when that is an http(s) URL, else PyPI; `pypi`: PyPI. Builds read
+    `index_url`, which resolves this (asking pip only when a build needs it)."""
 
     @field_validator("extra_ca_bundle", mode="before")
     @classmethod
@@ -137,14 +139,12 @@ class BaseImageConfig(_Section):
             return None
         return v
 
-    @field_validator("pip_index_url", mode="before")
-    @classmethod
-    def _index_default(cls, v: object) -> object:
-        if v is None:
+    @property
+    def index_url(self) -> str | None:
+        """The pip index the images use; None: PyPI."""
+        if self.pip_index_url is None:
             return host_pip_index_url()
-        if isinstance(v, str) and v.strip().lower() == "pypi":
-            return None
-        return v
+        return None if self.pip_index_url.strip().lower() == PYPI else self.pip_index_url
 
 
 class ImagesConfig(_Section):

@@ -14,12 +14,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import docker
 import yaml
 
-from hubstack import spark
-from hubstack.config import NO_CA, PlatformConfig
+from hubstack import doctor, spark
+from hubstack.config import NO_CA, PYPI, PlatformConfig
 from hubstack.engine import docker_client
 from hubstack.errors import CommandError
 from hubstack.hub import gpu
@@ -76,7 +78,7 @@ def ci_builder_config(cfg: PlatformConfig) -> dict:
     data["source_dir"] = CI_SOURCE_DIR
     data["base"]["extra_ca_bundle"] = NO_CA if cfg.base.extra_ca_bundle is None else CI_EXTRA_CA
     # The host's index, resolved here: the container must not guess its own.
-    data["base"]["pip_index_url"] = cfg.base.pip_index_url or "pypi"
+    data["base"]["pip_index_url"] = cfg.base.index_url or PYPI
     data["ci"]["host"] = "0.0.0.0"  # host networking: the config's port is the host's port
     return data
 
@@ -228,7 +230,7 @@ def wait_for_hub(cfg: PlatformConfig, timeout: float = 180) -> None:
 class Stages:
     """One line per stage of `up` ("[up 3/8] build: ..."), and the total time at the end."""
 
-    NAMES = ("engine", "secrets", "bootstrap", "build", "registry", "push", "start", "health")
+    NAMES = ("checks", "secrets", "bootstrap", "build", "registry", "push", "start", "health")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -245,9 +247,22 @@ class Stages:
 
 def cmd_up(cfg: PlatformConfig, args) -> int:
     stage = Stages()
+    # The cheap checks of `hubstack doctor` first: a busy port or a missing compose plugin
+    # is one line now rather than a failure after minutes of building.
+    checks = doctor.preflight(cfg)
+    for check in checks:
+        if check.verdict != doctor.OK:
+            print(doctor.format_check(check), flush=True)
+    failed = [c for c in checks if c.verdict == doctor.FAIL]
+    if failed:
+        raise CommandError(
+            "cannot start: "
+            + "; ".join(f"{c.name}: {c.found}" for c in failed)
+            + " (each fix is above; `hubstack doctor` runs every check)"
+        )
+    engine = next(c.found for c in checks if c.name == "engine")
+    stage("checks", f"{doctor.format_summary(checks)} ({engine})")
     client = docker_client()
-    version = client.version()
-    stage("engine", f"dockerd {version.get('Version', '?')}, API {version.get('ApiVersion', '?')}")
     ensure_secrets(cfg)
     render_env(cfg)
     stage("secrets", f"state, secrets and compose/.env under {cfg.state_dir}")
@@ -296,15 +311,57 @@ def notebook_containers(cfg: PlatformConfig, client) -> list:
     ]
 
 
+def _stop_server(container, timeout: int) -> str:
+    """Stop and remove one notebook container. A container that is already stopping, being
+    removed (409) or gone (404) is an outcome, not an error: the engine may be removing it
+    on its own after the stop (auto-remove), or the hub may be stopping it right now."""
+    who = f"notebook server of {container.labels.get(USER_LABEL, '?')} ({container.name})"
+    try:
+        container.stop(timeout=timeout)
+    except docker.errors.NotFound:
+        return f"{who}: already gone"
+    except docker.errors.APIError as e:
+        if e.status_code != 409:
+            raise
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as e:
+        if e.status_code != 409:  # "removal ... is already in progress"
+            raise
+    return f"stopped {who}"
+
+
+def stop_servers(cfg: PlatformConfig, client, timeout: int = 10) -> list[str]:
+    """Stop every notebook server of this platform at once; one line per server."""
+    servers = notebook_containers(cfg, client)
+    if not servers:
+        return []
+    with ThreadPoolExecutor(max_workers=min(16, len(servers))) as pool:
+        return list(pool.map(lambda c: _stop_server(c, timeout), servers))
+
+
 def cmd_down(cfg: PlatformConfig, args) -> int:
     client = docker_client()
-    # Notebooks first: they hold the network; their homes stay on the host.
-    for c in notebook_containers(cfg, client):
-        print(f"stopping notebook server of {c.labels.get(USER_LABEL)} ({c.name})")
-        c.stop(timeout=10)
-        c.remove(force=True)
     render_env(cfg)
-    compose(cfg, "down")  # no -v: the hub database and the registry's images stay
+    services = compose(cfg, "ps", "--all", "--services", capture=True).stdout.split()
+    # Notebooks first: they hold the network; their homes stay on the host.
+    stopped = [] if args.keep_servers else stop_servers(cfg, client, timeout=args.timeout)
+    for line in stopped:
+        print(line, flush=True)
+    if not services and not stopped:
+        print("nothing to stop: hubstack is not running")
+        return 0
+    if args.keep_servers:
+        # Containers go, the network stays: the analysts' servers are still on it.
+        compose(cfg, "stop")
+        compose(cfg, "rm", "--force")
+        kept = [c.name for c in notebook_containers(cfg, client) if c.status == "running"]
+        print(f"stopped {', '.join(services)}; kept {len(kept)} notebook server(s) running")
+    else:
+        compose(cfg, "down")  # no -v: the hub database and the registry's images stay
+        print(f"stopped {', '.join(services)}")
     print("hubstack is down; data kept (volumes, homes, secrets)")
     return 0
 
@@ -334,6 +391,18 @@ def register(subparsers) -> None:
     p.add_argument("--no-build", action="store_true", help="use the images already in the engine")
     p.set_defaults(func=cmd_up)
     p = subparsers.add_parser("down", help="stop notebooks and the stack; keep all data")
+    p.add_argument(
+        "--keep-servers",
+        action="store_true",
+        help="stop only the platform services; analysts' servers keep running (hub upgrade)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=int,
+        default=10,
+        metavar="S",
+        help="seconds each notebook server gets to stop before it is killed (default 10)",
+    )
     p.set_defaults(func=cmd_down)
     p = subparsers.add_parser("status", help="show services and running notebook servers")
     p.set_defaults(func=cmd_status)

@@ -82,7 +82,7 @@ def diagnose_failure(cfg: PlatformConfig, log: Iterable[str]) -> str | None:
             f"so set base.extra_ca_bundle to a PEM bundle holding its CA ({now})"
         )
     if any(marker in text for marker in _INDEX_UNREACHABLE):
-        index = cfg.base.pip_index_url or "PyPI"
+        index = cfg.base.index_url or "PyPI"
         return (
             f"a package index could not be reached from inside the build (pip: {index}); set "
             "base.pip_index_url (and base.debian_mirror) to a mirror this network reaches"
@@ -184,8 +184,8 @@ def image_labels(cfg: PlatformConfig, ctx: ImageContext, root: Path, digest: str
 def root_build_args(cfg: PlatformConfig) -> dict[str, str]:
     """What root images add to build_args(): the apt mirror and pip index of the site."""
     args = {"APT_MIRROR": cfg.base.debian_mirror, "DEBIAN_SUITE": cfg.base.suite}
-    if cfg.base.pip_index_url:
-        args["PIP_INDEX_URL"] = cfg.base.pip_index_url
+    if cfg.base.index_url:
+        args["PIP_INDEX_URL"] = cfg.base.index_url
     return args
 
 

@@ -85,11 +85,11 @@ def test_pip_index_follows_the_hosts_when_it_is_a_url(monkeypatch):
     host_pip_index_url.cache_clear()
     monkeypatch.setenv("PIP_INDEX_URL", "https://pypi.mirror.invalid/simple")
     try:
-        assert parse_config({}).base.pip_index_url == "https://pypi.mirror.invalid/simple"
-        assert parse_config({"base": {"pip_index_url": "pypi"}}).base.pip_index_url is None
+        assert parse_config({}).base.index_url == "https://pypi.mirror.invalid/simple"
+        assert parse_config({"base": {"pip_index_url": "pypi"}}).base.index_url is None
         host_pip_index_url.cache_clear()
         # A local folder index means nothing inside a container: PyPI then.
         monkeypatch.setenv("PIP_INDEX_URL", "file:///opt/pypi/simple")
-        assert parse_config({}).base.pip_index_url is None
+        assert parse_config({}).base.index_url is None
     finally:
         host_pip_index_url.cache_clear()
