@@ -212,7 +212,8 @@ class HubClient:
 
 
 def write_config(tmp: Path, name: str, image_ns: str) -> Path:
-    """A platform config of our own: state dir, ports, network and image namespace."""
+    """A platform config of our own: state dir, ports, network and image namespace (what
+    isolation needs), and a Spark cluster two analysts can use at once; the rest default."""
     # The suite's common settings, so `hubstack up` builds what the session's hierarchy
     # built, from the layer cache.
     data = config_data(
@@ -220,7 +221,6 @@ def write_config(tmp: Path, name: str, image_ns: str) -> Path:
         free_port(),
         registry={"image": os.environ.get("HUBTEST_REGISTRY_IMAGE", "registry:2")},
         images={"namespace": image_ns, "tag": "latest"},
-        resources={"cpu_limit": 1.0, "mem_limit": "1G"},
         hub={"host": "127.0.0.1", "port": free_port(), "network": name, "start_timeout": 240},
         # The stack includes the Spark cluster: UIs on free ports, 2 workers x 2 cores so
         # two analysts' applications (2 cores each) run side by side.

@@ -85,7 +85,9 @@ def test_identity_home_and_isolation(hub_stack, clients, docker_client):
     c = docker_client.containers.list(filters={"label": "io.hubstack.user=alice"})[0]
     hc = c.attrs["HostConfig"]
     assert hc["CapDrop"] == ["ALL"] and "no-new-privileges" in hc["SecurityOpt"]
-    assert hc["Memory"] == 1 << 30 and hc["NanoCpus"] in (0, None) and hc["CpuQuota"] == 100_000
+    # The shipped defaults (resources: cpu_limit 2.0, mem_limit 4G): the stack keeps them.
+    assert (cfg.resources.cpu_limit, cfg.resources.mem_limit) == (2.0, "4G")
+    assert hc["Memory"] == 4 << 30 and hc["NanoCpus"] in (0, None) and hc["CpuQuota"] == 200_000
     assert not any("docker.sock" in (m.get("Source") or "") for m in c.attrs["Mounts"])
     assert "@sha256:" in c.attrs["Config"]["Image"]
     assert (
