@@ -164,7 +164,7 @@ def build_images(cfg: PlatformConfig, client) -> None:
     """Build the default image set (and the hub) in dependency order."""
     graph = ImageGraph.from_config(cfg)
     targets = list(graph.default_targets(cfg))
-    results = ImageBuilder(cfg, client).build_many(targets)
+    results = ImageBuilder(cfg, client, graph=graph).build_many(targets)
     failed = [r for r in results if not r.ok]
     if failed:
         raise CommandError(

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-import docker
 import pytest
 
 from hubstack.config import load_config
-from hubstack.stack import env_file, local_images
 from tests.integration.hubstack_e2e import (
     add_user,
     hubstack,
     logged_in_clients,
+    remove_platform,
     stop_servers,
     write_config,
 )
@@ -61,26 +59,7 @@ def hub_stack(request, docker_client):
     finally:
         hubstack(config, "down")
         # The test platform is disposable: remove its volumes and images too.
-        subprocess.run(
-            [
-                "docker",
-                "compose",
-                "-p",
-                name,
-                "-f",
-                str(cfg.source_root / "compose/compose.yaml"),
-                "--env-file",
-                str(env_file(cfg)),
-                "down",
-                "-v",
-            ],
-            capture_output=True,
-        )
-        for image_name in local_images(cfg, docker_client):
-            try:
-                docker_client.images.remove(cfg.image_ref(image_name))
-            except docker.errors.APIError:
-                pass
+        remove_platform(cfg, docker_client)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

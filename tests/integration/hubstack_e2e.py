@@ -14,11 +14,13 @@ import time
 import uuid
 from pathlib import Path
 
+import docker
 import requests
 import websocket
 import yaml
 
 from hubstack.hub.users import users_file_for
+from hubstack.stack import compose_file, env_file, local_images, project_name
 from tests.conftest import config_data, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -256,3 +258,18 @@ def stop_servers(clients: dict[str, HubClient]) -> None:
     for c in clients.values():
         if c.running():
             c.stop()
+
+
+def remove_platform(cfg, client) -> None:
+    """Remove a test platform for good: its compose project with its volumes, and the tags
+    of its images (the layers stay in the engine's cache for the next run)."""
+    subprocess.run(
+        ["docker", "compose", "-p", project_name(cfg), "-f", str(compose_file(cfg))]
+        + ["--env-file", str(env_file(cfg)), "down", "-v"],
+        capture_output=True,
+    )
+    for image_name in local_images(cfg, client):
+        try:
+            client.images.remove(cfg.image_ref(image_name))
+        except docker.errors.APIError:
+            pass

@@ -17,13 +17,11 @@ import socket
 import subprocess
 from pathlib import Path
 
-import docker
 import pytest
 
 from hubstack.config import parse_config
-from hubstack.stack import local_images
 from tests.conftest import IN_CI
-from tests.integration.hubstack_e2e import HubClient
+from tests.integration.hubstack_e2e import HubClient, remove_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -90,18 +88,7 @@ def first_run(tmp_path, docker_client, hierarchy):
         down = _launcher(clone, "down", timeout=600)
         print(down.stdout, down.stderr)
         # Leave the machine as found: the default platform's volumes, tags and state go.
-        subprocess.run(
-            ["docker", "compose", "-f", str(clone / "compose/compose.yaml"), "-p"]
-            + [DEFAULTS.hub.network, "down", "-v"],
-            capture_output=True,
-            env={**os.environ, "COMPOSE_PROJECT_NAME": DEFAULTS.hub.network},
-            cwd=clone,
-        )
-        for name in local_images(DEFAULTS, docker_client):
-            try:
-                docker_client.images.remove(DEFAULTS.image_ref(name))
-            except docker.errors.APIError:
-                pass
+        remove_platform(DEFAULTS, docker_client)
         shutil.rmtree(DEFAULTS.state_dir, ignore_errors=True)
 
 
