@@ -6,7 +6,8 @@ change to the image and re-runs them). `hubstack ci build` runs::
 
     python -m pytest -p hubstack.ci.imagetest IMAGE_FOLDER/test_image.py --image REF
 
-This module is that pytest plugin. It gives the tests two fixtures:
+This module is that pytest plugin (the runner is :func:`hubstack.ci.rebuild.run_image_tests`,
+so that hubstack itself runs without pytest installed). It gives the tests two fixtures:
 
 * ``image``: the reference under test (``--image`` or ``$HUBSTACK_TEST_IMAGE``);
 * ``run``: ``run("cmd", "arg", user=None, env=None, entrypoint=None)`` starts a throw-away
@@ -17,15 +18,10 @@ This module is that pytest plugin. It gives the tests two fixtures:
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import docker
 import pytest
-
-TEST_MODULE = "test_image.py"
 
 
 @dataclass
@@ -77,46 +73,3 @@ def run(image):
 
     yield _run
     client.close()
-
-
-def find_test_module(folder: Path) -> Path | None:
-    path = Path(folder) / TEST_MODULE
-    return path if path.is_file() else None
-
-
-def run_image_tests(folder: Path, ref: str, timeout: int = 900) -> tuple[bool, str]:
-    """Run FOLDER's test module against REF in a fresh pytest process: (passed, output).
-
-    An image without a test module passes, and the output says it has none.
-    """
-    module = find_test_module(folder)
-    if module is None:
-        return True, f"no {TEST_MODULE} in {folder}: nothing to test"
-    package_root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package_root), env.get("PYTHONPATH")]))
-    # No __pycache__ or .pytest_cache in the image folder: it is a build context.
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "hubstack.ci.imagetest",
-        "-p",
-        "no:cacheprovider",
-        "--rootdir",
-        str(module.parent),
-        "-c",
-        os.devnull,
-        str(module),
-        "--image",
-        ref,
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
-        return False, f"image tests timed out after {timeout}s\n{output or ''}"
-    return proc.returncode == 0, (proc.stdout + proc.stderr).strip()

@@ -11,7 +11,11 @@ STATE_DIR/ci/reports.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -20,7 +24,6 @@ from pathlib import Path
 
 import docker
 
-from hubstack.ci.imagetest import run_image_tests
 from hubstack.ci.plan import Plan, make_plan
 from hubstack.clock import run_stamp, timestamp
 from hubstack.config import PlatformConfig
@@ -31,6 +34,60 @@ from hubstack.registry import auth_config
 
 # Build logs are kept in the report up to this many characters (the tail: where errors are).
 LOG_TAIL = 20_000
+
+
+# Each image folder's own tests, run in a fresh pytest process with this plugin
+# (hubstack.ci.imagetest: the `image` and `run` fixtures).
+TEST_MODULE = "test_image.py"
+IMAGE_TEST_PLUGIN = "hubstack.ci.imagetest"
+
+
+def find_test_module(folder: Path) -> Path | None:
+    path = Path(folder) / TEST_MODULE
+    return path if path.is_file() else None
+
+
+def run_image_tests(folder: Path, ref: str, timeout: int = 900) -> tuple[bool, str]:
+    """Run FOLDER's test module against REF in a fresh pytest process: (passed, output).
+
+    An image without a test module passes, and the output says it has none.
+    """
+    module = find_test_module(folder)
+    if module is None:
+        return True, f"no {TEST_MODULE} in {folder}: nothing to test"
+    if importlib.util.find_spec("pytest") is None:
+        return False, (
+            f"{module} needs pytest, which is not installed here: pip install pytest "
+            "(the CI builder's image has it)"
+        )
+    package_root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package_root), env.get("PYTHONPATH")]))
+    # No __pycache__ or .pytest_cache in the image folder: it is a build context.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        IMAGE_TEST_PLUGIN,
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(module.parent),
+        "-c",
+        os.devnull,
+        str(module),
+        "--image",
+        ref,
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
+        return False, f"image tests timed out after {timeout}s\n{output or ''}"
+    return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
 
 def commit_tag(sha: str) -> str:

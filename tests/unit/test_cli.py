@@ -1,0 +1,21 @@
+"""The hubstack command as a user installs it: `pip install .` brings no test tools."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# Test-only packages (pyproject.toml's `test` extra) that no command may need to import.
+TEST_ONLY = ("pytest", "selenium", "websocket", "compose")
+
+
+def test_every_command_loads_without_the_test_extras():
+    # A None entry in sys.modules makes `import NAME` fail as if it were not installed.
+    code = (
+        f"import sys; sys.modules.update(dict.fromkeys({TEST_ONLY!r}));"
+        "from hubstack.cli import build_parser; build_parser().parse_args(['--help'])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for command in ("images", "users", "gpus", "up", "down", "status", "ci", "doctor"):
+        assert f"    {command} " in proc.stdout, f"`hubstack {command}` missing:\n{proc.stdout}"
