@@ -30,7 +30,7 @@ from hubstack.hub.users_cli import ensure_initial_admin
 from hubstack.images.bootstrap import bootstrap
 from hubstack.images.build import ImageBuilder, push_image
 from hubstack.images.graph import ImageGraph
-from hubstack.registry import auth_config, htpasswd_file
+from hubstack.registry import RegistryClient, auth_config, htpasswd_file
 from hubstack.secretfiles import generated_secret
 
 HUB_USERS_DIR = "/etc/hubstack/users"
@@ -177,9 +177,23 @@ def ensure_registry_image(cfg: PlatformConfig, client) -> None:
     bootstrap(cfg, client)
 
 
+def in_registry(cfg: PlatformConfig, client, registry: RegistryClient, name: str) -> str | None:
+    """The digest under which the registry already holds this engine's NAME:TAG, else None
+    (the engine records a digest per registry repository once it pushed or pulled it)."""
+    digest = registry.digest(name, cfg.images.tag)
+    repo_digests = client.images.get(cfg.image_ref(name)).attrs.get("RepoDigests") or []
+    return digest if f"{cfg.image_repository(name)}@{digest}" in repo_digests else None
+
+
 def push_images(cfg: PlatformConfig, client, names: list[str]) -> None:
     auth = auth_config(cfg)
+    registry = RegistryClient(cfg)
     for name in names:
+        # An unchanged image is not pushed again: a second `up` takes seconds, not a minute.
+        digest = in_registry(cfg, client, registry, name)
+        if digest:
+            print(f"{name}: {cfg.image_ref(name)} already in the registry @ {digest}", flush=True)
+            continue
         print(f"pushing {cfg.image_ref(name)}", flush=True)
         push_image(cfg, client, name, auth=auth)
 
