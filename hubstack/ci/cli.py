@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import tornado.ioloop
 
 from hubstack.ci.plan import make_plan
 from hubstack.ci.promote import promote
-from hubstack.ci.rebuild import Rebuilder, write_report
+from hubstack.ci.rebuild import rebuild_and_report
 from hubstack.ci.webhook import WebhookBuilder, listen
 from hubstack.engine import docker_client
 
@@ -22,24 +21,9 @@ def cmd_plan(cfg, args) -> int:
 
 def cmd_build(cfg, args) -> int:
     plan = make_plan(cfg, None if args.all else args.since)
-    print(plan.format_text(), flush=True)
-    builder = Rebuilder(
-        cfg,
-        docker_client(),
-        push=args.push,
-        concurrency=args.concurrency or 0,
-        out=lambda line: print(line, flush=True),
+    report = rebuild_and_report(
+        cfg, docker_client(), plan, push=args.push, concurrency=args.concurrency or 0
     )
-    report = builder.run_plan(plan)
-    js, txt = write_report(cfg, report)
-    print()
-    print(report.format_text())
-    print(f"report: {js} and {txt}")
-    for failed in report.failed:
-        print(
-            f"hubstack: error: image {failed.name} failed at {failed.stage}: {failed.error}",
-            file=sys.stderr,
-        )
     return 0 if report.ok else 1
 
 
@@ -67,34 +51,36 @@ def cmd_serve(cfg, args) -> int:
     return 0
 
 
+def add_since_arguments(p: argparse.ArgumentParser) -> None:
+    """--since REF | --all: which images a rebuild takes (ci build, ci plan, upgrade)."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument(
+        "--since",
+        metavar="REF",
+        help="git revision to compare HEAD with (e.g. origin/main, HEAD~1)",
+    )
+    g.add_argument(
+        "--all", action="store_true", help="every image, as if nothing had been built before"
+    )
+
+
 def register(subparsers) -> None:
     ci = subparsers.add_parser(
         "ci", help="change detection, rebuild and promotion of images; webhook builder"
     )
     sub = ci.add_subparsers(dest="ci_command", metavar="ACTION", required=True)
 
-    def since(p: argparse.ArgumentParser) -> None:
-        g = p.add_mutually_exclusive_group(required=True)
-        g.add_argument(
-            "--since",
-            metavar="REF",
-            help="git revision to compare HEAD with (e.g. origin/main, HEAD~1)",
-        )
-        g.add_argument(
-            "--all", action="store_true", help="every image, as if nothing had been built before"
-        )
-
     p = sub.add_parser(
         "plan", help="list, in build order, the images changed since REF and those built FROM them"
     )
-    since(p)
+    add_since_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
         "build", help="rebuild, test and tag the plan; with --push move latest in the registry"
     )
-    since(p)
+    add_since_arguments(p)
     p.add_argument(
         "--push",
         action="store_true",

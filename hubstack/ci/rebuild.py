@@ -6,7 +6,8 @@ tags, run its own test module against the fresh image, and, with ``push``, push
 ``NAME:<commit>`` and move ``NAME:latest`` to it in the registry. An image whose
 build, tests or push fail stops its descendants and moves no tag; every other
 image carries on. Every run writes a report (JSON and text) under
-STATE_DIR/ci/reports.
+STATE_DIR/ci/reports, with each built image's package differences from the image
+its tag `latest` (``images.tag``) held in this engine before the run.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
 from hubstack.images.build import ImageBuilder, push_image
 from hubstack.images.graph import ImageGraph
+from hubstack.images.lockdiff import PackageChange, format_changes, image_diff
 from hubstack.registry import auth_config
 
 # Build logs are kept in the report up to this many characters (the tail: where errors are).
@@ -114,6 +116,10 @@ class ImageOutcome:
     seconds: float = 0.0
     build_log: str = ""
     test_output: str = ""
+    previous_id: str = ""
+    """The image NAME:<images.tag> was in this engine before this run; "" if none."""
+    package_changes: list[PackageChange] | None = None
+    """Packages added, removed or changed since previous_id; None: not compared."""
 
 
 @dataclass
@@ -155,6 +161,10 @@ class BuildReport:
             if i.status != "ok":
                 line += f"\n  {' ' * width}  -> {i.stage + ': ' if i.stage else ''}{i.error}"
             lines.append(line)
+            if i.package_changes is not None:
+                previous = i.previous_id.removeprefix("sha256:")[:12]
+                lines.append(f"  {' ' * width}  packages since the image it replaces ({previous}):")
+                lines += [f"  {' ' * width}    {c}" for c in format_changes(i.package_changes)]
         return "\n".join(lines)
 
     def write(self, folder: Path) -> tuple[Path, Path]:
@@ -240,6 +250,26 @@ class Rebuilder:
             self._push(name, tag)
         return True
 
+    def _previous_id(self, name: str) -> str:
+        """The id of NAME:<images.tag> in this engine now, before a build replaces it; "" if
+        none."""
+        try:
+            return self.client.images.get(self.cfg.image_ref(name, self.cfg.images.tag)).id
+        except docker.errors.ImageNotFound:
+            return ""
+
+    def _compare_packages(self, outcome: ImageOutcome) -> None:
+        """Package differences of the fresh image from the one it replaces, when there is one.
+        Never fails the build: an image without a lock is only not compared."""
+        if not outcome.previous_id:
+            return
+        try:
+            outcome.package_changes = image_diff(
+                self.cfg, self.client, outcome.previous_id, outcome.image_id
+            )
+        except CommandError as e:
+            self.out(f"[ci] {outcome.name}: packages not compared: {e}")
+
     def _one(
         self, outcome: ImageOutcome, graph: ImageGraph, builder: ImageBuilder, tag: str
     ) -> None:
@@ -248,6 +278,7 @@ class Rebuilder:
         stage = "build"
         try:
             self.out(f"[ci] {name}: building ({outcome.reason})")
+            outcome.previous_id = self._previous_id(name)
             result = builder.build(name, tag=tag)
             outcome.ref = result.ref
             outcome.image_id = result.image_id or ""
@@ -257,6 +288,7 @@ class Rebuilder:
             ]
             if not result.ok:
                 raise StageFailed("build", str(result.error or "build failed"))
+            self._compare_packages(outcome)
             if self.run_tests:
                 stage = "test"
                 self.out(f"[ci] {name}: testing {result.ref}")
@@ -376,3 +408,30 @@ class Rebuilder:
 
 def write_report(cfg: PlatformConfig, report: BuildReport) -> tuple[Path, Path]:
     return report.write(reports_dir(cfg))
+
+
+def rebuild_and_report(
+    cfg: PlatformConfig,
+    client: docker.DockerClient,
+    plan: Plan,
+    *,
+    push: bool,
+    concurrency: int = 0,
+) -> BuildReport:
+    """Run PLAN with progress lines, write its report, and print it with one error line per
+    failed image (what `hubstack ci build` and `hubstack upgrade` show)."""
+    print(plan.format_text(), flush=True)
+    builder = Rebuilder(
+        cfg, client, push=push, concurrency=concurrency, out=lambda line: print(line, flush=True)
+    )
+    report = builder.run_plan(plan)
+    js, txt = write_report(cfg, report)
+    print()
+    print(report.format_text())
+    print(f"report: {js} and {txt}")
+    for failed in report.failed:
+        print(
+            f"hubstack: error: image {failed.name} failed at {failed.stage}: {failed.error}",
+            file=sys.stderr,
+        )
+    return report

@@ -32,6 +32,10 @@ from hubstack.registry import auth_config
 
 IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".git", ".mypy_cache"}
 LABEL_PREFIX = "org.opencontainers.image"
+IMAGE_LABEL = "io.hubstack.image"
+LINEAGE_LABEL_PREFIX = "io.hubstack.lineage."
+"""One label per image of the lineage (NAME = its context digest): labels inherit through
+FROM, so the notebook image carries base's, python's, spark's and its own."""
 
 
 @dataclass
@@ -176,8 +180,9 @@ def image_labels(cfg: PlatformConfig, ctx: ImageContext, root: Path, digest: str
         f"{LABEL_PREFIX}.created": created or "1970-01-01T00:00:00Z",
         f"{LABEL_PREFIX}.version": digest[:12],
         f"{LABEL_PREFIX}.title": f"hubstack {ctx.name}",
-        "io.hubstack.image": ctx.name,
+        IMAGE_LABEL: ctx.name,
         "io.hubstack.context-digest": digest,
+        f"{LINEAGE_LABEL_PREFIX}{ctx.name}": digest,
     }
 
 

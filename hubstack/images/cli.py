@@ -1,4 +1,4 @@
-"""`hubstack images ...`: graph, bootstrap, build, push."""
+"""`hubstack images ...`: graph, bootstrap, build, push, diff."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from hubstack.errors import CommandError
 from hubstack.images.bootstrap import bootstrap
 from hubstack.images.build import ImageBuilder, push_image
 from hubstack.images.graph import GraphError, ImageGraph
+from hubstack.images.lockdiff import format_changes, image_diff
 
 
 def _graph(cfg: PlatformConfig) -> ImageGraph:
@@ -65,8 +66,15 @@ def cmd_push(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    print("\n".join(format_changes(image_diff(cfg, docker_client(), args.old, args.new))))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    images = sub.add_parser("images", help="the image hierarchy: list, bootstrap, build, push")
+    images = sub.add_parser(
+        "images", help="the image hierarchy: list, bootstrap, build, push, diff"
+    )
     isub = images.add_subparsers(dest="images_command", metavar="ACTION", required=True)
 
     p = isub.add_parser(
@@ -93,3 +101,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--tag", help="tag to push (default: images.tag)")
     p.set_defaults(func=cmd_push)
+
+    p = isub.add_parser(
+        "diff",
+        help="packages (pip, dpkg) added, removed or changed from image OLD to image NEW",
+        description="Compare the package locks two local images carry (read without running "
+        "them). Each image is a tag, an image id, REPO@sha256:... or NAME:TAG of ours "
+        "(short for REGISTRY/NAMESPACE/NAME:TAG).",
+    )
+    p.add_argument("old", metavar="OLD", help="the image to compare from")
+    p.add_argument("new", metavar="NEW", help="the image to compare to")
+    p.set_defaults(func=cmd_diff)
