@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "hubstack.hub.users_cli",
     "hubstack.hub.gpus_cli",
     "hubstack.stack",
+    "hubstack.envreport",
     "hubstack.ci.cli",
     "hubstack.doctor",
 )

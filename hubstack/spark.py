@@ -23,6 +23,8 @@ from hubstack.config import PlatformConfig
 MASTER_SERVICE = "spark-master"
 """The master's service name in compose/spark.yaml: its DNS name on the platform network."""
 EXECUTOR_IMAGE = "spark-executor"
+CLUSTER_LABEL = "io.hubstack.component=spark"
+"""What compose/spark.yaml labels the cluster's containers (master and workers) with."""
 PYTHON = "/opt/venv/bin/python"
 """The interpreter every image of the hierarchy shares (driver and executors alike)."""
 

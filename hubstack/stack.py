@@ -317,12 +317,32 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
     return 0
 
 
-def notebook_containers(cfg: PlatformConfig, client) -> list:
+def platform_containers(
+    cfg: PlatformConfig, client, label: str, include_stopped: bool = True
+) -> list:
+    """Containers labelled LABEL (KEY or KEY=VALUE) on this platform's network."""
     return [
         c
-        for c in client.containers.list(all=True, filters={"label": USER_LABEL})
+        for c in client.containers.list(all=include_stopped, filters={"label": label})
         if cfg.hub.network in (c.attrs.get("NetworkSettings", {}).get("Networks") or {})
     ]
+
+
+def service_container(cfg: PlatformConfig, client, service: str):
+    """The running container of one compose SERVICE of this platform, or None."""
+    found = client.containers.list(
+        filters={
+            "label": [
+                f"com.docker.compose.project={project_name(cfg)}",
+                f"com.docker.compose.service={service}",
+            ]
+        }
+    )
+    return found[0] if found else None
+
+
+def notebook_containers(cfg: PlatformConfig, client) -> list:
+    return platform_containers(cfg, client, USER_LABEL)
 
 
 def _stop_server(container, timeout: int) -> str:

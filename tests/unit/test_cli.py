@@ -17,5 +17,15 @@ def test_every_command_loads_without_the_test_extras():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for command in ("images", "users", "gpus", "up", "down", "status", "ci", "doctor"):
+    for command in (
+        "images",
+        "users",
+        "gpus",
+        "up",
+        "down",
+        "status",
+        "env",
+        "ci",
+        "doctor",
+    ):
         assert f"    {command} " in proc.stdout, f"`hubstack {command}` missing:\n{proc.stdout}"
