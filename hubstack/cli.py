@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "hubstack.hub.gpus_cli",
     "hubstack.stack",
     "hubstack.envreport",
+    "hubstack.backup",
     "hubstack.ci.cli",
     "hubstack.doctor",
 )

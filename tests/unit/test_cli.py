@@ -25,6 +25,8 @@ def test_every_command_loads_without_the_test_extras():
         "down",
         "status",
         "env",
+        "backup",
+        "restore",
         "ci",
         "doctor",
     ):

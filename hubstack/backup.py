@@ -1,0 +1,376 @@
+"""`hubstack backup DIR` and `hubstack restore DIR`: the platform's state, to move or recover.
+
+A backup is a folder:
+
+    manifest.json          what is in it, with a SHA-256 per file; written last
+    hub/jupyterhub.sqlite  the hub database, copied with SQLite's backup API (consistent
+                           while the hub runs and writes)
+    users.yaml             the analysts: names, UIDs, GIDs, groups, password hashes
+    config/hubstack.yaml   the platform config the backup was taken with (if it had a file)
+    secrets/               cookie secret, proxy token, crypt key (auth state is encrypted
+                           with it), registry credentials and htpasswd; mode 0600
+    homes.tar.gz           with --homes: the analysts' homes, numeric owners and modes kept
+    registry.tar.gz        with --registry: the registry's storage (every pushed image)
+
+The folder is written under a temporary name and renamed when complete, so a failed or
+interrupted backup never looks like a good one. Restore checks every checksum first and
+writes only into a state directory, volumes and home root that hold nothing yet.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+import docker
+
+from hubstack import __version__
+from hubstack.clock import timestamp
+from hubstack.config import PlatformConfig
+from hubstack.engine import docker_client
+from hubstack.errors import CommandError
+from hubstack.images.bootstrap import bootstrap
+from hubstack.secretfiles import write_private
+from hubstack.stack import notebook_containers, project_name
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+HUB_DB_DIR = "/srv/jupyterhub"  # the hub-data volume inside the hub container
+HUB_DB = "jupyterhub.sqlite"
+REGISTRY_DIR = "/var/lib/registry"  # the registry-data volume inside the registry container
+# The registry credentials file may live outside secrets_dir (registry.credentials_file).
+REGISTRY_CREDENTIALS = "registry-credentials.json"
+# SQLite's online backup: a consistent copy even while the hub writes.
+SQLITE_BACKUP = (
+    "import sqlite3, sys; "
+    "src = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True); "
+    "dst = sqlite3.connect(sys.argv[2]); src.backup(dst); dst.close(); src.close()"
+)
+
+
+def volume_name(cfg: PlatformConfig, volume: str) -> str:
+    """The engine's name of a compose volume (compose prefixes it with the project)."""
+    return f"{project_name(cfg)}_{volume}"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _size(path: Path) -> str:
+    n = float(path.stat().st_size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+# --- volumes through the engine ------------------------------------------------------
+def _volume(client, name: str):
+    try:
+        return client.volumes.get(name)
+    except docker.errors.NotFound:
+        return None
+
+
+def _with_volume(client, image: str, volume: str, mount: str, **kwargs):
+    """A container of IMAGE with VOLUME at MOUNT, created (not started unless told to)."""
+    kwargs.setdefault("command", ["true"])  # never run: it only holds the mount
+    return client.containers.create(
+        image, volumes={volume: {"bind": mount, "mode": "rw"}}, user="0:0", **kwargs
+    )
+
+
+def _archive_volume(client, image: str, volume: str, mount: str, dest: Path) -> None:
+    """Stream the volume's files, as the engine tars them, into DEST (gzip)."""
+    container = _with_volume(client, image, volume, mount)
+    try:
+        stream, _ = container.get_archive(mount)
+        with gzip.open(dest, "wb") as out:
+            for chunk in stream:
+                out.write(chunk)
+    finally:
+        container.remove(force=True)
+
+
+def _fill_volume(cfg: PlatformConfig, client, volume: str, mount: str, archive) -> None:
+    """Create the compose volume VOLUME (labelled as compose would) and unpack ARCHIVE
+    (a tar, gzip allowed) at MOUNT's parent. The engine unpacks; nothing runs."""
+    name = volume_name(cfg, volume)
+    client.volumes.create(
+        name,
+        labels={
+            "com.docker.compose.project": project_name(cfg),
+            "com.docker.compose.volume": volume,
+        },
+    )
+    container = _with_volume(client, cfg.base.image, name, mount)
+    try:
+        if not container.put_archive(str(Path(mount).parent), archive):
+            raise CommandError(f"the engine refused to unpack into volume {name}")
+    finally:
+        container.remove(force=True)
+
+
+# --- backup --------------------------------------------------------------------------
+def _copy_hub_db(cfg: PlatformConfig, client, dest: Path) -> None:
+    """SQLite's backup API, run in a throwaway container of the hub image beside the hub."""
+    volume = volume_name(cfg, "hub-data")
+    if _volume(client, volume) is None:
+        raise CommandError(
+            f"no hub database: volume {volume} does not exist (has `hubstack up` run with this "
+            "config?)"
+        )
+    image = cfg.image_ref(cfg.hub.image)
+    src, tmp = f"{HUB_DB_DIR}/{HUB_DB}", f"/tmp/{HUB_DB}"
+    container = _with_volume(
+        client, image, volume, HUB_DB_DIR, command=["python3", "-c", SQLITE_BACKUP, src, tmp]
+    )
+    try:
+        container.start()
+        status = container.wait(timeout=300)
+        if status.get("StatusCode") != 0:
+            log = container.logs().decode(errors="replace").strip()[-500:]
+            raise CommandError(f"copying the hub database failed: {log}")
+        stream, _ = container.get_archive(tmp)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            data = tar.extractfile(HUB_DB)
+            if data is None:
+                raise CommandError("copying the hub database failed: no copy came back")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data.read())
+    except docker.errors.ImageNotFound:
+        raise CommandError(f"the hub image {image} is not in the engine") from None
+    finally:
+        container.remove(force=True)
+
+
+def _secret_files(cfg: PlatformConfig) -> dict[str, Path]:
+    """name in the backup -> file on this host, for every secret that exists."""
+    files = {p.name: p for p in sorted(cfg.secrets_dir.glob("*")) if p.is_file()}
+    files = {k: v for k, v in files.items() if not k.startswith(".")}
+    files[REGISTRY_CREDENTIALS] = cfg.registry_credentials_file
+    return {k: v for k, v in files.items() if v.is_file()}
+
+
+def backup(cfg: PlatformConfig, dest: Path, homes: bool = False, registry: bool = False) -> dict:
+    """Write a complete backup folder at DEST (which must not exist, or be empty)."""
+    dest = dest.absolute()
+    if dest.exists() and any(dest.iterdir()):
+        raise CommandError(f"{dest} is not empty: a backup goes into a new folder")
+    if not cfg.users_file.is_file():
+        raise CommandError(f"no users file at {cfg.users_file}: nothing to back up")
+    client = docker_client()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    work.chmod(0o700)  # it holds secrets
+    try:
+        _say(f"hub database: SQLite backup of volume {volume_name(cfg, 'hub-data')}")
+        _copy_hub_db(cfg, client, work / "hub" / HUB_DB)
+        shutil.copy2(cfg.users_file, work / "users.yaml")
+        if cfg.path and Path(cfg.path).is_file():
+            (work / "config").mkdir()
+            shutil.copy2(cfg.path, work / "config" / "hubstack.yaml")
+        secrets = _secret_files(cfg)
+        for name, path in secrets.items():
+            write_private(work / "secrets" / name, path.read_text())
+        _say(
+            f"secrets: {len(secrets)} files in {dest}/secrets (mode 0600): they are SECRETS, "
+            "keep the backup where only the platform's operators can read it"
+        )
+        if homes:
+            _say(f"homes: archiving {cfg.home_root}")
+            with tarfile.open(work / "homes.tar.gz", "w:gz") as tar:
+                for home in sorted(cfg.home_root.iterdir()):
+                    tar.add(home, arcname=home.name)
+            _say(f"homes: {_size(work / 'homes.tar.gz')}")
+        if registry:
+            volume = volume_name(cfg, "registry-data")
+            if _volume(client, volume) is None:
+                raise CommandError(f"no registry storage: volume {volume} does not exist")
+            _say(f"registry: archiving volume {volume}")
+            _archive_volume(
+                client, cfg.registry.image, volume, REGISTRY_DIR, work / "registry.tar.gz"
+            )
+            _say(f"registry: {_size(work / 'registry.tar.gz')}")
+        manifest = {
+            "format": FORMAT,
+            "hubstack": __version__,
+            "created": timestamp(),
+            "state_dir": str(cfg.state_dir),
+            "project": project_name(cfg),
+            "config": "config/hubstack.yaml" if (work / "config").exists() else None,
+            "files": {
+                p.relative_to(work).as_posix(): sha256(p)
+                for p in sorted(work.rglob("*"))
+                if p.is_file()
+            },
+        }
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if dest.exists():
+            dest.rmdir()
+        work.rename(dest)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
+
+
+# --- restore -------------------------------------------------------------------------
+def read_manifest(src: Path) -> dict:
+    """The manifest, with every file checked against its checksum; errors name the file."""
+    try:
+        manifest = json.loads((src / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise CommandError(f"{src} is not a hubstack backup: no {MANIFEST}") from None
+    except json.JSONDecodeError as e:
+        raise CommandError(f"{src / MANIFEST} is not valid JSON: {e}") from None
+    if manifest.get("format") != FORMAT:
+        raise CommandError(
+            f"{src / MANIFEST}: backup format {manifest.get('format')!r}, this hubstack "
+            f"reads format {FORMAT}"
+        )
+    problems = []
+    for rel, digest in manifest.get("files", {}).items():
+        path = src / rel
+        if not path.is_file():
+            problems.append(f"{rel} is missing")
+        elif sha256(path) != digest:
+            problems.append(f"{rel} does not match its checksum")
+    for required in ("users.yaml", f"hub/{HUB_DB}"):
+        if required not in manifest.get("files", {}):
+            problems.append(f"{required} is not in the manifest")
+    if problems:
+        raise CommandError(f"backup {src} is damaged: " + "; ".join(problems))
+    return manifest
+
+
+def _refuse_to_overwrite(cfg: PlatformConfig, client, manifest: dict) -> None:
+    problems = []
+    running = client.containers.list(
+        filters={"label": f"com.docker.compose.project={project_name(cfg)}"}
+    )
+    if running or any(c.status == "running" for c in notebook_containers(cfg, client)):
+        problems.append(f"platform {project_name(cfg)} is running (`hubstack down` first)")
+    for path in (cfg.users_file, cfg.secrets_dir):
+        if path.exists():
+            problems.append(f"{path} exists")
+    volumes = ["hub-data"] + (["registry-data"] if "registry.tar.gz" in manifest["files"] else [])
+    for volume in volumes:
+        if _volume(client, volume_name(cfg, volume)) is not None:
+            problems.append(f"volume {volume_name(cfg, volume)} exists")
+    if (
+        "homes.tar.gz" in manifest["files"]
+        and cfg.home_root.exists()
+        and any(cfg.home_root.iterdir())
+    ):
+        problems.append(f"{cfg.home_root} is not empty")
+    if problems:
+        raise CommandError(
+            "restore writes only where nothing is yet, and found: "
+            + "; ".join(problems)
+            + ". Restore onto a fresh state_dir (and project), or move those away first"
+        )
+
+
+def restore(cfg: PlatformConfig, src: Path) -> dict:
+    src = src.absolute()
+    manifest = read_manifest(src)
+    _say(
+        f"backup {src}: {len(manifest['files'])} files, checksums match "
+        f"(taken {manifest['created']})"
+    )
+    client = docker_client()
+    _refuse_to_overwrite(cfg, client, manifest)
+    bootstrap(cfg, client)  # the base image unpacks the volumes
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    cfg.users_file.parent.mkdir(parents=True, exist_ok=True)
+    write_private(cfg.users_file, (src / "users.yaml").read_text())
+    for secret in sorted((src / "secrets").glob("*")):
+        target = (
+            cfg.registry_credentials_file
+            if secret.name == REGISTRY_CREDENTIALS
+            else cfg.secrets_dir / secret.name
+        )
+        write_private(target, secret.read_text())
+    _say(f"users and secrets: {cfg.users_file}, {cfg.secrets_dir}")
+    db = io.BytesIO()
+    with tarfile.open(fileobj=db, mode="w") as tar:
+        tar.add(src / "hub" / HUB_DB, arcname=f"{Path(HUB_DB_DIR).name}/{HUB_DB}")
+    _fill_volume(cfg, client, "hub-data", HUB_DB_DIR, db.getvalue())
+    _say(f"hub database: volume {volume_name(cfg, 'hub-data')}")
+    if "homes.tar.gz" in manifest["files"]:
+        _restore_homes(cfg, src / "homes.tar.gz")
+        _say(f"homes: {cfg.home_root}")
+    if "registry.tar.gz" in manifest["files"]:
+        with (src / "registry.tar.gz").open("rb") as data:  # streamed: it can be large
+            _fill_volume(cfg, client, "registry-data", REGISTRY_DIR, data)
+        _say(f"registry storage: volume {volume_name(cfg, 'registry-data')}")
+    if manifest.get("config"):
+        _say(
+            f"the backup's platform config is {src / manifest['config']}; this restore used "
+            f"{cfg.path or 'the defaults'}: the images, registry and hub keys should agree"
+        )
+    return manifest
+
+
+def _restore_homes(cfg: PlatformConfig, archive: Path) -> None:
+    """Unpack the homes into home_root with the analysts' numeric owners and modes; the
+    'tar' filter refuses paths that leave the folder and strips setuid bits."""
+    cfg.home_root.mkdir(parents=True, exist_ok=True, mode=0o755)
+    with tarfile.open(archive, "r:gz") as tar:
+        try:
+            tar.extractall(cfg.home_root, numeric_owner=True, filter="tar")
+        except tarfile.FilterError as e:
+            raise CommandError(f"{archive}: refused: {e}") from None
+
+
+# --- commands ------------------------------------------------------------------------
+def cmd_backup(cfg: PlatformConfig, args) -> int:
+    manifest = backup(cfg, Path(args.dir), homes=args.homes, registry=args.registry)
+    _say(f"backup written: {Path(args.dir).absolute()} ({len(manifest['files'])} files)")
+    return 0
+
+
+def cmd_restore(cfg: PlatformConfig, args) -> int:
+    restore(cfg, Path(args.dir))
+    _say("restored; start the platform with `hubstack up`")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "backup",
+        help="copy the hub database, users, config and secrets (and homes, registry) to DIR",
+        description="Back up the platform while it runs: the hub database (SQLite backup "
+        "API), users file, platform config and secrets, with a manifest of checksums. DIR "
+        "holds secrets: keep it private.",
+    )
+    p.add_argument("dir", metavar="DIR", help="a new (or empty) folder for the backup")
+    p.add_argument("--homes", action="store_true", help="include the analysts' homes")
+    p.add_argument("--registry", action="store_true", help="include the registry's storage")
+    p.set_defaults(func=cmd_backup)
+    p = subparsers.add_parser(
+        "restore",
+        help="restore a backup onto a fresh state directory (platform stopped)",
+        description="Check the backup's checksums, then write its users, secrets, hub "
+        "database (and homes, registry storage) into this config's state directory and "
+        "volumes. Refuses to overwrite anything that exists or a running platform.",
+    )
+    p.add_argument("dir", metavar="DIR", help="a folder written by `hubstack backup`")
+    p.set_defaults(func=cmd_restore)
