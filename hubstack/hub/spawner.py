@@ -203,15 +203,32 @@ class HubstackSpawner(DockerSpawner):
         return auth_config(self.cfg)
 
     async def _resolve_digest(self, ref: str) -> str:
-        """REPO:TAG -> REPO@sha256:..., asked of the registry through the engine."""
+        """REPO:TAG -> REPO@sha256:..., asked of the registry through the engine. When the
+        registry cannot answer, the digest this node recorded when it last pulled or pushed
+        REF: a registry outage must not stop analysts whose image is already here."""
+        repo = ref.rsplit(":", 1)[0]
         try:
             info = await self.docker("inspect_distribution", ref, auth_config=self._auth())
+            return f"{repo}@{info['Descriptor']['digest']}"
         except docker.errors.APIError as e:
+            asked = e.explanation or str(e)
+        try:
+            local = await self.docker("inspect_image", ref)
+        except docker.errors.ImageNotFound:
+            local = {}
+        here = [d for d in local.get("RepoDigests") or [] if d.startswith(f"{repo}@")]
+        if not here:
             raise web.HTTPError(
-                500, f"image {ref} not found in the registry: {e.explanation}"
-            ) from None
-        repo = ref.rsplit(":", 1)[0]
-        return f"{repo}@{info['Descriptor']['digest']}"
+                503,
+                f"the registry {self.cfg.registry.address} cannot give image {ref} ({asked}) "
+                "and this node has no copy of it; ask an admin to check the registry "
+                "(`hubstack status`, `hubstack doctor`)",
+            )
+        self.log.warning(
+            "registry did not resolve %s (%s); using this node's %s", ref, asked, here[0]
+        )
+        self.spawn_progress.emit(4, "The registry did not answer: using the image on this node")
+        return here[0]
 
     async def pull_image(self, image):
         """Pull by digest, streaming per-layer progress to the spawn page."""

@@ -273,3 +273,39 @@ def remove_platform(cfg, client) -> None:
             client.images.remove(cfg.image_ref(image_name))
         except docker.errors.APIError:
             pass
+
+
+def url(cfg) -> str:
+    return f"http://{cfg.hub.host}:{cfg.hub.port}"
+
+
+def forget_local_digest(docker_client, cfg, image: str) -> None:
+    """Drop this node's reference to the image's registry digest, so the next spawn must pull
+    (the layers stay: the pull is quick, but it is a real pull with real progress)."""
+    repo = cfg.image_repository(image)
+    for ref in docker_client.images.get(cfg.image_ref(image, cfg.hub.notebook_image_tag)).attrs[
+        "RepoDigests"
+    ]:
+        if ref.startswith(repo + "@"):
+            docker_client.images.remove(ref)
+
+
+def read_back_after_restart(cfg, client, filename: str) -> str:
+    """Wait for the hub to answer again, then read FILENAME in the client's running server."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url(cfg)}/hub/health", timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    # The proxy came back with the hub; routes are restored from the database.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return client.run_code(f"print(open({filename!r}).read())").strip()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)

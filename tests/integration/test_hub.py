@@ -4,14 +4,20 @@ login form, start servers, run code in kernels through the hub's proxy."""
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 import requests
 
 from hubstack import stack
 from tests.integration.conftest import ANALYSTS
-from tests.integration.hubstack_e2e import REPO, HubClient, hubstack
+from tests.integration.hubstack_e2e import (
+    REPO,
+    HubClient,
+    forget_local_digest,
+    hubstack,
+    read_back_after_restart,
+    url,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,21 +29,6 @@ WHOAMI = (
     "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
     "print(open('/proc/self/status').read().split('NoNewPrivs:')[1].split()[0])\n"
 )
-
-
-def url(cfg) -> str:
-    return f"http://{cfg.hub.host}:{cfg.hub.port}"
-
-
-def forget_local_digest(docker_client, cfg, image: str) -> None:
-    """Drop this node's reference to the image's registry digest, so the next spawn must pull
-    (the layers stay: the pull is quick, but it is a real pull with real progress)."""
-    repo = cfg.image_repository(image)
-    for ref in docker_client.images.get(cfg.image_ref(image, cfg.hub.notebook_image_tag)).attrs[
-        "RepoDigests"
-    ]:
-        if ref.startswith(repo + "@"):
-            docker_client.images.remove(ref)
 
 
 def test_up_prints_url_and_login(hub_stack):
@@ -123,27 +114,6 @@ def test_stop_respawn_and_hub_restart_keep_the_file(hub_stack, clients, docker_c
     )[0]
     hub.restart(timeout=20)
     assert read_back_after_restart(cfg, alice, "respawn.txt") == "still here"
-
-
-def read_back_after_restart(cfg, client, filename: str) -> str:
-    """Wait for the hub to answer again, then read FILENAME in the client's running server."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url(cfg)}/hub/health", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    # The proxy came back with the hub; routes are restored from the database.
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return client.run_code(f"print(open({filename!r}).read())").strip()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(2)
 
 
 def test_status_lists_running_servers(hub_stack, clients):

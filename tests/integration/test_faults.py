@@ -1,0 +1,141 @@
+"""Faults injected into the real stack, one per test, and what the analyst sees afterwards.
+
+Not here: a restarted engine (it would restart every container of the test session; see
+docs/operations.md for what the restart policies do), and the hub restarted by the engine,
+which tests/integration/test_hub.py covers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from hubstack.hub.container_spec import USER_LABEL
+from hubstack.stack import service_container
+from tests.integration.hubstack_e2e import HubClient, forget_local_digest, read_back_after_restart
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# Finds the JupyterHub process (tini's child) and kills it hard, as an OOM kill would.
+KILL_JUPYTERHUB = (
+    "import os, signal\n"
+    "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+    "    cmd = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
+    "    if any(part.endswith(b'jupyterhub') for part in cmd[:2]):\n"
+    "        os.kill(int(pid), signal.SIGKILL)\n"
+)
+
+
+def _server_container(docker_client, cfg, user: str):
+    found = [
+        c
+        for c in docker_client.containers.list(filters={"label": f"{USER_LABEL}={user}"})
+        if cfg.hub.network in c.attrs["NetworkSettings"]["Networks"]
+    ]
+    return found[0] if found else None
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout:.0f}s")
+        time.sleep(2)
+
+
+def _spawn_failure(client: HubClient) -> str:
+    """Start the server and return the message of the failed spawn (the spawn page's text)."""
+    r = client.api("POST", f"/hub/api/users/{client.name}/server", json={"profile": "default"})
+    if r.status_code >= 400:
+        return r.json().get("message", r.text)
+    with client.api(
+        "GET", f"/hub/api/users/{client.name}/server/progress", stream=True, timeout=120
+    ) as s:
+        for line in s.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                event = json.loads(line[5:])
+                assert not event.get("ready"), "the spawn was expected to fail"
+                if event.get("failed"):
+                    return event.get("message", "")
+    raise AssertionError("the progress stream ended without an outcome")
+
+
+def test_hub_process_killed_comes_back_and_servers_keep_running(hub_stack, clients, docker_client):
+    """Fault: the JupyterHub process dies (SIGKILL) with a server running."""
+    cfg, _, _ = hub_stack
+    alice = clients["alice"]
+    if not alice.running():
+        alice.start()
+    alice.run_code("open('fault-hub.txt', 'w').write('kept')\n")
+    server = _server_container(docker_client, cfg, "alice")
+    hub = service_container(cfg, docker_client, "hub")
+    restarts = hub.attrs["RestartCount"]
+
+    hub.exec_run(["python3", "-c", KILL_JUPYTERHUB])
+
+    # The engine's restart policy brings the hub back; the server never stopped.
+    def restarted():
+        hub.reload()
+        return hub.attrs["RestartCount"] > restarts and hub.status == "running"
+
+    _wait(restarted, 60, "the engine did not restart the hub")
+    assert read_back_after_restart(cfg, alice, "fault-hub.txt") == "kept"
+    server.reload()
+    assert server.status == "running"
+    assert _server_container(docker_client, cfg, "alice").id == server.id
+
+
+def test_killed_notebook_is_noticed_and_the_next_start_is_fresh(hub_stack, clients, docker_client):
+    """Fault: the analyst's notebook container is killed under them."""
+    cfg, _, _ = hub_stack
+    alice = clients["alice"]
+    if not alice.running():
+        alice.start()
+    alice.run_code("open('fault-nb.txt', 'w').write('home survives')\n")
+    killed = _server_container(docker_client, cfg, "alice")
+    killed.kill()
+
+    # JupyterHub polls each server (every 30 s by default) and forgets the dead one.
+    _wait(lambda: not alice.running(), 120, "the hub did not notice the dead server")
+    alice.start()
+    fresh = _server_container(docker_client, cfg, "alice")
+    assert fresh.id != killed.id
+    assert alice.run_code("print(open('fault-nb.txt').read())").strip() == "home survives"
+    alice.stop()
+
+
+def test_registry_down_spawns_from_the_node_or_says_why(hub_stack, clients, docker_client):
+    """Fault: the registry is stopped. A spawn whose image this node already holds works;
+    one whose image it does not hold fails with a message that names the registry."""
+    cfg, _, _ = hub_stack
+    alice = clients["alice"]
+    if alice.running():
+        alice.stop()
+    alice.start()  # with the registry up: this node now records the image's digest
+    alice.stop()
+    registry = service_container(cfg, docker_client, "registry")
+    registry.stop(timeout=10)
+    try:
+        events = alice.start()
+        assert any("using the image on this node" in e.get("message", "") for e in events)
+        assert alice.run_code("print('up')").strip() == "up"
+        alice.stop()
+
+        forget_local_digest(docker_client, cfg, "notebook")
+        message = _spawn_failure(alice)
+        assert f"the registry {cfg.registry.address} cannot give image" in message, message
+        assert "no copy" in message
+    finally:
+        registry.start()
+        _wait(
+            lambda: registry.reload() or registry.attrs["State"]["Health"]["Status"] == "healthy",
+            60,
+            "the registry did not come back",
+        )
+    # Back to normal: the next spawn pulls by digest again.
+    if alice.running():
+        alice.stop()
+    alice.start()
+    alice.stop()
