@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from hubstack.config import PlatformConfig
+from hubstack.hub.announce import read_announcement
 
 SECRETS = Path(os.environ.get("HUBSTACK_SECRETS", "/run/secrets"))
 
@@ -51,3 +52,5 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     # Refusals come sooner (a profile needing GPUs where there are none), so they answer
     # the request itself with their message.
     c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 1}
+    # `hubstack announce`: read on each page render, so no restart is needed.
+    c.JupyterHub.template_vars = {"announcement": read_announcement}

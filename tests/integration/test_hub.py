@@ -142,3 +142,15 @@ def test_plain_docker_compose_starts_the_platform(hub_stack, clients):
     )
     assert r.returncode == 0, r.stderr
     assert read_back_after_restart(cfg, alice, "compose.txt") == "plain compose"
+
+
+def test_announcement_shows_on_every_page_and_clears_without_a_restart(hub_stack, clients):
+    cfg, config, _ = hub_stack
+    alice = clients["alice"]
+    text = "Restart your server for the new image <today>"
+    r = hubstack(config, "announce", text)
+    assert r.returncode == 0, r.stderr
+    page = alice.http.get(f"{url(cfg)}/hub/home", timeout=30).text
+    assert "Restart your server for the new image &lt;today&gt;" in page, "escaped, shown"
+    assert hubstack(config, "announce", "--clear").returncode == 0
+    assert "Restart your server" not in alice.http.get(f"{url(cfg)}/hub/home", timeout=30).text

@@ -21,6 +21,7 @@ def test_every_command_loads_without_the_test_extras():
         "images",
         "users",
         "gpus",
+        "announce",
         "up",
         "down",
         "status",
