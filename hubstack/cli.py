@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "hubstack.stack",
     "hubstack.envreport",
     "hubstack.backup",
+    "hubstack.upgrade",
     "hubstack.ci.cli",
     "hubstack.doctor",
 )

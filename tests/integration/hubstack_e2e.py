@@ -309,3 +309,19 @@ def read_back_after_restart(cfg, client, filename: str) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(2)
+
+
+def fresh_clone(dest: Path) -> Path:
+    """A clone of this repository's HEAD with the same origin, as a user's clone would have:
+    the images' source label is the origin, so the build reuses the session's cache."""
+    subprocess.run(["git", "clone", "-q", str(REPO), str(dest)], check=True)
+    origin = subprocess.run(
+        ["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if origin:
+        subprocess.run(["git", "-C", str(dest), "remote", "set-url", "origin", origin], check=True)
+    else:
+        subprocess.run(["git", "-C", str(dest), "remote", "remove", "origin"], check=True)
+    return dest

@@ -21,7 +21,7 @@ import pytest
 
 from hubstack.config import parse_config
 from tests.conftest import IN_CI
-from tests.integration.hubstack_e2e import HubClient, remove_platform
+from tests.integration.hubstack_e2e import HubClient, fresh_clone, remove_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,22 +50,6 @@ def _refuse_if_a_platform_lives_here() -> None:
         pytest.skip(why)
 
 
-def _fresh_clone(dest: Path) -> Path:
-    """A clone of this repository's HEAD with the same origin, as a user's clone would have:
-    the images' source label is the origin, so the build reuses the session's cache."""
-    subprocess.run(["git", "clone", "-q", str(REPO), str(dest)], check=True)
-    origin = subprocess.run(
-        ["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    if origin:
-        subprocess.run(["git", "-C", str(dest), "remote", "set-url", "origin", origin], check=True)
-    else:
-        subprocess.run(["git", "-C", str(dest), "remote", "remove", "origin"], check=True)
-    return dest
-
-
 def _launcher(clone: Path, *args: str, timeout: int) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("HUBSTACK_CONFIG", "PYTHONPATH")}
     return subprocess.run(
@@ -81,7 +65,7 @@ def _launcher(clone: Path, *args: str, timeout: int) -> subprocess.CompletedProc
 @pytest.fixture
 def first_run(tmp_path, docker_client, hierarchy):
     _refuse_if_a_platform_lives_here()
-    clone = _fresh_clone(tmp_path / "hubstack")
+    clone = fresh_clone(tmp_path / "hubstack")
     try:
         yield clone, _launcher(clone, "up", timeout=2400)
     finally:

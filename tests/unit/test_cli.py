@@ -28,6 +28,7 @@ def test_every_command_loads_without_the_test_extras():
         "env",
         "backup",
         "restore",
+        "upgrade",
         "ci",
         "doctor",
     ):
