@@ -33,11 +33,11 @@ import docker
 from hubstack import __version__
 from hubstack.clock import timestamp
 from hubstack.config import PlatformConfig
-from hubstack.engine import docker_client
+from hubstack.engine import docker_client, project_name
 from hubstack.errors import CommandError
 from hubstack.images.bootstrap import bootstrap
 from hubstack.secretfiles import write_private
-from hubstack.stack import notebook_containers, project_name
+from hubstack.stack import notebook_containers
 
 MANIFEST = "manifest.json"
 FORMAT = 1

@@ -25,14 +25,13 @@ import requests
 from hubstack import spark
 from hubstack.ci.promote import STABLE
 from hubstack.config import PlatformConfig
-from hubstack.engine import docker_client
+from hubstack.engine import docker_client, platform_containers
 from hubstack.errors import CommandError
 from hubstack.hub.container_spec import PROFILE_LABEL, USER_LABEL
 from hubstack.images.build import IMAGE_LABEL, LINEAGE_LABEL_PREFIX
 from hubstack.images.graph import GraphError, ImageGraph
 from hubstack.images.lockdiff import ImageLock, PackageChange, diff_locks, read_lock
 from hubstack.registry import RegistryClient, load_credentials
-from hubstack.stack import platform_containers
 
 SHARED = "shared"
 """The analyst of the platform's own Spark cluster, which every analyst's driver uses."""

@@ -8,7 +8,6 @@ by render_env) lets plain `docker compose -f compose/compose.yaml up -d` work af
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import yaml
 
 from hubstack import doctor, spark
 from hubstack.config import NO_CA, PYPI, PlatformConfig
-from hubstack.engine import docker_client
+from hubstack.engine import docker_client, platform_containers, project_name
 from hubstack.errors import CommandError
 from hubstack.hub import gpu
 from hubstack.hub.container_spec import PROFILE_LABEL, USER_LABEL
@@ -41,11 +40,6 @@ CI_EXTRA_CA = "/etc/hubstack/extra-ca.pem"
 
 def compose_file(cfg: PlatformConfig) -> Path:
     return cfg.source_root / "compose" / "compose.yaml"
-
-
-def project_name(cfg: PlatformConfig) -> str:
-    """Compose project name; the network name keeps two platforms on one engine apart."""
-    return os.environ.get("COMPOSE_PROJECT_NAME") or cfg.hub.network
 
 
 # --- secrets -------------------------------------------------------------------------
@@ -315,30 +309,6 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
     else:
         print("log in with an account from the users file (`hubstack users list`)")
     return 0
-
-
-def platform_containers(
-    cfg: PlatformConfig, client, label: str, include_stopped: bool = True
-) -> list:
-    """Containers labelled LABEL (KEY or KEY=VALUE) on this platform's network."""
-    return [
-        c
-        for c in client.containers.list(all=include_stopped, filters={"label": label})
-        if cfg.hub.network in (c.attrs.get("NetworkSettings", {}).get("Networks") or {})
-    ]
-
-
-def service_container(cfg: PlatformConfig, client, service: str):
-    """The running container of one compose SERVICE of this platform, or None."""
-    found = client.containers.list(
-        filters={
-            "label": [
-                f"com.docker.compose.project={project_name(cfg)}",
-                f"com.docker.compose.service={service}",
-            ]
-        }
-    )
-    return found[0] if found else None
 
 
 def notebook_containers(cfg: PlatformConfig, client) -> list:

@@ -7,10 +7,9 @@ import tarfile
 import time
 
 from hubstack.config import PlatformConfig
-from hubstack.engine import docker_client
+from hubstack.engine import docker_client, service_container
 from hubstack.errors import CommandError
 from hubstack.hub.announce import ANNOUNCEMENT_FILE, MAX_CHARS
-from hubstack.stack import service_container
 
 
 def set_announcement(cfg: PlatformConfig, client, text: str) -> None:

@@ -19,8 +19,9 @@ import requests
 import websocket
 import yaml
 
+from hubstack.engine import project_name
 from hubstack.hub.users import users_file_for
-from hubstack.stack import compose_file, env_file, local_images, project_name
+from hubstack.stack import compose_file, env_file, local_images
 from tests.conftest import config_data, free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,6 +13,7 @@ import requests
 
 from hubstack import stack
 from hubstack.ci.webhook import load_or_create_secret, sign
+from hubstack.engine import project_name
 from tests.integration.hubstack_e2e import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,7 +32,7 @@ def test_webhook_builder_runs_as_a_compose_service(hub_stack, docker_client):
         "--env-file",
         str(stack.env_file(cfg)),
         "-p",
-        stack.project_name(cfg),
+        project_name(cfg),
     ]
     url = f"http://127.0.0.1:{cfg.ci.port}"
     try:

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from hubstack.engine import service_container
 from hubstack.hub.container_spec import USER_LABEL
-from hubstack.stack import service_container
 from tests.integration.hubstack_e2e import HubClient, forget_local_digest, read_back_after_restart
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
