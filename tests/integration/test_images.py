@@ -234,3 +234,19 @@ def test_credentials_file_is_private_and_never_in_the_repo(platform_config, regi
     assert path.stat().st_mode & 0o777 == 0o600
     assert platform_config.source_root.resolve() not in path.resolve().parents
     assert "password=***" in repr(registry.creds)
+
+
+def test_registry_reports_healthy_when_its_image_has_a_health_check(registry, docker_client):
+    """`docker ps` says healthy, not unhealthy: the offline registry image's HEALTHCHECK
+    really runs (registry:2 from Docker Hub declares none; compose adds its own)."""
+    container = docker_client.containers.get(f"hubstack-test-registry-{SESSION_ID}")
+    if not container.image.attrs["Config"].get("Healthcheck"):
+        return
+    deadline = time.monotonic() + 90
+    while True:
+        container.reload()
+        health = container.attrs["State"]["Health"]
+        if health["Status"] == "healthy":
+            return
+        assert time.monotonic() < deadline, health["Log"][-1:]
+        time.sleep(2)
