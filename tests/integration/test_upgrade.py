@@ -45,10 +45,11 @@ def _commit_a_new_package(clone: Path) -> None:
     _wheel(folder / WHEEL)
     dockerfile = folder / "Dockerfile"
     text = dockerfile.read_text()
+    # By name from a wheel folder, as from an index: the lock then says NAME==VERSION.
     step = (
-        f"COPY {WHEEL} /tmp/\n"
-        f"RUN /opt/venv/bin/pip install --no-deps --no-index /tmp/{WHEEL} && rm /tmp/{WHEEL} \\\n"
-        " && hubstack-write-lock notebook\n"
+        f"COPY {WHEEL} /tmp/wheels/\n"
+        "RUN /opt/venv/bin/pip install --no-deps --no-index --find-links /tmp/wheels "
+        f"{MARKER}==1.0 \\\n && rm -r /tmp/wheels && hubstack-write-lock notebook\n"
     )
     dockerfile.write_text(text.replace("EXPOSE 8888\n", step + "EXPOSE 8888\n"))
     git = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@example.org"]
