@@ -62,13 +62,18 @@ def _spawn_failure(client: HubClient) -> str:
     raise AssertionError("the progress stream ended without an outcome")
 
 
+def _working(client: HubClient, filename: str, text: str) -> None:
+    """The analyst's server running, with a file they just wrote in their home."""
+    if not client.running():
+        client.start()
+    client.run_code(f"open({filename!r}, 'w').write({text!r})\n")
+
+
 def test_hub_process_killed_comes_back_and_servers_keep_running(hub_stack, clients, docker_client):
     """Fault: the JupyterHub process dies (SIGKILL) with a server running."""
     cfg, _, _ = hub_stack
     alice = clients["alice"]
-    if not alice.running():
-        alice.start()
-    alice.run_code("open('fault-hub.txt', 'w').write('kept')\n")
+    _working(alice, "fault-hub.txt", "kept")
     server = _server_container(docker_client, cfg, "alice")
     hub = service_container(cfg, docker_client, "hub")
     restarts = hub.attrs["RestartCount"]
@@ -91,9 +96,7 @@ def test_killed_notebook_is_noticed_and_the_next_start_is_fresh(hub_stack, clien
     """Fault: the analyst's notebook container is killed under them."""
     cfg, _, _ = hub_stack
     alice = clients["alice"]
-    if not alice.running():
-        alice.start()
-    alice.run_code("open('fault-nb.txt', 'w').write('home survives')\n")
+    _working(alice, "fault-nb.txt", "home survives")
     killed = _server_container(docker_client, cfg, "alice")
     killed.kill()
 
