@@ -15,12 +15,18 @@ servers, `images.tag` for the cluster.
 
 from __future__ import annotations
 
+import asyncio
+import html
 import json
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import docker
 import requests
+import tornado.ioloop
+import tornado.web
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 
 from hubstack import spark
 from hubstack.ci.promote import STABLE
@@ -28,6 +34,7 @@ from hubstack.config import PlatformConfig
 from hubstack.engine import docker_client, platform_containers
 from hubstack.errors import CommandError
 from hubstack.hub.container_spec import PROFILE_LABEL, USER_LABEL
+from hubstack.hub.setup import ENV_REPORT_PORT, ENV_REPORT_SERVICE
 from hubstack.images.build import IMAGE_LABEL, LINEAGE_LABEL_PREFIX
 from hubstack.images.graph import GraphError, ImageGraph
 from hubstack.images.lockdiff import ImageLock, PackageChange, diff_locks, read_lock
@@ -249,6 +256,67 @@ def format_entry(entry: Entry) -> list[str]:
     return lines
 
 
+# --- the admins' page: a JupyterHub service behind the hub's login --------------------
+def render_html(entries: list[Entry], note: str) -> str:
+    """The report as one HTML page: a row per container, the package changes under it."""
+    e = html.escape
+    rows = []
+    for entry in entries:
+        who = f"profile {entry.profile}" if entry.kind == "notebook" else "Spark cluster"
+        lineage = ", ".join(f"{n} {d[:12]}" for n, d in entry.lineage.items())
+        changes = "<br>".join(e(c.format()) for c in entry.changes or [])
+        status = entry.status + (f": {entry.note}" if entry.note else "")
+        rows.append(
+            f"<tr class='{e(entry.status)}'><td>{e(entry.analyst)}</td><td>{e(who)}</td>"
+            f"<td>{e(entry.container)}</td><td><code>{e(entry.image_ref)}</code><br>"
+            f"id {e(_short(entry.image_id))}</td><td>{e(lineage)}</td>"
+            f"<td>{e(status)}</td><td><code>{changes}</code></td></tr>"
+        )
+    outdated = sum(entry.status == "outdated" for entry in entries)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>hubstack: who runs which "
+        "environment</title><style>body{font-family:sans-serif}td,th{border-bottom:1px solid "
+        "#ccc;padding:4px;vertical-align:top;text-align:left}tr.outdated{background:#fff3cd}"
+        "</style></head><body><h1>Who runs which environment</h1>"
+        f"<p>{len(entries)} running container(s), {outdated} on an older image than stable."
+        + (f" Note: {e(note)}" if note else "")
+        + "</p><table><tr><th>analyst</th><th>what</th><th>container</th><th>image</th>"
+        "<th>lineage</th><th>status</th><th>packages that differ</th></tr>"
+        + "".join(rows)
+        + "</table><p>The same as <code>hubstack env report</code>.</p></body></html>"
+    )
+
+
+class ReportPage(HubOAuthenticated, tornado.web.RequestHandler):
+    """The report for whoever the hub lets through: the service's access scope, which only
+    the admin role holds."""
+
+    def initialize(self, cfg: PlatformConfig) -> None:
+        self.cfg = cfg
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        entries, note = await asyncio.to_thread(env_report, self.cfg, docker_client())
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.write(render_html(entries, note))
+
+
+def cmd_serve(cfg: PlatformConfig, args) -> int:
+    prefix = f"/services/{ENV_REPORT_SERVICE}/"
+    app = tornado.web.Application(
+        [
+            (prefix, ReportPage, {"cfg": cfg}),
+            (f"{prefix}oauth_callback", HubOAuthCallbackHandler),
+        ],
+        # Only this process's login cookies: a restart asks the hub again (no prompt).
+        cookie_secret=os.urandom(32),
+    )
+    app.listen(args.port, address="127.0.0.1")
+    print(f"env report page on 127.0.0.1:{args.port}{prefix}", flush=True)
+    tornado.ioloop.IOLoop.current().start()
+    return 0
+
+
 def cmd_report(cfg: PlatformConfig, args) -> int:
     entries, note = env_report(cfg, docker_client(), args.against)
     if args.json:
@@ -290,3 +358,14 @@ def register(subparsers) -> None:
         help=f"the tag every image is compared with (default {STABLE})",
     )
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser(
+        "serve",
+        help="the report as a page for admins (the hub runs it as a service; not by hand)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=ENV_REPORT_PORT,
+        help=f"port on 127.0.0.1 (default {ENV_REPORT_PORT})",
+    )
+    p.set_defaults(func=cmd_serve)

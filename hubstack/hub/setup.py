@@ -8,10 +8,15 @@ Paths inside the hub container (set by compose/compose.yaml):
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from hubstack.config import PlatformConfig
 from hubstack.hub.announce import read_announcement
+
+ENV_REPORT_SERVICE = "env-report"
+ENV_REPORT_PORT = 10101
+"""Where the hub runs `hubstack env serve` (hubstack.envreport), the admins' report page."""
 
 SECRETS = Path(os.environ.get("HUBSTACK_SECRETS", "/run/secrets"))
 
@@ -52,5 +57,17 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     # Refusals come sooner (a profile needing GPUs where there are none), so they answer
     # the request itself with their message.
     c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 1}
+    # `hubstack env report` as a page for admins: a managed service behind the hub's login.
+    # Only the admin role holds access:services, so analysts are refused by the hub itself.
+    command = [sys.executable, "-m", "hubstack"] + (["-c", str(cfg.path)] if cfg.path else [])
+    c.JupyterHub.services = [
+        {
+            "name": ENV_REPORT_SERVICE,
+            "display": True,
+            "url": f"http://127.0.0.1:{ENV_REPORT_PORT}",
+            "command": [*command, "env", "serve", "--port", str(ENV_REPORT_PORT)],
+            "oauth_no_confirm": True,
+        }
+    ]
     # `hubstack announce`: read on each page render, so no restart is needed.
     c.JupyterHub.template_vars = {"announcement": read_announcement}

@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from hubstack import stack
+from hubstack.hub.users import users_file_for
 from tests.integration.conftest import ANALYSTS
 from tests.integration.hubstack_e2e import (
     REPO,
@@ -154,3 +155,55 @@ def test_announcement_shows_on_every_page_and_clears_without_a_restart(hub_stack
     assert "Restart your server for the new image &lt;today&gt;" in page, "escaped, shown"
     assert hubstack(config, "announce", "--clear").returncode == 0
     assert "Restart your server" not in alice.http.get(f"{url(cfg)}/hub/home", timeout=30).text
+
+
+def test_down_with_servers_running_then_up_keeps_users_tokens_and_homes(hub_stack, clients):
+    """`hubstack down` with an analyst working, then `hubstack up`: the same platform back.
+    Her API token lives only in the hub database, her file only in her home."""
+    cfg, config, _ = hub_stack
+    alice = clients["alice"]
+    if not alice.running():
+        alice.start()
+    alice.run_code("open('across-down.txt', 'w').write('kept across down and up')\n")
+
+    down = hubstack(config, "down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "stopped notebook server of alice" in down.stdout
+    assert "hubstack is down" in down.stdout
+    with pytest.raises(requests.RequestException):
+        requests.get(f"{url(cfg)}/hub/health", timeout=5)
+
+    up = hubstack(config, "up", "--no-build")
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    assert "log in with an account from the users file" in up.stdout, "no new admin"
+    assert alice.api("GET", "/hub/api/users/alice").status_code == 200, "token kept"
+    assert not alice.running(), "servers start again on the analyst's next login"
+    password = ANALYSTS["alice"][0]
+    assert HubClient(url(cfg), "alice").login(password).status_code == 302
+    alice.start()
+    assert alice.run_code("print(open('across-down.txt').read())").strip() == (
+        "kept across down and up"
+    )
+    alice.stop()
+
+
+def test_env_report_page_is_for_admins_only(hub_stack, clients):
+    """The report as a page in the hub (a JupyterHub service behind its login): an admin
+    sees every running server with its image; an analyst is refused by the hub."""
+    cfg, _, _ = hub_stack
+    alice, bob = clients["alice"], clients["bob"]
+    if not alice.running():
+        alice.start()
+    users_file_for(cfg).add("carol", 23009, 23009, admin=True, password="carol-pw-51d0")
+    try:
+        carol = HubClient(url(cfg), "carol")
+        assert carol.login("carol-pw-51d0").status_code == 302
+        page = carol.http.get(f"{url(cfg)}/services/env-report/", timeout=120)
+        assert page.status_code == 200, page.text[:500]
+        assert "Who runs which environment" in page.text
+        assert "<td>alice</td><td>profile default</td>" in page.text
+        refused = bob.http.get(f"{url(cfg)}/services/env-report/", timeout=60)
+        assert refused.status_code == 403, (refused.status_code, refused.url)
+    finally:
+        users_file_for(cfg).remove("carol")
+        alice.stop()

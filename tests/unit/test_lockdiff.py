@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hubstack.ci.rebuild import BuildReport, ImageOutcome
 from hubstack.config import parse_config
-from hubstack.envreport import Entry, Target, compare, format_entry
+from hubstack.envreport import Entry, Target, compare, format_entry, render_html
 from hubstack.images.build import image_labels
 from hubstack.images.graph import ImageGraph
 from hubstack.images.lockdiff import (
@@ -229,3 +229,13 @@ def test_ci_report_lists_package_differences_from_the_replaced_image():
     assert report.to_dict()["images"][0]["package_changes"] == [
         {"manager": "pip", "name": "pandas", "old": "2.2.2", "new": "2.2.3"}
     ]
+
+
+def test_the_admins_page_escapes_what_it_shows():
+    hostile = entry()
+    hostile.analyst = "<script>x</script>"
+    hostile.status, hostile.changes = "outdated", [PackageChange("pip", "a<b", None, "1")]
+    page = render_html([hostile, entry("sha256:new")], "")
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "pip  + a&lt;b 1" in page
+    assert "2 running container(s), 1 on an older image" in page
