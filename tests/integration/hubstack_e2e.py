@@ -224,14 +224,12 @@ def write_config(tmp: Path, name: str, image_ns: str) -> Path:
         free_port(),
         registry={"image": os.environ.get("HUBTEST_REGISTRY_IMAGE", "registry:2")},
         images={"namespace": image_ns, "tag": "latest"},
-        hub={"host": "127.0.0.1", "port": free_port(), "network": name, "start_timeout": 240},
-        # The stack includes the Spark cluster: UIs on free ports, 2 workers x 2 cores so
-        # two analysts' applications (2 cores each) run side by side.
+        hub={"host": "127.0.0.1", "port": free_port(), "network": name},
+        # The stack includes the Spark cluster: UIs on free ports, and 2 cores per worker
+        # (default 1) so that two analysts' applications (2 cores each, the default cap) run
+        # side by side in test_spark_hub; the rest of its sizing is the default.
         spark={
-            "workers": 2,
             "worker_cores": 2,
-            "worker_memory": "1g",
-            "max_cores_per_app": 2,
             "master_ui_port": free_port(),
             "worker_ui_port": free_port_range(2),
         },
