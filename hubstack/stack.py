@@ -235,26 +235,29 @@ def wait_for_hub(cfg: PlatformConfig, timeout: float = 180) -> None:
 
 
 # --- commands ------------------------------------------------------------------------
+UP_STAGES = ("checks", "secrets", "bootstrap", "build", "registry", "push", "start", "health")
+
+
 class Stages:
-    """One line per stage of `up` ("[up 3/8] build: ..."), and the total time at the end."""
+    """One line per stage of a long command ("[up 3/8] build: ..."), and its total time."""
 
-    NAMES = ("checks", "secrets", "bootstrap", "build", "registry", "push", "start", "health")
-
-    def __init__(self) -> None:
+    def __init__(self, command: str, names: tuple[str, ...]) -> None:
+        self.command, self.names = command, names
         self.started = time.monotonic()
-        self.index = 0
 
     def __call__(self, name: str, what: str) -> None:
-        self.index = self.NAMES.index(name) + 1
+        index = self.names.index(name) + 1
         took = time.monotonic() - self.started
-        print(f"[up {self.index}/{len(self.NAMES)}] {name}: {what} (+{took:.0f}s)", flush=True)
+        print(
+            f"[{self.command} {index}/{len(self.names)}] {name}: {what} (+{took:.0f}s)", flush=True
+        )
 
     def total(self) -> str:
         return f"{time.monotonic() - self.started:.0f}s"
 
 
 def cmd_up(cfg: PlatformConfig, args) -> int:
-    stage = Stages()
+    stage = Stages("up", UP_STAGES)
     # The cheap checks of `hubstack doctor` first: a busy port or a missing compose plugin
     # is one line now rather than a failure after minutes of building.
     checks = doctor.preflight(cfg)

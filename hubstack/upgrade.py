@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import time
-
 from hubstack.ci.cli import add_since_arguments
 from hubstack.ci.plan import make_plan
 from hubstack.ci.promote import STABLE, promote
@@ -23,19 +21,13 @@ from hubstack.config import PlatformConfig
 from hubstack.engine import docker_client
 from hubstack.envreport import env_report
 from hubstack.errors import CommandError
-from hubstack.stack import compose, render_env, wait_for_hub
+from hubstack.stack import Stages, compose, render_env, wait_for_hub
 
 STAGES = ("rebuild", "promote", "restart", "report")
 
 
 def cmd_upgrade(cfg: PlatformConfig, args) -> int:
-    started = time.monotonic()
-
-    def stage(name: str, what: str) -> None:
-        took = time.monotonic() - started
-        index = STAGES.index(name) + 1
-        print(f"[upgrade {index}/{len(STAGES)}] {name}: {what} (+{took:.0f}s)", flush=True)
-
+    stage = Stages("upgrade", STAGES)
     client = docker_client()
     plan = make_plan(cfg, None if args.all else args.since)
     stage("rebuild", f"{len(plan.items)} image(s): build, test, push; latest moves after tests")
@@ -64,7 +56,7 @@ def cmd_upgrade(cfg: PlatformConfig, args) -> int:
     for e in old:
         print(f"  {e.analyst} ({e.kind}, {e.container}): {len(e.changes or [])} package change(s)")
     print(
-        f"hubstack upgraded in {time.monotonic() - started:.0f}s; "
+        f"hubstack upgraded in {stage.total()}; "
         f"{len(old)} of {len(entries)} running container(s) on an older image"
         + (
             " (details: `hubstack env report`; ask them to restart: "
