@@ -301,7 +301,9 @@ def restore(cfg: PlatformConfig, src: Path) -> dict:
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     cfg.users_file.parent.mkdir(parents=True, exist_ok=True)
     write_private(cfg.users_file, (src / "users.yaml").read_text())
-    for secret in sorted((src / "secrets").glob("*")):
+    # Only what the manifest lists, and so what its checksums vouched for.
+    listed = sorted(rel for rel in manifest["files"] if rel.startswith("secrets/"))
+    for secret in (src / rel for rel in listed):
         target = (
             cfg.registry_credentials_file
             if secret.name == REGISTRY_CREDENTIALS
