@@ -33,7 +33,7 @@ import docker
 from hubstack import __version__
 from hubstack.clock import timestamp
 from hubstack.config import PlatformConfig
-from hubstack.engine import docker_client, project_name
+from hubstack.engine import created_container, docker_client, project_name
 from hubstack.errors import CommandError
 from hubstack.images.bootstrap import bootstrap
 from hubstack.secretfiles import write_private
@@ -88,24 +88,19 @@ def _volume(client, name: str):
         return None
 
 
-def _with_volume(client, image: str, volume: str, mount: str, **kwargs):
-    """A container of IMAGE with VOLUME at MOUNT, created (not started unless told to)."""
-    kwargs.setdefault("command", ["true"])  # never run: it only holds the mount
-    return client.containers.create(
-        image, volumes={volume: {"bind": mount, "mode": "rw"}}, user="0:0", **kwargs
+def _holding(client, image: str, volume: str, mount: str, **kwargs):
+    """A created container of IMAGE with VOLUME at MOUNT (engine.created_container)."""
+    return created_container(
+        client, image, volumes={volume: {"bind": mount, "mode": "rw"}}, user="0:0", **kwargs
     )
 
 
 def _archive_volume(client, image: str, volume: str, mount: str, dest: Path) -> None:
     """Stream the volume's files, as the engine tars them, into DEST (gzip)."""
-    container = _with_volume(client, image, volume, mount)
-    try:
+    with _holding(client, image, volume, mount) as container, gzip.open(dest, "wb") as out:
         stream, _ = container.get_archive(mount)
-        with gzip.open(dest, "wb") as out:
-            for chunk in stream:
-                out.write(chunk)
-    finally:
-        container.remove(force=True)
+        for chunk in stream:
+            out.write(chunk)
 
 
 def _fill_volume(cfg: PlatformConfig, client, volume: str, mount: str, archive) -> None:
@@ -119,12 +114,9 @@ def _fill_volume(cfg: PlatformConfig, client, volume: str, mount: str, archive) 
             "com.docker.compose.volume": volume,
         },
     )
-    container = _with_volume(client, cfg.base.image, name, mount)
-    try:
+    with _holding(client, cfg.base.image, name, mount) as container:
         if not container.put_archive(str(Path(mount).parent), archive):
             raise CommandError(f"the engine refused to unpack into volume {name}")
-    finally:
-        container.remove(force=True)
 
 
 # --- backup --------------------------------------------------------------------------
@@ -138,32 +130,29 @@ def _copy_hub_db(cfg: PlatformConfig, client, dest: Path) -> None:
         )
     image = cfg.image_ref(cfg.hub.image)
     src, tmp = f"{HUB_DB_DIR}/{HUB_DB}", f"/tmp/{HUB_DB}"
-    container = _with_volume(
-        client, image, volume, HUB_DB_DIR, command=["python3", "-c", SQLITE_BACKUP, src, tmp]
-    )
+    command = ["python3", "-c", SQLITE_BACKUP, src, tmp]
     try:
-        container.start()
-        status = container.wait(timeout=300)
-        if status.get("StatusCode") != 0:
-            log = container.logs().decode(errors="replace").strip()[-500:]
-            raise CommandError(f"copying the hub database failed: {log}")
-        stream, _ = container.get_archive(tmp)
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            data = tar.extractfile(HUB_DB)
-            if data is None:
-                raise CommandError("copying the hub database failed: no copy came back")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data.read())
+        with _holding(client, image, volume, HUB_DB_DIR, entrypoint=command) as container:
+            container.start()
+            status = container.wait(timeout=300)
+            if status.get("StatusCode") != 0:
+                log = container.logs().decode(errors="replace").strip()[-500:]
+                raise CommandError(f"copying the hub database failed: {log}")
+            stream, _ = container.get_archive(tmp)
+            data = b"".join(stream)
     except docker.errors.ImageNotFound:
         raise CommandError(f"the hub image {image} is not in the engine") from None
-    finally:
-        container.remove(force=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        copy = tar.extractfile(HUB_DB)
+        if copy is None:
+            raise CommandError("copying the hub database failed: no copy came back")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(copy.read())
 
 
 def _secret_files(cfg: PlatformConfig) -> dict[str, Path]:
     """name in the backup -> file on this host, for every secret that exists."""
-    files = {p.name: p for p in sorted(cfg.secrets_dir.glob("*")) if p.is_file()}
-    files = {k: v for k, v in files.items() if not k.startswith(".")}
+    files = {p.name: p for p in sorted(cfg.secrets_dir.glob("[!.]*"))}  # no temp files
     files[REGISTRY_CREDENTIALS] = cfg.registry_credentials_file
     return {k: v for k, v in files.items() if v.is_file()}
 

@@ -4,6 +4,8 @@ platform's compose project and containers in it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import docker
 from docker.errors import DockerException
@@ -52,3 +54,24 @@ def service_container(cfg: PlatformConfig, client, service: str):
         }
     )
     return found[0] if found else None
+
+
+@contextmanager
+def created_container(client, image: str, **kwargs) -> Iterator:
+    """A container of IMAGE that is created, never started unless the caller starts it, and
+    always removed: for copying files out of an image or into a volume without running it.
+    Its entrypoint is `true`, so images without a command can be created too."""
+    kwargs.setdefault("entrypoint", ["true"])
+    kwargs.setdefault("network_disabled", True)
+    container = client.containers.create(image, **kwargs)
+    try:
+        yield container
+    finally:
+        container.remove(force=True)
+
+
+def repo_digest(image_attrs: dict, repository: str) -> str | None:
+    """REPOSITORY@sha256:... this engine recorded for the image when it last pushed or
+    pulled it to or from REPOSITORY; None if it never did."""
+    prefix = f"{repository}@"
+    return next((d for d in image_attrs.get("RepoDigests") or [] if d.startswith(prefix)), None)

@@ -31,7 +31,7 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from hubstack import spark
 from hubstack.ci.promote import STABLE
 from hubstack.config import PlatformConfig
-from hubstack.engine import docker_client, platform_containers
+from hubstack.engine import docker_client, platform_containers, repo_digest
 from hubstack.errors import CommandError
 from hubstack.hub.container_spec import PROFILE_LABEL, USER_LABEL
 from hubstack.hub.setup import ENV_REPORT_PORT, ENV_REPORT_SERVICE
@@ -157,11 +157,9 @@ def running_containers(cfg: PlatformConfig, client: docker.DockerClient) -> list
     )
 
 
-def describe(
-    cfg: PlatformConfig, client: docker.DockerClient, container, kind: str, order: list[str]
-) -> Entry:
+def describe(cfg: PlatformConfig, container, image, kind: str, order: list[str]) -> Entry:
+    """CONTAINER (of KIND) and the IMAGE it runs, as a report entry."""
     image_id = container.attrs["Image"]
-    image = client.images.get(image_id)
     labels = image.labels or {}
     lineage = {
         k[len(LINEAGE_LABEL_PREFIX) :]: v
@@ -171,7 +169,7 @@ def describe(
     rank = {n: i for i, n in enumerate(order)}
     name = labels.get(IMAGE_LABEL)
     repo_digests = image.attrs.get("RepoDigests") or []
-    repo = f"{cfg.image_repository(name)}@" if name else None
+    ours = repo_digest(image.attrs, cfg.image_repository(name)) if name else None
     return Entry(
         analyst=container.labels.get(USER_LABEL, SHARED),
         kind=kind,
@@ -181,9 +179,7 @@ def describe(
         image_id=image_id,
         repo_digests=repo_digests,
         image_name=name,
-        digest=next(
-            (d.removeprefix(repo) for d in repo_digests if repo and d.startswith(repo)), None
-        ),
+        digest=ours.rsplit("@", 1)[1] if ours else None,
         lineage=dict(sorted(lineage.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))),
     )
 
@@ -228,8 +224,12 @@ def env_report(
     resolver = Resolver(cfg, client)
     order = _image_order(cfg)
     entries = []
+    images: dict[str, Any] = {}  # ten analysts on one image: one lookup
     for kind, container in running_containers(cfg, client):
-        entry = describe(cfg, client, container, kind, order)
+        image_id = container.attrs["Image"]
+        if image_id not in images:
+            images[image_id] = client.images.get(image_id)
+        entry = describe(cfg, container, images[image_id], kind, order)
         compare(cfg, entry, resolver, against)
         entries.append(entry)
     return entries, resolver.note

@@ -31,6 +31,7 @@ from traitlets import Dict, Instance, Int, default
 
 from hubstack import spark
 from hubstack.config import PlatformConfig
+from hubstack.engine import repo_digest
 from hubstack.hub import container_spec, gpu
 from hubstack.hub.progress import PullProgress, SpawnProgress
 from hubstack.registry import auth_config
@@ -216,7 +217,7 @@ class HubstackSpawner(DockerSpawner):
             local = await self.docker("inspect_image", ref)
         except docker.errors.ImageNotFound:
             local = {}
-        here = [d for d in local.get("RepoDigests") or [] if d.startswith(f"{repo}@")]
+        here = repo_digest(local, repo)
         if not here:
             raise web.HTTPError(
                 503,
@@ -224,11 +225,9 @@ class HubstackSpawner(DockerSpawner):
                 "and this node has no copy of it; ask an admin to check the registry "
                 "(`hubstack status`, `hubstack doctor`)",
             )
-        self.log.warning(
-            "registry did not resolve %s (%s); using this node's %s", ref, asked, here[0]
-        )
+        self.log.warning("registry did not resolve %s (%s); using this node's %s", ref, asked, here)
         self.spawn_progress.emit(4, "The registry did not answer: using the image on this node")
-        return here[0]
+        return here
 
     async def pull_image(self, image):
         """Pull by digest, streaming per-layer progress to the spawn page."""

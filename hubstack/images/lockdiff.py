@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import docker
 
 from hubstack.config import PlatformConfig
+from hubstack.engine import created_container
 from hubstack.errors import CommandError
 from hubstack.images.build import IMAGE_LABEL
 
@@ -144,17 +145,13 @@ def get_image(cfg: PlatformConfig, client: docker.DockerClient, ref: str):
 def _lock_files(client: docker.DockerClient, image_id: str, ref: str) -> dict[str, bytes]:
     """Every file under LOCK_DIR in the image, by path below it (`notebook/dpkg.txt`)."""
     try:
-        # Created, never started: the entrypoint only satisfies `create` for images without one.
-        container = client.containers.create(image_id, entrypoint=["true"], network_disabled=True)
-        try:
+        with created_container(client, image_id) as container:
             stream, _ = container.get_archive(LOCK_DIR)
             data = b"".join(stream)
-        except docker.errors.NotFound:
-            raise CommandError(
-                f"image {ref!r} has no {LOCK_DIR}: it was not built with hubstack-write-lock"
-            ) from None
-        finally:
-            container.remove(force=True)
+    except docker.errors.NotFound:
+        raise CommandError(
+            f"image {ref!r} has no {LOCK_DIR}: it was not built with hubstack-write-lock"
+        ) from None
     except docker.errors.APIError as e:
         raise CommandError(f"cannot read the lock of image {ref!r}: {e.explanation or e}") from None
     files = {}

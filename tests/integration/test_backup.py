@@ -18,6 +18,7 @@ import pytest
 
 from hubstack.backup import volume_name
 from hubstack.config import load_config
+from hubstack.engine import created_container
 from hubstack.hub.container_spec import USER_LABEL
 from hubstack.stack import local_images
 from tests.integration.conftest import ANALYSTS
@@ -92,16 +93,11 @@ def test_backup_of_a_running_hub_restores_into_a_second_platform(
     r = hubstack(config2, "restore", str(dest))
     assert r.returncode == 0, r.stdout + r.stderr
     assert (cfg2.home_root / "alice" / marker.name).stat().st_uid == ANALYSTS["alice"][1]
-    storage = docker_client.containers.create(
-        cfg2.base.image,
-        command=["true"],
-        volumes={volume_name(cfg2, "registry-data"): {"bind": "/r", "mode": "ro"}},
-    )
-    try:  # the registry's storage came back: the notebook's tag is there before any push
+    volumes = {volume_name(cfg2, "registry-data"): {"bind": "/r", "mode": "ro"}}
+    with created_container(docker_client, cfg2.base.image, volumes=volumes) as storage:
+        # The registry's storage came back: the notebook's tag is there before any push.
         tags = f"/r/docker/registry/v2/repositories/{cfg.repository_path('notebook')}/_manifests"
         storage.get_archive(f"{tags}/tags/{cfg.images.tag}")
-    finally:
-        storage.remove(force=True)
     r = hubstack(config2, "up", "--no-build")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "log in with an account from the users file" in r.stdout, "no new admin was made"
