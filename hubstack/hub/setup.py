@@ -2,6 +2,7 @@
 
 Paths inside the hub container (set by compose/compose.yaml):
 - /srv/jupyterhub: the hub database (volume hub-data)
+- /run/jupyterhub: a tmpfs, empty at every start of the container
 - /run/secrets/{cookie_secret,proxy_token,crypt_key,registry_credentials}: compose secrets
 """
 
@@ -34,6 +35,10 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     c.JupyterHub.db_url = "sqlite:////srv/jupyterhub/jupyterhub.sqlite"
     c.JupyterHub.cookie_secret_file = str(SECRETS / "cookie_secret")
     c.ConfigurableHTTPProxy.auth_token = _secret("proxy_token")
+    # The proxy's pid file must die with the container. Kept on the volume, it outlives a
+    # killed hub, and the restarted hub sends SIGTERM to whatever now has that pid (often
+    # the hub itself: a restart loop).
+    c.ConfigurableHTTPProxy.pid_file = "/run/jupyterhub/proxy.pid"
     # Notebook servers outlive a hub restart: the hub finds them again from its database.
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.cleanup_proxy = True

@@ -87,6 +87,9 @@ def test_hub_process_killed_comes_back_and_servers_keep_running(hub_stack, clien
 
     _wait(restarted, 60, "the engine did not restart the hub")
     assert read_back_after_restart(cfg, alice, "fault-hub.txt") == "kept"
+    # Once: a hub that kills itself on the way up (a stale pid file) restarts in a loop.
+    hub.reload()
+    assert hub.attrs["RestartCount"] == restarts + 1, "the hub restarted more than once"
     server.reload()
     assert server.status == "running"
     assert _server_container(docker_client, cfg, "alice").id == server.id
