@@ -30,6 +30,12 @@ TEST_TAG = "test"
 SESSION_ID = uuid.uuid4().hex[:8]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that restart the Docker engine run last: the restart stops every container
+    the other tests share."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_engine") is not None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -73,8 +73,8 @@ _INDEX_UNREACHABLE = (
 
 
 def diagnose_failure(cfg: PlatformConfig, log: Iterable[str]) -> str | None:
-    """One line naming the cause and the config key that fixes it, for the failures a new
-    site meets first (TLS re-signed by a proxy, no route to the package index); else None."""
+    """One line naming the cause and what fixes it, for the failures a new site meets first
+    (TLS re-signed by a proxy, a full disk, no route to the package index); else None."""
     # The engine streams a RUN's stderr in small chunks with colour codes between them,
     # which can split a message mid-word: join the chunks as they came, colours removed.
     text = _ANSI.sub("", "".join(log))
@@ -84,6 +84,12 @@ def diagnose_failure(cfg: PlatformConfig, log: Iterable[str]) -> str | None:
         return (
             "a package download failed the TLS certificate check: this network re-signs TLS, "
             f"so set base.extra_ca_bundle to a PEM bundle holding its CA ({now})"
+        )
+    if "no space left on device" in text.lower():
+        return (
+            "the build ran out of disk space on the engine's data root (`docker info` shows "
+            "where): free some with `docker image prune` and `docker builder prune`, or give "
+            "it a larger disk; no tag was moved"
         )
     if any(marker in text for marker in _INDEX_UNREACHABLE):
         index = cfg.base.index_url or "PyPI"

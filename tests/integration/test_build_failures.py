@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
 import docker
 import pytest
+import yaml
 
 from hubstack.config import parse_config
+from hubstack.images.bootstrap import bootstrap
 from hubstack.images.build import ImageBuilder
-from tests.conftest import SESSION_ID
+from tests.conftest import ROOT, SESSION_ID
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def base_image(platform_config, docker_client):
+    """The tiny images build FROM the base image (pulled, or built offline here)."""
+    bootstrap(platform_config, docker_client)
 
 
 def test_broken_dockerfile_leaves_the_tag_and_skips_children(tmp_path, docker_client):
@@ -53,6 +70,128 @@ def test_broken_dockerfile_leaves_the_tag_and_skips_children(tmp_path, docker_cl
     )
     for name in ("leaf", "root"):
         docker_client.images.remove(cfg.image_ref(name, "t"), force=True)
+
+
+def test_killed_build_leaves_the_tag(tmp_path, docker_client):
+    """Fault: `hubstack images build` is killed (SIGKILL, as an OOM kill or a cancelled CI
+    job does) in the middle of a RUN step. The engine drops the build; the tag stays on the
+    image it had."""
+    (tmp_path / "images" / "slow").mkdir(parents=True)
+    dockerfile = tmp_path / "images" / "slow" / "Dockerfile"
+    head = "ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE}\n"
+    dockerfile.write_text(f"{head}RUN echo v1-{SESSION_ID} > /v\n")
+    data = {
+        "source_dir": str(tmp_path),
+        "images": {"namespace": f"killtest{SESSION_ID}", "contexts": ["images/*"]},
+        "registry": {"address": "127.0.0.1:5999"},
+        "state_dir": str(tmp_path / "state"),
+    }
+    (tmp_path / "hubstack.yaml").write_text(yaml.safe_dump(data))
+    cfg = parse_config(data)
+    ref = cfg.image_ref("slow", "t")
+    assert ImageBuilder(cfg, docker_client, progress=print).build("slow", tag="t").ok
+    good = docker_client.images.get(ref).id
+
+    dockerfile.write_text(f"{head}RUN sleep 20 && echo v2-{SESSION_ID} > /v\n")
+    build = subprocess.Popen(
+        [sys.executable, "-m", "hubstack", "-c", str(tmp_path / "hubstack.yaml")]
+        + ["images", "build", "slow", "--tag", "t"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert build.stdout is not None
+        for line in build.stdout:
+            if "RUN sleep 20" in line:
+                break
+        time.sleep(3)  # inside the RUN step
+        os.kill(build.pid, signal.SIGKILL)
+        build.wait(10)
+        # Longer than the step would have taken: a build the engine kept would be tagged now.
+        time.sleep(25)
+        assert docker_client.images.get(ref).id == good, "a killed build moved the tag"
+        out = docker_client.containers.run(ref, ["cat", "/v"], remove=True).decode().strip()
+        assert out == f"v1-{SESSION_ID}"
+    finally:
+        build.kill()
+        docker_client.images.remove(ref, force=True)
+
+
+@pytest.fixture
+def engine_on_a_small_disk(platform_config, docker_client):
+    """A second, real dockerd whose data root is a 400 MiB tmpfs: a disk that really fills.
+    Its own exec root, containerd, socket and bridge, and no iptables rules, so the main
+    engine is untouched (not `--bridge none`: that deletes docker0, the main engine's
+    bridge). The base image is copied over from the main engine."""
+    top = Path(tempfile.mkdtemp(prefix="hs-engine-"))  # short: unix socket paths are too
+    bridge = f"hsdisk{SESSION_ID[:6]}"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(top)], check=True)
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "add", "10.254.254.1/24", "dev", bridge], check=True)
+    log = open(top.with_suffix(".log"), "wb")
+    daemon = subprocess.Popen(
+        ["dockerd", "--data-root", f"{top}/data", "--exec-root", f"{top}/exec"]
+        + ["--pidfile", f"{top}/docker.pid", "--host", f"unix://{top}/docker.sock"]
+        + ["--bridge", bridge, "--iptables=false", "--ip-masq=false"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    client = None
+    try:
+        deadline = time.monotonic() + 60
+        while client is None:
+            try:
+                client = docker.DockerClient(base_url=f"unix://{top}/docker.sock", timeout=300)
+            except docker.errors.DockerException:
+                if time.monotonic() > deadline or daemon.poll() is not None:
+                    raise AssertionError(top.with_suffix(".log").read_text()[-3000:]) from None
+                time.sleep(1)
+        base = docker_client.images.get(platform_config.base.image)
+        client.images.load(b"".join(base.save(named=True)))
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        daemon.terminate()
+        daemon.wait(60)
+        log.close()
+        subprocess.run(["umount", "-l", str(top)], check=False)
+        subprocess.run(["ip", "link", "del", bridge], check=False)
+        shutil.rmtree(top, ignore_errors=True)
+        top.with_suffix(".log").unlink(missing_ok=True)
+
+
+def test_disk_full_build_leaves_the_tag_and_says_so(tmp_path, engine_on_a_small_disk):
+    """Fault: the engine's disk fills during a build (a RUN writes until the data root has no
+    space left). The build fails with one line saying the disk is full; the tag stays."""
+    engine = engine_on_a_small_disk
+    (tmp_path / "images" / "big").mkdir(parents=True)
+    dockerfile = tmp_path / "images" / "big" / "Dockerfile"
+    head = "ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE}\n"
+    dockerfile.write_text(f"{head}RUN echo v1 > /v\n")
+    cfg = parse_config(
+        {
+            "source_dir": str(tmp_path),
+            "images": {"namespace": "diskfull", "contexts": ["images/*"]},
+            "registry": {"address": "127.0.0.1:5999"},
+            "state_dir": str(tmp_path / "state"),
+        }
+    )
+    lines: list[str] = []
+    builder = ImageBuilder(cfg, engine, progress=lines.append)
+    assert builder.build("big", tag="t").ok
+    good = engine.images.get(cfg.image_ref("big", "t")).id
+
+    dockerfile.write_text(f"{head}RUN head -c 1G /dev/zero > /fill && echo v2 > /v\n")
+    result = builder.build("big", tag="t")
+    assert not result.ok
+    failed = [line for line in lines if "big: FAILED" in line]
+    assert len(failed) == 1 and "ran out of disk space" in failed[0], lines
+    assert "No space left on device" in (tmp_path / "state/logs/build-big.log").read_text()
+    assert engine.images.get(cfg.image_ref("big", "t")).id == good, "a failed build moved the tag"
 
 
 PROBE_TLS = """\

@@ -1,20 +1,29 @@
 """Faults injected into the real stack, one per test, and what the analyst sees afterwards.
 
-Not here: a restarted engine (it would restart every container of the test session; see
-docs/operations.md for what the restart policies do), and the hub restarted by the engine,
-which tests/integration/test_hub.py covers.
+The engine restart stops every container of the test session, so it runs after every other
+test (the `restarts_engine` mark; tests/conftest.py orders it last). The hub restarted by
+the engine is tests/integration/test_hub.py's.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from hubstack.engine import service_container
+from hubstack.engine import project_name, service_container
 from hubstack.hub.container_spec import USER_LABEL
-from tests.integration.hubstack_e2e import HubClient, forget_local_digest, read_back_after_restart
+from tests.integration.hubstack_e2e import (
+    REPO,
+    HubClient,
+    forget_local_digest,
+    read_back_after_restart,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -144,4 +153,49 @@ def test_registry_down_spawns_from_the_node_or_says_why(hub_stack, clients, dock
     if alice.running():
         alice.stop()
     alice.start()
+    alice.stop()
+
+
+def _restart_engine(docker_client) -> None:
+    """Stop dockerd as a host shutdown does (SIGTERM: containers are stopped) and start it
+    again the way the test set-up started it (bin/host-setup.sh)."""
+    pid = int(Path("/var/run/docker.pid").read_text())  # dockerd's default pid file
+    os.kill(pid, signal.SIGTERM)
+    _wait(lambda: not Path(f"/proc/{pid}").exists(), 120, "dockerd did not stop")
+    subprocess.run(["bash", str(REPO / "bin/host-setup.sh")], check=True, timeout=180)
+
+
+def _platform_back(docker_client, cfg) -> bool:
+    """Every service of the platform running, and healthy where it has a health check."""
+    services = docker_client.containers.list(
+        all=True, filters={"label": f"com.docker.compose.project={project_name(cfg)}"}
+    )
+    return bool(services) and all(
+        c.status == "running"
+        and c.attrs["State"].get("Health", {}).get("Status", "healthy") == "healthy"
+        for c in services
+    )
+
+
+@pytest.mark.restarts_engine
+def test_engine_restart_brings_the_platform_back_and_the_hub_forgets_gone_servers(
+    hub_stack, clients, docker_client
+):
+    """Fault: the Docker engine stops and starts (a host reboot, an engine upgrade) with a
+    server running. The platform's services come back on their own restart policies; the
+    notebook container (no restart policy: its kernels died with it) is gone, the hub says
+    so, and the analyst's next start is a fresh server with the home intact."""
+    cfg, _, _ = hub_stack
+    alice = clients["alice"]
+    _working(alice, "fault-engine.txt", "written before the engine restart")
+    before = _server_container(docker_client, cfg, "alice")
+
+    _restart_engine(docker_client)
+
+    _wait(lambda: _platform_back(docker_client, cfg), 180, "the platform did not come back")
+    _wait(lambda: not alice.running(), 120, "the hub did not notice the server was gone")
+    alice.start()
+    assert _server_container(docker_client, cfg, "alice").id != before.id
+    text = alice.run_code("print(open('fault-engine.txt').read())").strip()
+    assert text == "written before the engine restart"
     alice.stop()

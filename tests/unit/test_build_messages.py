@@ -37,3 +37,12 @@ def test_an_unreachable_index_names_the_index_keys():
 def test_other_failures_are_left_to_the_log():
     log = ["Step 3/4 : RUN exit 3", "The command '/bin/sh -c exit 3' returned a non-zero code: 3"]
     assert diagnose_failure(parse_config({}), log) is None
+
+
+def test_a_full_disk_says_so_and_how_to_free_space():
+    log = [
+        "Step 2/2 : RUN head -c 1G /dev/zero > /fill",
+        "\x1b[91mhead: error writing 'standard output': No space left on device\x1b[0m",
+    ]
+    msg = diagnose_failure(parse_config({}), log)
+    assert msg and "ran out of disk space" in msg and "docker image prune" in msg
