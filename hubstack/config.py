@@ -205,8 +205,12 @@ def _default_profiles() -> list[ProfileConfig]:
 class HubConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    min_uid: int = Field(1000, ge=1)
-    """UIDs and GIDs below this are refused (system accounts); UID 0 always is."""
+    min_uid: int = Field(1000, ge=1, le=4294967294)
+    """UIDs and GIDs below this are refused (system accounts); UID 0 always is, and so is
+    any ID above 4294967294 (4294967295 is (uid_t)-1)."""
+    allow_nobody_id: bool = False
+    """Allow 65534 (nobody/nogroup) as a UID, GID or group: off, since its files belong to
+    no one; some NFS sites squash to it on purpose."""
     users_file: Path | None = None
     """Default STATE_DIR/users.yaml."""
     home_root: Path | None = None
@@ -381,11 +385,11 @@ def _check_files(cfg: PlatformConfig, path: Path | str) -> None:
 
 def parse_config(data: dict | None, path: Path | str = "<config>") -> PlatformConfig:
     """Validate already-loaded YAML data (path is only used in messages and for relative paths)."""
-    data = dict(data or {})
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise ConfigError(
             f"{path}: (top level): must be a mapping of keys, got {type(data).__name__}"
         )
+    data = dict(data or {})
     if isinstance(path, Path):
         _resolve_paths(data, path.resolve().parent)
     try:

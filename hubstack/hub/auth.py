@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.auth import Authenticator
-from traitlets import Integer, Unicode, default
+from traitlets import Bool, Integer, Unicode, default
 
 from hubstack.hub.users import FileUserSource, UserRecord, UsersFile, UserSource
 
@@ -32,6 +32,10 @@ class HubstackAuthenticator(Authenticator):
         1000,
         help="Smallest UID/GID accepted in the users file (platform key hub.min_uid).",
     ).tag(config=True)
+    allow_nobody_id = Bool(
+        False,
+        help="Accept 65534 (nobody/nogroup) in the users file (platform key hub.allow_nobody_id).",
+    ).tag(config=True)
 
     # Everyone the source knows may log in; the source itself is the allow list.
     @default("allow_all")
@@ -40,11 +44,16 @@ class HubstackAuthenticator(Authenticator):
 
     @classmethod
     def from_platform_config(cls, cfg, **kwargs) -> HubstackAuthenticator:
-        return cls(users_file=str(cfg.users_file), min_uid=cfg.hub.min_uid, **kwargs)
+        return cls(
+            users_file=str(cfg.users_file),
+            min_uid=cfg.hub.min_uid,
+            allow_nobody_id=cfg.hub.allow_nobody_id,
+            **kwargs,
+        )
 
     def user_source(self) -> UserSource:
         """The identity source; override for LDAP/OIDC-backed variants."""
-        return FileUserSource(UsersFile(self.users_file, self.min_uid))
+        return FileUserSource(UsersFile(self.users_file, self.min_uid, self.allow_nobody_id))
 
     def _verify(self, name: str, password: str) -> UserRecord | None:
         try:

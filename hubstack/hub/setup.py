@@ -50,6 +50,7 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     c.JupyterHub.authenticator_class = "hubstack.hub.auth.HubstackAuthenticator"
     c.HubstackAuthenticator.users_file = str(cfg.users_file)
     c.HubstackAuthenticator.min_uid = cfg.hub.min_uid
+    c.HubstackAuthenticator.allow_nobody_id = cfg.hub.allow_nobody_id
 
     c.JupyterHub.spawner_class = "hubstack.hub.spawner.HubstackSpawner"
     c.HubstackSpawner.platform = cfg

@@ -199,56 +199,84 @@ def validate_name(name: object) -> str:
     return name
 
 
-def _int_id(value: object, what: str) -> int:
+MAX_ID = 4294967294
+"""The largest UID/GID Linux gives an account: 4294967295 is (uid_t)-1, "no ID" to the kernel."""
+NOBODY_ID = 65534
+"""nobody/nogroup: what NFS squashes unknown owners to; files owned by it belong to no one."""
+
+
+class IdError(ValueError):
+    """An invalid UID, GID or group; KEY names the field (uid, gid, groups)."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+def check_id(value: object, key: str, min_id: int, allow_nobody: bool = False) -> int:
+    """VALUE as an account ID in [min_id, MAX_ID], not nobody's unless allowed; else IdError."""
     # bool is an int subclass; `uid: true` is a typo, not UID 1.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an integer, not {value!r}")
+        raise IdError(key, f"must be an integer, not {value!r}")
+    if value == 0:
+        raise IdError(key, "0 (root) is not allowed")
+    if value < min_id:
+        raise IdError(key, f"{value} is below the minimum {min_id} (hub.min_uid)")
+    if value > MAX_ID:
+        raise IdError(
+            key,
+            f"{value} is above {MAX_ID}, the largest ID Linux gives an account "
+            "(4294967295 is (uid_t)-1, 'no ID')",
+        )
+    if value == NOBODY_ID and not allow_nobody:
+        raise IdError(
+            key,
+            f"{NOBODY_ID} is nobody/nogroup, whose files belong to no one "
+            "(set hub.allow_nobody_id: true to allow it)",
+        )
     return value
 
 
 def validate_ids(
-    uid: object, gid: object, groups: object, min_uid: int
+    uid: object, gid: object, groups: object, min_uid: int, allow_nobody: bool = False
 ) -> tuple[int, int, tuple[int, ...]]:
-    uid = _int_id(uid, "uid")
-    gid = _int_id(gid, "gid")
-    if uid == 0:
-        raise ValueError("uid 0 (root) is not allowed")
-    if uid < min_uid:
-        raise ValueError(f"uid {uid} is below the minimum {min_uid} (hub.min_uid)")
-    if gid == 0:
-        raise ValueError("gid 0 (root) is not allowed")
-    if gid < min_uid:
-        raise ValueError(f"gid {gid} is below the minimum {min_uid} (hub.min_uid)")
+    """The checked (uid, gid, groups), or IdError naming the field and the bound it breaks."""
+    uid = check_id(uid, "uid", min_uid, allow_nobody)
+    gid = check_id(gid, "gid", min_uid, allow_nobody)
     if groups is None:
         groups = []
     if not isinstance(groups, (list, tuple)):
-        raise ValueError(f"groups must be a list of GIDs, not {groups!r}")
+        raise IdError("groups", f"must be a list of GIDs, not {groups!r}")
     out = []
     for g in groups:
-        g = _int_id(g, "each supplementary group")
-        if g == 0:
-            raise ValueError("supplementary group 0 (root) is not allowed")
-        if g < min_uid:
-            raise ValueError(
-                f"supplementary group {g} is below the minimum {min_uid} (hub.min_uid)"
-            )
+        g = check_id(g, "groups", min_uid, allow_nobody)
         if g not in out:
             out.append(g)
     return uid, gid, tuple(out)
 
 
-def validate_users(records: dict[str, UserRecord], min_uid: int, where: str) -> None:
+def _problem(where: str, name: object, e: ValueError) -> UsersFileError:
+    """`FILE: users.NAME[.KEY]: problem`, the shape of every users-file error."""
+    if isinstance(e, IdError):
+        return UsersFileError(f"{where}: users.{name}.{e.key}: {e.problem}")
+    return UsersFileError(f"{where}: users.{name}: {e}")
+
+
+def validate_users(
+    records: dict[str, UserRecord], min_uid: int, where: str, allow_nobody: bool = False
+) -> None:
     """Validate a whole set of records; raise UsersFileError naming the first problem."""
     seen_uids: dict[int, str] = {}
     for name, rec in records.items():
         try:
             validate_name(name)
-            validate_ids(rec.uid, rec.gid, rec.groups, min_uid)
+            validate_ids(rec.uid, rec.gid, rec.groups, min_uid, allow_nobody)
         except ValueError as e:
-            raise UsersFileError(f"{where}: user {name!r}: {e}") from None
+            raise _problem(where, name, e) from None
         if rec.uid in seen_uids:
             raise UsersFileError(
-                f"{where}: user {name!r}: uid {rec.uid} is already used by user "
+                f"{where}: users.{name}.uid: {rec.uid} is already used by user "
                 f"{seen_uids[rec.uid]!r}"
             )
         seen_uids[rec.uid] = name
@@ -260,9 +288,10 @@ def validate_users(records: dict[str, UserRecord], min_uid: int, where: str) -> 
 class UsersFile:
     """The YAML users file at ``path``; load() validates, mutations write atomically."""
 
-    def __init__(self, path: str | os.PathLike, min_uid: int = 1000):
+    def __init__(self, path: str | os.PathLike, min_uid: int = 1000, allow_nobody: bool = False):
         self.path = Path(path)
         self.min_uid = int(min_uid)
+        self.allow_nobody = bool(allow_nobody)
 
     def __repr__(self) -> str:
         return f"UsersFile({str(self.path)!r}, min_uid={self.min_uid})"
@@ -308,7 +337,7 @@ class UsersFile:
                     if key not in entry:
                         raise ValueError(f"missing '{key}'")
                 uid, gid, groups = validate_ids(
-                    entry["uid"], entry["gid"], entry.get("groups"), self.min_uid
+                    entry["uid"], entry["gid"], entry.get("groups"), self.min_uid, self.allow_nobody
                 )
                 admin = entry.get("admin", False)
                 if not isinstance(admin, bool):
@@ -317,9 +346,9 @@ class UsersFile:
                 if not isinstance(password, str):
                     raise ValueError("password must be a hash string")
             except ValueError as e:
-                raise UsersFileError(f"{where}: user {name!r}: {e}") from None
+                raise _problem(where, name, e) from None
             records[name] = UserRecord(name, uid, gid, groups, admin, password)
-        validate_users(records, self.min_uid, where)
+        validate_users(records, self.min_uid, where, self.allow_nobody)
         return records
 
     def get(self, name: str) -> UserRecord | None:
@@ -352,7 +381,7 @@ class UsersFile:
 
     def _write(self, records: dict[str, UserRecord]) -> None:
         # Other users' broken hashes are kept as they are (only they are locked out).
-        validate_users(records, self.min_uid, str(self.path))
+        validate_users(records, self.min_uid, str(self.path), self.allow_nobody)
         data = {"users": {name: records[name].to_yaml() for name in sorted(records)}}
         text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
@@ -389,17 +418,17 @@ class UsersFile:
         where = str(self.path)
         try:
             validate_name(name)
-            uid, gid, groups = validate_ids(uid, gid, list(groups), self.min_uid)
+            uid, gid, groups = validate_ids(uid, gid, list(groups), self.min_uid, self.allow_nobody)
         except ValueError as e:
-            raise UsersFileError(f"{where}: user {name!r}: {e}") from None
+            raise _problem(where, name, e) from None
         if password_hash is None:
             if not password:
-                raise UsersFileError(f"{where}: user {name!r}: password must not be empty")
+                raise UsersFileError(f"{where}: users.{name}.password: must not be empty")
             password_hash = hash_password(password)
         try:
             check_hash(password_hash)
         except PasswordHashError as e:
-            raise UsersFileError(f"{where}: user {name!r}: {e}") from None
+            raise UsersFileError(f"{where}: users.{name}.password: {e}") from None
         with self._locked() as records:
             if name in records:
                 raise UsersFileError(f"{where}: user {name!r} already exists")
@@ -417,7 +446,7 @@ class UsersFile:
 
     def set_password(self, name: str, password: str) -> None:
         if not password:
-            raise UsersFileError(f"{self.path}: user {name!r}: password must not be empty")
+            raise UsersFileError(f"{self.path}: users.{name}.password: must not be empty")
         new_hash = hash_password(password)
         with self._locked() as records:
             if name not in records:
@@ -470,7 +499,7 @@ class FileUserSource(UserSource):
 
 def users_file_for(cfg) -> UsersFile:
     """The users file of a platform config."""
-    return UsersFile(cfg.users_file, cfg.hub.min_uid)
+    return UsersFile(cfg.users_file, cfg.hub.min_uid, cfg.hub.allow_nobody_id)
 
 
 def lookup_user(cfg, name: str) -> UserRecord | None:

@@ -97,12 +97,18 @@ def test_add_and_load(users):
         ("bob/..", 1002, 1002, [], "invalid user name"),
         ("root", 1002, 1002, [], "reserved"),
         ("jovyan", 1002, 1002, [], "reserved"),
-        ("bob", 0, 1002, [], "uid 0"),
-        ("bob", 1002, 0, [], "gid 0"),
+        ("bob", 0, 1002, [], r"users.bob.uid: 0 \(root\)"),
+        ("bob", 1002, 0, [], r"users.bob.gid: 0 \(root\)"),
         ("bob", 999, 1002, [], "below the minimum 1000"),
         ("bob", 1002, 50, [], "below the minimum 1000"),
-        ("bob", 1002, 1002, [0], "group 0"),
-        ("bob", 1001, 1002, [], "uid 1001 is already used by user 'alice'"),
+        ("bob", 1002, 1002, [0], r"users.bob.groups: 0 \(root\)"),
+        ("bob", 4294967295, 1002, [], "users.bob.uid: 4294967295 is above 4294967294"),
+        ("bob", 99999999998, 1002, [], "users.bob.uid: 99999999998 is above 4294967294"),
+        ("bob", 1002, 4294967295, [], "users.bob.gid: 4294967295 is above"),
+        ("bob", 1002, 1002, [2**32], "users.bob.groups: 4294967296 is above"),
+        ("bob", 65534, 1002, [], "users.bob.uid: 65534 is nobody/nogroup"),
+        ("bob", 1002, 1002, [65534], "hub.allow_nobody_id"),
+        ("bob", 1001, 1002, [], "users.bob.uid: 1001 is already used by user 'alice'"),
         ("alice", 1002, 1002, [], "already exists"),
     ],
 )
@@ -121,6 +127,14 @@ def test_min_uid_is_configurable(tmp_path):
         uf.add("bob", uid=4000, gid=5000, password="pw")
     assert not uf.path.exists()
     assert uf.add("bob", uid=5000, gid=5000, password="pw").uid == 5000
+
+
+def test_nobody_is_allowed_only_when_the_config_says_so(tmp_path):
+    uf = UsersFile(tmp_path / "u.yaml", allow_nobody=True)
+    assert uf.add("bob", uid=1002, gid=65534, groups=[65534], password="pw").gid == 65534
+    assert UsersFile(uf.path, allow_nobody=True).load()["bob"].groups == (65534,)
+    with pytest.raises(UsersFileError, match="users.bob.gid: 65534 is nobody"):
+        UsersFile(uf.path).load()
 
 
 def test_remove_and_passwd(users):
@@ -146,26 +160,30 @@ def _write_raw(uf: UsersFile, users: dict):
     [
         (
             {"Bad Name": {"uid": 1002, "gid": 1002, "password": "x"}},
-            "user 'Bad Name': invalid user name",
+            "users.Bad Name: invalid user name",
         ),
-        ({"bob": {"uid": 0, "gid": 1002, "password": "x"}}, "user 'bob': uid 0"),
+        ({"bob": {"uid": 0, "gid": 1002, "password": "x"}}, "users.bob.uid: 0"),
+        (
+            {"bob": {"uid": 4294967295, "gid": 1002, "password": "x"}},
+            "users.bob.uid: 4294967295 is above 4294967294",
+        ),
         (
             {"bob": {"uid": 10, "gid": 1002, "password": "x"}},
-            "user 'bob': uid 10 is below the minimum",
+            "users.bob.uid: 10 is below the minimum",
         ),
         (
             {"bob": {"uid": 1001, "gid": 1002, "password": "x"}},
-            "user 'bob': uid 1001 is already used by user 'alice'",
+            "users.bob.uid: 1001 is already used by user 'alice'",
         ),
-        ({"bob": {"uid": "x", "gid": 1002, "password": "x"}}, "user 'bob': uid must be an integer"),
-        ({"bob": {"gid": 1002, "password": "x"}}, "user 'bob': missing 'uid'"),
+        ({"bob": {"uid": "x", "gid": 1002, "password": "x"}}, "users.bob.uid: must be an integer"),
+        ({"bob": {"gid": 1002, "password": "x"}}, "users.bob: missing 'uid'"),
         (
             {"bob": {"uid": 1002, "gid": 1002, "password": "x", "shell": "/bin/sh"}},
-            "user 'bob': unknown keys: shell",
+            "users.bob: unknown keys: shell",
         ),
         (
             {"bob": {"uid": 1002, "gid": 1002, "password": "x", "admin": "yes"}},
-            "user 'bob': admin must be true or false",
+            "users.bob: admin must be true or false",
         ),
     ],
 )
@@ -205,7 +223,7 @@ def test_broken_hash_locks_out_only_that_user(users, caplog):
 
 def test_add_refuses_a_broken_given_hash(users):
     before = users.path.read_bytes()
-    with pytest.raises(UsersFileError, match="user 'bob': password hash"):
+    with pytest.raises(UsersFileError, match="users.bob.password: password hash"):
         users.add("bob", uid=1002, gid=1002, password_hash="plain")
     assert users.path.read_bytes() == before
 
@@ -263,7 +281,12 @@ def test_cli_add_list_passwd_remove(cfg_file, monkeypatch, capsys, tmp_path):
             "pw\n",
             "invalid user name",
         ),
-        (["add", "bob", "--uid", "0", "--gid", "1002", "--password-stdin"], "pw\n", "uid 0"),
+        (["add", "bob", "--uid", "0", "--gid", "1002", "--password-stdin"], "pw\n", "uid: 0"),
+        (
+            ["add", "bob", "--uid", "4294967295", "--gid", "1002", "--password-stdin"],
+            "pw\n",
+            "users.bob.uid: 4294967295 is above 4294967294",
+        ),
         (
             ["add", "bob", "--uid", "1001", "--gid", "1002", "--password-stdin"],
             "pw\n",
