@@ -34,6 +34,8 @@ from hubstack.config import PlatformConfig
 from hubstack.engine import repo_digest
 from hubstack.hub import container_spec, gpu
 from hubstack.hub.progress import PullProgress, SpawnProgress
+from hubstack.hub.spawn_options import SpawnOptions, SpawnOptionsError, parse_spawn_options
+from hubstack.hub.users import check_id, lookup_user
 from hubstack.registry import auth_config
 
 HOME_MODE = 0o700
@@ -144,14 +146,26 @@ class HubstackSpawner(DockerSpawner):
         return "\n".join(rows)
 
     def options_from_form(self, formdata):
-        return {"profile": (formdata.get("profile") or [""])[0]}
+        chosen = (formdata.get("profile") or [""])[0]
+        return {"profile": chosen} if chosen else {}
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # JupyterHub runs this before start(), for the form and the REST API alike, and
+        # answers an HTTPError raised here with its status and message.
+        def check(spawner: HubstackSpawner, options: dict) -> None:
+            spawner._options()
+
+        return check
+
+    def _options(self) -> SpawnOptions:
+        try:
+            return parse_spawn_options(self.cfg, self.user_options)
+        except SpawnOptionsError as e:
+            raise web.HTTPError(400, str(e)) from None
 
     def _profile(self):
-        name = (self.user_options or {}).get("profile") or self.cfg.profiles[0].name
-        try:
-            return self.cfg.profile(name)
-        except KeyError as e:
-            raise web.HTTPError(400, str(e.args[0])) from None
+        return self.cfg.profile(self._options().profile or self.cfg.profiles[0].name)
 
     # --- progress --------------------------------------------------------------------
     _spawn_progress: SpawnProgress | None = None
@@ -168,26 +182,32 @@ class HubstackSpawner(DockerSpawner):
 
     # --- identity --------------------------------------------------------------------
     async def _identity(self) -> dict:
+        """UID, GID and groups: from the login's auth state, else from the users file (an
+        account an admin created through the REST API has never logged in)."""
         state = await self.user.get_auth_state() or {}
-        missing = [k for k in ("uid", "gid") if k not in state]
-        if missing:
-            raise web.HTTPError(
-                500,
-                f"user {self.user.name} has no {', '.join(missing)} in their auth state; "
-                "log in again",
+        if "uid" not in state or "gid" not in state:
+            record = await asyncio.get_running_loop().run_in_executor(
+                self.executor, lookup_user, self.cfg, self.user.name
             )
-        uid, gid = int(state["uid"]), int(state["gid"])
-        ident = {
-            "uid": uid,
-            "gid": gid,
-            "groups": [int(g) for g in state.get("groups") or []],
-            "home": f"/home/{self.user.name}",
-        }
-        if uid < self.cfg.hub.min_uid or gid < self.cfg.hub.min_uid:
-            raise web.HTTPError(
-                403, f"user {self.user.name}: UID/GID below hub.min_uid are refused"
-            )
-        return ident
+            if record is None:
+                raise web.HTTPError(
+                    409,
+                    f"user {self.user.name} has no UID/GID: they are not in the users file. "
+                    f"An admin adds them with `hubstack users add {self.user.name} --uid UID "
+                    "--gid GID`; then start the server again",
+                )
+            state = {"uid": record.uid, "gid": record.gid, "groups": list(record.groups)}
+        try:
+            hub = self.cfg.hub
+            uid = check_id(state["uid"], "uid", hub.min_uid, hub.allow_nobody_id)
+            gid = check_id(state["gid"], "gid", hub.min_uid, hub.allow_nobody_id)
+            groups = [
+                check_id(g, "groups", hub.min_uid, hub.allow_nobody_id)
+                for g in state.get("groups") or []
+            ]
+        except ValueError as e:
+            raise web.HTTPError(403, f"user {self.user.name}: {e}") from None
+        return {"uid": uid, "gid": gid, "groups": groups, "home": f"/home/{self.user.name}"}
 
     def _ensure_home(self, uid: int, gid: int) -> str:
         """Create CONFIG home_root/<name> owned uid:gid, mode 0700 (runs in the hub, as root)."""

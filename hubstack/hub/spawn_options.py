@@ -1,0 +1,56 @@
+"""What a start request may ask for (`user_options`, from the spawn form or the REST API),
+declared once and checked before anything starts.
+
+Today one option exists: `profile`, the name of a profile in the platform config (default:
+the first). Anything else is refused with the names of the unknown keys; a wrong type or an
+unknown profile is refused with what is accepted. The hub answers these refusals with 400.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from hubstack.config import PlatformConfig
+
+
+class SpawnOptionsError(ValueError):
+    """A start request's options are not what the platform accepts; the message says why."""
+
+
+class SpawnOptions(BaseModel):
+    """The options every profile accepts. Strict: "1" is not a number, [] not a string."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    profile: str | None = None
+    """Name of a profile in the platform config; None: the first profile."""
+
+
+def parse_spawn_options(cfg: PlatformConfig, options: object) -> SpawnOptions:
+    """OPTIONS checked against SpawnOptions and the config's profiles, or SpawnOptionsError."""
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise SpawnOptionsError(
+            f"server options must be a JSON object, not {type(options).__name__}"
+        )
+    unknown = sorted(str(k) for k in options if k not in SpawnOptions.model_fields)
+    if unknown:
+        raise SpawnOptionsError(
+            f"unknown server option(s): {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(SpawnOptions.model_fields)}"
+        )
+    try:
+        parsed = SpawnOptions.model_validate(options)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg'].lower()}" for err in e.errors()
+        )
+        raise SpawnOptionsError(f"invalid server options: {problems}") from None
+    if parsed.profile is not None:
+        names = [p.name for p in cfg.profiles]
+        if parsed.profile not in names:
+            raise SpawnOptionsError(
+                f"unknown profile {parsed.profile[:64]!r}; profiles: {', '.join(names)}"
+            )
+    return parsed
