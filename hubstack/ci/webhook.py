@@ -55,14 +55,18 @@ def sign(secret: bytes, body: bytes) -> str:
 
 def signature_valid(headers, body: bytes, secret: bytes) -> bool:
     """True when the GitHub (sha256=<hex>) or Gitea (<hex>) signature header matches BODY."""
-    expected = sign(secret, body)
+    expected = sign(secret, body).encode()
+
+    def matches(given: str) -> bool:
+        # As bytes: compare_digest refuses str with non-ASCII characters, and a header may
+        # hold anything.
+        return hmac.compare_digest(given.strip().lower().encode("utf-8", "replace"), expected)
+
     github = headers.get("X-Hub-Signature-256", "")
-    if github.startswith("sha256=") and hmac.compare_digest(
-        github[len("sha256=") :].lower(), expected
-    ):
+    if github.startswith("sha256=") and matches(github[len("sha256=") :]):
         return True
     gitea = headers.get("X-Gitea-Signature", "")
-    return bool(gitea) and hmac.compare_digest(gitea.strip().lower(), expected)
+    return bool(gitea) and matches(gitea)
 
 
 class BadPush(ValueError):
