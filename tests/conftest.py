@@ -31,9 +31,16 @@ SESSION_ID = uuid.uuid4().hex[:8]
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that restart the Docker engine run last: the restart stops every container
-    the other tests share."""
-    items.sort(key=lambda item: item.get_closest_marker("restarts_engine") is not None)
+    """Tests that leave the shared hub in a state others would trip over (the REST API
+    fuzzer) run after the rest; tests that restart the Docker engine run last, since the
+    restart stops every container the other tests share."""
+
+    def rank(item) -> int:
+        if item.get_closest_marker("restarts_engine"):
+            return 2
+        return 1 if item.get_closest_marker("disrupts_hub") else 0
+
+    items.sort(key=rank)
 
 
 def free_port() -> int:
