@@ -249,6 +249,9 @@ class CIConfig(_Section):
     branches: list[str] = ["main"]
     webhook_secret_file: Path | None = None
     """Default STATE_DIR/secrets/webhook-secret."""
+    token_file: Path | None = None
+    """The token the builder's status page and build logs ask for (generated on first use);
+    default STATE_DIR/secrets/ci-token."""
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=1, le=65535)
     max_body_bytes: int = Field(1 << 20, gt=0)
@@ -303,6 +306,10 @@ class PlatformConfig(_Section):
     @property
     def webhook_secret_file(self) -> Path:
         return self.ci.webhook_secret_file or self.secrets_dir / "webhook-secret"
+
+    @property
+    def ci_token_file(self) -> Path:
+        return self.ci.token_file or self.secrets_dir / "ci-token"
 
     @property
     def source_root(self) -> Path:
@@ -360,6 +367,7 @@ def _resolve_paths(data: dict, base: Path) -> None:
     fix(data.get("hub"), "home_root")
     fix(data.get("gpu"), "driver_dir")
     fix(data.get("ci"), "webhook_secret_file")
+    fix(data.get("ci"), "token_file")
 
 
 def _format_errors(path: Path | str, err: ValidationError) -> str:

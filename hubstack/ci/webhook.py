@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import tornado.web
 from tornado.httpserver import HTTPServer
@@ -34,7 +34,7 @@ from hubstack.ci.plan import make_plan
 from hubstack.ci.rebuild import BuildReport, Rebuilder, reports_dir, write_report
 from hubstack.clock import run_stamp, timestamp
 from hubstack.config import PlatformConfig
-from hubstack.git import git, is_commit
+from hubstack.git import git, git_succeeds, is_commit
 from hubstack.secretfiles import generated_secret
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -42,11 +42,16 @@ _ZERO = "0" * 40
 
 
 def load_or_create_secret(path: Path) -> bytes:
-    """The webhook secret; generated (mode 0600) on first use, never printed."""
+    """A secret of the builder (the webhook's HMAC key, the read token); generated (mode
+    0600) on first use, never printed."""
     secret = generated_secret(path)
     if not secret:
-        raise ValueError(f"webhook secret file {path} is empty")
+        raise ValueError(f"secret file {path} is empty")
     return secret.encode()
+
+
+class NotOnBranch(Exception):
+    """The pushed commit is not on the branch the push names: nothing is built."""
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -116,7 +121,7 @@ class BuildRecord:
     since: str
     provider: str
     status: str = "queued"
-    """queued | running | ok | failed | error | interrupted"""
+    """queued | running | ok | failed | error | interrupted | refused (commit not on branch)"""
     received: str = ""
     started: str = ""
     finished: str = ""
@@ -125,6 +130,45 @@ class BuildRecord:
     error: str = ""
     report: str = ""
     images: list[dict] = field(default_factory=list)
+
+
+class Deliveries:
+    """Webhook delivery IDs already processed, so a replayed delivery builds nothing. Kept
+    (the newest KEEP) in a JSON file beside the build history, across restarts."""
+
+    KEEP = 10000
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.seen: dict[str, str] = {}
+        """delivery ID -> what it led to (a build ID, or why it was ignored)"""
+        if self.path.exists():
+            self.seen = json.loads(self.path.read_text() or "{}")
+        self.replays = 0
+
+    def first_time(self, delivery: str, outcome: str = "") -> bool:
+        """Record DELIVERY; False when it was already recorded (a replay)."""
+        with self._lock:
+            if delivery in self.seen:
+                self.replays += 1
+                return False
+            self.seen[delivery] = outcome
+            for old in list(self.seen)[: max(0, len(self.seen) - self.KEEP)]:
+                del self.seen[old]
+            self._save()
+            return True
+
+    def record(self, delivery: str, outcome: str) -> None:
+        with self._lock:
+            self.seen[delivery] = outcome
+            self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.seen))
+        tmp.replace(self.path)
 
 
 class BuildHistory:
@@ -185,6 +229,11 @@ class Checkout:
     def has(self, sha: str) -> bool:
         return is_commit(self.path, sha)
 
+    def on_branch(self, sha: str, branch: str) -> bool:
+        """Whether SHA is the tip of BRANCH in the repository, or one of its ancestors."""
+        ref = f"refs/remotes/origin/{branch}"
+        return git_succeeds(self.path, "merge-base", "--is-ancestor", sha, ref)
+
 
 class WebhookBuilder:
     """Queue and worker: one build at a time, pushes during a build coalesce to the newest.
@@ -206,7 +255,9 @@ class WebhookBuilder:
         self.repository, self.push = repository, push
         self.state = cfg.state_dir / "ci"
         self.secret = load_or_create_secret(cfg.webhook_secret_file)
+        self.token = load_or_create_secret(cfg.ci_token_file).decode()
         self.history = BuildHistory(self.state / "builds.json")
+        self.deliveries = Deliveries(self.state / "deliveries.json")
         self.checkout = Checkout(self.repository or str(cfg.source_root), self.state / "checkout")
         self._run_build = run_build or self._default_build
         self._cond = threading.Condition()
@@ -267,6 +318,8 @@ class WebhookBuilder:
                     for i in report.images
                 ]
                 rec.status = "ok" if report.ok else "failed"
+            except NotOnBranch as e:
+                rec.status, rec.error = "refused", str(e)
             except Exception as e:
                 rec.status, rec.error = "error", f"{type(e).__name__}: {e}"
             rec.finished = timestamp()
@@ -274,6 +327,13 @@ class WebhookBuilder:
 
     def _default_build(self, rec: BuildRecord, _: Path) -> BuildReport:
         source = self.checkout.at(rec.sha)
+        # The signature proves who sent the push, not that the commit is on the branch it
+        # names: a commit from any other branch or fork would be built and pushed as latest.
+        if not self.checkout.on_branch(rec.sha, rec.branch):
+            raise NotOnBranch(
+                f"commit {rec.sha[:12]} is not on branch {rec.branch!r} of "
+                f"{self.checkout.repository}: nothing was built"
+            )
         cfg = self.cfg.model_copy(update={"source_dir": source})
         # Compare with the last commit built green on this branch, so what a failed build left
         # out is retried; the push's own `before` when there is none.
@@ -352,6 +412,16 @@ class HookHandler(_Base):
                 401, "missing or bad signature (X-Hub-Signature-256 or X-Gitea-Signature)"
             )
         provider = "gitea" if "X-Gitea-Event" in headers else "github"
+        delivery = headers.get("X-Gitea-Delivery") or headers.get("X-GitHub-Delivery") or ""
+        if delivery and not self.builder.deliveries.first_time(delivery):
+            # A redelivery or a replay: answered, recorded, and never built twice.
+            return self.write_json(
+                {
+                    "status": "duplicate",
+                    "delivery": delivery,
+                    "first": self.builder.deliveries.seen[delivery],
+                }
+            )
         event = headers.get("X-Gitea-Event") or headers.get("X-GitHub-Event") or ""
         if event == "ping":
             return self.write_json({"status": "pong"})
@@ -375,17 +445,39 @@ class HookHandler(_Base):
                 202,
             )
         rec, coalesced = self.builder.submit(push)
+        if delivery:
+            self.builder.deliveries.record(delivery, rec.id)
         self.write_json(
             {"status": "coalesced" if coalesced else "queued", "build": rec.id, "sha": rec.sha}, 202
         )
 
 
-class BuildsHandler(_Base):
+class _ReadHandler(_Base):
+    """Pages and APIs that show builds (logs, test output): only with the builder's token,
+    as `Authorization: token TOKEN` (or Bearer) or `?token=TOKEN` for a browser."""
+
+    def prepare(self):
+        given = self.get_query_argument("token", "")
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() in ("token", "bearer"):
+            given = value.strip()
+        if not given or not hmac.compare_digest(
+            given.encode("utf-8", "replace"), self.builder.token.encode()
+        ):
+            raise tornado.web.HTTPError(
+                401,
+                "this page needs the builder's token (Authorization: token TOKEN, or "
+                f"?token=TOKEN); it is in {self.builder.cfg.ci_token_file}",
+            )
+
+
+class BuildsHandler(_ReadHandler):
     def get(self):
         self.write_json({"builds": [asdict(r) for r in reversed(self.builder.history.records)]})
 
 
-class BuildHandler(_Base):
+class BuildHandler(_ReadHandler):
     def get(self, build_id: str):
         rec = self.builder.history.get(build_id)
         if rec is None:
@@ -399,8 +491,11 @@ class BuildHandler(_Base):
         self.write_json(data)
 
 
-class StatusPage(_Base):
+class StatusPage(_ReadHandler):
     def get(self):
+        # A browser came with ?token=: the details links carry it on.
+        token = self.get_query_argument("token", "")
+        link_token = html.escape(f"?token={quote(token)}") if token else ""
         rows = []
         for r in reversed(self.builder.history.records):
             imgs = ", ".join(f"{i['name']}: {i['status']}" for i in r.images) or r.error
@@ -418,7 +513,7 @@ class StatusPage(_Base):
                         imgs,
                     )
                 )
-                + f'<td><a href="api/builds/{html.escape(r.id)}">details</a></td></tr>'
+                + f'<td><a href="api/builds/{html.escape(r.id)}{link_token}">details</a></td></tr>'
             )
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(

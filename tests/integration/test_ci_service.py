@@ -74,7 +74,12 @@ def test_webhook_builder_runs_as_a_compose_service(hub_stack, docker_client):
             headers={**headers, "X-Hub-Signature-256": "sha256=" + sign(secret, body)},
         )
         assert ok.status_code == 202 and ok.json()["status"] == "ignored", ok.text
-        assert requests.get(f"{url}/api/builds", timeout=10).json() == {"builds": []}
+        token = load_or_create_secret(cfg.ci_token_file).decode()
+        assert requests.get(f"{url}/api/builds", timeout=10).status_code == 401
+        builds = requests.get(
+            f"{url}/api/builds", timeout=10, headers={"Authorization": f"token {token}"}
+        )
+        assert builds.json() == {"builds": []}
     finally:
         subprocess.run(
             [*compose, "rm", "--stop", "--force", "ci-builder"],

@@ -25,10 +25,10 @@ pytestmark = pytest.mark.integration
 ZERO = "0" * 40
 
 
-def wait_for(url: str, build_id: str, statuses: set[str], limit: float = 300) -> dict:
+def wait_for(url: str, build_id: str, statuses: set[str], token: str, limit: float = 300) -> dict:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        rec = requests.get(f"{url}/api/builds/{build_id}", timeout=10).json()
+        rec = requests.get(f"{url}/api/builds/{build_id}?token={token}", timeout=10).json()
         if rec["status"] in statuses:
             return rec
         time.sleep(0.2)
@@ -53,7 +53,7 @@ def test_pushes_during_a_build_coalesce_to_one_build_of_the_last_commit(
         body = push_payload(a, ZERO)
         first = post(srv.url, body, github_headers(secret, body))
         assert first["status"] == "queued"
-        wait_for(srv.url, first["build"], {"running"})
+        wait_for(srv.url, first["build"], {"running"}, builder.token)
 
         # Two pushes while that build runs (one via Gitea): they become one queued build of the
         # last.
@@ -66,11 +66,12 @@ def test_pushes_during_a_build_coalesce_to_one_build_of_the_last_commit(
         assert (second["status"], third["status"]) == ("queued", "coalesced")
         assert third["build"] == second["build"]
 
-        done1 = wait_for(srv.url, first["build"], {"ok", "failed", "error"})
-        done2 = wait_for(srv.url, second["build"], {"ok", "failed", "error"})
+        done1 = wait_for(srv.url, first["build"], {"ok", "failed", "error"}, builder.token)
+        done2 = wait_for(srv.url, second["build"], {"ok", "failed", "error"}, builder.token)
         assert done1["status"] == "ok", done1
         assert done2["status"] == "ok", done2
-        builds = requests.get(f"{srv.url}/api/builds", timeout=10).json()["builds"]
+        builds = requests.get(f"{srv.url}/api/builds?token={builder.token}", timeout=10)
+        builds = builds.json()["builds"]
         assert [(x["sha"], x["status"]) for x in builds] == [(c, "ok"), (a, "ok")]
         assert done2["pushes"] == [b, c]
         # One at a time: the second build started only after the first finished.
@@ -88,5 +89,5 @@ def test_pushes_during_a_build_coalesce_to_one_build_of_the_last_commit(
             remove=True,
         ).decode()
         assert "from-push-b" in out and "from-push-c" in out
-        page = requests.get(srv.url + "/", timeout=10).text
+        page = requests.get(f"{srv.url}/?token={builder.token}", timeout=10).text
         assert c[:12] in page and a[:12] in page

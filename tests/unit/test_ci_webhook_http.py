@@ -6,6 +6,7 @@ tests check that the history stays empty. Builds are in tests/integration/test_c
 
 import json
 import stat
+import time
 
 import pytest
 import requests
@@ -14,6 +15,8 @@ from hubstack.ci.webhook import PushEvent, WebhookBuilder, load_or_create_secret
 from hubstack.config import parse_config
 from tests.ci_support import (
     WebhookServer,
+    commit,
+    git,
     gitea_headers,
     github_headers,
     make_repo,
@@ -39,8 +42,14 @@ def server(cfg):
         yield srv
 
 
+def read(server, path: str) -> requests.Response:
+    """GET a page that needs the builder's token, with it."""
+    auth = {"Authorization": f"token {server.builder.token}"}
+    return requests.get(server.url + path, headers=auth, timeout=10)
+
+
 def builds(server):
-    return requests.get(server.url + "/api/builds", timeout=10).json()["builds"]
+    return read(server, "/api/builds").json()["builds"]
 
 
 def test_secret_is_generated_private_and_reused(cfg):
@@ -136,7 +145,7 @@ def test_other_branches_and_events_are_ignored(server):
     )
     assert r.json()["status"] == "ignored"
     assert builds(server) == []
-    assert requests.get(server.url + "/", timeout=10).status_code == 200
+    assert read(server, "/").status_code == 200
 
 
 def test_history_survives_a_restart(cfg):
@@ -151,6 +160,61 @@ def test_history_survives_a_restart(cfg):
         assert [(b["id"], b["sha"], b["status"], b["pushes"]) for b in listed] == [
             (rec.id, "c" * 40, "interrupted", [SHA, "c" * 40])
         ]
-        detail = requests.get(f"{srv.url}/api/builds/{rec.id}", timeout=10).json()
+        detail = read(srv, f"/api/builds/{rec.id}").json()
         assert detail["sha"] == "c" * 40
-        assert requests.get(f"{srv.url}/api/builds/nope", timeout=10).status_code == 404
+        assert read(srv, "/api/builds/nope").status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/", "/api/builds", "/api/builds/x"])
+def test_build_pages_and_logs_need_the_token(server, cfg, path):
+    for headers in ({}, {"Authorization": "token wrong"}, {"Authorization": "token \u00e9"}):
+        r = requests.get(server.url + path, headers=headers, timeout=10)
+        assert r.status_code == 401, r.text
+        assert str(cfg.ci_token_file) in r.json()["error"]
+    r = requests.get(f"{server.url}{path}?token={server.builder.token}", timeout=10)
+    assert r.status_code in (200, 404)
+    assert requests.get(server.url + "/health", timeout=10).status_code == 200
+    assert stat.S_IMODE(cfg.ci_token_file.stat().st_mode) == 0o600
+
+
+def test_a_replayed_delivery_builds_nothing_the_second_time(cfg):
+    body = push_payload(SHA)
+    with WebhookServer(WebhookBuilder(cfg, client=None)) as srv:
+        headers = {**github_headers(srv.builder.secret, body), "X-GitHub-Delivery": "d-1"}
+        first = requests.post(srv.url + "/hook", data=body, headers=headers, timeout=10)
+        assert first.status_code == 202 and first.json()["status"] == "queued"
+        again = requests.post(srv.url + "/hook", data=body, headers=headers, timeout=10)
+        assert again.status_code == 200, again.text
+        assert again.json() == {
+            "status": "duplicate",
+            "delivery": "d-1",
+            "first": first.json()["build"],
+        }
+        assert len(builds(srv)) == 1
+    # Recorded across a restart of the builder.
+    with WebhookServer(WebhookBuilder(cfg, client=None)) as srv:
+        again = requests.post(srv.url + "/hook", data=body, headers=headers, timeout=10)
+        assert again.json()["status"] == "duplicate" and len(builds(srv)) == 1
+
+
+def test_a_commit_not_on_the_pushed_branch_builds_nothing(cfg):
+    repo = cfg.source_root
+    git(repo, "checkout", "-q", "-b", "feature")
+    (repo / "images" / "leaf" / "marker.txt").write_text("from a feature branch\n")
+    sha = commit(repo, "not on main")
+    git(repo, "checkout", "-q", "main")
+    body = push_payload(sha)  # claims refs/heads/main
+    with WebhookServer(WebhookBuilder(cfg, client=None)) as srv:
+        r = requests.post(
+            srv.url + "/hook",
+            data=body,
+            headers=github_headers(srv.builder.secret, body),
+            timeout=10,
+        )
+        assert r.status_code == 202
+        deadline = time.monotonic() + 60
+        while (rec := builds(srv)[0])["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, rec
+            time.sleep(0.2)
+    assert rec["status"] == "refused", rec
+    assert "is not on branch 'main'" in rec["error"] and rec["images"] == []
