@@ -171,10 +171,26 @@ class ResourcesConfig(_Section):
     mem_limit: MemorySize = "4G"
 
 
+class ProfileAccess(_Section):
+    """Who may start a profile: these user names, and members of these JupyterHub groups."""
+
+    users: list[str] = []
+    groups: list[str] = []
+
+    def admits(self, user: str, groups: list[str]) -> bool:
+        return user in self.users or any(g in self.groups for g in groups)
+
+    def describe(self) -> str:
+        who = [f"group {g}" for g in self.groups] + [f"user {u}" for u in self.users]
+        return ", ".join(who) or "nobody"
+
+
 class ProfileConfig(_Section):
     name: str
     display_name: str
     description: str = ""
+    allow: ProfileAccess | None = None
+    """Who may use this profile; unset: every analyst."""
     image: str = "notebook"
     """Name of an image in the build graph."""
     cpu_limit: float | None = Field(None, gt=0)

@@ -61,6 +61,7 @@ def hub_config(cfg: PlatformConfig) -> dict:
     data["hub"]["home_root"] = str(cfg.home_root)  # mounted at the same path
     data["base"]["extra_ca_bundle"] = NO_CA  # the hub builds no image
     data["ci"]["webhook_secret_file"] = None
+    data["ci"]["token_file"] = None
     data["gpu"]["driver_dir"] = str(cfg.gpu.driver_dir)
     return data
 

@@ -135,7 +135,8 @@ class HubstackSpawner(DockerSpawner):
     @default("options_form")
     def _default_form(self):
         rows = []
-        for i, p in enumerate(gpu.offered_profiles(self.cfg, gpu.scan_root())):
+        offered = [p for p in gpu.offered_profiles(self.cfg, gpu.scan_root()) if self._may_use(p)]
+        for i, p in enumerate(offered):
             checked = " checked" if i == 0 else ""
             rows.append(
                 '<label class="form-check">'
@@ -154,7 +155,7 @@ class HubstackSpawner(DockerSpawner):
         # JupyterHub runs this before start(), for the form and the REST API alike, and
         # answers an HTTPError raised here with its status and message.
         def check(spawner: HubstackSpawner, options: dict) -> None:
-            spawner._options()
+            spawner._profile()
 
         return check
 
@@ -164,8 +165,24 @@ class HubstackSpawner(DockerSpawner):
         except SpawnOptionsError as e:
             raise web.HTTPError(400, str(e)) from None
 
+    def _may_use(self, profile) -> bool:
+        groups = [g.name for g in getattr(self.user, "groups", [])]
+        return profile.allow is None or profile.allow.admits(self.user.name, groups)
+
     def _profile(self):
-        return self.cfg.profile(self._options().profile or self.cfg.profiles[0].name)
+        """The requested profile (default: the first this analyst may use), checked: declared
+        options (400) and who may use it (403)."""
+        name = self._options().profile or next(
+            (p.name for p in self.cfg.profiles if self._may_use(p)), self.cfg.profiles[0].name
+        )
+        profile = self.cfg.profile(name)
+        if profile.allow is not None and not self._may_use(profile):
+            raise web.HTTPError(
+                403,
+                f"the profile {profile.name!r} is only for {profile.allow.describe()}; "
+                "an admin can add you (the hub's Admin page, Groups), or choose another profile",
+            )
+        return profile
 
     # --- progress --------------------------------------------------------------------
     _spawn_progress: SpawnProgress | None = None

@@ -2,6 +2,9 @@
 
 import asyncio
 import threading
+from types import SimpleNamespace
+
+from tornado import web
 
 from hubstack.config import parse_config
 from hubstack.hub.progress import PullProgress, SpawnProgress
@@ -79,3 +82,41 @@ def test_a_blocked_docker_call_does_not_hold_up_another():
     finally:
         release.set()
     assert slow.result(timeout=10)
+
+
+def test_a_profile_is_offered_and_started_only_for_those_it_allows():
+    cfg = parse_config(
+        {
+            "profiles": [
+                {"name": "team", "display_name": "Team", "allow": {"groups": ["gpu"]}},
+                {"name": "default", "display_name": "Default"},
+                {"name": "solo", "display_name": "Solo", "allow": {"users": ["carol"]}},
+            ]
+        }
+    )
+
+    def spawner(name: str, groups: list[str]) -> HubstackSpawner:
+        s = HubstackSpawner(platform=cfg)
+        s.user = SimpleNamespace(name=name, groups=[SimpleNamespace(name=g) for g in groups])
+        return s
+
+    def refused(s: HubstackSpawner, options: dict) -> web.HTTPError | None:
+        s.user_options = options
+        try:
+            s.apply_user_options(s, options)
+        except web.HTTPError as e:
+            return e
+        return None
+
+    bob, alice, carol = spawner("bob", []), spawner("alice", ["gpu"]), spawner("carol", [])
+    assert 'value="team"' not in bob.options_form and 'value="solo"' not in bob.options_form
+    assert 'value="team"' in alice.options_form and 'value="solo"' in carol.options_form
+    error = refused(bob, {"profile": "team"})
+    assert error is not None and error.status_code == 403
+    assert "only for group gpu" in (error.log_message or "")
+    assert refused(alice, {"profile": "team"}) is None
+    assert refused(carol, {"profile": "solo"}) is None
+    # No profile asked for: the first one this analyst may use, never a refusal.
+    bob.user_options = {}
+    assert bob._profile().name == "default"
+    assert alice._profile().name == "team"
