@@ -171,8 +171,9 @@ class ResourcesConfig(_Section):
     mem_limit: MemorySize = "4G"
 
 
-class ProfileAccess(_Section):
-    """Who may start a profile: these user names, and members of these JupyterHub groups."""
+class AccessList(_Section):
+    """Who may use something (a profile, the preview): these user names, and members of
+    these JupyterHub groups."""
 
     users: list[str] = []
     groups: list[str] = []
@@ -189,7 +190,7 @@ class ProfileConfig(_Section):
     name: str
     display_name: str
     description: str = ""
-    allow: ProfileAccess | None = None
+    allow: AccessList | None = None
     """Who may use this profile; unset: every analyst."""
     image: str = "notebook"
     """Name of an image in the build graph."""
@@ -232,8 +233,12 @@ class HubConfig(_Section):
     home_root: Path | None = None
     """Host folder holding one home per analyst; default STATE_DIR/home."""
     image: str = "hub"
-    notebook_image_tag: str = "latest"
-    """Tag the spawner resolves to a digest in the registry when a server starts."""
+    notebook_image_tag: str = "stable"
+    """Tag analysts' servers (and the Spark cluster) start from, resolved to a digest in the
+    registry at each start: `stable`, moved only by a promotion of a tested build."""
+    preview: AccessList | None = None
+    """Users and JupyterHub groups offered "preview" (images.tag, what CI built last) as a
+    version choice; unset: nobody."""
     start_timeout: int = Field(300, gt=0)
     network: str = "hubstack"
     """Docker network shared by hub, notebooks and Spark."""

@@ -9,8 +9,8 @@ outdated one, the package differences from stable (hubstack.images.lockdiff).
 `stable` is what `hubstack ci promote` moved: its digest in the registry (the registry is
 what the spawner resolves tags in), or this engine's tag when the registry does not answer.
 An image with no `stable` yet (nothing promoted) is compared with the tag its containers
-are started from instead, and the report says so: `hub.notebook_image_tag` for notebook
-servers, `images.tag` for the cluster.
+are started from instead, and the report says so: `hub.notebook_image_tag`, for notebook
+servers and the cluster alike.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def compare(cfg: PlatformConfig, entry: Entry, resolver: Resolver, against: str)
     if not name:
         entry.note = f"the image has no {IMAGE_LABEL} label: not one of ours"
         return
-    started_from = cfg.hub.notebook_image_tag if entry.kind == "notebook" else cfg.images.tag
+    started_from = cfg.hub.notebook_image_tag  # notebooks and the cluster alike
     target = resolver.get(name, against)
     if target is None and started_from != against:
         entry.note = f"no {against} of {name} yet: compared with {started_from}"
@@ -347,8 +347,7 @@ def register(subparsers) -> None:
         description="List every running notebook server and Spark container of this "
         "platform with its image and lineage, and say whether it runs the current stable "
         "image; for an outdated one print the package differences. Without a stable tag yet, "
-        "compare with the tag the container was started from (hub.notebook_image_tag for "
-        "notebooks, images.tag for the cluster).",
+        "compare with the tag the containers were started from (hub.notebook_image_tag).",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(

@@ -105,7 +105,8 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
     """Variables for compose/spark.yaml (worker count, cores, memory, ports, image)."""
     s = cfg.spark
     return {
-        "SPARK_IMAGE": cfg.image_ref(EXECUTOR_IMAGE),
+        # The executors run what analysts' drivers run: the tag notebooks start from.
+        "SPARK_IMAGE": cfg.image_ref(EXECUTOR_IMAGE, cfg.hub.notebook_image_tag),
         "SPARK_WORKERS": str(s.workers),
         "SPARK_WORKER_CORES": str(s.worker_cores),
         "SPARK_WORKER_MEMORY": f"{memory_mb(s.worker_memory)}m",

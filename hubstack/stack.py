@@ -20,6 +20,7 @@ import docker
 import yaml
 
 from hubstack import doctor, spark
+from hubstack.ci.promote import STABLE, adopt_first_build, ensure_local
 from hubstack.config import NO_CA, PYPI, PlatformConfig
 from hubstack.engine import docker_client, platform_containers, project_name
 from hubstack.errors import CommandError
@@ -193,6 +194,33 @@ def push_images(cfg: PlatformConfig, client, names: list[str]) -> None:
         push_image(cfg, client, name, auth=auth)
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def serve_images(cfg: PlatformConfig, client, names: list[str]) -> None:
+    """Analysts start from hub.notebook_image_tag (`stable`): on a fresh install, this build
+    becomes it once its tests pass; later builds wait for a promotion, and `up` says so."""
+    tag = cfg.hub.notebook_image_tag
+    if tag == STABLE:
+        adopted = adopt_first_build(
+            cfg, client, names, progress=lambda line: print(line, flush=True)
+        )
+        registry = RegistryClient(cfg)
+        waiting = [
+            n
+            for n in names
+            if n not in adopted and registry.digest(n, tag) != registry.digest(n, cfg.images.tag)
+        ]
+        if waiting:
+            print(
+                f"{', '.join(waiting)}: this build is {cfg.images.tag}; analysts stay on {tag} "
+                "until `hubstack upgrade` (or `hubstack ci promote TAG`) moves it",
+                flush=True,
+            )
+    ensure_local(cfg, client, [spark.EXECUTOR_IMAGE], tag)
+
+
 def stack_images(cfg: PlatformConfig) -> list[str]:
     """Images the platform needs before it starts: its services' and its profiles' (on-demand
     images, such as the GPU one, are built and pushed when a site wants them)."""
@@ -236,7 +264,17 @@ def wait_for_hub(cfg: PlatformConfig, timeout: float = 180) -> None:
 
 
 # --- commands ------------------------------------------------------------------------
-UP_STAGES = ("checks", "secrets", "bootstrap", "build", "registry", "push", "start", "health")
+UP_STAGES = (
+    "checks",
+    "secrets",
+    "bootstrap",
+    "build",
+    "registry",
+    "push",
+    "stable",
+    "start",
+    "health",
+)
 
 
 class Stages:
@@ -299,6 +337,9 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
     compose(cfg, "up", "-d", "--wait", "registry")
     stage("push", f"{len(names)} images to {cfg.image_prefix}")
     push_images(cfg, client, names)
+    served_tag = cfg.hub.notebook_image_tag
+    stage("stable", f"what analysts and the Spark cluster start from ({served_tag})")
+    serve_images(cfg, client, [n for n in stack_images(cfg) if n != cfg.hub.image])
     stage("start", "hub and Spark cluster (docker compose up --wait)")
     compose(cfg, "up", "-d", "--wait")
     stage("health", f"waiting for {hub_url(cfg)}hub/health")

@@ -7,15 +7,17 @@ Promoting TAG moves `stable` of every image that has TAG; the others keep theirs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import docker
 
+from hubstack.ci.rebuild import run_image_tests
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
 from hubstack.images.build import push_image
 from hubstack.images.graph import ImageGraph
-from hubstack.registry import auth_config
+from hubstack.registry import RegistryClient, auth_config
 
 STABLE = "stable"
 
@@ -73,3 +75,51 @@ def promote(
             "promote a commit tag that `hubstack ci build --push` produced"
         )
     return results
+
+
+def adopt_first_build(
+    cfg: PlatformConfig,
+    client: docker.DockerClient,
+    names: list[str],
+    progress: Callable[[str], None] = print,
+) -> list[str]:
+    """A fresh install has nothing promoted: each of NAMES whose STABLE the registry does not
+    hold yet gets this engine's images.tag as its STABLE, once the image's own tests
+    (test_image.py) pass. Images that have a STABLE keep it: later builds reach analysts only
+    through a promotion. Returns the names adopted; a failed test sets no STABLE at all."""
+    registry = RegistryClient(cfg)
+    graph = ImageGraph.from_config(cfg)
+    fresh = [n for n in graph.order(names) if registry.digest(n, STABLE) is None]
+    for name in fresh:
+        ref = cfg.image_ref(name)
+        progress(f"{name}: testing {ref} before it becomes {STABLE}")
+        passed, output = run_image_tests(graph[name].path, ref)
+        if not passed:
+            tail = "\n".join(output.splitlines()[-20:])
+            raise CommandError(
+                f"first install: the tests of {ref} failed, so no image became {STABLE} "
+                f"(analysts start from {STABLE}); fix the image and run again:\n{tail}"
+            )
+    auth = auth_config(cfg)
+    for name in fresh:
+        client.images.get(cfg.image_ref(name)).tag(cfg.image_repository(name), STABLE)
+        push_image(cfg, client, name, STABLE, auth=auth, progress=lambda line: None)
+        progress(f"{name}: {STABLE} -> this build (first install)")
+    return fresh
+
+
+def ensure_local(cfg: PlatformConfig, client: docker.DockerClient, names: list[str], tag: str):
+    """NAME:TAG in this engine as the registry has it (compose starts services from it and
+    cannot log in to the registry by itself)."""
+    auth = auth_config(cfg)
+    registry = RegistryClient(cfg)
+    for name in names:
+        digest = registry.digest(name, tag)
+        if digest is None:
+            raise CommandError(f"the registry has no {cfg.image_ref(name, tag)}")
+        try:
+            local = client.images.get(cfg.image_ref(name, tag)).attrs.get("RepoDigests") or []
+        except docker.errors.ImageNotFound:
+            local = []
+        if f"{cfg.image_repository(name)}@{digest}" not in local:
+            client.images.pull(cfg.image_repository(name), tag=tag, auth_config=auth)

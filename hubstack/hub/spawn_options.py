@@ -1,12 +1,16 @@
 """What a start request may ask for (`user_options`, from the spawn form or the REST API),
 declared once and checked before anything starts.
 
-Today one option exists: `profile`, the name of a profile in the platform config (default:
-the first). Anything else is refused with the names of the unknown keys; a wrong type or an
-unknown profile is refused with what is accepted. The hub answers these refusals with 400.
+Two options exist: `profile`, the name of a profile in the platform config (default: the
+first the analyst may use), and `version`: `stable` (the default, the promoted and tested
+images) or `preview` (the last build CI tested, for those `hub.preview` names). Anything else
+is refused with the names of the unknown keys; a wrong type, an unknown profile or version
+is refused with what is accepted. The hub answers these refusals with 400.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -24,6 +28,8 @@ class SpawnOptions(BaseModel):
 
     profile: str | None = None
     """Name of a profile in the platform config; None: the first profile."""
+    version: Literal["stable", "preview"] | None = None
+    """Which images: None and stable are hub.notebook_image_tag; preview is images.tag."""
 
 
 def parse_spawn_options(cfg: PlatformConfig, options: object) -> SpawnOptions:

@@ -144,18 +144,24 @@ class HubstackSpawner(DockerSpawner):
                 f'value="{escape(p.name)}"{checked}> <strong>{escape(p.display_name)}</strong> '
                 f"<small>{escape(p.description)}</small></label>"
             )
+        if self._may_preview():
+            rows.append(
+                '<p>Version: <label><input type="radio" name="version" value="stable" checked> '
+                'stable</label> <label><input type="radio" name="version" value="preview">'
+                " preview (the newest tested build, not yet promoted)</label></p>"
+            )
         return "\n".join(rows)
 
     def options_from_form(self, formdata):
-        chosen = (formdata.get("profile") or [""])[0]
-        return {"profile": chosen} if chosen else {}
+        chosen = {key: (formdata.get(key) or [""])[0] for key in ("profile", "version")}
+        return {key: value for key, value in chosen.items() if value}
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
         # JupyterHub runs this before start(), for the form and the REST API alike, and
         # answers an HTTPError raised here with its status and message.
         def check(spawner: HubstackSpawner, options: dict) -> None:
-            spawner._profile()
+            spawner._image_tag(spawner._profile())
 
         return check
 
@@ -166,8 +172,32 @@ class HubstackSpawner(DockerSpawner):
             raise web.HTTPError(400, str(e)) from None
 
     def _may_use(self, profile) -> bool:
-        groups = [g.name for g in getattr(self.user, "groups", [])]
-        return profile.allow is None or profile.allow.admits(self.user.name, groups)
+        return profile.allow is None or profile.allow.admits(self.user.name, self._groups())
+
+    def _groups(self) -> list[str]:
+        return [g.name for g in getattr(self.user, "groups", [])]
+
+    def _may_preview(self) -> bool:
+        preview = self.cfg.hub.preview
+        return preview is not None and preview.admits(self.user.name, self._groups())
+
+    def _image_tag(self, profile) -> str:
+        """The tag this start resolves: stable, or preview for those allowed (else 403)."""
+        if self._options().version != "preview":
+            return self.cfg.hub.notebook_image_tag
+        if not self._may_preview():
+            who = self.cfg.hub.preview.describe() if self.cfg.hub.preview else "nobody"
+            raise web.HTTPError(
+                403, f"the preview version is only for {who} (hub.preview); start on stable"
+            )
+        if profile.spark:
+            # The shared cluster's executors run stable: a preview driver would not match.
+            raise web.HTTPError(
+                409,
+                f"the profile {profile.name!r} runs on the shared Spark cluster, whose executors "
+                "run stable; start it on stable, or preview another profile",
+            )
+        return self.cfg.images.tag
 
     def _profile(self):
         """The requested profile (default: the first this analyst may use), checked: declared
@@ -408,7 +438,7 @@ class HubstackSpawner(DockerSpawner):
         self._extra_gpu = {}
 
         progress.emit(2, f"Looking up image {profile.image} in the registry")
-        ref = self.cfg.image_ref(profile.image, self.cfg.hub.notebook_image_tag)
+        ref = self.cfg.image_ref(profile.image, self._image_tag(profile))
         self.image = await self._resolve_digest(ref)
         progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
 

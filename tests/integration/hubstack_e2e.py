@@ -4,6 +4,7 @@ hub's proxy."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,8 @@ import requests
 import websocket
 import yaml
 
-from hubstack.engine import project_name
+from hubstack import stack
+from hubstack.engine import project_name, service_container
 from hubstack.hub.users import users_file_for
 from hubstack.stack import compose_file, env_file, local_images
 from tests.conftest import config_data, free_port
@@ -101,9 +103,10 @@ class HubClient:
             method, f"{self.base}{path}", headers=headers, timeout=kw.pop("timeout", 60), **kw
         )
 
-    def start(self, profile: str = "default", timeout: float = 300) -> list[dict]:
+    def start(self, profile: str = "default", timeout: float = 300, **options) -> list[dict]:
         """Start the server and follow the progress stream until it is ready; returns the events."""
-        r = self.api("POST", f"/hub/api/users/{self.name}/server", json={"profile": profile})
+        body = {"profile": profile, **options}
+        r = self.api("POST", f"/hub/api/users/{self.name}/server", json=body)
         assert r.status_code in (201, 202), r.text
         events = []
         with self.api(
@@ -324,3 +327,23 @@ def fresh_clone(dest: Path) -> Path:
     else:
         subprocess.run(["git", "-C", str(dest), "remote", "remove", "origin"], check=True)
     return dest
+
+
+@contextlib.contextmanager
+def hub_config_changed(cfg, docker_client, change):
+    """The hub restarted on its config with CHANGE(data) applied, and back as it was after
+    (running servers are untouched by both restarts)."""
+    path = stack.container_config_file(cfg, "hub")
+    original = path.read_text()
+    data = yaml.safe_load(original)
+    change(data)
+    hub = service_container(cfg, docker_client, "hub")
+    try:
+        path.write_text(yaml.safe_dump(data))
+        hub.restart(timeout=20)
+        stack.wait_for_hub(cfg)
+        yield
+    finally:
+        path.write_text(original)
+        hub.restart(timeout=20)
+        stack.wait_for_hub(cfg)

@@ -7,16 +7,15 @@ import subprocess
 
 import pytest
 import requests
-import yaml
 
 from hubstack import stack
-from hubstack.engine import service_container
 from hubstack.hub.users import users_file_for
 from tests.integration.conftest import ANALYSTS
 from tests.integration.hubstack_e2e import (
     REPO,
     HubClient,
     forget_local_digest,
+    hub_config_changed,
     hubstack,
     read_back_after_restart,
     url,
@@ -217,34 +216,28 @@ def test_a_profile_for_a_group_refuses_everyone_else_with_403(hub_stack, clients
     machine, gets the no-GPU answer instead). The hub restarts to read the changed config;
     running servers would not notice."""
     cfg, _, _ = hub_stack
-    path = stack.container_config_file(cfg, "hub")
-    original = path.read_text()
-    data = yaml.safe_load(original)
-    for profile in data["profiles"]:
-        if profile["name"] == "gpu":
-            profile["allow"] = {"groups": ["gpu"], "users": []}
-    hub = service_container(cfg, docker_client, "hub")
+
+    def gpu_for_group(data: dict) -> None:
+        for profile in data["profiles"]:
+            if profile["name"] == "gpu":
+                profile["allow"] = {"groups": ["gpu"], "users": []}
+
     users_file_for(cfg).add("dana", 23010, 23010, admin=True, password="dana-pw-0c71")
     try:
-        path.write_text(yaml.safe_dump(data))
-        hub.restart(timeout=20)
-        stack.wait_for_hub(cfg)
-        dana = HubClient(url(cfg), "dana")
-        assert dana.login("dana-pw-0c71").status_code == 302
-        dana.make_token()
-        assert dana.api("POST", "/hub/api/groups/gpu").status_code in (201, 409)
-        r = dana.api("POST", "/hub/api/groups/gpu/users", json={"users": ["alice"]})
-        assert r.status_code == 200, r.text
+        with hub_config_changed(cfg, docker_client, gpu_for_group):
+            dana = HubClient(url(cfg), "dana")
+            assert dana.login("dana-pw-0c71").status_code == 302
+            dana.make_token()
+            assert dana.api("POST", "/hub/api/groups/gpu").status_code in (201, 409)
+            r = dana.api("POST", "/hub/api/groups/gpu/users", json={"users": ["alice"]})
+            assert r.status_code == 200, r.text
 
-        bob, alice = clients["bob"], clients["alice"]
-        r = bob.api("POST", "/hub/api/users/bob/server", json={"profile": "gpu"})
-        assert r.status_code == 403, r.text
-        assert "only for group gpu" in r.json()["message"]
-        r = alice.api("POST", "/hub/api/users/alice/server", json={"profile": "gpu"})
-        assert r.status_code != 403 and "GPU" in r.json()["message"], r.text
-        assert not bob.running() and not alice.running()
+            bob, alice = clients["bob"], clients["alice"]
+            r = bob.api("POST", "/hub/api/users/bob/server", json={"profile": "gpu"})
+            assert r.status_code == 403, r.text
+            assert "only for group gpu" in r.json()["message"]
+            r = alice.api("POST", "/hub/api/users/alice/server", json={"profile": "gpu"})
+            assert r.status_code != 403 and "GPU" in r.json()["message"], r.text
+            assert not bob.running() and not alice.running()
     finally:
-        path.write_text(original)
-        hub.restart(timeout=20)
-        stack.wait_for_hub(cfg)
         users_file_for(cfg).remove("dana")

@@ -174,7 +174,7 @@ def test_stable_only_in_the_registry_is_outdated_without_a_package_diff():
 
 
 def test_without_stable_the_started_from_tag_is_used_and_said():
-    # Notebooks start from hub.notebook_image_tag, the cluster from images.tag.
+    # Notebooks and the Spark cluster both start from hub.notebook_image_tag.
     cfg = parse_config(
         {
             "base": {"extra_ca_bundle": "none"},
@@ -193,9 +193,9 @@ def test_without_stable_the_started_from_tag_is_used_and_said():
     compare(cfg, nb, resolver, "stable")
     assert (nb.status, nb.compared_with) == ("current", "nb")
     assert nb.note == "no stable of notebook yet: compared with nb"
-    cluster = entry("sha256:other", kind="spark")
+    cluster = entry("sha256:old", kind="spark")
     compare(cfg, cluster, resolver, "stable")
-    assert (cluster.status, cluster.compared_with) == ("current", "img")
+    assert (cluster.status, cluster.compared_with) == ("current", "nb")
     lonely = entry()
     compare(cfg, lonely, FakeResolver({}, {}), "stable")
     assert lonely.status == "unknown" and "nothing to compare with" in lonely.note

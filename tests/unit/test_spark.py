@@ -57,7 +57,8 @@ def test_compose_env_from_the_config():
     assert env["SPARK_WORKERS"] == "3"
     assert env["SPARK_WORKER_MEMORY"] == "1536m"  # Spark wants a whole number
     assert (env["SPARK_WORKER_UI_PORT"], env["SPARK_WORKER_UI_PORT_LAST"]) == ("9081", "9083")
-    assert env["SPARK_IMAGE"] == "127.0.0.1:5000/hubstack/spark-executor:latest"
+    # Executors run what notebooks start from (drivers and executors: one environment).
+    assert env["SPARK_IMAGE"] == "127.0.0.1:5000/hubstack/spark-executor:stable"
     assert env["HUBSTACK_NETWORK"] == "plat"
 
 

@@ -120,3 +120,27 @@ def test_a_profile_is_offered_and_started_only_for_those_it_allows():
     bob.user_options = {}
     assert bob._profile().name == "default"
     assert alice._profile().name == "team"
+
+
+def test_stable_by_default_and_preview_only_for_those_named():
+    cfg = parse_config({"hub": {"preview": {"groups": ["early"]}}})
+    s = HubstackSpawner(platform=cfg)
+
+    def tag(name: str, groups: list[str], options: dict) -> str | int:
+        s.user = SimpleNamespace(name=name, groups=[SimpleNamespace(name=g) for g in groups])
+        s.user_options = options
+        try:
+            return s._image_tag(s._profile())
+        except web.HTTPError as e:
+            return e.status_code
+
+    assert tag("bob", [], {}) == "stable"
+    assert tag("bob", [], {"version": "stable"}) == "stable"
+    assert tag("bob", [], {"version": "preview"}) == 403
+    assert tag("alice", ["early"], {"version": "preview"}) == "latest"
+    # The shared cluster runs stable: a preview driver would not match its executors.
+    assert tag("alice", ["early"], {"version": "preview", "profile": "spark"}) == 409
+    for name, groups, offered in (("alice", ["early"], True), ("bob", [], False)):
+        form = HubstackSpawner(platform=cfg)
+        form.user = SimpleNamespace(name=name, groups=[SimpleNamespace(name=g) for g in groups])
+        assert ('value="preview"' in form.options_form) is offered

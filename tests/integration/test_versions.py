@@ -1,0 +1,74 @@
+"""What analysts start from, on the real stack: `stable` (which the first `hubstack up` set
+to its tested build), not whatever CI pushed as `latest` since; `preview` (latest) only for
+those `hub.preview` names."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from hubstack.ci.promote import STABLE
+from hubstack.engine import platform_containers
+from hubstack.hub.container_spec import USER_LABEL
+from hubstack.images.build import push_image
+from hubstack.registry import RegistryClient
+from tests.integration.hubstack_e2e import hub_config_changed
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# What a CI build moving `latest` would bring: the notebook image plus one marker file.
+NEWER = b"""\
+ARG BASE
+FROM ${BASE}
+USER root
+RUN echo preview > /etc/hubstack-preview
+USER 1000:100
+"""
+
+
+def _image_of(cfg, docker_client, user: str) -> str:
+    (server,) = platform_containers(cfg, docker_client, f"{USER_LABEL}={user}", False)
+    return server.attrs["Config"]["Image"]
+
+
+def test_analysts_start_on_stable_and_preview_only_for_those_named(
+    hub_stack, clients, docker_client
+):
+    cfg, _, _ = hub_stack
+    registry = RegistryClient(cfg)
+    repo, latest = cfg.image_repository("notebook"), cfg.images.tag
+    stable = registry.digest("notebook", STABLE)
+    assert stable and stable == registry.digest("notebook", latest), "up set stable itself"
+
+    # CI moves latest; nothing is promoted.
+    built = docker_client.images.get(cfg.image_ref("notebook", latest))
+    newer, _ = docker_client.images.build(
+        fileobj=io.BytesIO(NEWER), buildargs={"BASE": cfg.image_ref("notebook", STABLE)}, rm=True
+    )
+    newer.tag(repo, latest)
+    try:
+        preview = push_image(cfg, docker_client, "notebook", latest, progress=lambda line: None)
+        assert preview != stable
+
+        bob, alice = clients["bob"], clients["alice"]
+        bob.start()
+        assert _image_of(cfg, docker_client, "bob") == f"{repo}@{stable}"
+        bob.stop()
+
+        with hub_config_changed(
+            cfg, docker_client, lambda data: data["hub"].update(preview={"users": ["alice"]})
+        ):
+            r = bob.api("POST", "/hub/api/users/bob/server", json={"version": "preview"})
+            assert r.status_code == 403 and "preview" in r.json()["message"], r.text
+            alice.start(version="preview")
+            assert _image_of(cfg, docker_client, "alice") == f"{repo}@{preview}"
+            marker = alice.run_code("print(open('/etc/hubstack-preview').read())")
+            assert marker.strip() == "preview"
+            alice.stop()
+            alice.start()  # no choice: stable again
+            assert _image_of(cfg, docker_client, "alice") == f"{repo}@{stable}"
+            alice.stop()
+    finally:
+        built.tag(repo, latest)
+        push_image(cfg, docker_client, "notebook", latest, progress=lambda line: None)
