@@ -83,7 +83,7 @@ def test_readme_main_job_from_a_fresh_clone_with_no_config(first_run):
     assert (clone / ".venv" / "bin" / "hubstack").exists(), "hubstack lives in the checkout's venv"
 
     # One line per stage, in order, and the total time at the end.
-    stages = re.findall(r"^\[up (\d)/8\] (\w+):", up.stdout, re.M)
+    stages = re.findall(r"^\[up (\d)/9\] (\w+):", up.stdout, re.M)
     assert [name for _, name in stages] == [
         "checks",
         "secrets",
@@ -91,9 +91,12 @@ def test_readme_main_job_from_a_fresh_clone_with_no_config(first_run):
         "build",
         "registry",
         "push",
+        "stable",
         "start",
         "health",
     ], up.stdout[-3000:]
+    # Nothing was promoted on this fresh install: up tested its build and made it stable.
+    assert "notebook: stable -> this build (first install)" in up.stdout, up.stdout[-3000:]
     m = re.search(r"hubstack is up in \d+s: (http://\S+)", up.stdout)
     assert m, up.stdout[-2000:]
     assert m.group(1) == f"http://{DEFAULTS.hub.host}:{DEFAULTS.hub.port}/"
