@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import docker
 import pytest
@@ -19,6 +16,7 @@ from hubstack.config import parse_config
 from hubstack.images.bootstrap import bootstrap
 from hubstack.images.build import ImageBuilder
 from tests.conftest import ROOT, SESSION_ID
+from tests.second_engine import second_engine
 
 pytestmark = pytest.mark.integration
 
@@ -123,45 +121,11 @@ def test_killed_build_leaves_the_tag(tmp_path, docker_client):
 @pytest.fixture
 def engine_on_a_small_disk(platform_config, docker_client):
     """A second, real dockerd whose data root is a 400 MiB tmpfs: a disk that really fills.
-    Its own exec root, containerd, socket and bridge, and no iptables rules, so the main
-    engine is untouched (not `--bridge none`: that deletes docker0, the main engine's
-    bridge). The base image is copied over from the main engine."""
-    top = Path(tempfile.mkdtemp(prefix="hs-engine-"))  # short: unix socket paths are too
-    bridge = f"hsdisk{SESSION_ID[:6]}"
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(top)], check=True)
-    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
-    subprocess.run(["ip", "addr", "add", "10.254.254.1/24", "dev", bridge], check=True)
-    log = open(top.with_suffix(".log"), "wb")
-    daemon = subprocess.Popen(
-        ["dockerd", "--data-root", f"{top}/data", "--exec-root", f"{top}/exec"]
-        + ["--pidfile", f"{top}/docker.pid", "--host", f"unix://{top}/docker.sock"]
-        + ["--bridge", bridge, "--iptables=false", "--ip-masq=false"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    client = None
-    try:
-        deadline = time.monotonic() + 60
-        while client is None:
-            try:
-                client = docker.DockerClient(base_url=f"unix://{top}/docker.sock", timeout=300)
-            except docker.errors.DockerException:
-                if time.monotonic() > deadline or daemon.poll() is not None:
-                    raise AssertionError(top.with_suffix(".log").read_text()[-3000:]) from None
-                time.sleep(1)
+    The base image is copied over from the main engine."""
+    with second_engine(data_size="400m") as client:
         base = docker_client.images.get(platform_config.base.image)
         client.images.load(b"".join(base.save(named=True)))
         yield client
-    finally:
-        if client is not None:
-            client.close()
-        daemon.terminate()
-        daemon.wait(60)
-        log.close()
-        subprocess.run(["umount", "-l", str(top)], check=False)
-        subprocess.run(["ip", "link", "del", bridge], check=False)
-        shutil.rmtree(top, ignore_errors=True)
-        top.with_suffix(".log").unlink(missing_ok=True)
 
 
 def test_disk_full_build_leaves_the_tag_and_says_so(tmp_path, engine_on_a_small_disk):

@@ -3,11 +3,8 @@ with true locks and labels, unprivileged users and a registry that wants a passw
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import docker
 import pytest
@@ -18,6 +15,7 @@ from hubstack.images.build import ImageBuilder, context_digest, push_image
 from hubstack.images.graph import ImageGraph
 from hubstack.registry import Credentials, RegistryClient, auth_config
 from tests.conftest import SESSION_ID
+from tests.second_engine import second_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,60 +29,9 @@ def run(client: docker.DockerClient, image: str, command: str, **kw) -> str:
 @pytest.fixture(scope="module")
 def empty_engine():
     """A second dockerd with its own empty image store: a fresh node pulling from the registry."""
-
-    root = Path(tempfile.mkdtemp(prefix="hubstack-node2-"))
-    sock = root / "docker.sock"
-    # Its own bridge: a dockerd started with --bridge=none deletes the main engine's docker0.
-    bridge = f"hsn{SESSION_ID}"
-    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
-    # A subnet of the benchmarking range per session, so parallel sessions never clash.
-    subnet = int(SESSION_ID, 16) % 250 + 1
-    subprocess.run(["ip", "addr", "add", f"198.18.{subnet}.1/24", "dev", bridge], check=True)
-    subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
-    proc = subprocess.Popen(
-        [
-            "dockerd",
-            "--data-root",
-            str(root / "data"),
-            "--exec-root",
-            str(root / "exec"),
-            "--pidfile",
-            str(root / "pid"),
-            "-H",
-            f"unix://{sock}",
-            "--bridge",
-            bridge,
-            "--iptables=false",
-            "--ip-masq=false",
-        ],
-        stdout=open(root / "log", "w"),
-        stderr=subprocess.STDOUT,
-    )
-    client = None
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                # Made inside the loop: the client asks the engine its API version when created.
-                client = docker.DockerClient(base_url=f"unix://{sock}", timeout=600)
-                client.ping()
-                break
-            except Exception:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(
-                        "second engine did not start:\n" + (root / "log").read_text()[-2000:]
-                    )
-                time.sleep(0.5)
+    with second_engine() as client:
         assert client.images.list() == []
         yield client
-    finally:
-        # Always stopped and removed, even when it failed to start: it is ours alone.
-        if client is not None:
-            client.close()
-        proc.terminate()
-        proc.wait(30)
-        subprocess.run(["ip", "link", "del", bridge], check=False)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_notebook_pulls_back_by_digest_on_an_empty_engine(hierarchy, platform_config, empty_engine):
