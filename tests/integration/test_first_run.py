@@ -76,8 +76,10 @@ def first_run(tmp_path, docker_client, hierarchy):
         shutil.rmtree(DEFAULTS.state_dir, ignore_errors=True)
 
 
-def test_readme_main_job_from_a_fresh_clone_with_no_config(first_run):
+def test_readme_main_job_from_a_fresh_clone_with_no_config(first_run, capsys):
     clone, up = first_run
+    with capsys.disabled():  # the stage lines and their times, in every CI log
+        print("\n" + "\n".join(line for line in up.stdout.splitlines() if line.startswith("[up ")))
     assert up.returncode == 0, f"bin/hubstack up failed:\n{up.stdout[-6000:]}\n{up.stderr[-6000:]}"
     assert not (clone / "hubstack.yaml").exists(), "the run must use the defaults"
     assert (clone / ".venv" / "bin" / "hubstack").exists(), "hubstack lives in the checkout's venv"
