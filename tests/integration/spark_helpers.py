@@ -89,7 +89,15 @@ def cluster_config(cfg: PlatformConfig, **spark) -> PlatformConfig:
     return cfg.model_copy(
         update={
             "spark": cfg.spark.model_copy(update=settings),
-            "hub": cfg.hub.model_copy(update={"network": network, "host": "127.0.0.1"}),
+            # The cluster runs the session's build: nothing is promoted to stable in the
+            # session's registry (the stack's `up` does that for its own images).
+            "hub": cfg.hub.model_copy(
+                update={
+                    "network": network,
+                    "host": "127.0.0.1",
+                    "notebook_image_tag": cfg.images.tag,
+                }
+            ),
         }
     )
 

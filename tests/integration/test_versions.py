@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from hubstack.ci.promote import STABLE
+from hubstack.ci.promote import STABLE, ensure_local
 from hubstack.engine import platform_containers
 from hubstack.hub.container_spec import USER_LABEL
 from hubstack.images.build import push_image
@@ -41,10 +41,14 @@ def test_analysts_start_on_stable_and_preview_only_for_those_named(
     stable = registry.digest("notebook", STABLE)
     assert stable and stable == registry.digest("notebook", latest), "up set stable itself"
 
-    # CI moves latest; nothing is promoted.
+    # CI moves latest; nothing is promoted. (Earlier tests may have dropped this node's
+    # copies: take both from the registry, as a node would.)
+    ensure_local(cfg, docker_client, ["notebook"], STABLE)
+    ensure_local(cfg, docker_client, ["notebook"], latest)
     built = docker_client.images.get(cfg.image_ref("notebook", latest))
+    base = docker_client.images.get(cfg.image_ref("notebook", STABLE)).id
     newer, _ = docker_client.images.build(
-        fileobj=io.BytesIO(NEWER), buildargs={"BASE": cfg.image_ref("notebook", STABLE)}, rm=True
+        fileobj=io.BytesIO(NEWER), buildargs={"BASE": base}, rm=True, pull=False
     )
     newer.tag(repo, latest)
     try:
