@@ -145,15 +145,13 @@ class Deliveries:
         """delivery ID -> what it led to (a build ID, or why it was ignored)"""
         if self.path.exists():
             self.seen = json.loads(self.path.read_text() or "{}")
-        self.replays = 0
 
-    def first_time(self, delivery: str, outcome: str = "") -> bool:
+    def first_time(self, delivery: str) -> bool:
         """Record DELIVERY; False when it was already recorded (a replay)."""
         with self._lock:
             if delivery in self.seen:
-                self.replays += 1
                 return False
-            self.seen[delivery] = outcome
+            self.seen[delivery] = ""
             for old in list(self.seen)[: max(0, len(self.seen) - self.KEEP)]:
                 del self.seen[old]
             self._save()
