@@ -239,6 +239,7 @@ class ImageBuilder:
         started = time.monotonic()
         self.progress(f"{label}: building {ref}")
         steps_total, steps_cached, steps = 0, 0, 0
+        raw: list[str] = []  # the engine's output as sent, for the log file
         try:
             stream = self.client.api.build(
                 fileobj=context_tar(self.cfg, ctx, self.root),
@@ -255,6 +256,7 @@ class ImageBuilder:
             )
             for chunk in stream:
                 if "stream" in chunk:
+                    raw.append(chunk["stream"])
                     text = chunk["stream"].rstrip("\n")
                     if not text.strip():
                         continue
@@ -278,6 +280,7 @@ class ImageBuilder:
                         "error"
                     )
                     result.log.append(f"ERROR: {result.error}")
+                    raw.append(f"\nERROR: {result.error}\n")
                 elif "aux" in chunk and "ID" in chunk["aux"]:
                     result.image_id = chunk["aux"]["ID"]
         except docker.errors.APIError as e:
@@ -299,7 +302,7 @@ class ImageBuilder:
             )
             self.progress(f"{label}: {how} -> {ref} {(result.image_id or '')[7:19]}")
         else:
-            log_note = self._keep_log(name, result.log)
+            log_note = self._keep_log(name, raw)
             cause = diagnose_failure(self.cfg, result.log)
             if cause:
                 # The one line that says what to change, instead of a page of pip or npm.
@@ -312,12 +315,14 @@ class ImageBuilder:
                 )
         return result
 
-    def _keep_log(self, name: str, log: list[str]) -> str:
+    def _keep_log(self, name: str, raw: list[str]) -> str:
         """Write a failed build's log to build_log_file; returns ' (full log: PATH)' or ''."""
         path = build_log_file(self.cfg, name)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(_ANSI.sub("", "\n".join(log)) + "\n")
+            # The chunks as the engine sent them: a RUN's stderr arrives split mid-word, so
+            # joining the stripped lines with newlines would break its messages apart.
+            path.write_text(_ANSI.sub("", "".join(raw)).rstrip("\n") + "\n")
         except OSError:
             return ""
         return f" (full log: {path})"
