@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from hubstack.config import parse_config
+from hubstack.stack import UP_STAGES
 from tests.conftest import IN_CI
 from tests.integration.hubstack_e2e import HubClient, fresh_clone, remove_platform
 
@@ -85,18 +86,8 @@ def test_readme_main_job_from_a_fresh_clone_with_no_config(first_run, capsys):
     assert (clone / ".venv" / "bin" / "hubstack").exists(), "hubstack lives in the checkout's venv"
 
     # One line per stage, in order, and the total time at the end.
-    stages = re.findall(r"^\[up (\d)/9\] (\w+):", up.stdout, re.M)
-    assert [name for _, name in stages] == [
-        "checks",
-        "secrets",
-        "bootstrap",
-        "build",
-        "registry",
-        "push",
-        "stable",
-        "start",
-        "health",
-    ], up.stdout[-3000:]
+    stages = re.findall(rf"^\[up (\d)/{len(UP_STAGES)}\] (\w+):", up.stdout, re.M)
+    assert [name for _, name in stages] == list(UP_STAGES), up.stdout[-3000:]
     # Nothing was promoted on this fresh install: up tested its build and made it stable.
     assert "notebook: stable -> this build (first install)" in up.stdout, up.stdout[-3000:]
     m = re.search(r"hubstack is up in \d+s: (http://\S+)", up.stdout)
