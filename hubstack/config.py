@@ -278,6 +278,9 @@ class CIConfig(_Section):
     max_body_bytes: int = Field(1 << 20, gt=0)
     concurrency: int = Field(2, ge=1)
     """Independent branches of the image graph built at once."""
+    keep_releases: int = Field(5, ge=1)
+    """Releases (X.Y.Z tags) `hubstack ci prune` keeps, newest first; `stable`, `latest` and
+    every image a container uses are kept whatever their age."""
 
 
 class PlatformConfig(_Section):
@@ -422,7 +425,7 @@ def parse_config(data: dict | None, path: Path | str = "<config>") -> PlatformCo
     if isinstance(path, Path):
         _resolve_paths(data, path.resolve().parent)
     try:
-        cfg = PlatformConfig(**data)
+        cfg = PlatformConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(path, e)) from None
     cfg = cfg.model_copy(update={"path": Path(path) if isinstance(path, Path) else None})
