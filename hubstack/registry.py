@@ -162,6 +162,60 @@ class RegistryClient:
         found = self.manifest(name, reference)
         return found[0] if found else None
 
+    def tag_digests(self, name: str) -> dict[str, str]:
+        """Every tag of NAME with the manifest digest it names now."""
+        out = {}
+        for tag in self.tags(name):
+            digest = self.digest(name, tag)
+            if digest:  # deleted between the listing and now
+                out[tag] = digest
+        return out
+
+    def copy_tag(self, name: str, source: str, target: str) -> str:
+        """Point TARGET at the manifest SOURCE names, inside the registry (no pull, no push of
+        layers: the manifest is put again under a new tag). Returns the digest."""
+        found = self.manifest(name, source)
+        if found is None:
+            raise CommandError(f"the registry has no {self.cfg.image_ref(name, source)}")
+        digest, media_type, raw = found
+        r = self._request(
+            "PUT",
+            f"/{self.repository(name)}/manifests/{target}",
+            data=raw,
+            headers={"Content-Type": media_type},
+        )
+        if r.status_code not in (200, 201):
+            raise CommandError(
+                f"registry refused tagging {self.cfg.image_ref(name, target)}: "
+                f"HTTP {r.status_code} {r.text[:200]}"
+            )
+        return digest
+
+    def image_config(self, name: str, reference: str) -> dict:
+        """The image configuration (labels, created, ...) of a single-platform manifest."""
+        found = self.manifest(name, reference)
+        if found is None:
+            raise CommandError(f"the registry has no {self.cfg.image_ref(name, reference)}")
+        manifest = json.loads(found[2])
+        config = (manifest.get("config") or {}).get("digest")
+        if not config:
+            raise CommandError(
+                f"{self.cfg.image_ref(name, reference)} is not a single-platform image manifest"
+            )
+        r = self._request("GET", f"/{self.repository(name)}/blobs/{config}")
+        r.raise_for_status()
+        return r.json()
+
+    def delete_manifest(self, name: str, digest: str) -> None:
+        """Delete one manifest, and so every tag that names it (registry/config.yml enables
+        deletion); its layers are freed by the registry's garbage collection."""
+        r = self._request("DELETE", f"/{self.repository(name)}/manifests/{digest}")
+        if r.status_code not in (202, 404):
+            raise CommandError(
+                f"registry refused deleting {self.cfg.image_repository(name)}@{digest}: "
+                f"HTTP {r.status_code} {r.text[:200]}"
+            )
+
 
 def registry_container_spec(cfg: PlatformConfig, name: str, volume: str) -> dict:
     """How to run the registry outside compose (tests, bootstrap): docker-py run() kwargs."""

@@ -29,10 +29,15 @@ from hubstack.ci.plan import Plan, make_plan
 from hubstack.clock import run_stamp, timestamp
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
-from hubstack.images.build import ImageBuilder, push_image
+from hubstack.images.build import (
+    LINEAGE_LABEL_PREFIX,
+    ImageBuilder,
+    context_digest,
+    push_image,
+)
 from hubstack.images.graph import ImageGraph
 from hubstack.images.lockdiff import PackageChange, format_changes, image_diff
-from hubstack.registry import auth_config
+from hubstack.registry import RegistryClient, auth_config
 
 # Build logs are kept in the report up to this many characters (the tail: where errors are).
 LOG_TAIL = 20_000
@@ -399,8 +404,33 @@ class Rebuilder:
                     name = running.pop(fut)
                     if outcomes[name].status != "ok":
                         fail_descendants(name)
+        if self.push:
+            self._tag_the_rest(graph, in_plan | set(outside), tag)
         report.finished = timestamp()
         return report
+
+    def _tag_the_rest(self, graph: ImageGraph, handled: set[str], tag: str) -> None:
+        """Give the commit tag to every other image whose `latest` was built from this very
+        source (its lineage's context digests are those of the checkout), inside the registry:
+        the commit tag then names the whole platform at this commit, and a release can be
+        made from it. An image whose source is not what its `latest` was built from (its last
+        build failed) gets none."""
+        registry = RegistryClient(self.cfg)
+        for name in graph.order():
+            if name in handled or registry.digest(name, self.cfg.images.tag) is None:
+                continue
+            labels = registry.image_config(name, self.cfg.images.tag).get("config", {})
+            labels = labels.get("Labels") or {}
+            lineage = [name, *graph.ancestors(name)]
+            if all(
+                labels.get(f"{LINEAGE_LABEL_PREFIX}{n}")
+                == context_digest(self.cfg, graph[n], self.cfg.source_root)
+                for n in lineage
+            ):
+                registry.copy_tag(name, self.cfg.images.tag, tag)
+                self.out(f"[ci] {name}: unchanged, {tag} -> its {self.cfg.images.tag}")
+            else:
+                self.out(f"[ci] {name}: its {self.cfg.images.tag} is not this source: no {tag}")
 
     def run(self, since: str, head: str = "HEAD") -> BuildReport:
         return self.run_plan(make_plan(self.cfg, since, head))

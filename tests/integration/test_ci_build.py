@@ -162,11 +162,11 @@ def test_promote_moves_stable_and_rolls_back(env, capsys):
     newer = commit_tag(change(repo, "leaf", "promote-me"))
     assert main(["-c", str(conf), "ci", "build", "--since", "HEAD~1", "--push"]) == 0
     assert main(["-c", str(conf), "ci", "promote", newer]) == 0
-    # The leaf's lineage carries the commit tag (root and mid as they were), side has none: it keeps
-    # its stable.
-    for n in ("root", "mid", "leaf"):
+    # Every image carries the commit tag: the leaf's rebuild, the others as they were (side
+    # too, given it inside the registry), so promoting it moves the whole platform.
+    for n in ("root", "mid", "side", "leaf"):
         assert manifest_digest(cfg, n, "stable") == manifest_digest(cfg, n, newer) is not None
-    assert manifest_digest(cfg, "side", newer) is None
+    assert manifest_digest(cfg, "side", newer) == manifest_digest(cfg, "side", "latest")
     assert main(["-c", str(conf), "ci", "promote", older]) == 0
     for n in ("root", "mid", "side", "leaf"):
         assert manifest_digest(cfg, n, "stable") == manifest_digest(cfg, n, older)
