@@ -1,4 +1,4 @@
-"""`hubstack ci plan|build|promote|serve`."""
+"""`hubstack ci plan|build|promote|release|releases|prune|serve`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import argparse
 import tornado.ioloop
 
 from hubstack.ci.plan import make_plan
-from hubstack.ci.promote import promote
+from hubstack.ci.promote import STABLE, promote
 from hubstack.ci.rebuild import rebuild_and_report
+from hubstack.ci.release import load_release, release, release_versions
+from hubstack.ci.retention import prune
 from hubstack.ci.webhook import WebhookBuilder, listen
 from hubstack.engine import docker_client
+from hubstack.images.graph import ImageGraph
+from hubstack.registry import RegistryClient
 
 
 def cmd_plan(cfg, args) -> int:
@@ -30,6 +34,38 @@ def cmd_build(cfg, args) -> int:
 def cmd_promote(cfg, args) -> int:
     for p in promote(cfg, docker_client(), args.tag, to=args.to, names=args.image or None):
         print(f"  {p.name}: {p.detail}")
+    return 0
+
+
+def cmd_release(cfg, args) -> int:
+    rec = release(cfg, docker_client(), args.version, source=args.source)
+    print()
+    print(rec.format_notes())
+    print(f"release notes: {cfg.state_dir / 'releases' / (rec.version + '.md')}")
+    print(f"analysts get it once you promote it: hubstack ci promote {rec.version}")
+    return 0
+
+
+def cmd_releases(cfg, args) -> int:
+    """Every release in the registry, newest first, with its date and what `stable` is."""
+    registry = RegistryClient(cfg)
+    names = ImageGraph.from_config(cfg).order()
+    anchor = names[-1] if "notebook" not in names else "notebook"
+    stable = registry.digest(anchor, STABLE)
+    versions = release_versions(registry.tags(anchor))
+    if not versions:
+        print("no releases yet: hubstack ci release X.Y.Z")
+        return 0
+    for v in reversed(versions):
+        rec = load_release(cfg, str(v))
+        digest = registry.digest(anchor, str(v))
+        mark = "  <- stable" if digest == stable else ""
+        print(f"{v!s:<12} {rec.released[:10] if rec else '(no record here)':<16}{mark}")
+    return 0
+
+
+def cmd_prune(cfg, args) -> int:
+    prune(cfg, docker_client(), keep_releases=args.keep, dry_run=args.dry_run)
     return 0
 
 
@@ -92,12 +128,42 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser(
-        "promote", help="move `stable` to a tested commit tag (roll back: an older tag)"
+        "promote", help="move `stable` to a release or tested commit (roll back: an older one)"
     )
-    p.add_argument("tag", metavar="TAG", help="a commit tag that `ci build --push` produced")
+    p.add_argument(
+        "tag", metavar="TAG", help="a release X.Y.Z, or a commit tag `ci build --push` produced"
+    )
     p.add_argument("--to", default="stable", help="the tag to move (default stable)")
     p.add_argument("--image", action="append", metavar="NAME", help="only this image (repeatable)")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser(
+        "release",
+        help="tag every image's tested build as X.Y.Z and X.Y (never re-tags X.Y.Z); "
+        "write release notes",
+    )
+    p.add_argument("version", metavar="X.Y.Z", help="the release's semantic version")
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="TAG",
+        help="the tag to release: images.tag (default, what CI tested last) or a commit",
+    )
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("releases", help="list the releases in the registry, newest first")
+    p.set_defaults(func=cmd_releases)
+
+    p = sub.add_parser(
+        "prune",
+        help="remove old releases and commit tags from the registry (keeps stable, latest, "
+        "the newest ci.keep_releases releases and images in use), then garbage-collect",
+    )
+    p.add_argument(
+        "--keep", type=int, metavar="N", help="releases to keep (default ci.keep_releases)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser(
         "serve", help="webhook builder: GitHub/Gitea push events -> builds, with a status page"

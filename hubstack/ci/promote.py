@@ -1,4 +1,4 @@
-"""Promotion: point `stable` at an already-tested commit tag; rolling back is the same move.
+"""Promotion: point `stable` at a release or a tested commit tag; rolling back is the same move.
 
 Commit tags only reach the registry after an image's tests passed (see
 :mod:`hubstack.ci.rebuild`), so any commit tag found there is a tested one.
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import docker
 
 from hubstack.ci.rebuild import run_image_tests
+from hubstack.ci.tags import is_release_tag
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
 from hubstack.images.build import push_image
@@ -39,9 +40,12 @@ def promote(
 ) -> list[Promotion]:
     """Move TO (default `stable`) to TAG for each image (default: all of the graph) that has TAG."""
 
+    if is_release_tag(to):
+        raise CommandError(f"{to} is a release tag, and a release is never re-tagged")
     if tag in (to, cfg.images.tag):
         raise CommandError(
-            f"promote takes a commit tag, not {tag!r}: `stable` must name a tested commit"
+            f"promote takes a release or a commit tag, not {tag!r}: `stable` must name a "
+            "tested build"
         )
     graph = ImageGraph.from_config(cfg)
     auth = auth_config(cfg)

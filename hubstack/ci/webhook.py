@@ -5,6 +5,9 @@
   ``X-Hub-Signature-256: sha256=<hex>``; Gitea: ``X-Gitea-Signature: <hex>``),
   else 401 and nothing happens. A malformed body, or one over ``ci.max_body_bytes``,
   gets 400. Pushes to branches not in ``ci.branches`` are acknowledged and ignored.
+* A pushed tag ``vX.Y.Z`` whose commit is on one of ``ci.branches`` and was built
+  releases that commit's images as X.Y.Z (:mod:`hubstack.ci.release`); other tags
+  are ignored.
 * One worker builds one push at a time, in a clone of the configured repository
   checked out at the pushed commit. Pushes arriving while a build runs coalesce
   into a single queued build of the newest commit (covering all their changes).
@@ -31,14 +34,19 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 
 from hubstack.ci.plan import make_plan
-from hubstack.ci.rebuild import BuildReport, Rebuilder, reports_dir, write_report
+from hubstack.ci.rebuild import BuildReport, Rebuilder, commit_tag, reports_dir, write_report
+from hubstack.ci.release import release
+from hubstack.ci.tags import Version
 from hubstack.clock import run_stamp, timestamp
 from hubstack.config import PlatformConfig
+from hubstack.errors import CommandError
 from hubstack.git import git, git_succeeds, is_commit
 from hubstack.secretfiles import generated_secret
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _ZERO = "0" * 40
+RELEASE_REF_PREFIX = "refs/tags/v"
+"""A pushed tag vX.Y.Z releases its commit's images (`hubstack ci release X.Y.Z`)."""
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -309,13 +317,23 @@ class WebhookBuilder:
                 rec.status, rec.started = "running", timestamp()
             self.history.save()
             try:
-                report = self._run_build(rec, self.checkout.path)
-                rec.report = report.run_id
-                rec.images = [
-                    {k: v for k, v in asdict(i).items() if k not in ("build_log", "test_output")}
-                    for i in report.images
-                ]
-                rec.status = "ok" if report.ok else "failed"
+                if rec.branch.startswith(RELEASE_REF_PREFIX):
+                    self._release(rec)
+                    rec.status = "ok"
+                else:
+                    report = self._run_build(rec, self.checkout.path)
+                    rec.report = report.run_id
+                    rec.images = [
+                        {
+                            k: v
+                            for k, v in asdict(i).items()
+                            if k not in ("build_log", "test_output")
+                        }
+                        for i in report.images
+                    ]
+                    rec.status = "ok" if report.ok else "failed"
+            except CommandError as e:
+                rec.status, rec.error = "failed", str(e)
             except NotOnBranch as e:
                 rec.status, rec.error = "refused", str(e)
             except Exception as e:
@@ -349,6 +367,19 @@ class WebhookBuilder:
         report = Rebuilder(cfg, self.client, push=self.push, out=lambda line: None).run_plan(plan)
         write_report(self.cfg, report)
         return report
+
+    def _release(self, rec: BuildRecord) -> None:
+        """A pushed tag vX.Y.Z: release the images CI built for its commit (hubstack.ci.release).
+        The commit must be on a watched branch, as for builds."""
+        version = rec.branch.removeprefix(RELEASE_REF_PREFIX)
+        source = self.checkout.at(rec.sha)
+        if not any(self.checkout.on_branch(rec.sha, b) for b in self.cfg.ci.branches):
+            raise NotOnBranch(
+                f"tag v{version}: commit {rec.sha[:12]} is on none of ci.branches "
+                f"{self.cfg.ci.branches}: nothing was released"
+            )
+        cfg = self.cfg.model_copy(update={"source_dir": source})
+        release(cfg, self.client, version, source=commit_tag(rec.sha), progress=lambda line: None)
 
     def report_path(self, rec: BuildRecord) -> Path | None:
         if not rec.report:
@@ -433,7 +464,18 @@ class HookHandler(_Base):
             raise tornado.web.HTTPError(400, f"malformed push event: {e}") from None
         if push is None:
             return self.write_json({"status": "ignored", "reason": "branch deleted"}, 202)
-        if push.branch not in self.builder.cfg.ci.branches:
+        if push.branch.startswith("refs/tags/"):
+            if not push.branch.startswith(RELEASE_REF_PREFIX) or not Version.from_tag(
+                push.branch.removeprefix(RELEASE_REF_PREFIX)
+            ):
+                return self.write_json(
+                    {
+                        "status": "ignored",
+                        "reason": f"tag {push.branch[10:][:64]!r} is not a release (vX.Y.Z)",
+                    },
+                    202,
+                )
+        elif push.branch not in self.builder.cfg.ci.branches:
             return self.write_json(
                 {
                     "status": "ignored",

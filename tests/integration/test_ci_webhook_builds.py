@@ -3,6 +3,7 @@ pushes, a clone of a temporary git repo of tiny images, a real engine and regist
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -91,3 +92,41 @@ def test_pushes_during_a_build_coalesce_to_one_build_of_the_last_commit(
         assert "from-push-b" in out and "from-push-c" in out
         page = requests.get(f"{srv.url}/?token={builder.token}", timeout=10).text
         assert c[:12] in page and a[:12] in page
+
+
+def test_a_pushed_release_tag_releases_its_built_commit(request, tmp_path_factory, docker_client):
+    cfg, repo, _ = tiny_env(request, tmp_path_factory, docker_client, "ci-webhook-tags")
+    cfg = cfg.model_copy(update={"images": cfg.images.model_copy(update={"namespace": "tagt"})})
+    builder = WebhookBuilder(cfg, docker_client, repository=str(repo))
+    secret, token = builder.secret, builder.token
+
+    def push(ref: str, sha: str) -> dict:
+        body = json.dumps({"ref": ref, "before": ZERO, "after": sha}).encode()
+        r = requests.post(f"{srv.url}/hook", data=body, headers=github_headers(secret, body))
+        assert r.status_code == 202, r.text
+        return r.json()
+
+    head = git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "checkout", "-q", "-b", "topic")
+    topic = change(repo, "leaf", "unreviewed")
+    git(repo, "checkout", "-q", "main")
+    with WebhookServer(builder) as srv:
+        built = push("refs/heads/main", head)
+        assert wait_for(srv.url, built["build"], {"ok", "failed", "error"}, token)["status"] == "ok"
+
+        ignored = push("refs/tags/nightly", head)
+        assert ignored["status"] == "ignored" and "vX.Y.Z" in ignored["reason"]
+
+        released = push("refs/tags/v1.0.0", head)
+        rec = wait_for(srv.url, released["build"], {"ok", "failed", "error", "refused"}, token)
+        assert rec["status"] == "ok", rec
+        for name in ("root", "mid", "side", "leaf"):
+            assert manifest_digest(cfg, name, "1.0.0") == manifest_digest(
+                cfg, name, commit_tag(head)
+            )
+
+        # A tag on a commit no watched branch holds releases nothing.
+        refused = push("refs/tags/v1.1.0", topic)
+        rec = wait_for(srv.url, refused["build"], {"ok", "failed", "error", "refused"}, token)
+        assert rec["status"] == "refused" and "ci.branches" in rec["error"], rec
+        assert manifest_digest(cfg, "leaf", "1.1.0") is None

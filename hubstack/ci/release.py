@@ -1,0 +1,181 @@
+"""Semantic releases: `hubstack ci release X.Y.Z` names a tested state of every image.
+
+A release copies, inside the registry, the tag SOURCE (default ``images.tag``, what CI
+tested last; or a commit tag that `ci build --push` gave every image) to ``X.Y.Z`` and to
+``X.Y`` (when X.Y.Z is the newest patch of X.Y) for every image of the graph. ``X.Y.Z``
+is never moved once it exists: a release whose images already carry X.Y.Z with other
+digests is refused, and running it again with the same digests only completes what a
+failed run left. The release notes are the package differences from the previous
+release, read from the images' locks; they are printed and kept, with the digests and
+the date, in STATE_DIR/releases/X.Y.Z.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import docker
+
+from hubstack.ci.promote import STABLE, ensure_local
+from hubstack.ci.rebuild import commit_tag
+from hubstack.ci.tags import Version, is_release_tag, release_versions
+from hubstack.clock import timestamp
+from hubstack.config import PlatformConfig
+from hubstack.errors import CommandError
+from hubstack.images.graph import ImageGraph
+from hubstack.images.lockdiff import format_changes, image_diff
+from hubstack.registry import RegistryClient
+
+
+def releases_dir(cfg: PlatformConfig) -> Path:
+    return cfg.state_dir / "releases"
+
+
+@dataclass
+class Release:
+    version: str
+    source: str
+    """The tag the release copied (images.tag or a commit tag)."""
+    released: str
+    """When (UTC, ISO 8601)."""
+    digests: dict[str, str]
+    """Image name -> manifest digest of X.Y.Z."""
+    previous: str | None
+    """The release the notes compare with; None for the first."""
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    """Image name -> package difference lines from the previous release."""
+    minor_moved: bool = True
+    """Whether X.Y now names this release (not when a newer X.Y.W exists)."""
+
+    def format_notes(self) -> str:
+        head = f"# hubstack {self.version}\n\nReleased {self.released} from `{self.source}`"
+        head += f"; changes since {self.previous}:" if self.previous else " (first release)."
+        lines = [head, ""]
+        for name, digest in self.digests.items():
+            lines.append(f"## {name}  ({digest})")
+            lines.extend(f"    {line}" for line in self.notes.get(name, ["first release"]))
+            lines.append("")
+        return "\n".join(lines)
+
+    def write(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{self.version}.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+        path = folder / f"{self.version}.md"
+        path.write_text(self.format_notes())
+        return path
+
+
+def load_release(cfg: PlatformConfig, version: str) -> Release | None:
+    path = releases_dir(cfg) / f"{version}.json"
+    if not path.is_file():
+        return None
+    return Release(**json.loads(path.read_text()))
+
+
+def _release_notes(
+    cfg: PlatformConfig,
+    client: docker.DockerClient,
+    names: list[str],
+    previous: str,
+    version: str,
+    progress: Callable[[str], None],
+) -> dict[str, list[str]]:
+    """Per image, its package differences from PREVIOUS to VERSION (read from the locks)."""
+    notes: dict[str, list[str]] = {}
+    registry = RegistryClient(cfg)
+    for name in names:
+        if registry.digest(name, previous) is None:
+            notes[name] = [f"new in this release (not in {previous})"]
+            continue
+        try:
+            ensure_local(cfg, client, [name], previous)
+            ensure_local(cfg, client, [name], version)
+            changes = image_diff(
+                cfg, client, cfg.image_ref(name, previous), cfg.image_ref(name, version)
+            )
+            notes[name] = format_changes(changes)
+        except CommandError as e:
+            notes[name] = [f"packages not compared: {e}"]
+        progress(f"{name}: compared with {previous}")
+    return notes
+
+
+def release(
+    cfg: PlatformConfig,
+    client: docker.DockerClient,
+    version: str,
+    source: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> Release:
+    """Tag every image's SOURCE (default images.tag) as VERSION and its X.Y, and write the notes.
+
+    Nothing is tagged unless every image has SOURCE and none has VERSION elsewhere."""
+    v = Version.parse(version)
+    source = source or cfg.images.tag
+    if re.fullmatch(r"[0-9a-f]{40}", source):
+        source = commit_tag(source)  # a full commit id names the commit tag CI pushed
+    if source == STABLE or is_release_tag(source):
+        raise CommandError(
+            f"release from {cfg.images.tag!r} or a commit tag, not {source!r}: a release names "
+            "what CI tested, and a release is never made from another one"
+        )
+    registry = RegistryClient(cfg)
+    names = ImageGraph.from_config(cfg).order()
+    digests: dict[str, str] = {}
+    missing = []
+    for name in names:
+        digest = registry.digest(name, source)
+        if digest is not None:
+            digests[name] = digest
+        elif registry.tags(name):
+            missing.append(name)
+        else:
+            progress(f"{name}: not in the registry (never built here): not in the release")
+    if missing or not digests:
+        raise CommandError(
+            f"no release: {', '.join(missing or names)} "
+            f"{'has' if len(missing or names) == 1 else 'have'} no tag "
+            f"{source!r} in the registry {cfg.registry.address}; release {cfg.images.tag!r} or "
+            "a commit that `hubstack ci build --push` built with every image green"
+        )
+    names = list(digests)  # in build order
+    existing = {name: registry.digest(name, str(v)) for name in names}
+    taken = {n: d for n, d in existing.items() if d is not None and d != digests[n]}
+    if taken:
+        first = next(iter(taken))
+        raise CommandError(
+            f"release {v} exists and is never re-tagged ({first}:{v} is {taken[first][:19]}…, "
+            f"{source} is {digests[first][:19]}…); release {v.major}.{v.minor}.{v.patch + 1}"
+        )
+    done = load_release(cfg, str(v))
+    if done and existing == digests:
+        progress(f"release {v} exists with these very images: nothing to do")
+        return done
+    versions = set()
+    for name in names:
+        versions.update(release_versions(registry.tags(name)))
+    newer_patch = any(o.minor_tag == v.minor_tag and o > v for o in versions)
+    earlier = [o for o in versions if o < v]
+    previous = str(max(earlier)) if earlier else None
+
+    for name in names:
+        registry.copy_tag(name, source, str(v))
+        if not newer_patch:
+            registry.copy_tag(name, source, v.minor_tag)
+        progress(f"{name}: {v}{'' if newer_patch else f' and {v.minor_tag}'} -> {source}")
+    notes = _release_notes(cfg, client, names, previous, str(v), progress) if previous else {}
+    rec = Release(
+        version=str(v),
+        source=source,
+        released=timestamp(),
+        digests=digests,
+        previous=previous,
+        notes=notes,
+        minor_moved=not newer_patch,
+    )
+    rec.write(releases_dir(cfg))
+    return rec
