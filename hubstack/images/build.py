@@ -147,10 +147,17 @@ def context_digest(cfg: PlatformConfig, ctx: ImageContext, root: Path) -> str:
     return h.hexdigest()
 
 
-def context_tar(cfg: PlatformConfig, ctx: ImageContext, root: Path) -> io.BytesIO:
+def context_tar(
+    cfg: PlatformConfig, ctx: ImageContext, root: Path, leave_out: Iterable[str] = ()
+) -> io.BytesIO:
+    """The build context as a gzipped tar; LEAVE_OUT: names in it to omit (`hubstack images
+    lock` builds without the image's dpkg.lock to see what an unpinned build installs)."""
+    skip = set(leave_out)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
         for arcname, path in _context_files(ctx, root):
+            if arcname in skip:
+                continue
             info = tar.gettarinfo(str(path), arcname)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
@@ -215,6 +222,7 @@ class ImageBuilder:
         progress: Callable[[str], None] = print_progress,
         verbose: bool = False,
         nocache: bool = False,
+        network_mode: str | None = None,
     ):
         self.cfg = cfg
         self.client = client
@@ -224,15 +232,27 @@ class ImageBuilder:
         self.verbose = verbose
         # nocache: every step runs again (cold-build benchmark); normal builds reuse the cache.
         self.nocache = nocache
+        # network_mode: the RUN steps' network (e.g. "host" on an engine without NAT).
+        self.network_mode = network_mode
 
-    def build(self, name: str, tag: str | None = None, position: str = "") -> BuildResult:
-        """Build one image whose parents already exist under TAG; tag it only on success."""
+    def build(
+        self,
+        name: str,
+        tag: str | None = None,
+        position: str = "",
+        parent_tag: str | None = None,
+        leave_out: Iterable[str] = (),
+    ) -> BuildResult:
+        """Build one image whose parents already exist under TAG; tag it only on success.
+
+        PARENT_TAG: build FROM the parents under that tag instead (the image is still tagged
+        TAG); LEAVE_OUT: context files to omit (see context_tar)."""
         ctx = self.graph[name]
         tag = tag or self.cfg.images.tag
         ref = self.cfg.image_ref(name, tag)
         label = f"[{position}] {name}" if position else name
         digest = context_digest(self.cfg, ctx, self.root)
-        args = build_args(self.cfg, tag)
+        args = build_args(self.cfg, parent_tag or tag)
         if ctx.external:
             args.update(root_build_args(self.cfg))
         result = BuildResult(name=name, ref=ref, ok=False)
@@ -242,7 +262,7 @@ class ImageBuilder:
         raw: list[str] = []  # the engine's output as sent, for the log file
         try:
             stream = self.client.api.build(
-                fileobj=context_tar(self.cfg, ctx, self.root),
+                fileobj=context_tar(self.cfg, ctx, self.root, leave_out),
                 custom_context=True,
                 encoding="gzip",
                 tag=ref,
@@ -252,6 +272,7 @@ class ImageBuilder:
                 forcerm=True,
                 pull=False,
                 nocache=self.nocache,
+                network_mode=self.network_mode,
                 decode=True,
             )
             for chunk in stream:

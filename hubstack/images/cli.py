@@ -1,4 +1,4 @@
-"""`hubstack images ...`: graph, bootstrap, build, push, diff."""
+"""`hubstack images ...`: graph, bootstrap, build, push, diff, lock."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from hubstack.errors import CommandError
 from hubstack.images.bootstrap import bootstrap
 from hubstack.images.build import ImageBuilder, push_image
 from hubstack.images.graph import GraphError, ImageGraph
+from hubstack.images.lock import lock_images, lockable, stale_reason
 from hubstack.images.lockdiff import format_changes, image_diff
 
 
@@ -71,9 +72,35 @@ def cmd_diff(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lock(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    graph = _graph(cfg)
+    try:
+        names = lockable(graph, args.names)
+    except GraphError as e:
+        raise CommandError(str(e)) from None
+    if args.check:
+        stale = [r for r in (stale_reason(graph, n) for n in names) if r]
+        for line in stale:
+            print(line)
+        if stale:
+            print("refresh with `hubstack images lock` and commit the lock files")
+            return 1
+        print(f"locks up to date: {', '.join(names) or 'none'}")
+        return 0
+    results = lock_images(
+        cfg, docker_client(), names, tag=args.tag, upgrade=args.upgrade, dpkg=args.dpkg
+    )
+    print("summary (review with `git diff images/`, then commit the lock files):")
+    for r in results:
+        print(f"  {r.name}: {r.file}: {r.summary}")
+        for change in r.changes:
+            print(f"    {change.format()}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     images = sub.add_parser(
-        "images", help="the image hierarchy: list, bootstrap, build, push, diff"
+        "images", help="the image hierarchy: list, bootstrap, build, push, diff, lock"
     )
     isub = images.add_subparsers(dest="images_command", metavar="ACTION", required=True)
 
@@ -112,3 +139,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("old", metavar="OLD", help="the image to compare from")
     p.add_argument("new", metavar="NEW", help="the image to compare to")
     p.set_defaults(func=cmd_diff)
+
+    p = isub.add_parser(
+        "lock",
+        help="refresh the package locks images are built from (requirements.txt, dpkg.lock)",
+        description="For each image with a requirements.in, compile requirements.txt with "
+        "pip-compile --generate-hashes in a container of its parent image, its ancestors' "
+        "locks as constraints; for each image with a dpkg.lock (or all named, with --dpkg), "
+        "build it once without it and record the Debian packages that build installed. "
+        "Parents first. Prints what changed; review with git diff and commit.",
+    )
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="IMAGE",
+        help="images to lock (default: every image with a requirements.in or a dpkg.lock)",
+    )
+    p.add_argument("--tag", help="tag of the parent images to resolve in (default: images.tag)")
+    p.add_argument(
+        "--upgrade",
+        action="store_true",
+        help="move every package to its newest allowed version (default: keep the pins that "
+        "still fit)",
+    )
+    p.add_argument(
+        "--dpkg",
+        action="store_true",
+        help="also write dpkg.lock for the named images that have none yet (a build each)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="run nothing: exit 1 if a requirements.txt is older than its requirements.in or "
+        "its ancestors' locks",
+    )
+    p.set_defaults(func=cmd_lock)
