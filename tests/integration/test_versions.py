@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from hubstack.ci.promote import STABLE, ensure_local
+from hubstack.ci.promote import STABLE, ensure_local, promote
 from hubstack.engine import platform_containers
 from hubstack.hub.container_spec import USER_LABEL
 from hubstack.images.build import push_image
@@ -76,3 +76,44 @@ def test_analysts_start_on_stable_and_preview_only_for_those_named(
     finally:
         built.tag(repo, latest)
         push_image(cfg, docker_client, "notebook", latest, progress=lambda line: None)
+
+
+def test_promote_and_rollback_change_the_next_start_and_nothing_running(
+    hub_stack, clients, docker_client
+):
+    cfg, _, _ = hub_stack
+    registry = RegistryClient(cfg)
+    repo = cfg.image_repository("notebook")
+    ensure_local(cfg, docker_client, ["notebook"], STABLE)
+    current = docker_client.images.get(cfg.image_ref("notebook", STABLE))
+    newer, _ = docker_client.images.build(
+        fileobj=io.BytesIO(NEWER), buildargs={"BASE": current.id}, rm=True, pull=False
+    )
+    # Two commit tags, as `ci build --push` leaves them: the build that is stable now, and a
+    # newer tested one.
+    old_tag, new_tag = "00000000a0a0", "00000000a1a1"
+    for image, tag in ((current, old_tag), (newer, new_tag)):
+        image.tag(repo, tag)
+        push_image(cfg, docker_client, "notebook", tag, progress=lambda line: None)
+    old, new = registry.digest("notebook", old_tag), registry.digest("notebook", new_tag)
+    assert old == registry.digest("notebook", STABLE) and new != old
+
+    bob, alice = clients["bob"], clients["alice"]
+    bob.start()
+    try:
+        promote(cfg, docker_client, new_tag, names=["notebook"])
+        alice.start()
+        assert _image_of(cfg, docker_client, "alice") == f"{repo}@{new}"
+        assert alice.run_code("print(open('/etc/hubstack-preview').read())").strip() == "preview"
+        alice.stop()
+        # Bob's server started before the promotion: still there, still on the old image.
+        assert bob.running() and _image_of(cfg, docker_client, "bob") == f"{repo}@{old}"
+
+        promote(cfg, docker_client, old_tag, names=["notebook"])  # the rollback
+        alice.start()
+        assert _image_of(cfg, docker_client, "alice") == f"{repo}@{old}"
+        alice.stop()
+    finally:
+        if registry.digest("notebook", STABLE) != old:
+            promote(cfg, docker_client, old_tag, names=["notebook"])
+        bob.stop()
