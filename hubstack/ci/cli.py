@@ -9,7 +9,7 @@ import tornado.ioloop
 from hubstack.ci.plan import make_plan
 from hubstack.ci.promote import STABLE, promote
 from hubstack.ci.rebuild import rebuild_and_report
-from hubstack.ci.release import load_release, release, release_versions
+from hubstack.ci.release import load_release, release, release_versions, retire
 from hubstack.ci.retention import prune
 from hubstack.ci.webhook import WebhookBuilder, listen
 from hubstack.engine import docker_client
@@ -60,7 +60,20 @@ def cmd_releases(cfg, args) -> int:
         rec = load_release(cfg, str(v))
         digest = registry.digest(anchor, str(v))
         mark = "  <- stable" if digest == stable else ""
+        mark += "  (retired)" if rec and rec.retired else ""
         print(f"{v!s:<12} {rec.released[:10] if rec else '(no record here)':<16}{mark}")
+    return 0
+
+
+def cmd_retire(cfg, args) -> int:
+    rec = retire(cfg, args.version, undo=args.undo)
+    if rec.retired:
+        print(
+            f"release {rec.version} retired: the spawn form no longer offers it; servers "
+            "running it keep it, and analysts who chose it start on stable next time"
+        )
+    else:
+        print(f"release {rec.version} is offered again")
     return 0
 
 
@@ -150,6 +163,13 @@ def register(subparsers) -> None:
         help="the tag to release: images.tag (default, what CI tested last) or a commit",
     )
     p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser(
+        "retire", help="stop offering release X.Y.Z on the spawn form (running servers keep it)"
+    )
+    p.add_argument("version", metavar="X.Y.Z")
+    p.add_argument("--undo", action="store_true", help="offer it again")
+    p.set_defaults(func=cmd_retire)
 
     p = sub.add_parser("releases", help="list the releases in the registry, newest first")
     p.set_defaults(func=cmd_releases)

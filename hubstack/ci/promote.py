@@ -7,13 +7,16 @@ Promoting TAG moves `stable` of every image that has TAG; the others keep theirs
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker
 
 from hubstack.ci.rebuild import run_image_tests
 from hubstack.ci.tags import is_release_tag
+from hubstack.clock import timestamp
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
 from hubstack.images.build import push_image
@@ -21,6 +24,31 @@ from hubstack.images.graph import ImageGraph
 from hubstack.registry import RegistryClient, auth_config
 
 STABLE = "stable"
+
+
+def releases_dir(cfg: PlatformConfig) -> Path:
+    """Release records (hubstack.ci.release) and the last promotion, STATE_DIR/releases. The
+    hub reads them (mounted read-only) for the spawn form's version choice."""
+    return cfg.state_dir / "releases"
+
+
+STABLE_RECORD = "stable.json"
+"""Which tag the last promotion moved `stable` to, and when (written by promote)."""
+
+
+def record_promotion(cfg: PlatformConfig, tag: str) -> None:
+    folder = releases_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"tag": tag, "promoted": timestamp()}
+    (folder / STABLE_RECORD).write_text(json.dumps(record) + "\n")
+
+
+def stable_tag(cfg: PlatformConfig) -> str | None:
+    """The tag `stable` was last promoted to here; None before any promotion."""
+    try:
+        return str(json.loads((releases_dir(cfg) / STABLE_RECORD).read_text())["tag"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass
@@ -78,6 +106,8 @@ def promote(
             f"no image has the tag {tag!r} in the registry {cfg.registry.address}; "
             "promote a commit tag that `hubstack ci build --push` produced"
         )
+    if to == STABLE:
+        record_promotion(cfg, tag)
     return results
 
 

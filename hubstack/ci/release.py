@@ -20,19 +20,15 @@ from pathlib import Path
 
 import docker
 
-from hubstack.ci.promote import STABLE, ensure_local
+from hubstack.ci.promote import STABLE, ensure_local, releases_dir
 from hubstack.ci.rebuild import commit_tag
 from hubstack.ci.tags import Version, is_release_tag, release_versions
 from hubstack.clock import timestamp
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
 from hubstack.images.graph import ImageGraph
-from hubstack.images.lockdiff import format_changes, image_diff
+from hubstack.images.lockdiff import Packages, format_changes, image_diff, read_lock
 from hubstack.registry import RegistryClient
-
-
-def releases_dir(cfg: PlatformConfig) -> Path:
-    return cfg.state_dir / "releases"
 
 
 @dataclass
@@ -50,6 +46,17 @@ class Release:
     """Image name -> package difference lines from the previous release."""
     minor_moved: bool = True
     """Whether X.Y now names this release (not when a newer X.Y.W exists)."""
+    packages: dict[str, dict[str, dict[str, list[str]]]] = field(default_factory=dict)
+    """For the images profiles start (what analysts choose): manager -> package key ->
+    [name, version], from the image's lock. The spawn form compares them with stable's."""
+    retired: bool = False
+    """Retired by an admin (`hubstack ci retire`): no longer offered; running servers keep it."""
+
+    def lock_packages(self, image: str) -> dict[str, Packages] | None:
+        held = self.packages.get(image)
+        if held is None:
+            return None
+        return {m: {k: (v[0], v[1]) for k, v in pk.items()} for m, pk in held.items()}
 
     def format_notes(self) -> str:
         head = f"# hubstack {self.version}\n\nReleased {self.released} from `{self.source}`"
@@ -74,6 +81,50 @@ def load_release(cfg: PlatformConfig, version: str) -> Release | None:
     if not path.is_file():
         return None
     return Release(**json.loads(path.read_text()))
+
+
+def load_releases(cfg: PlatformConfig) -> list[Release]:
+    """Every release recorded here, newest first."""
+    found = []
+    for path in releases_dir(cfg).glob("*.json"):
+        if Version.from_tag(path.stem) is not None:
+            found.append(Release(**json.loads(path.read_text())))
+    return sorted(found, key=lambda r: Version.parse(r.version), reverse=True)
+
+
+def retire(cfg: PlatformConfig, version: str, undo: bool = False) -> Release:
+    """Retire VERSION (or bring it back): it leaves the spawn form; nothing is deleted."""
+    v = Version.parse(version)
+    rec = load_release(cfg, str(v))
+    if rec is None:
+        known = ", ".join(r.version for r in load_releases(cfg)) or "none"
+        raise CommandError(f"no release {v} is recorded in {releases_dir(cfg)} (releases: {known})")
+    rec.retired = not undo
+    rec.write(releases_dir(cfg))
+    return rec
+
+
+def _served_packages(
+    cfg: PlatformConfig,
+    client: docker.DockerClient,
+    names: list[str],
+    version: str,
+    progress: Callable[[str], None],
+) -> dict[str, dict[str, dict[str, list[str]]]]:
+    """The locks of the images analysts start (profiles' images) in VERSION."""
+    served = {p.image for p in cfg.profiles}
+    out = {}
+    for name in names:
+        if name not in served:
+            continue
+        try:
+            ensure_local(cfg, client, [name], version)
+            lock = read_lock(cfg, client, cfg.image_ref(name, version))
+        except CommandError as e:
+            progress(f"{name}: packages not recorded: {e}")
+            continue
+        out[name] = {m: {k: list(v) for k, v in pk.items()} for m, pk in lock.packages.items()}
+    return out
 
 
 def _release_notes(
@@ -176,6 +227,7 @@ def release(
         previous=previous,
         notes=notes,
         minor_moved=not newer_patch,
+        packages=_served_packages(cfg, client, names, str(v), progress),
     )
     rec.write(releases_dir(cfg))
     return rec
