@@ -239,6 +239,8 @@ class HubConfig(_Section):
     preview: AccessList | None = None
     """Users and JupyterHub groups offered "preview" (images.tag, what CI built last) as a
     version choice; unset: nobody."""
+    releases_offered: int = Field(5, ge=0)
+    """Newest releases (`hubstack ci release`) the spawn form offers beside stable; 0: none."""
     start_timeout: int = Field(300, gt=0)
     network: str = "hubstack"
     """Docker network shared by hub, notebooks and Spark."""

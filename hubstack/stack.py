@@ -20,7 +20,7 @@ import docker
 import yaml
 
 from hubstack import doctor, spark
-from hubstack.ci.promote import STABLE, adopt_first_build, ensure_local
+from hubstack.ci.promote import STABLE, adopt_first_build, ensure_local, releases_dir
 from hubstack.config import NO_CA, PYPI, PlatformConfig
 from hubstack.engine import docker_client, platform_containers, project_name
 from hubstack.errors import CommandError
@@ -90,6 +90,7 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
         "HUBSTACK_HUB_PORT": str(cfg.hub.port),
         "HUBSTACK_HUB_CONFIG": str(container_config_file(cfg, "hub")),
         "HUBSTACK_USERS_DIR": str(cfg.users_file.parent),
+        "HUBSTACK_RELEASES_DIR": str(releases_dir(cfg)),
         "HUBSTACK_HOME_ROOT": str(cfg.home_root),
         "HUBSTACK_SECRETS_DIR": str(cfg.secrets_dir),
         "HUBSTACK_REGISTRY_CREDENTIALS": str(cfg.registry_credentials_file),
@@ -111,6 +112,7 @@ def render_env(cfg: PlatformConfig) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(GENERATED + "\n" + yaml.safe_dump(data, sort_keys=False))
     cfg.users_file.parent.mkdir(parents=True, exist_ok=True)
+    releases_dir(cfg).mkdir(parents=True, exist_ok=True)
     cfg.home_root.mkdir(parents=True, exist_ok=True, mode=0o755)
     text = "\n".join([GENERATED, *(f"{k}={v}" for k, v in compose_env(cfg).items())]) + "\n"
     # Our commands read the copy under state_dir (two platforms can share one checkout);

@@ -8,11 +8,13 @@ Paths inside the hub container (set by compose/compose.yaml):
 
 from __future__ import annotations
 
+import html
 import os
 import sys
 from pathlib import Path
 
 from hubstack.config import PlatformConfig
+from hubstack.hub import versions
 from hubstack.hub.announce import read_announcement
 
 ENV_REPORT_SERVICE = "env-report"
@@ -75,5 +77,15 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
             "oauth_no_confirm": True,
         }
     ]
+
     # `hubstack announce`: read on each page render, so no restart is needed.
-    c.JupyterHub.template_vars = {"announcement": read_announcement}
+    # The home page adds a notice for an analyst whose kept release is older than stable.
+    def home_banner(user) -> str:
+        chosen = getattr(getattr(user, "spawner", None), "chosen_version", "")
+        notice = html.escape(versions.version_notice(cfg, chosen))
+        return "<br>".join(filter(None, [read_announcement(user), notice]))
+
+    c.JupyterHub.template_vars = {
+        "announcement": read_announcement,
+        "announcement_home": home_banner,
+    }

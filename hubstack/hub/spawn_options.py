@@ -3,17 +3,17 @@ declared once and checked before anything starts.
 
 Two options exist: `profile`, the name of a profile in the platform config (default: the
 first the analyst may use), and `version`: `stable` (the default, the promoted and tested
-images) or `preview` (the last build CI tested, for those `hub.preview` names). Anything else
+images), `preview` (the last build CI tested, for those `hub.preview` names) or a release
+X.Y.Z (see hubstack.hub.versions). Anything else
 is refused with the names of the unknown keys; a wrong type, an unknown profile or version
 is refused with what is accepted. The hub answers these refusals with 400.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
+from hubstack.ci.tags import Version
 from hubstack.config import PlatformConfig
 
 
@@ -28,8 +28,16 @@ class SpawnOptions(BaseModel):
 
     profile: str | None = None
     """Name of a profile in the platform config; None: the first profile."""
-    version: Literal["stable", "preview"] | None = None
-    """Which images: None and stable are hub.notebook_image_tag; preview is images.tag."""
+    version: str | None = None
+    """Which images: stable (hub.notebook_image_tag), preview (images.tag), or a release
+    X.Y.Z; None: the release this analyst chose last, else stable."""
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: str | None) -> str | None:
+        if value is None or value in ("stable", "preview") or Version.from_tag(value):
+            return value
+        raise ValueError(f"{value[:40]!r} is not stable, preview or a release such as 1.4.0")
 
 
 def parse_spawn_options(cfg: PlatformConfig, options: object) -> SpawnOptions:

@@ -27,12 +27,13 @@ from html import escape
 import docker
 from dockerspawner import DockerSpawner
 from tornado import web
-from traitlets import Dict, Instance, Int, default
+from traitlets import Dict, Instance, Int, Unicode, default
 
 from hubstack import spark
+from hubstack.ci.release import load_release
 from hubstack.config import PlatformConfig
 from hubstack.engine import repo_digest
-from hubstack.hub import container_spec, gpu
+from hubstack.hub import container_spec, gpu, versions
 from hubstack.hub.progress import PullProgress, SpawnProgress
 from hubstack.hub.spawn_options import SpawnOptions, SpawnOptionsError, parse_spawn_options
 from hubstack.hub.users import check_id, lookup_user
@@ -63,6 +64,9 @@ def merge_account_file(original: str, extra: str, key_index: int) -> str:
     return "\n".join(kept) + "\n" + extra
 
 
+CHOSEN_VERSION_STATE = "hubstack_version"
+
+
 class HubstackSpawner(DockerSpawner):
     """Spawner for hubstack profiles; configured from the platform config."""
 
@@ -85,7 +89,30 @@ class HubstackSpawner(DockerSpawner):
         "hubstack.yaml the hub loads (the authenticator gets its settings the same way).",
     )
 
+    chosen_version = Unicode(
+        "",
+        help="The release this analyst picked last; kept in the spawner's state (the hub's "
+        "database) across stops until they pick another; '' for stable.",
+    )
+
     _pool: ThreadPoolExecutor | None = None
+
+    # --- the analyst's version choice, kept across stops --------------------------------
+    def load_state(self, state):
+        super().load_state(state)
+        self.chosen_version = state.get(CHOSEN_VERSION_STATE, "")
+
+    def get_state(self):
+        state = super().get_state()
+        if self.chosen_version:
+            state[CHOSEN_VERSION_STATE] = self.chosen_version
+        return state
+
+    def clear_state(self):
+        # JupyterHub clears the state after a stop; the choice must outlive the container.
+        chosen = self.chosen_version
+        super().clear_state()
+        self.chosen_version = chosen
 
     # --- Docker calls on a pool ------------------------------------------------------
     @property
@@ -144,12 +171,10 @@ class HubstackSpawner(DockerSpawner):
                 f'value="{escape(p.name)}"{checked}> <strong>{escape(p.display_name)}</strong> '
                 f"<small>{escape(p.description)}</small></label>"
             )
-        if self._may_preview():
-            rows.append(
-                '<p>Version: <label><input type="radio" name="version" value="stable" checked> '
-                'stable</label> <label><input type="radio" name="version" value="preview">'
-                " preview (the newest tested build, not yet promoted)</label></p>"
-            )
+        image = offered[0].image if offered else self.cfg.profiles[0].image
+        offers = versions.version_offers(self.cfg, image, self._may_preview())
+        if len(offers) > 1:
+            rows.append(versions.form_rows(offers, self._kept_version() or versions.STABLE))
         return "\n".join(rows)
 
     def options_from_form(self, formdata):
@@ -181,23 +206,43 @@ class HubstackSpawner(DockerSpawner):
         preview = self.cfg.hub.preview
         return preview is not None and preview.admits(self.user.name, self._groups())
 
+    def _kept_version(self) -> str:
+        """The release this analyst chose before, while it is still offered; '' otherwise."""
+        kept = self.chosen_version
+        rec = load_release(self.cfg, kept) if versions.is_release(kept) else None
+        return kept if rec is not None and not rec.retired else ""
+
+    def _version(self) -> str:
+        """stable | preview | X.Y.Z: what this start asks for, else the kept release."""
+        return self._options().version or self._kept_version() or versions.STABLE
+
     def _image_tag(self, profile) -> str:
-        """The tag this start resolves: stable, or preview for those allowed (else 403)."""
-        if self._options().version != "preview":
+        """The tag this start resolves: stable; preview for those allowed (else 403); a release
+        that is offered (else 400)."""
+        version = self._version()
+        if version == versions.STABLE:
             return self.cfg.hub.notebook_image_tag
-        if not self._may_preview():
+        if version == versions.PREVIEW and not self._may_preview():
             who = self.cfg.hub.preview.describe() if self.cfg.hub.preview else "nobody"
             raise web.HTTPError(
                 403, f"the preview version is only for {who} (hub.preview); start on stable"
             )
+        if version != versions.PREVIEW:
+            offered = [r.version for r in versions.offered_releases(self.cfg)]
+            if version not in offered:
+                raise web.HTTPError(
+                    400,
+                    f"release {version} is not offered (retired, pruned or never made); "
+                    f"versions: {', '.join(['stable', *offered])}",
+                )
         if profile.spark:
-            # The shared cluster's executors run stable: a preview driver would not match.
+            # The shared cluster's executors run stable: a driver on other images would not match.
             raise web.HTTPError(
                 409,
                 f"the profile {profile.name!r} runs on the shared Spark cluster, whose executors "
-                "run stable; start it on stable, or preview another profile",
+                f"run stable; start it on stable, or {version} on another profile",
             )
-        return self.cfg.images.tag
+        return self.cfg.images.tag if version == versions.PREVIEW else version
 
     def _profile(self):
         """The requested profile (default: the first this analyst may use), checked: declared
@@ -439,6 +484,9 @@ class HubstackSpawner(DockerSpawner):
 
         progress.emit(2, f"Looking up image {profile.image} in the registry")
         ref = self.cfg.image_ref(profile.image, self._image_tag(profile))
+        # A release is kept for the next starts; stable or preview ends that choice.
+        version = self._version()
+        self.chosen_version = version if versions.is_release(version) else ""
         self.image = await self._resolve_digest(ref)
         progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
 

@@ -4,11 +4,13 @@ those `hub.preview` names."""
 
 from __future__ import annotations
 
+import html
 import io
 
 import pytest
 
-from hubstack.ci.promote import STABLE, ensure_local, promote
+from hubstack.ci.promote import STABLE, ensure_local, promote, releases_dir
+from hubstack.ci.release import release, retire
 from hubstack.engine import platform_containers
 from hubstack.hub.container_spec import USER_LABEL
 from hubstack.images.build import push_image
@@ -78,42 +80,84 @@ def test_analysts_start_on_stable_and_preview_only_for_those_named(
         push_image(cfg, docker_client, "notebook", latest, progress=lambda line: None)
 
 
-def test_promote_and_rollback_change_the_next_start_and_nothing_running(
+# A release candidate that differs from stable in one Debian package (less is purged) and
+# carries the preview marker; its lock is rewritten, as every image's last root step does.
+WITHOUT_LESS = NEWER.replace(
+    b"USER 1000:100", b"RUN dpkg --purge less && hubstack-write-lock notebook\nUSER 1000:100"
+)
+
+
+def test_releases_on_the_spawn_page_kept_per_analyst_promoted_and_retired(
     hub_stack, clients, docker_client
 ):
     cfg, _, _ = hub_stack
     registry = RegistryClient(cfg)
-    repo = cfg.image_repository("notebook")
+    repo, latest = cfg.image_repository("notebook"), cfg.images.tag
+    quiet = lambda line: None  # noqa: E731
     ensure_local(cfg, docker_client, ["notebook"], STABLE)
-    current = docker_client.images.get(cfg.image_ref("notebook", STABLE))
-    newer, _ = docker_client.images.build(
-        fileobj=io.BytesIO(NEWER), buildargs={"BASE": current.id}, rm=True, pull=False
-    )
-    # Two commit tags, as `ci build --push` leaves them: the build that is stable now, and a
-    # newer tested one.
-    old_tag, new_tag = "00000000a0a0", "00000000a1a1"
-    for image, tag in ((current, old_tag), (newer, new_tag)):
-        image.tag(repo, tag)
-        push_image(cfg, docker_client, "notebook", tag, progress=lambda line: None)
-    old, new = registry.digest("notebook", old_tag), registry.digest("notebook", new_tag)
-    assert old == registry.digest("notebook", STABLE) and new != old
-
+    ensure_local(cfg, docker_client, ["notebook"], latest)
+    built = docker_client.images.get(cfg.image_ref("notebook", latest))
+    old = registry.digest("notebook", STABLE)
+    assert old == registry.digest("notebook", latest)
     bob, alice = clients["bob"], clients["alice"]
-    bob.start()
     try:
-        promote(cfg, docker_client, new_tag, names=["notebook"])
-        alice.start()
-        assert _image_of(cfg, docker_client, "alice") == f"{repo}@{new}"
-        assert alice.run_code("print(open('/etc/hubstack-preview').read())").strip() == "preview"
-        alice.stop()
-        # Bob's server started before the promotion: still there, still on the old image.
-        assert bob.running() and _image_of(cfg, docker_client, "bob") == f"{repo}@{old}"
+        release(cfg, docker_client, "9.0.0", progress=quiet)  # what stable is now
+        newer, _ = docker_client.images.build(
+            fileobj=io.BytesIO(WITHOUT_LESS), buildargs={"BASE": built.id}, rm=True, pull=False
+        )
+        newer.tag(repo, latest)
+        push_image(cfg, docker_client, "notebook", latest, progress=quiet)
+        release(cfg, docker_client, "9.1.0", progress=quiet)
+        new = registry.digest("notebook", "9.1.0")
+        assert new != old
 
-        promote(cfg, docker_client, old_tag, names=["notebook"])  # the rollback
-        alice.start()
+        bob.start()  # before the promotion: stable is 9.0.0's images
+        promote(cfg, docker_client, "9.1.0")
+
+        form = html.unescape(alice.http.get(f"{alice.base}/hub/spawn", timeout=30).text)
+        assert "9.1.0 (released" in form and "this is stable" in form
+        assert "9.0.0 (released" in form and "less (none) ->" in form, form
+
+        alice.start(version="9.0.0")
         assert _image_of(cfg, docker_client, "alice") == f"{repo}@{old}"
         alice.stop()
-    finally:
-        if registry.digest("notebook", STABLE) != old:
-            promote(cfg, docker_client, old_tag, names=["notebook"])
+        alice.start()  # no choice given: the release she picked is kept
+        assert _image_of(cfg, docker_client, "alice") == f"{repo}@{old}"
+        home = alice.http.get(f"{alice.base}/hub/home", timeout=30).text
+        assert "older than stable (9.1.0)" in home
+        alice.stop()
+
+        # The promotion left Bob's running server alone; his next start gets it.
+        assert bob.running() and _image_of(cfg, docker_client, "bob") == f"{repo}@{old}"
         bob.stop()
+        bob.start()
+        assert _image_of(cfg, docker_client, "bob") == f"{repo}@{new}"
+        bob.stop()
+        r = bob.api(
+            "POST", "/hub/api/users/bob/server", json={"profile": "spark", "version": "9.1.0"}
+        )
+        assert r.status_code == 409 and "Spark" in r.json()["message"], r.text
+
+        retire(cfg, "9.0.0")
+        assert "9.0.0 (released" not in alice.http.get(f"{alice.base}/hub/spawn", timeout=30).text
+        r = alice.api("POST", "/hub/api/users/alice/server", json={"version": "9.0.0"})
+        assert r.status_code == 400 and "not offered" in r.json()["message"], r.text
+        alice.start()  # her retired choice: stable now
+        assert _image_of(cfg, docker_client, "alice") == f"{repo}@{new}"
+        alice.stop()
+
+        promote(cfg, docker_client, "9.0.0")  # the rollback
+        bob.start()
+        assert _image_of(cfg, docker_client, "bob") == f"{repo}@{old}"
+        bob.stop()
+    finally:
+        for c in (alice, bob):
+            if c.running():
+                c.stop()
+        if registry.digest("notebook", STABLE) != old:
+            promote(cfg, docker_client, "9.0.0")
+        built.tag(repo, latest)
+        push_image(cfg, docker_client, "notebook", latest, progress=quiet)
+        # Other tests' spawn forms know nothing of these releases.
+        for path in releases_dir(cfg).iterdir():
+            path.unlink()
