@@ -9,6 +9,8 @@ A backup is a folder:
     config/hubstack.yaml   the platform config the backup was taken with (if it had a file)
     secrets/               cookie secret, proxy token, crypt key (auth state is encrypted
                            with it), registry credentials and htpasswd; mode 0600
+    releases/              release records and notes, and which tag stable was promoted to
+                           (what the spawn page's version choice reads)
     homes.tar.gz           with --homes: the analysts' homes, numeric owners and modes kept
     registry.tar.gz        with --registry: the registry's storage (every pushed image)
 
@@ -31,6 +33,7 @@ from pathlib import Path
 import docker
 
 from hubstack import __version__
+from hubstack.ci.promote import releases_dir
 from hubstack.clock import timestamp
 from hubstack.config import PlatformConfig
 from hubstack.engine import created_container, docker_client, project_name
@@ -182,6 +185,10 @@ def backup(cfg: PlatformConfig, dest: Path, homes: bool = False, registry: bool 
             f"secrets: {len(secrets)} files in {dest}/secrets (mode 0600): they are SECRETS, "
             "keep the backup where only the platform's operators can read it"
         )
+        releases = releases_dir(cfg)
+        if releases.is_dir():
+            shutil.copytree(releases, work / "releases")
+            _say(f"releases: {sum(1 for _ in releases.glob('*.json'))} records")
         if homes:
             _say(f"homes: archiving {cfg.home_root}")
             with tarfile.open(work / "homes.tar.gz", "w:gz") as tar:
@@ -263,6 +270,11 @@ def _refuse_to_overwrite(cfg: PlatformConfig, client, manifest: dict) -> None:
     for volume in volumes:
         if _volume(client, volume_name(cfg, volume)) is not None:
             problems.append(f"volume {volume_name(cfg, volume)} exists")
+    releases = releases_dir(cfg)
+    if any(r.startswith("releases/") for r in manifest["files"]) and (
+        releases.is_dir() and any(releases.iterdir())
+    ):
+        problems.append(f"{releases} is not empty")
     if (
         "homes.tar.gz" in manifest["files"]
         and cfg.home_root.exists()
@@ -300,6 +312,10 @@ def restore(cfg: PlatformConfig, src: Path) -> dict:
         )
         write_private(target, secret.read_text())
     _say(f"users and secrets: {cfg.users_file}, {cfg.secrets_dir}")
+    for rel in (r for r in manifest["files"] if r.startswith("releases/")):
+        target = releases_dir(cfg) / Path(rel).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, target)
     db = io.BytesIO()
     with tarfile.open(fileobj=db, mode="w") as tar:
         tar.add(src / "hub" / HUB_DB, arcname=f"{Path(HUB_DB_DIR).name}/{HUB_DB}")

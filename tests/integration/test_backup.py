@@ -17,6 +17,7 @@ import docker
 import pytest
 
 from hubstack.backup import volume_name
+from hubstack.ci.promote import record_promotion, releases_dir, stable_tag
 from hubstack.config import load_config
 from hubstack.engine import created_container
 from hubstack.hub.container_spec import USER_LABEL
@@ -65,6 +66,7 @@ def test_backup_of_a_running_hub_restores_into_a_second_platform(
     cfg2, config2 = second_platform
     alice = clients["alice"]
     marker = _write_marker(cfg, "alice", "saved before the backup\n")
+    record_promotion(cfg, "0123456789ab")  # platform state the spawn page reads
 
     # Backup while the hub runs.
     dest = tmp_path / "backup"
@@ -72,9 +74,14 @@ def test_backup_of_a_running_hub_restores_into_a_second_platform(
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SECRETS" in r.stdout, "the command says the backup holds secrets"
     manifest = json.loads((dest / "manifest.json").read_text())
-    assert {"hub/jupyterhub.sqlite", "users.yaml", "homes.tar.gz", "registry.tar.gz"} <= set(
-        manifest["files"]
-    )
+    assert {
+        "hub/jupyterhub.sqlite",
+        "users.yaml",
+        "homes.tar.gz",
+        "registry.tar.gz",
+        "releases/stable.json",
+    } <= set(manifest["files"])
+    (releases_dir(cfg) / "stable.json").unlink()
     secrets = [dest / rel for rel in manifest["files"] if rel.startswith("secrets/")]
     assert {p.name for p in secrets} >= {"jupyterhub-crypt-key", "registry-credentials.json"}
     for path in secrets:
@@ -93,6 +100,7 @@ def test_backup_of_a_running_hub_restores_into_a_second_platform(
     r = hubstack(config2, "restore", str(dest))
     assert r.returncode == 0, r.stdout + r.stderr
     assert (cfg2.home_root / "alice" / marker.name).stat().st_uid == ANALYSTS["alice"][1]
+    assert stable_tag(cfg2) == "0123456789ab"
     volumes = {volume_name(cfg2, "registry-data"): {"bind": "/r", "mode": "ro"}}
     with created_container(docker_client, cfg2.base.image, volumes=volumes) as storage:
         # The registry's storage came back: the notebook's tag is there before any push.
