@@ -40,8 +40,10 @@ FUZZ_ADMIN = ("fuzzadmin", "fuzz-admin-pw-19e4", 23090)
 
 
 def _pinned_jupyterhub() -> str:
-    m = re.search(r"jupyterhub==([0-9][0-9a-z.]*)", (REPO / "hub/Dockerfile").read_text())
-    assert m, "hub/Dockerfile pins jupyterhub==VERSION"
+    m = re.search(
+        r"^jupyterhub==([0-9][0-9a-z.]*)", (REPO / "hub/requirements.txt").read_text(), re.M
+    )
+    assert m, "hub/requirements.txt (the hub image's lock) pins jupyterhub==VERSION"
     return m.group(1)
 
 
