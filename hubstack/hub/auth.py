@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.auth import Authenticator
+from tornado import web
 from traitlets import Bool, Integer, Unicode, default
 
 from hubstack.hub.users import FileUserSource, UserRecord, UsersFile, UserSource
@@ -50,6 +51,13 @@ class HubstackAuthenticator(Authenticator):
             allow_nobody_id=cfg.hub.allow_nobody_id,
             **kwargs,
         )
+
+    def normalize_username(self, username):
+        # The REST API hands over whatever JSON held (`{"usernames": [0.0]}`); the stock
+        # method calls .lower() on it and the hub answers 500. A user name is text: 400.
+        if not isinstance(username, str):
+            raise web.HTTPError(400, f"a user name must be a string, not {type(username).__name__}")
+        return super().normalize_username(username)
 
     def user_source(self) -> UserSource:
         """The identity source; override for LDAP/OIDC-backed variants."""

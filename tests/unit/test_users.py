@@ -8,9 +8,11 @@ import stat
 
 import pytest
 import yaml
+from tornado import web
 
 from hubstack.cli import main
 from hubstack.config import parse_config
+from hubstack.hub.auth import HubstackAuthenticator
 from hubstack.hub.users import (
     FileUserSource,
     PasswordHashError,
@@ -334,3 +336,12 @@ def test_initial_admin_created_once(tmp_path):
     rec = FileUserSource(UsersFile(cfg.users_file, 2000)).verify(name, password)
     assert rec and rec.admin and rec.uid == 2000 and rec.gid == 2000
     assert ensure_initial_admin(cfg) is None
+
+
+@pytest.mark.parametrize("name", [0.0, 7, None, ["alice"], {"a": 1}])
+def test_a_user_name_that_is_not_text_is_a_400_not_a_500(name):
+    # POST /hub/api/users with {"usernames": [0.0]} reached str.lower() and answered 500.
+    with pytest.raises(web.HTTPError) as e:
+        HubstackAuthenticator().normalize_username(name)
+    assert e.value.status_code == 400 and "must be a string" in e.value.log_message
+    assert HubstackAuthenticator().normalize_username("Alice") == "alice"
