@@ -68,7 +68,11 @@ def second_engine(data_size: str | None = None) -> Iterator[docker.DockerClient]
         proc.terminate()
         proc.wait(60)
         log.close()
-        if data_size:
-            subprocess.run(["umount", "-l", str(root / "data")], check=False)
+        # Whatever the engine left mounted under its roots (its tmpfs data root, and the
+        # netns file dockerd keeps under exec/netns even after a clean stop).
+        with open("/proc/mounts") as mounts:
+            inside = [m.split()[1] for m in mounts if m.split()[1].startswith(f"{root}/")]
+        for mountpoint in sorted(inside, reverse=True):
+            subprocess.run(["umount", "-l", mountpoint], check=False)
         subprocess.run(["ip", "link", "del", bridge], check=False)
         shutil.rmtree(root, ignore_errors=True)
