@@ -48,6 +48,13 @@ def read(server, path: str) -> requests.Response:
     return requests.get(server.url + path, headers=auth, timeout=10)
 
 
+def hook(server, body: bytes, sign=github_headers, **header_options) -> requests.Response:
+    """POST BODY to the builder's /hook, signed with its secret (GitHub's headers unless SIGN
+    says otherwise)."""
+    headers = sign(server.builder.secret, body, **header_options)
+    return requests.post(server.url + "/hook", data=body, headers=headers, timeout=10)
+
+
 def builds(server):
     return read(server, "/api/builds").json()["builds"]
 
@@ -92,12 +99,7 @@ def test_signature_of_another_body_is_401(server):
     ],
 )
 def test_malformed_push_is_400(server, body, problem):
-    r = requests.post(
-        server.url + "/hook",
-        data=body,
-        headers=github_headers(server.builder.secret, body),
-        timeout=10,
-    )
+    r = hook(server, body)
     assert r.status_code == 400
     assert problem in r.json()["error"]
     assert builds(server) == []
@@ -105,44 +107,24 @@ def test_malformed_push_is_400(server, body, problem):
 
 def test_oversized_body_is_400(server, cfg):
     body = b'{"pad": "' + b"x" * (cfg.ci.max_body_bytes + 10) + b'"}'
-    r = requests.post(
-        server.url + "/hook",
-        data=body,
-        headers=github_headers(server.builder.secret, body),
-        timeout=10,
-    )
+    r = hook(server, body)
     assert r.status_code == 400
     assert "over the limit" in r.json()["error"]
     assert builds(server) == []
 
 
 def test_other_branches_and_events_are_ignored(server):
-    secret = server.builder.secret
     body = push_payload(SHA, branch="feature")
-    r = requests.post(
-        server.url + "/hook", data=body, headers=github_headers(secret, body), timeout=10
-    )
+    r = hook(server, body)
     assert (
         r.status_code == 202 and r.json()["status"] == "ignored" and "feature" in r.json()["reason"]
     )
     body = push_payload(SHA, branch="feature")
-    r = requests.post(
-        server.url + "/hook", data=body, headers=gitea_headers(secret, body), timeout=10
-    )
+    r = hook(server, body, gitea_headers)
     assert r.json()["status"] == "ignored"
-    r = requests.post(
-        server.url + "/hook",
-        data=b"{}",
-        headers=github_headers(secret, b"{}", event="ping"),
-        timeout=10,
-    )
+    r = hook(server, b"{}", event="ping")
     assert r.status_code == 200 and r.json()["status"] == "pong"
-    r = requests.post(
-        server.url + "/hook",
-        data=b"{}",
-        headers=github_headers(secret, b"{}", event="issues"),
-        timeout=10,
-    )
+    r = hook(server, b"{}", event="issues")
     assert r.json()["status"] == "ignored"
     assert builds(server) == []
     assert read(server, "/").status_code == 200
@@ -205,12 +187,7 @@ def test_a_commit_not_on_the_pushed_branch_builds_nothing(cfg):
     git(repo, "checkout", "-q", "main")
     body = push_payload(sha)  # claims refs/heads/main
     with WebhookServer(WebhookBuilder(cfg, client=None)) as srv:
-        r = requests.post(
-            srv.url + "/hook",
-            data=body,
-            headers=github_headers(srv.builder.secret, body),
-            timeout=10,
-        )
+        r = hook(srv, body)
         assert r.status_code == 202
         deadline = time.monotonic() + 60
         while (rec := builds(srv)[0])["status"] in ("queued", "running"):
