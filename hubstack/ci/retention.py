@@ -36,12 +36,15 @@ def prunable_tag(tag: str) -> bool:
 def images_in_use(client: docker.DockerClient) -> set[str]:
     """REPOSITORY@DIGEST of every image a container of this engine was created from."""
     used: set[str] = set()
+    image_ids = set()
     for container in client.containers.list(all=True):
         configured = container.attrs.get("Config", {}).get("Image") or ""
         if "@sha256:" in configured:
             used.add(configured)
+        image_ids.add(container.attrs["Image"])
+    for image_id in image_ids:  # many servers share one image: look each up once
         try:
-            used.update(client.images.get(container.attrs["Image"]).attrs.get("RepoDigests") or [])
+            used.update(client.images.get(image_id).attrs.get("RepoDigests") or [])
         except docker.errors.ImageNotFound:
             pass
     return used

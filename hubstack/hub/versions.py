@@ -47,9 +47,8 @@ def package_changes(stable: Release, release: Release, image: str) -> list[Packa
     return [c for m in LOCK_FILES for c in diff_packages(m, old.get(m, {}), new.get(m, {}))]
 
 
-def describe_against_stable(cfg: PlatformConfig, release: Release, image: str) -> str:
-    """One line for the form: how RELEASE's IMAGE differs from stable's packages."""
-    stable = stable_release(cfg)
+def describe_against_stable(stable: Release | None, release: Release, image: str) -> str:
+    """One line for the form: how RELEASE's IMAGE differs from STABLE's packages."""
     if stable is None:
         return "stable is not a release, so packages are not compared"
     if stable.version == release.version:
@@ -77,12 +76,13 @@ def version_offers(cfg: PlatformConfig, image: str, may_preview: bool) -> list[V
     offers = [VersionOffer(STABLE, STABLE, "the promoted, tested images (the default)")]
     if may_preview:
         offers.append(VersionOffer(PREVIEW, PREVIEW, "the newest tested build, not yet promoted"))
+    stable = stable_release(cfg)  # read once per form, not once per release
     for r in offered_releases(cfg):
         offers.append(
             VersionOffer(
                 r.version,
                 f"{r.version} (released {r.released[:10]})",
-                describe_against_stable(cfg, r, image),
+                describe_against_stable(stable, r, image),
             )
         )
     return offers
