@@ -27,7 +27,7 @@ from hubstack.clock import timestamp
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
 from hubstack.images.graph import ImageGraph
-from hubstack.images.lockdiff import Packages, format_changes, image_diff, read_lock
+from hubstack.images.lockdiff import Packages, diff_locks, format_changes, read_lock
 from hubstack.registry import RegistryClient
 
 
@@ -104,55 +104,45 @@ def retire(cfg: PlatformConfig, version: str, undo: bool = False) -> Release:
     return rec
 
 
-def _served_packages(
+def _read_locks(
     cfg: PlatformConfig,
     client: docker.DockerClient,
     names: list[str],
     version: str,
+    previous: str | None,
     progress: Callable[[str], None],
-) -> dict[str, dict[str, dict[str, list[str]]]]:
-    """The locks of the images analysts start (profiles' images) in VERSION."""
+) -> tuple[dict[str, list[str]], dict[str, dict[str, dict[str, list[str]]]]]:
+    """One pass over the images, each VERSION lock read once: (the notes, each image's
+    package differences from PREVIOUS; the locks of the images profiles start, which the
+    spawn page compares with stable's)."""
     served = {p.image for p in cfg.profiles}
-    out = {}
-    for name in names:
-        if name not in served:
-            continue
-        try:
-            ensure_local(cfg, client, [name], version)
-            lock = read_lock(cfg, client, cfg.image_ref(name, version))
-        except CommandError as e:
-            progress(f"{name}: packages not recorded: {e}")
-            continue
-        out[name] = {m: {k: list(v) for k, v in pk.items()} for m, pk in lock.packages.items()}
-    return out
-
-
-def _release_notes(
-    cfg: PlatformConfig,
-    client: docker.DockerClient,
-    names: list[str],
-    previous: str,
-    version: str,
-    progress: Callable[[str], None],
-) -> dict[str, list[str]]:
-    """Per image, its package differences from PREVIOUS to VERSION (read from the locks)."""
-    notes: dict[str, list[str]] = {}
     registry = RegistryClient(cfg)
+    notes: dict[str, list[str]] = {}
+    packages: dict[str, dict[str, dict[str, list[str]]]] = {}
     for name in names:
-        if registry.digest(name, previous) is None:
-            notes[name] = [f"new in this release (not in {previous})"]
+        if previous is None and name not in served:
             continue
         try:
-            ensure_local(cfg, client, [name], previous)
             ensure_local(cfg, client, [name], version)
-            changes = image_diff(
-                cfg, client, cfg.image_ref(name, previous), cfg.image_ref(name, version)
+            new = read_lock(cfg, client, cfg.image_ref(name, version))
+            if name in served:
+                packages[name] = {
+                    m: {k: list(v) for k, v in pk.items()} for m, pk in new.packages.items()
+                }
+            if previous is None:
+                continue
+            if registry.digest(name, previous) is None:
+                notes[name] = [f"new in this release (not in {previous})"]
+                continue
+            ensure_local(cfg, client, [name], previous)
+            old = read_lock(cfg, client, cfg.image_ref(name, previous))
+            notes[name] = format_changes(
+                [] if old.image_id == new.image_id else diff_locks(old, new)
             )
-            notes[name] = format_changes(changes)
         except CommandError as e:
             notes[name] = [f"packages not compared: {e}"]
-        progress(f"{name}: compared with {previous}")
-    return notes
+        progress(f"{name}: lock read{f', compared with {previous}' if previous else ''}")
+    return notes, packages
 
 
 def release(
@@ -176,13 +166,14 @@ def release(
         )
     registry = RegistryClient(cfg)
     names = ImageGraph.from_config(cfg).order()
+    tags = {name: registry.tags(name) for name in names}  # one listing per image
     digests: dict[str, str] = {}
     missing = []
     for name in names:
-        digest = registry.digest(name, source)
+        digest = registry.digest(name, source) if source in tags[name] else None
         if digest is not None:
             digests[name] = digest
-        elif registry.tags(name):
+        elif tags[name]:
             missing.append(name)
         else:
             progress(f"{name}: not in the registry (never built here): not in the release")
@@ -194,7 +185,9 @@ def release(
             "a commit that `hubstack ci build --push` built with every image green"
         )
     names = list(digests)  # in build order
-    existing = {name: registry.digest(name, str(v)) for name in names}
+    existing = {
+        name: registry.digest(name, str(v)) if str(v) in tags[name] else None for name in names
+    }
     taken = {n: d for n, d in existing.items() if d is not None and d != digests[n]}
     if taken:
         first = next(iter(taken))
@@ -206,9 +199,7 @@ def release(
     if done and existing == digests:
         progress(f"release {v} exists with these very images: nothing to do")
         return done
-    versions = set()
-    for name in names:
-        versions.update(release_versions(registry.tags(name)))
+    versions = {ver for name in names for ver in release_versions(tags[name])}
     newer_patch = any(o.minor_tag == v.minor_tag and o > v for o in versions)
     earlier = [o for o in versions if o < v]
     previous = str(max(earlier)) if earlier else None
@@ -218,7 +209,7 @@ def release(
         if not newer_patch:
             registry.copy_tag(name, source, v.minor_tag)
         progress(f"{name}: {v}{'' if newer_patch else f' and {v.minor_tag}'} -> {source}")
-    notes = _release_notes(cfg, client, names, previous, str(v), progress) if previous else {}
+    notes, packages = _read_locks(cfg, client, names, str(v), previous, progress)
     rec = Release(
         version=str(v),
         source=source,
@@ -227,7 +218,7 @@ def release(
         previous=previous,
         notes=notes,
         minor_moved=not newer_patch,
-        packages=_served_packages(cfg, client, names, str(v), progress),
+        packages=packages,
     )
     rec.write(releases_dir(cfg))
     return rec
