@@ -9,6 +9,7 @@ Loading validates the whole file and reports every problem as
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 import subprocess
@@ -213,7 +214,9 @@ def _default_profiles() -> list[ProfileConfig]:
     return [
         ProfileConfig(name="default", display_name="Default: Python data stack"),
         ProfileConfig(
-            name="spark", display_name="Spark: notebook as driver on the shared cluster", spark=True
+            name="spark",
+            display_name="Spark: notebook as driver of your own Spark cluster",
+            spark=True,
         ),
         ProfileConfig(name="gpu", display_name="GPU: one GPU of this node", image="gpu", gpus=1),
     ]
@@ -234,7 +237,7 @@ class HubConfig(_Section):
     """Host folder holding one home per analyst; default STATE_DIR/home."""
     image: str = "hub"
     notebook_image_tag: str = "stable"
-    """Tag analysts' servers (and the Spark cluster) start from, resolved to a digest in the
+    """Tag analysts' servers (and their Spark clusters) start from, resolved to a digest in the
     registry at each start: `stable`, moved only by a promotion of a tested build."""
     preview: AccessList | None = None
     """Users and JupyterHub groups offered "preview" (images.tag, what CI built last) as a
@@ -243,19 +246,93 @@ class HubConfig(_Section):
     """Newest releases (`hubstack ci release`) the spawn form offers beside stable; 0: none."""
     start_timeout: int = Field(300, gt=0)
     network: str = "hubstack"
-    """Docker network shared by hub, notebooks and Spark."""
+    """The platform's own Docker network (hub and registry); also the prefix of container
+    and per-analyst network names. Analysts' servers are never on it."""
 
 
 class SparkConfig(_Section):
-    workers: int = Field(2, ge=0)
+    """Each Spark-profile analyst's own cluster (hubstack.spark_cluster): a master and
+    `workers` workers, started with their server from their image, as their UID:GID."""
+
+    workers: int = Field(2, ge=1)
     worker_cores: int = Field(1, ge=1)
+    """CPUs of one worker container (its limit, and what it offers executors)."""
     worker_memory: MemorySize = "1g"
-    max_cores_per_app: int = Field(2, ge=1)
-    """Cap on the cores one analyst's application takes from the cluster."""
-    master_port: int = 7077
-    master_ui_port: int = 8080
-    worker_ui_port: int = 8081
-    """First host port for worker UIs; worker N gets worker_ui_port + N - 1."""
+    """What one worker offers executors; its container's limit adds worker_overhead."""
+    worker_overhead: MemorySize = "768m"
+    """Memory beyond worker_memory in a worker container: the worker daemon's JVM and the
+    executors' Python workers."""
+    max_total_cores: int = Field(16, ge=1)
+    """Spark cores all analysts' clusters may hold at once on this host; a Spark spawn that
+    would pass it is refused with a message, not queued."""
+    master_port: int = Field(7077, ge=1, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gone_keys(cls, data):
+        gone = {
+            "master_ui_port": "Spark UIs are no longer published on host ports",
+            "worker_ui_port": "Spark UIs are no longer published on host ports",
+            "max_cores_per_app": "each analyst has a cluster of their own, sized by "
+            "workers x worker_cores",
+        }
+        if isinstance(data, dict):
+            for key, why in gone.items():
+                if key in data:
+                    raise ValueError(f"{key} is no longer a setting: {why}")
+        return data
+
+
+class NetworkConfig(_Section):
+    """Each analyst's server and Spark containers get a network of their own
+    (hubstack.networks), holding only them and the hub."""
+
+    egress: Literal["internet", "none"] = "internet"
+    """internet: notebooks reach the public internet (package indexes) but no private or
+    link-local address; none: an internal network, nothing beyond the hub."""
+    reachable: list[str] = []
+    """Private addresses or networks notebooks may still reach (CIDR), e.g. a package mirror
+    on the LAN; everything private or link-local else is dropped."""
+    analyst_subnets: str = "10.213.0.0/16"
+    """Address pool the analysts' networks are cut from (one subnet each)."""
+    analyst_prefix: int = Field(27, ge=16, le=29)
+    """Size of each analyst's subnet: /27 holds 29 containers (hub, server, master and
+    workers); a /16 pool of /27s holds 2,048 analysts."""
+
+    @field_validator("analyst_subnets")
+    @classmethod
+    def _pool(cls, v: str) -> str:
+        try:
+            return str(ipaddress.IPv4Network(v, strict=True))
+        except ValueError as e:
+            raise ValueError(f"not an IPv4 network like 10.213.0.0/16: {v!r} ({e})") from None
+
+    @field_validator("reachable")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        out = []
+        for item in v:
+            try:
+                out.append(str(ipaddress.IPv4Network(item, strict=False)))
+            except ValueError as e:
+                raise ValueError(f"not an IPv4 address or network: {item!r} ({e})") from None
+        return out
+
+    @model_validator(mode="after")
+    def _fits(self) -> NetworkConfig:
+        pool = int(self.analyst_subnets.rsplit("/", 1)[1])
+        if self.analyst_prefix < pool:
+            raise ValueError(
+                f"analyst_prefix /{self.analyst_prefix} is larger than the pool "
+                f"{self.analyst_subnets}"
+            )
+        return self
+
+    @property
+    def capacity(self) -> int:
+        """How many analysts' networks the pool holds."""
+        pool = int(self.analyst_subnets.rsplit("/", 1)[1])
+        return 2 ** (self.analyst_prefix - pool)
 
 
 class GPUConfig(_Section):
@@ -297,6 +374,7 @@ class PlatformConfig(_Section):
     profiles: list[ProfileConfig] = Field(default_factory=_default_profiles)
     hub: HubConfig = HubConfig()
     spark: SparkConfig = SparkConfig()
+    network: NetworkConfig = NetworkConfig()
     gpu: GPUConfig = GPUConfig()
     ci: CIConfig = CIConfig()
 

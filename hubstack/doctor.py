@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import os
 import shutil
 import socket
@@ -31,6 +32,7 @@ import requests
 import requests.utils
 from docker.errors import DockerException, ImageNotFound
 
+from hubstack import networks
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
 from hubstack.hub import gpu
@@ -550,6 +552,52 @@ def check_gpus(cfg: PlatformConfig, ctx: Context) -> Check:
 # --- running and reporting ------------------------------------------------------------
 CheckFn = Callable[[PlatformConfig, Context], Check]
 
+
+# --- analysts' networks -------------------------------------------------------------
+def check_analyst_networks(cfg: PlatformConfig, ctx: Context) -> Check:
+    """The analysts' address pool is free of other networks, and the host rules that keep
+    notebooks off the host and private addresses are in place (or can be)."""
+    name = "analyst networks"
+    client = ctx.engine()
+    if client is None:
+        return _no_engine(name, ctx)
+    net = cfg.network
+    pool = ipaddress.IPv4Network(net.analyst_subnets)
+    clash = [
+        f"{n['Name']} ({c.get('Subnet')})"
+        for n in client.api.networks()
+        if (n.get("Labels") or {}).get(networks.NETWORK_LABEL) is None
+        for c in (n.get("IPAM") or {}).get("Config") or []
+        if _overlaps(pool, c.get("Subnet", ""))
+    ]
+    if clash:
+        return Check(
+            name,
+            FAIL,
+            f"network.analyst_subnets {pool} overlaps {', '.join(clash)}",
+            "give network.analyst_subnets a range no other network of this engine or LAN uses",
+        )
+    found = f"{net.capacity} analysts in {pool} (/{net.analyst_prefix} each)"
+    if net.egress == "none":
+        return Check(name, OK, f"{found}; egress none: internal networks, no host rules needed")
+    if networks.guard_installed():
+        return Check(name, OK, f"{found}; host rules in place")
+    return Check(
+        name,
+        WARN,
+        f"{found}; the host rules (iptables chain {networks.GUARD_CHAIN}) are not installed: "
+        "notebooks could reach this host's ports and private addresses",
+        "`hubstack up` installs them (as root, where iptables is); see docs/security.md",
+    )
+
+
+def _overlaps(pool: ipaddress.IPv4Network, subnet: str) -> bool:
+    try:
+        return pool.overlaps(ipaddress.IPv4Network(subnet, strict=False))
+    except ValueError:
+        return False  # an IPv6 subnet, or none
+
+
 CHECKS: dict[str, CheckFn] = {
     "python": check_python,
     "engine": check_engine,
@@ -561,6 +609,7 @@ CHECKS: dict[str, CheckFn] = {
     "registry credentials": check_registry_credentials,
     "package indexes": check_package_indexes,
     "gpus": check_gpus,
+    "analyst networks": check_analyst_networks,
 }
 # What `hubstack up` runs before it builds: fast, and each a reason not to start.
 cheap_checks = ("python", "engine", "compose", "disk", "hub port", "registry port")

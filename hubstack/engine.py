@@ -32,14 +32,24 @@ def project_name(cfg: PlatformConfig) -> str:
     return os.environ.get("COMPOSE_PROJECT_NAME") or cfg.hub.network
 
 
+PLATFORM_LABEL = "io.hubstack.platform"
+"""Value: the platform's network name, on every analyst's container and network."""
+
+
 def platform_containers(
     cfg: PlatformConfig, client, label: str, include_stopped: bool = True
 ) -> list:
-    """Containers labelled LABEL (KEY or KEY=VALUE) on this platform's network."""
+    """Containers labelled LABEL (KEY or KEY=VALUE) of this platform: labelled with it, or
+    on its network or one of its analysts' networks."""
+    analysts = f"{cfg.hub.network}-user-"  # hubstack.networks.network_name
     return [
         c
         for c in client.containers.list(all=include_stopped, filters={"label": label})
-        if cfg.hub.network in (c.attrs.get("NetworkSettings", {}).get("Networks") or {})
+        if c.labels.get(PLATFORM_LABEL) == cfg.hub.network
+        or any(
+            n == cfg.hub.network or n.startswith(analysts)
+            for n in c.attrs.get("NetworkSettings", {}).get("Networks") or {}
+        )
     ]
 
 

@@ -1,7 +1,7 @@
 """`hubstack env report`: who runs which environment, and how far it is from `stable`.
 
 Every running notebook server of this platform (the spawner's labels name the analyst
-and the profile) and every container of its Spark cluster (analyst `shared`), each with
+and the profile) and every container of the analysts' Spark clusters, each with
 the image it runs, that image's lineage labels (``io.hubstack.lineage.NAME``, one per
 image it is built FROM), and whether it is the current `stable` of its image name. For an
 outdated one, the package differences from stable (hubstack.images.lockdiff).
@@ -40,8 +40,7 @@ from hubstack.images.graph import GraphError, ImageGraph
 from hubstack.images.lockdiff import ImageLock, PackageChange, diff_locks, read_lock
 from hubstack.registry import RegistryClient, load_credentials
 
-SHARED = "shared"
-"""The analyst of the platform's own Spark cluster, which every analyst's driver uses."""
+UNKNOWN = "?"
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,8 @@ def running_containers(cfg: PlatformConfig, client: docker.DockerClient) -> list
     """(kind, container) of every running notebook server and Spark container of the platform,
     notebooks first, by analyst."""
     found: dict[str, tuple[str, Any]] = {}
-    for kind, label in (("notebook", USER_LABEL), ("spark", spark.CLUSTER_LABEL)):
+    # Spark first: an analyst's Spark containers carry their user label too.
+    for kind, label in (("spark", spark.CLUSTER_LABEL), ("notebook", USER_LABEL)):
         for c in platform_containers(cfg, client, label, include_stopped=False):
             found.setdefault(c.id, (kind, c))
     return sorted(
@@ -171,7 +171,7 @@ def describe(cfg: PlatformConfig, container, image, kind: str, order: list[str])
     repo_digests = image.attrs.get("RepoDigests") or []
     ours = repo_digest(image.attrs, cfg.image_repository(name)) if name else None
     return Entry(
-        analyst=container.labels.get(USER_LABEL, SHARED),
+        analyst=container.labels.get(USER_LABEL, UNKNOWN),
         kind=kind,
         profile=container.labels.get(PROFILE_LABEL),
         container=container.name,
@@ -240,7 +240,7 @@ def _short(image_id: str) -> str:
 
 
 def format_entry(entry: Entry) -> list[str]:
-    who = f"profile {entry.profile}" if entry.kind == "notebook" else "Spark cluster"
+    who = f"profile {entry.profile}" if entry.kind == "notebook" else "their Spark cluster"
     lines = [f"{entry.analyst}  ({who})  container {entry.container}"]
     # A spawner's container names its image by digest already; compose's names a tag.
     digest = f", digest {entry.digest}" if entry.digest and "@" not in entry.image_ref else ""
@@ -262,7 +262,7 @@ def render_html(entries: list[Entry], note: str) -> str:
     e = html.escape
     rows = []
     for entry in entries:
-        who = f"profile {entry.profile}" if entry.kind == "notebook" else "Spark cluster"
+        who = f"profile {entry.profile}" if entry.kind == "notebook" else "their Spark cluster"
         lineage = ", ".join(f"{n} {d[:12]}" for n, d in entry.lineage.items())
         changes = "<br>".join(e(c.format()) for c in entry.changes or [])
         status = entry.status + (f": {entry.note}" if entry.note else "")

@@ -19,7 +19,7 @@ from pathlib import Path
 import docker
 import yaml
 
-from hubstack import doctor, spark
+from hubstack import doctor, networks, spark, spark_cluster
 from hubstack.ci.promote import STABLE, adopt_first_build, ensure_local, releases_dir
 from hubstack.config import NO_CA, PYPI, PlatformConfig
 from hubstack.engine import docker_client, platform_containers, project_name
@@ -101,7 +101,6 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
         "HUBSTACK_CI_PORT": str(cfg.ci.port),
         "HUBSTACK_EXTRA_CA": str(cfg.base.extra_ca_bundle or "/dev/null"),
     }
-    env.update(spark.compose_env(cfg))
     return env
 
 
@@ -226,7 +225,9 @@ def serve_images(cfg: PlatformConfig, client, names: list[str]) -> None:
 def stack_images(cfg: PlatformConfig) -> list[str]:
     """Images the platform needs before it starts: its services' and its profiles' (on-demand
     images, such as the GPU one, are built and pushed when a site wants them)."""
-    names = {cfg.hub.image, spark.EXECUTOR_IMAGE}
+    names = {cfg.hub.image}
+    if any(p.spark for p in cfg.profiles):
+        names.add(spark.EXECUTOR_IMAGE)  # each Spark analyst's own cluster runs it
     names.update(p.image for p in cfg.profiles if p.image not in cfg.images.on_demand)
     return sorted(names)
 
@@ -340,9 +341,16 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
     stage("push", f"{len(names)} images to {cfg.image_prefix}")
     push_images(cfg, client, names)
     served_tag = cfg.hub.notebook_image_tag
-    stage("stable", f"what analysts and the Spark cluster start from ({served_tag})")
+    stage("stable", f"what analysts and their Spark clusters start from ({served_tag})")
     serve_images(cfg, client, [n for n in stack_images(cfg) if n != cfg.hub.image])
-    stage("start", "hub and Spark cluster (docker compose up --wait)")
+    stage("start", "the hub (docker compose up --wait), and the analysts' network rules")
+    guard_problem = networks.install_guard(cfg)
+    if guard_problem:
+        print(
+            f"WARNING: analysts' networks are not guarded ({guard_problem}): a notebook can "
+            "reach this host's ports and private addresses (docs/security.md)",
+            flush=True,
+        )
     compose(cfg, "up", "-d", "--wait")
     stage("health", f"waiting for {hub_url(cfg)}hub/health")
     wait_for_hub(cfg)
@@ -385,12 +393,18 @@ def _stop_server(container, timeout: int) -> str:
 
 
 def stop_servers(cfg: PlatformConfig, client, timeout: int = 10) -> list[str]:
-    """Stop every notebook server of this platform at once; one line per server."""
+    """Stop every notebook server of this platform at once, then their Spark clusters and
+    networks; one line per server."""
     servers = notebook_containers(cfg, client)
-    if not servers:
-        return []
-    with ThreadPoolExecutor(max_workers=min(16, len(servers))) as pool:
-        return list(pool.map(lambda c: _stop_server(c, timeout), servers))
+    lines = []
+    if servers:
+        with ThreadPoolExecutor(max_workers=min(16, len(servers))) as pool:
+            lines = list(pool.map(lambda c: _stop_server(c, timeout), servers))
+    for c in platform_containers(cfg, client, spark_cluster.CLUSTER_LABEL):
+        spark_cluster.stop_cluster(client, c.labels[spark_cluster.CLUSTER_LABEL])
+    for net in networks.analyst_networks(cfg, client):
+        networks.remove_network(cfg, client, net.attrs["Labels"][networks.NETWORK_LABEL])
+    return lines
 
 
 def cmd_down(cfg: PlatformConfig, args) -> int:
@@ -413,6 +427,8 @@ def cmd_down(cfg: PlatformConfig, args) -> int:
     else:
         compose(cfg, "down")  # no -v: the hub database and the registry's images stay
         print(f"stopped {', '.join(services)}")
+        if not networks.any_analyst_network(client):
+            networks.remove_guard()  # engine-wide rules: only once no platform needs them
     print("hubstack is down; data kept (volumes, homes, secrets)")
     return 0
 

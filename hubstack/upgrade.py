@@ -5,7 +5,7 @@
    Any failure stops the upgrade here: `stable` and the running services stay as they are.
 2. promote: `stable` moves to the commit tag (hubstack.ci.promote).
 3. restart: `docker compose up -d --wait` recreates only the services whose image changed
-   (the hub, the Spark cluster); notebook servers are not touched, and the hub finds them
+   (the hub); notebook servers and their Spark clusters are not touched, and the hub finds them
    again from its database.
 4. report: who still runs an older image (hubstack.envreport), and how to ask them to
    restart (`hubstack announce`). Nobody's server is restarted behind their back.

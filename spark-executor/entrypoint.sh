@@ -1,14 +1,26 @@
 #!/bin/sh
 # spark-entrypoint master | worker [MASTER_URL] | <command...>
 # Starts a Spark standalone daemon with spark-class from the pip pyspark, in the foreground.
-# Settings come from the environment (compose/spark.yaml sets them from the platform config):
+# Settings come from the environment (hubstack.spark_cluster sets them from the platform config):
 #   master: SPARK_MASTER_HOST, SPARK_MASTER_PORT, SPARK_MASTER_WEBUI_PORT, SPARK_DEFAULT_CORES
 #   worker: SPARK_MASTER_URL, SPARK_WORKER_CORES, SPARK_WORKER_MEMORY, SPARK_WORKER_WEBUI_PORT
+#   both:   SPARK_EXTRA_DEFAULTS, a spark-defaults.conf to add to the image's (an analyst's
+#           cluster: its secret, which must never be in the environment)
+# Work and scratch folders are made 0700: executors' files are readable by this user only.
 set -eu
+umask 077
 
 if [ "$(id -u)" = 0 ]; then
-    echo "spark-entrypoint: refusing to run Spark as root; run as the spark service user (185)" >&2
+    echo "spark-entrypoint: refusing to run Spark as root; run as the analyst's UID:GID (or 185)" >&2
     exit 64
+fi
+
+if [ -n "${SPARK_EXTRA_DEFAULTS:-}" ]; then
+    # The image's settings plus the extra file, in a private folder of this user's.
+    conf="$(mktemp -d)"
+    cp "${SPARK_CONF_DIR:-/etc/spark/conf}"/* "$conf"/
+    cat "$SPARK_EXTRA_DEFAULTS" >>"$conf/spark-defaults.conf"
+    export SPARK_CONF_DIR="$conf"
 fi
 
 role="${1:-worker}"

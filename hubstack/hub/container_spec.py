@@ -8,6 +8,11 @@ JupyterHub is not installed, creates its containers from this very code.
 
 from __future__ import annotations
 
+import io
+import tarfile
+import time
+from dataclasses import dataclass
+
 USER_LABEL = "io.hubstack.user"
 PROFILE_LABEL = "io.hubstack.profile"
 DEFAULT_PIDS_LIMIT = 1024
@@ -43,4 +48,87 @@ def host_config(
         "security_opt": ["no-new-privileges"],
         "pids_limit": pids_limit,
         **(grant_host_config or {}),
+    }
+
+
+def passwd_entries(name: str, uid: int, gid: int, groups: list[int], home: str) -> tuple[str, str]:
+    """Lines for the analyst: one passwd line, and group lines for their groups."""
+    passwd = f"{name}:x:{uid}:{gid}:{name}:{home}:/bin/bash\n"
+    group_lines = [f"{name}:x:{gid}:\n"]
+    group_lines += [f"g{g}:x:{g}:{name}\n" for g in groups if g != gid]
+    return passwd, "".join(group_lines)
+
+
+def merge_account_file(original: str, extra: str, key_index: int) -> str:
+    """The image's file minus any entry clashing by name or id with ours, plus ours."""
+    new = [line.split(":") for line in extra.splitlines() if line]
+    names = {f[0] for f in new}
+    ids = {f[key_index] for f in new}
+    kept = []
+    for line in original.splitlines():
+        f = line.split(":")
+        if len(f) > key_index and (f[0] in names or f[key_index] in ids):
+            continue
+        kept.append(line)
+    return "\n".join(kept) + "\n" + extra
+
+
+@dataclass
+class File:
+    data: bytes
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+
+
+def put_files(client, container_id: str, files: dict[str, File], dirs: dict[str, File]) -> None:
+    """Write FILES (and their folders DIRS, data unused) into a created container, with the
+    owners and modes given: what must be there before its first process starts."""
+    out = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for path, d in dirs.items():
+            info = tarfile.TarInfo(path.strip("/"))
+            info.type, info.mode, info.uid, info.gid, info.mtime = (
+                tarfile.DIRTYPE,
+                d.mode,
+                d.uid,
+                d.gid,
+                now,
+            )
+            tar.addfile(info)
+        for path, f in files.items():
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.uid, info.gid, info.mtime = (
+                len(f.data),
+                f.mode,
+                f.uid,
+                f.gid,
+                now,
+            )
+            tar.addfile(info, io.BytesIO(f.data))
+    client.put_archive(container_id, "/", out.getvalue())
+
+
+def read_file(client, container_id: str, path: str) -> str:
+    stream, _ = client.get_archive(container_id, path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.extractfile(tar.getmembers()[0])
+        assert member is not None  # a regular file, as /etc/passwd always is
+        return member.read().decode()
+
+
+def account_files(client, container_id: str, user_name: str, ident: dict) -> dict[str, File]:
+    """The image's /etc/passwd and /etc/group plus the analyst's lines, so id, whoami, $HOME,
+    pwd.getpwuid(), Java's user.home and Hadoop's login see the analyst without root."""
+    passwd, group = passwd_entries(
+        user_name, ident["uid"], ident["gid"], ident["groups"], ident["home"]
+    )
+    return {
+        "/etc/passwd": File(
+            merge_account_file(read_file(client, container_id, "/etc/passwd"), passwd, 2).encode()
+        ),
+        "/etc/group": File(
+            merge_account_file(read_file(client, container_id, "/etc/group"), group, 2).encode()
+        ),
     }

@@ -9,6 +9,10 @@ What it adds to stock DockerSpawner:
   id, whoami, $HOME, pwd.getpwuid() and Java's user.home are right without root;
 - the home is CONFIG home_root/<name>, created 0700 owned UID:GID, bind-mounted at
   /home/<name>; it is never deleted, so it survives stop, respawn and image upgrades;
+- a network of the analyst's own (hubstack.networks): only their server, their Spark
+  containers and the hub are on it;
+- in a Spark profile, the analyst's own Spark cluster (hubstack.spark_cluster), started
+  beside the server from the same version's spark-executor image, removed with it;
 - real progress on the spawn page (pull share, create, start, wait);
 - Docker calls run on a pool, not on stock DockerSpawner's single class-wide thread,
   so one analyst's slow pull does not hold up another's spawn.
@@ -17,10 +21,8 @@ What it adds to stock DockerSpawner:
 from __future__ import annotations
 
 import asyncio
-import io
 import os
-import tarfile
-import time
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from html import escape
 
@@ -29,39 +31,18 @@ from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import Dict, Instance, Int, Unicode, default
 
-from hubstack import spark
+from hubstack import networks, spark, spark_cluster
 from hubstack.ci.release import load_release
 from hubstack.config import PlatformConfig
-from hubstack.engine import repo_digest
+from hubstack.engine import PLATFORM_LABEL, repo_digest
 from hubstack.hub import container_spec, gpu, versions
+from hubstack.hub.container_spec import merge_account_file, passwd_entries  # noqa: F401
 from hubstack.hub.progress import PullProgress, SpawnProgress
 from hubstack.hub.spawn_options import SpawnOptions, SpawnOptionsError, parse_spawn_options
 from hubstack.hub.users import check_id, lookup_user
 from hubstack.registry import auth_config
 
 HOME_MODE = 0o700
-
-
-def passwd_entries(name: str, uid: int, gid: int, groups: list[int], home: str) -> tuple[str, str]:
-    """Lines for the analyst: one passwd line, and group lines for their groups."""
-    passwd = f"{name}:x:{uid}:{gid}:{name}:{home}:/bin/bash\n"
-    group_lines = [f"{name}:x:{gid}:\n"]
-    group_lines += [f"g{g}:x:{g}:{name}\n" for g in groups if g != gid]
-    return passwd, "".join(group_lines)
-
-
-def merge_account_file(original: str, extra: str, key_index: int) -> str:
-    """The image's file minus any entry clashing by name or id with ours, plus ours."""
-    new = [line.split(":") for line in extra.splitlines() if line]
-    names = {f[0] for f in new}
-    ids = {f[key_index] for f in new}
-    kept = []
-    for line in original.splitlines():
-        f = line.split(":")
-        if len(f) > key_index and (f[0] in names or f[key_index] in ids):
-            continue
-        kept.append(line)
-    return "\n".join(kept) + "\n" + extra
 
 
 CHOSEN_VERSION_STATE = "hubstack_version"
@@ -135,7 +116,8 @@ class HubstackSpawner(DockerSpawner):
 
     @default("network_name")
     def _default_network(self):
-        return self.cfg.hub.network
+        # Derived from the name alone, so a restarted hub finds a running server's network.
+        return networks.network_name(self.cfg, self.user.name)
 
     @default("prefix")
     def _default_prefix(self):
@@ -218,7 +200,7 @@ class HubstackSpawner(DockerSpawner):
 
     def _image_tag(self, profile) -> str:
         """The tag this start resolves: stable; preview for those allowed (else 403); a release
-        that is offered (else 400)."""
+        that is offered (else 400). A Spark profile's cluster runs the same tag."""
         version = self._version()
         if version == versions.STABLE:
             return self.cfg.hub.notebook_image_tag
@@ -235,13 +217,6 @@ class HubstackSpawner(DockerSpawner):
                     f"release {version} is not offered (retired, pruned or never made); "
                     f"versions: {', '.join(['stable', *offered])}",
                 )
-        if profile.spark:
-            # The shared cluster's executors run stable: a driver on other images would not match.
-            raise web.HTTPError(
-                409,
-                f"the profile {profile.name!r} runs on the shared Spark cluster, whose executors "
-                f"run stable; start it on stable, or {version} on another profile",
-            )
         return self.cfg.images.tag if version == versions.PREVIEW else version
 
     def _profile(self):
@@ -377,7 +352,7 @@ class HubstackSpawner(DockerSpawner):
     # --- containers ------------------------------------------------------------------
     def _spark_environment(self, profile) -> dict:
         """Spark driver settings for a spark profile (hubstack.spark owns them)."""
-        return spark.driver_environment(self.cfg, self.container_name)
+        return spark.driver_environment(self.cfg, self.container_name, self.user.name)
 
     def _gpu_allocator(self, profile):
         """The GPU allocator (hubstack.hub.gpu owns it), once it has found that this node can
@@ -398,7 +373,11 @@ class HubstackSpawner(DockerSpawner):
         )
         self.volumes = {host_home: {"bind": ident["home"], "mode": "rw"}}
         self.extra_create_kwargs = container_spec.create_kwargs(
-            self.user.name, profile.name, ident, self.extra_labels, self._extra_gpu.get("labels")
+            self.user.name,
+            profile.name,
+            ident,
+            {PLATFORM_LABEL: self.cfg.hub.network, **self.extra_labels},
+            self._extra_gpu.get("labels"),
         )
         self.extra_host_config = container_spec.host_config(
             ident, self.pids_limit, self._extra_gpu.get("host_config")
@@ -406,23 +385,20 @@ class HubstackSpawner(DockerSpawner):
         obj = await super().create_object()
         await self._write_accounts(obj["Id"], ident)
         if profile.spark:
-            await self._write_spark_files(obj["Id"])
+            await self._write_spark_files(obj["Id"], ident)
         return obj
 
-    async def _write_spark_files(self, container_id: str) -> None:
-        """Files a Spark-profile container needs beside its environment (hubstack.spark
-        owns them)."""
+    async def _write_spark_files(self, container_id: str, ident: dict) -> None:
+        """Files a Spark-profile container needs beside its environment: the startup hook
+        and the analyst's spark-defaults.conf with their cluster's secret (hubstack.spark and
+        hubstack.spark_cluster own them)."""
+        files, dirs = spark_cluster.secret_files(ident, self._spark_secret)
+        for path, data in spark.driver_files(self.cfg).items():
+            files[path] = container_spec.File(data)
+        await self._in_pool(container_spec.put_files, self.client, container_id, files, dirs)
 
-        def run():
-            out = io.BytesIO()
-            with tarfile.open(fileobj=out, mode="w") as tar:
-                for path, data in spark.driver_files(self.cfg).items():
-                    info = tarfile.TarInfo(path.lstrip("/"))
-                    info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-                    tar.addfile(info, io.BytesIO(data))
-            self.client.put_archive(container_id, "/", out.getvalue())
-
-        await asyncio.get_running_loop().run_in_executor(self.executor, run)
+    async def _in_pool(self, fn, *args):
+        return await asyncio.wrap_future(self.executor.submit(fn, *args))
 
     def get_env(self):
         env = super().get_env()
@@ -440,35 +416,106 @@ class HubstackSpawner(DockerSpawner):
         container."""
 
         def run():
-            files = {}
-            for path in ("/etc/passwd", "/etc/group"):
-                stream, _ = self.client.get_archive(container_id, path)
-                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                    member = tar.extractfile(tar.getmembers()[0])
-                    assert member is not None  # a regular file, as /etc/passwd always is
-                    files[path] = member.read().decode()
-            passwd, group = passwd_entries(
-                self.user.name, ident["uid"], ident["gid"], ident["groups"], ident["home"]
-            )
-            out = io.BytesIO()
-            with tarfile.open(fileobj=out, mode="w") as tar:
-                for name, text in (
-                    ("passwd", merge_account_file(files["/etc/passwd"], passwd, 2)),
-                    ("group", merge_account_file(files["/etc/group"], group, 2)),
-                ):
-                    data = text.encode()
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mode, info.uid, info.gid, info.mtime = (
-                        len(data),
-                        0o644,
-                        0,
-                        0,
-                        int(time.time()),
-                    )
-                    tar.addfile(info, io.BytesIO(data))
-            self.client.put_archive(container_id, "/etc", out.getvalue())
+            files = container_spec.account_files(self.client, container_id, self.user.name, ident)
+            container_spec.put_files(self.client, container_id, files, {})
 
-        await asyncio.get_running_loop().run_in_executor(self.executor, run)
+        await self._in_pool(run)
+
+    # --- the analyst's network -------------------------------------------------------
+    _hub_container: str | None = None
+
+    def _hub_id(self) -> str:
+        """The hub's own container (compose leaves its hostname as the container ID)."""
+        cls = HubstackSpawner
+        if cls._hub_container is None:
+            try:
+                cls._hub_container = self.client.api.inspect_container(socket.gethostname())["Id"]
+            except docker.errors.NotFound:
+                raise networks.NetworkError(
+                    "the hub is not running in a container of this engine, so it cannot join "
+                    "analysts' networks; start it with `hubstack up`"
+                ) from None
+        return cls._hub_container
+
+    @property
+    def engine(self) -> docker.DockerClient:
+        """The high-level client over DockerSpawner's low-level one (same connection), for
+        hubstack.networks and hubstack.spark_cluster."""
+        client = docker.DockerClient.__new__(docker.DockerClient)
+        client.api = self.client
+        return client
+
+    def _join_network(self) -> None:
+        net = networks.ensure_network(self.cfg, self.engine, self.user.name)
+        networks.join(net, self._hub_id(), [networks.HUB_ALIAS])
+
+    def _leave_network(self) -> None:
+        networks.remove_network(self.cfg, self.engine, self.user.name)
+
+    async def poll(self):
+        status = await super().poll()
+        if status is None and not getattr(self, "_network_checked", False):
+            # A restarted or recreated hub: join the networks of servers still running.
+            await self._in_pool(self._join_network)
+            self._network_checked = True
+        return status
+
+    # --- the analyst's Spark cluster -------------------------------------------------
+    _spark_secret: str = ""
+    _cluster_lock: asyncio.Lock | None = None
+
+    async def _start_cluster(self, tag: str) -> None:
+        """Resolve, pull and start the analyst's cluster, from the spark-executor image of
+        the same tag as their server."""
+        try:
+            ref = self.cfg.image_ref(spark.EXECUTOR_IMAGE, tag)
+            image = await self._resolve_digest(ref)
+            try:
+                await self.docker("inspect_image", image)
+            except docker.errors.ImageNotFound:
+                await self._in_pool(self._pull_quietly, image)
+            spec = spark_cluster.ClusterSpec(
+                server=self.container_name,
+                user=self.user.name,
+                ident=self._ident,
+                image=image,
+                network=self.network_name,
+                volumes=self._spark_volumes,
+            )
+            await self._in_pool(
+                spark_cluster.start_cluster, self.cfg, self.engine, spec, self._spark_secret
+            )
+        finally:
+            self._release_pending()
+        self.spawn_progress.emit(85, "Your Spark cluster is ready")
+
+    def _pull_quietly(self, image: str) -> None:
+        for ev in self.client.pull(image, stream=True, decode=True, auth_config=self._auth()):
+            if "error" in ev:
+                raise RuntimeError(ev["error"])
+
+    _pending_cores = 0
+    """Cores of clusters being started in this hub: counted by the cap before their
+    containers exist."""
+
+    async def _reserve_spark_cores(self) -> None:
+        cls = HubstackSpawner
+        if cls._cluster_lock is None:
+            cls._cluster_lock = asyncio.Lock()
+        async with cls._cluster_lock:
+            try:
+                await self._in_pool(
+                    spark_cluster.check_capacity, self.cfg, self.engine, cls._pending_cores
+                )
+            except spark_cluster.ClusterError as e:
+                raise web.HTTPError(409, str(e)) from None
+            cls._pending_cores += spark.cluster_cores(self.cfg)
+        self._holds_pending = True
+
+    def _release_pending(self) -> None:
+        if getattr(self, "_holds_pending", False):
+            HubstackSpawner._pending_cores -= spark.cluster_cores(self.cfg)
+            self._holds_pending = False
 
     async def start(self):
         self._spawn_progress = SpawnProgress()
@@ -483,13 +530,46 @@ class HubstackSpawner(DockerSpawner):
         self._extra_gpu = {}
 
         progress.emit(2, f"Looking up image {profile.image} in the registry")
-        ref = self.cfg.image_ref(profile.image, self._image_tag(profile))
+        tag = self._image_tag(profile)
+        ref = self.cfg.image_ref(profile.image, tag)
         # A release is kept for the next starts; stable or preview ends that choice.
         version = self._version()
         self.chosen_version = version if versions.is_release(version) else ""
         self.image = await self._resolve_digest(ref)
         progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
 
+        try:
+            await self._in_pool(self._join_network)
+        except networks.NetworkError as e:
+            raise web.HTTPError(503, str(e)) from None
+
+        cluster = None
+        if profile.spark:
+            await self._reserve_spark_cores()
+            self._spark_secret = spark_cluster.new_secret()
+            home = {"bind": self._ident["home"], "mode": "rw"}
+            self._spark_volumes = {str(self.cfg.home_root / self.user.name): home}
+            progress.emit(6, f"Starting your Spark cluster ({self.cfg.spark.workers} workers)")
+            # In parallel with the server: neither waits for the other.
+            cluster = asyncio.ensure_future(self._start_cluster(tag))
+        try:
+            result = await self._start_server(profile, gpus)
+        except BaseException:
+            if cluster is not None:
+                await asyncio.gather(cluster, return_exceptions=True)
+                await self._in_pool(spark_cluster.stop_cluster, self.engine, self.container_name)
+            raise
+        if cluster is not None:
+            try:
+                await cluster
+            except (spark_cluster.ClusterError, web.HTTPError, RuntimeError) as e:
+                await self.stop(now=True)
+                message = e.log_message if isinstance(e, web.HTTPError) else str(e)
+                raise web.HTTPError(500, message) from None
+        progress.emit(90, "Container started; waiting for the notebook server to answer")
+        return result
+
+    async def _start_server(self, profile, gpus):
         if gpus:
             # Pull first: a long pull must not hold the GPU lock, so other GPU spawns are
             # answered at once instead of waiting behind it.
@@ -505,9 +585,10 @@ class HubstackSpawner(DockerSpawner):
                 raise web.HTTPError(409, str(e)) from None
         else:
             result = await super().start()
-        progress.emit(90, "Container started; waiting for the notebook server to answer")
         return result
 
     async def stop(self, now=False):
         await super().stop(now=now)
+        await self._in_pool(spark_cluster.stop_cluster, self.engine, self.container_name)
+        await self._in_pool(self._leave_network)
         self._spawn_progress = None

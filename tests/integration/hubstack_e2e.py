@@ -228,14 +228,6 @@ def write_config(tmp: Path, name: str, image_ns: str) -> Path:
         registry={"image": os.environ.get("HUBTEST_REGISTRY_IMAGE", "registry:2")},
         images={"namespace": image_ns, "tag": "latest"},
         hub={"host": "127.0.0.1", "port": free_port(), "network": name},
-        # The stack includes the Spark cluster: UIs on free ports, and 2 cores per worker
-        # (default 1) so that two analysts' applications (2 cores each, the default cap) run
-        # side by side in test_spark_hub; the rest of its sizing is the default.
-        spark={
-            "worker_cores": 2,
-            "master_ui_port": free_port(),
-            "worker_ui_port": free_port_range(2),
-        },
         ci={"port": free_port()},  # the webhook builder's compose service (host networking)
     )
     path = tmp / "hubstack.yaml"

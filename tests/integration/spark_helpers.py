@@ -1,31 +1,26 @@
-"""A real Spark cluster from compose/spark.yaml and notebook-image drivers beside it.
+"""An analyst's own Spark cluster on a real engine, and notebook-image drivers beside it.
 
-Drivers run in containers of the notebook image on the cluster's network, configured
-exactly as the spawner configures a Spark-profile server: the environment from
-hubstack.spark.driver_environment and the files from hubstack.spark.driver_files, and
-they run their code through IPython, as a kernel does (so the startup hook applies).
+The cluster is started by hubstack.spark_cluster.start_cluster on a network from
+hubstack.networks, exactly as the spawner starts a Spark-profile analyst's. Drivers run in
+containers of the notebook image on that network, configured as the spawner configures a
+Spark-profile server: the environment from hubstack.spark.driver_environment, the startup
+hook, the analyst's passwd entry and their cluster's secret file; they run their code
+through IPython, as a kernel does (so the startup hook applies).
 """
 
 from __future__ import annotations
 
-import io
 import json
-import subprocess
-import tarfile
-import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import docker
 
+from hubstack import networks, spark_cluster
 from hubstack import spark as hs
 from hubstack.config import PlatformConfig
-from tests.integration.hubstack_e2e import free_port_range
+from hubstack.hub import container_spec
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = SOURCE_ROOT / "compose" / "spark.yaml"
 PREFIX = "spktest"
 
 # Run in a driver (a kernel): each executor's and the driver's Python, libraries and
@@ -75,109 +70,71 @@ spark.stop()
 
 
 def cluster_config(cfg: PlatformConfig, **spark) -> PlatformConfig:
-    """CFG with its own network and free UI ports, and small workers for the suite."""
-    settings = {
-        "workers": 2,
-        "worker_cores": 2,
-        "worker_memory": "1g",
-        "max_cores_per_app": 2,
-    } | spark
-    workers = settings["workers"]
-    ports = free_port_range(workers + 1)
-    settings |= {"master_ui_port": ports, "worker_ui_port": ports + 1}
-    network = f"{PREFIX}-{uuid.uuid4().hex[:8]}"
+    """CFG with a platform name of its own (networks, labels), and small workers."""
+    settings = {"workers": 2, "worker_cores": 1, "worker_memory": "1g"} | spark
+    platform = f"{PREFIX}-{uuid.uuid4().hex[:8]}"
     return cfg.model_copy(
         update={
             "spark": cfg.spark.model_copy(update=settings),
             # The cluster runs the session's build: nothing is promoted to stable in the
             # session's registry (the stack's `up` does that for its own images).
             "hub": cfg.hub.model_copy(
-                update={
-                    "network": network,
-                    "host": "127.0.0.1",
-                    "notebook_image_tag": cfg.images.tag,
-                }
+                update={"network": platform, "notebook_image_tag": cfg.images.tag}
             ),
         }
     )
 
 
 @dataclass
-class SparkCluster:
+class AnalystCluster:
+    """One analyst's network and Spark cluster; drivers are named after the server the
+    cluster belongs to, as the spawner's notebook container is."""
+
     cfg: PlatformConfig
     client: docker.DockerClient
-    env_file: Path
-    project: str = field(default_factory=lambda: f"{PREFIX}-{uuid.uuid4().hex[:8]}")
+    user: str
+    uid: int
+    secret: str = field(default_factory=spark_cluster.new_secret)
+
+    @property
+    def ident(self) -> dict:
+        return {"uid": self.uid, "gid": self.uid, "groups": [], "home": f"/home/{self.user}"}
+
+    @property
+    def server(self) -> str:
+        return f"{self.cfg.hub.network}-nb-{self.user}"
 
     @property
     def network(self) -> str:
-        return self.cfg.hub.network
-
-    def compose(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-        cmd = [
-            "docker",
-            "compose",
-            "-p",
-            self.project,
-            "-f",
-            str(COMPOSE_FILE),
-            "--env-file",
-            str(self.env_file),
-            *args,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
-        return proc
+        return networks.network_name(self.cfg, self.user)
 
     def up(self) -> None:
-        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in hs.compose_env(self.cfg).items()))
-        self.compose("up", "-d", "--wait")
+        networks.ensure_network(self.cfg, self.client, self.user)
+        spec = spark_cluster.ClusterSpec(
+            server=self.server,
+            user=self.user,
+            ident=self.ident,
+            image=self.cfg.image_ref(hs.EXECUTOR_IMAGE),
+            network=self.network,
+        )
+        spark_cluster.start_cluster(self.cfg, self.client, spec, self.secret)
 
     def down(self) -> None:
-        self.compose("down", "-v", "--remove-orphans", "-t", "5")
+        spark_cluster.stop_cluster(self.client, self.server)
+        for c in self.client.containers.list(all=True, filters={"name": self.server}):
+            c.remove(force=True)
+        networks.remove_network(self.cfg, self.client, self.user)
 
-    def containers(self, service: str) -> list:
+    def containers(self, role: str) -> list:
         return self.client.containers.list(
             all=True,
             filters={
                 "label": [
-                    f"com.docker.compose.project={self.project}",
-                    f"com.docker.compose.service={service}",
+                    f"{spark_cluster.CLUSTER_LABEL}={self.server}",
+                    f"io.hubstack.spark-role={role}",
                 ]
             },
         )
-
-    def master_status(self) -> dict:
-        url = f"http://127.0.0.1:{self.cfg.spark.master_ui_port}/json/"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return json.load(r)
-
-    def wait_alive_workers(self, count: int, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                status = self.master_status()
-                if status.get("aliveworkers", 0) >= count:
-                    return status
-            except OSError:
-                status = None
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"master did not report {count} alive workers in {timeout}s: {status}"
-                )
-            time.sleep(2)
-
-
-def _tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path, data in files.items():
-            info = tarfile.TarInfo(path.lstrip("/"))
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 @dataclass
@@ -210,27 +167,37 @@ class Driver:
 
 
 def start_driver(
-    cluster: SparkCluster,
+    cluster: AnalystCluster,
     image: str,
     script: str,
-    user: str = "1000:100",
     command: list[str] | None = None,
+    with_secret: bool = True,
 ) -> Driver:
-    """A notebook-image container on the platform network, set up like a Spark-profile
+    """A notebook-image container on the analyst's network, set up like their Spark-profile
     server, running SCRIPT (/tmp/job.py) through IPython, or COMMAND."""
-    name = f"{cluster.project}-driver-{uuid.uuid4().hex[:6]}"
-    files = hs.driver_files(cluster.cfg) | {"/tmp/job.py": script.encode()}
+    name = cluster.server
+    for old in cluster.client.containers.list(all=True, filters={"name": f"^{name}$"}):
+        old.remove(force=True)
+    files = {p: container_spec.File(d) for p, d in hs.driver_files(cluster.cfg).items()}
+    files["/tmp/job.py"] = container_spec.File(script.encode())
+    dirs: dict = {}
+    if with_secret:
+        secret, dirs = spark_cluster.secret_files(cluster.ident, cluster.secret)
+        files |= secret
     container = cluster.client.containers.create(
         image,
         command=command or ["/opt/venv/bin/ipython", "--colors=NoColor", "/tmp/job.py"],
         entrypoint=[],
         name=name,
         hostname=name,
-        user=user,
-        environment=hs.driver_environment(cluster.cfg, name),
+        user=f"{cluster.uid}:{cluster.uid}",
+        environment=hs.driver_environment(cluster.cfg, name, cluster.user)
+        | {"HOME": "/tmp", "USER": cluster.user},
         network=cluster.network,
         labels={"io.hubstack.test": PREFIX},
     )
-    container.put_archive("/", _tar(files))
+    api = cluster.client.api
+    files |= container_spec.account_files(api, container.id, cluster.user, cluster.ident)
+    container_spec.put_files(api, container.id, files, dirs)
     container.start()
     return Driver(container, name)

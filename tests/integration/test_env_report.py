@@ -83,15 +83,16 @@ def test_env_report_and_images_diff(tmp_path, docker_client, platform_config, hi
         start(old_id, "nb-alice", {USER_LABEL: "alice", PROFILE_LABEL: "default"})
         start(stable_ref, "nb-bob", {USER_LABEL: "bob", PROFILE_LABEL: "spark"})
         key, _, value = spark.CLUSTER_LABEL.partition("=")
-        start(stable_ref, "spark-worker-1", {key: value})
+        # carol's Spark worker (an analyst's own cluster carries their user label too).
+        start(stable_ref, "nb-carol-spark-worker-1", {key: value, USER_LABEL: "carol"})
 
         r = hubstack(config, "env", "report", "--json")
         assert r.returncode == 0, r.stderr
         report = json.loads(r.stdout)
         assert report["note"] == "", "the registry was asked"
         by_who = {e["analyst"]: e for e in report["containers"]}
-        assert set(by_who) == {"alice", "bob", "shared"}, report
-        alice, bob, shared = by_who["alice"], by_who["bob"], by_who["shared"]
+        assert set(by_who) == {"alice", "bob", "carol"}, report
+        alice, bob, carol = by_who["alice"], by_who["bob"], by_who["carol"]
         assert (alice["status"], alice["compared_with"]) == ("outdated", stable_ref)
         assert alice["changes"] == [
             {
@@ -109,7 +110,7 @@ def test_env_report_and_images_diff(tmp_path, docker_client, platform_config, hi
         )
         assert (bob["status"], bob["changes"], bob["image_id"]) == ("current", None, new_id)
         assert bob["digest"] == stable_digest
-        assert (shared["kind"], shared["status"]) == ("spark", "current")
+        assert (carol["kind"], carol["status"]) == ("spark", "current")
         # The lineage labels, parents first: base's own (inherited through FROM), then ours.
         assert list(alice["lineage"]) == ["base", "notebook"]
         assert alice["lineage"]["base"] == base.labels[f"{LINEAGE_LABEL_PREFIX}base"]

@@ -1,22 +1,24 @@
-"""The Spark cluster on a real engine: compose/spark.yaml from the built hierarchy, and
-notebook-image drivers configured by hubstack.spark exactly as the spawner does.
+"""Each analyst's own Spark cluster on a real engine (hubstack.spark_cluster, on networks
+from hubstack.networks), with notebook-image drivers configured exactly as the spawner
+configures them.
 
-What an analyst would notice: a plain SparkSession.builder.getOrCreate() runs on the
-cluster, every executor has the driver's Python, libraries and image; two analysts' jobs
-both finish; a stopped master is an error naming it, not a hang; a lost worker does not
-lose the job.
+What an analyst would notice: a plain SparkSession.builder.getOrCreate() runs on their own
+cluster, every executor has the driver's Python, libraries, image and UID; two analysts'
+jobs both finish on their own clusters; nobody reaches another's cluster, and a session
+without the cluster's secret is refused; a stopped master is an error naming it, not a
+hang; a lost worker does not lose the job.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
-import urllib.request
 
 import pytest
 
 from hubstack import spark as hs
-from tests.integration.spark_helpers import ENV_JOB, SparkCluster, cluster_config, start_driver
+from tests.integration.spark_helpers import ENV_JOB, AnalystCluster, cluster_config, start_driver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,20 +53,52 @@ print("RESULT " + json.dumps(outcome))
 """
 
 
+NO_SECRET_JOB = r"""
+import json
+from pyspark.sql import SparkSession
+try:
+    s = SparkSession.builder.getOrCreate()
+    s.sparkContext.parallelize([1]).count()
+    print("RESULT " + json.dumps({"error": None}))
+except Exception as e:
+    print("RESULT " + json.dumps({"error": f"{type(e).__name__}: {e}"[:2000]}))
+"""
+
+WORK_DIR_JOB = r"""
+import json, os, stat
+from pyspark.sql import SparkSession
+sc = SparkSession.builder.getOrCreate().sparkContext
+def look(_):
+    st = os.stat("/tmp/spark/work")
+    return {"uid": os.getuid(), "owner": st.st_uid, "mode": oct(stat.S_IMODE(st.st_mode)),
+            "apps": sorted(os.listdir("/tmp/spark/work"))}
+seen = sc.parallelize(range(4), 4).map(look).collect()
+print("RESULT " + json.dumps({"app": sc.applicationId, "seen": seen}))
+"""
+
+
 @pytest.fixture(scope="module")
 def spark_cfg(platform_config):
     return cluster_config(platform_config)
 
 
 @pytest.fixture(scope="module")
-def cluster(spark_cfg, hierarchy, docker_client, tmp_path_factory):
-    c = SparkCluster(spark_cfg, docker_client, tmp_path_factory.mktemp("spark") / "spark.env")
+def clusters(spark_cfg, hierarchy, docker_client):
+    """alice's and bob's own clusters, started at once as two spawns would."""
+    made = {
+        name: AnalystCluster(spark_cfg, docker_client, name, uid)
+        for name, uid in (("alice", 24001), ("bob", 24002))
+    }
     try:
-        c.up()
-        c.wait_alive_workers(spark_cfg.spark.workers)
-        yield c
+        threads = [threading.Thread(target=c.up) for c in made.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        yield made
     finally:
-        c.down()
+        for c in made.values():
+            c.down()
 
 
 @pytest.fixture
@@ -88,50 +122,89 @@ def test_executor_image_is_the_notebook_image_plus_an_entrypoint(
     ex_layers = executor.attrs["RootFS"]["Layers"]
     # Same layers: the notebook image's layers are the executor's first layers.
     assert ex_layers[: len(nb_layers)] == nb_layers
-    assert executor.attrs["Config"]["User"] == "185:185"
 
 
-def test_cluster_ui_and_service_user(cluster):
-    status = cluster.wait_alive_workers(cluster.cfg.spark.workers)
-    assert status["status"] == "ALIVE"
-    assert status["cores"] == cluster.cfg.spark.workers * cluster.cfg.spark.worker_cores
-    # Each worker's UI answers on the documented host port range.
-    first = cluster.cfg.spark.worker_ui_port
-    seen = []
-    for port in range(first, first + cluster.cfg.spark.workers):
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/", timeout=10) as r:
-            seen.append(json.load(r)["masterurl"])
-    assert seen == [hs.master_url(cluster.cfg)] * cluster.cfg.spark.workers
-    # Master and workers run as the spark service user, never root.
-    for c in cluster.containers("spark-master") + cluster.containers("spark-worker"):
+def test_a_cluster_runs_as_its_analyst_locked_down_and_publishes_nothing(clusters):
+    alice = clusters["alice"]
+    containers = alice.containers("master") + alice.containers("worker")
+    assert len(containers) == 1 + alice.cfg.spark.workers
+    for c in containers:
+        c.reload()
+        hc = c.attrs["HostConfig"]
+        assert hc["CapDrop"] == ["ALL"] and "no-new-privileges" in hc["SecurityOpt"]
+        assert not hc.get("PortBindings") and not c.attrs["NetworkSettings"]["Ports"]
+        assert list(c.attrs["NetworkSettings"]["Networks"]) == [alice.network]
+        # Every process of the master and workers runs as alice, never root nor 185.
         uids = c.exec_run(
             ["sh", "-c", "awk '/^Uid:/{print $2}' /proc/[0-9]*/status | sort -u"]
         ).output.split()
-        assert uids == [b"185"], (c.name, uids)
+        assert uids == [str(alice.uid).encode()], (c.name, uids)
+        # No secret in what `docker inspect` shows.
+        assert alice.secret not in json.dumps(c.attrs)
+    worker = alice.containers("worker")[0].attrs["HostConfig"]
+    assert worker["NanoCpus"] == alice.cfg.spark.worker_cores * 10**9
+    assert worker["Memory"] > 0
 
 
-def test_two_analysts_run_on_the_cluster_with_the_drivers_environment(cluster, drivers):
-    image = notebook_image(cluster.cfg)
-    drivers += [start_driver(cluster, image, ENV_JOB) for _ in range(2)]
-    workers = {c.id[:12] for c in cluster.containers("spark-worker")}
-    for d in drivers:
+def test_two_analysts_run_on_their_own_clusters_with_the_drivers_environment(clusters, drivers):
+    image = notebook_image(clusters["alice"].cfg)
+    started = {name: start_driver(c, image, ENV_JOB) for name, c in clusters.items()}
+    drivers += started.values()
+    for name, d in started.items():
+        cluster = clusters[name]
+        workers = {c.name for c in cluster.containers("worker")}
         r = d.result()
-        assert r["master"] == hs.master_url(cluster.cfg)
-        assert r["cores_max"] == str(cluster.cfg.spark.max_cores_per_app)
+        assert r["master"] == hs.master_url(cluster.cfg, cluster.server)
         assert r["sum"] == 10**7 * (10**7 - 1) // 2
         driver = r["driver"]
         assert driver["image"] is not None and driver["prefix"] == "/opt/venv"
         hosts = set()
         for ex in r["executors"]:
             hosts.add(ex.pop("host"))
-            assert ex.pop("uid") == 185  # standalone executors run as the service user
+            assert ex.pop("uid") == cluster.uid  # executors run as the analyst
             assert ex == {k: v for k, v in driver.items() if k not in ("host", "uid")}
-        # The job spread over at least two workers, and ran on the cluster's workers.
+        # The job spread over both workers, and ran on this analyst's workers only.
         assert len(hosts) >= 2 and hosts <= workers, (hosts, workers)
 
 
-def test_job_survives_a_worker_killed_mid_job(cluster, drivers):
-    d = start_driver(cluster, notebook_image(cluster.cfg), KILL_JOB)
+def test_executors_work_folders_are_the_analysts_alone(clusters, drivers):
+    alice = clusters["alice"]
+    d = start_driver(alice, notebook_image(alice.cfg), WORK_DIR_JOB)
+    drivers.append(d)
+    r = d.result()
+    for seen in r["seen"]:
+        assert seen["uid"] == seen["owner"] == alice.uid and seen["mode"] == "0o700"
+        assert r["app"] in seen["apps"]
+    # bob's work folder lives in bob's containers: none of alice's executors lists his apps.
+    bob_apps = set()
+    for w in clusters["bob"].containers("worker"):
+        bob_apps |= set(w.exec_run(["ls", "/tmp/spark/work"]).output.decode().split())
+    assert bob_apps and not bob_apps & {a for s in r["seen"] for a in s["apps"]}
+
+
+def test_no_session_without_the_secret_nor_on_another_analysts_master(clusters, drivers):
+    alice, bob = clusters["alice"], clusters["bob"]
+    image = notebook_image(alice.cfg)
+    # No secret file: alice's own master refuses the application.
+    d = start_driver(alice, image, NO_SECRET_JOB, with_secret=False)
+    drivers.append(d)
+    r = d.result(timeout=240)
+    assert r["error"] is not None
+    assert hs.master_url(alice.cfg, alice.server) in r["error"]
+    # bob's master: another network, so not even reachable (a forged master URL).
+    forged = NO_SECRET_JOB.replace(
+        "SparkSession.builder",
+        f"SparkSession.builder.master({hs.master_url(bob.cfg, bob.server)!r})",
+    )
+    d = start_driver(alice, image, forged)
+    drivers.append(d)
+    r = d.result(timeout=240)
+    assert r["error"] is not None and "not reachable" in r["error"], r
+
+
+def test_job_survives_a_worker_killed_mid_job(clusters, drivers):
+    alice = clusters["alice"]
+    d = start_driver(alice, notebook_image(alice.cfg), KILL_JOB)
     drivers.append(d)
 
     deadline = time.monotonic() + 240
@@ -140,22 +213,23 @@ def test_job_survives_a_worker_killed_mid_job(cluster, drivers):
         assert time.monotonic() < deadline, d.logs()[-3000:]
         time.sleep(1)
     time.sleep(5)  # tasks are running on both executors now
-    victim = cluster.containers("spark-worker")[-1]
+    victim = alice.containers("worker")[-1]
     victim.kill()
     try:
         assert d.result()["sum"] == sum(range(60))
     finally:
-        cluster.compose("up", "-d", "--wait")
-        cluster.wait_alive_workers(cluster.cfg.spark.workers)
+        victim.start()
 
 
-def test_stopped_master_is_a_clear_error_not_a_hang(cluster, drivers):
-    cluster.compose("stop", "-t", "5", "spark-master")
+def test_stopped_master_is_a_clear_error_not_a_hang(clusters, drivers):
+    alice = clusters["alice"]
+    master = alice.containers("master")[0]
+    master.stop(timeout=5)
     try:
-        d = start_driver(cluster, notebook_image(cluster.cfg), MASTER_DOWN_JOB)
+        d = start_driver(alice, notebook_image(alice.cfg), MASTER_DOWN_JOB)
         drivers.append(d)
         r = d.result(timeout=180)  # a hang would fail here
         assert r["error"] is not None
-        assert hs.master_url(cluster.cfg) in r["error"]
+        assert hs.master_url(alice.cfg, alice.server) in r["error"]
     finally:
-        cluster.compose("up", "-d", "--wait")
+        master.start()

@@ -1,14 +1,18 @@
-"""Spark through the hub, end to end: two analysts start Spark-profile servers through the
-REST API ({"profile": "spark"}), and run jobs from their kernels at the same time on the
-stack's cluster (started by `hubstack up` from compose/spark.yaml)."""
+"""Spark and isolation through the hub, end to end: two analysts start Spark-profile
+servers through the REST API ({"profile": "spark"}); each gets a network and a Spark
+cluster of their own, runs a job from their kernel at the same time as the other, and
+from alice's kernel nothing of bob's, nor the registry, the proxy's API, the host or the
+cloud metadata address answers; the hub does."""
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 
 import pytest
 
+from hubstack import networks, spark_cluster
 from hubstack import spark as hs
 from tests.integration.conftest import ANALYSTS
 from tests.integration.spark_helpers import ENV_JOB
@@ -53,16 +57,16 @@ def test_two_analysts_spark_jobs_share_the_drivers_environment(hub_stack, client
     assert not errors, errors
     assert set(results) == set(ANALYSTS)
 
-    workers = {
-        c.id[:12]
-        for c in docker_client.containers.list(
-            filters={"label": "com.docker.compose.service=spark-worker"}
-        )
-        if c.attrs["NetworkSettings"]["Networks"].get(cfg.hub.network)
-    }
     for name, r in results.items():
         uid = ANALYSTS[name][1]
-        assert r["master"] == hs.master_url(cfg)
+        server = f"{cfg.hub.network}-nb-{name}"
+        workers = {
+            c.name
+            for c in docker_client.containers.list(
+                filters={"label": [f"{spark_cluster.CLUSTER_LABEL}={server}"]}
+            )
+        }
+        assert r["master"] == hs.master_url(cfg, server)
         assert r["sum"] == 10**7 * (10**7 - 1) // 2
         driver = r["driver"]
         assert (
@@ -71,6 +75,102 @@ def test_two_analysts_spark_jobs_share_the_drivers_environment(hub_stack, client
         hosts = set()
         for ex in r["executors"]:
             hosts.add(ex.pop("host"))
-            assert ex.pop("uid") == 185  # standalone: executors run as the Spark service user
+            assert ex.pop("uid") == uid  # the analyst's own executors, as the analyst
             assert ex == {k: v for k, v in driver.items() if k not in ("host", "uid")}
         assert len(hosts) >= 2 and hosts <= workers, (hosts, workers)
+
+
+PROBE = r"""
+import json, os, socket, urllib.request
+def tcp(host, port):
+    try:
+        socket.create_connection((host, port), timeout=4).close()
+        return True
+    except OSError:
+        return False
+answers = {name: tcp(host, port) for name, (host, port) in TARGETS.items()}
+api = os.environ["JUPYTERHUB_API_URL"]
+req = urllib.request.Request(api + "/user", headers={
+    "Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]})
+answers["hub_api_user"] = json.load(urllib.request.urlopen(req, timeout=10))["name"]
+print("RESULT " + json.dumps(answers))
+"""
+
+
+def _ip(container, network: str) -> str:
+    container.reload()
+    return container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+
+def test_an_analyst_reaches_the_hub_and_nothing_else_of_the_platform(
+    hub_stack, clients, docker_client
+):
+    """Run after the Spark test, with both analysts' Spark servers and clusters running."""
+    cfg, _, _ = hub_stack
+    alice, bob = clients["alice"], clients["bob"]
+    for c in (alice, bob):
+        if not c.running():
+            c.start(profile="spark")
+    bob_net = networks.network_name(cfg, "bob")
+    alice_net = docker_client.networks.get(networks.network_name(cfg, "alice"))
+    bob_server = docker_client.containers.get(f"{cfg.hub.network}-nb-bob")
+    bob_master = docker_client.containers.get(f"{cfg.hub.network}-nb-bob-spark-master")
+    bob_worker = docker_client.containers.get(f"{cfg.hub.network}-nb-bob-spark-worker-1")
+    registry = next(
+        c
+        for c in docker_client.containers.list(
+            filters={"label": "com.docker.compose.service=registry"}
+        )
+        if cfg.hub.network in c.attrs["NetworkSettings"]["Networks"]
+    )
+    hub = next(
+        c
+        for c in docker_client.containers.list(filters={"label": "com.docker.compose.service=hub"})
+        if cfg.hub.network in c.attrs["NetworkSettings"]["Networks"]
+    )
+    gateway = alice_net.attrs["IPAM"]["Config"][0]["Gateway"]
+    # A port of the host's own, open on every address: only the host rules keep it away.
+    with socket.socket() as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        host_port = listener.getsockname()[1]
+        targets = {
+            "bob_server": (_ip(bob_server, bob_net), 8888),
+            "bob_master_rpc": (_ip(bob_master, bob_net), cfg.spark.master_port),
+            "bob_master_ui": (_ip(bob_master, bob_net), 8080),
+            "bob_worker_ui": (_ip(bob_worker, bob_net), 8081),
+            "bob_driver_ui": (_ip(bob_server, bob_net), hs.UI_PORT),
+            "registry": (_ip(registry, cfg.hub.network), 5000),
+            "proxy_api": ("hub", 8001),
+            "gateway_host_port": (gateway, host_port),
+            "gateway_hub_port": (gateway, cfg.hub.port),
+            "metadata": ("169.254.169.254", 80),
+            "hub_api": ("hub", 8081),
+            "hub_public": ("hub", 8000),
+        }
+        # The probe is no blind one: from the host the same listener and registry answer.
+        socket.create_connection(("127.0.0.1", host_port), timeout=4).close()
+        socket.create_connection(targets["registry"], timeout=4).close()
+        out = alice.run_code(PROBE.replace("TARGETS", repr(targets)), timeout=120)
+    answers = json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    assert answers.pop("hub_api_user") == "alice"
+    assert answers.pop("hub_api") is True and answers.pop("hub_public") is True
+    assert not any(answers.values()), answers
+    # The hub is on alice's network (under the alias hub), the registry is not.
+    assert (
+        hub.id in alice_net.attrs["Containers"] and registry.id not in alice_net.attrs["Containers"]
+    )
+
+
+def test_a_stopped_server_takes_its_cluster_and_network_with_it(hub_stack, clients, docker_client):
+    cfg, _, _ = hub_stack
+    bob = clients["bob"]
+    if not bob.running():
+        bob.start(profile="spark")
+    bob.stop()
+    server = f"{cfg.hub.network}-nb-bob"
+    left = docker_client.containers.list(
+        all=True, filters={"label": f"{spark_cluster.CLUSTER_LABEL}={server}"}
+    )
+    assert not left, [c.name for c in left]
+    assert not docker_client.networks.list(names=[networks.network_name(cfg, "bob")])

@@ -138,8 +138,8 @@ def test_stable_by_default_and_preview_only_for_those_named():
     assert tag("bob", [], {"version": "stable"}) == "stable"
     assert tag("bob", [], {"version": "preview"}) == 403
     assert tag("alice", ["early"], {"version": "preview"}) == "latest"
-    # The shared cluster runs stable: a preview driver would not match its executors.
-    assert tag("alice", ["early"], {"version": "preview", "profile": "spark"}) == 409
+    # A Spark profile's own cluster runs the server's version: preview is preview there too.
+    assert tag("alice", ["early"], {"version": "preview", "profile": "spark"}) == "latest"
     for name, groups, offered in (("alice", ["early"], True), ("bob", [], False)):
         form = HubstackSpawner(platform=cfg)
         form.user = SimpleNamespace(name=name, groups=[SimpleNamespace(name=g) for g in groups])

@@ -1,0 +1,247 @@
+"""One Docker network per analyst: their server, their Spark containers and the hub.
+
+Why per analyst: on one shared network every notebook could open connections to every
+other analyst's server, Spark processes and the registry. Docker already isolates bridge
+networks from each other, so a network per analyst gives, with Docker's own means:
+
+- another analyst's server and Spark: on another bridge, which Docker's isolation rules
+  drop;
+- the registry and the proxy's API: the registry is only on the platform network, and the
+  proxy's API listens on the hub container's loopback;
+- the hub: joined to each analyst's network under the alias `hub`, so a notebook reaches
+  the hub's API (8081) and public port (8000), and the hub reaches the server.
+
+What Docker has no setting for is a container reaching the host itself (through its
+bridge's gateway) and private or link-local addresses beyond it (169.254.169.254, other
+hosts on the LAN): :func:`guard_rules` are the few iptables rules that close that, keyed on
+the analysts' bridges' interface names (`hsu...`), installed by `hubstack up` and removed
+by `hubstack down`. With `network.egress: none` the networks are `internal`: nothing
+leaves them at all.
+
+Subnets are cut from `network.analyst_subnets` (default 10.213.0.0/16, /27 each: 2,048
+analysts), not from the engine's default address pools (about 30 bridge networks).
+
+The same functions serve the spawner (async, on its thread pool) and the tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import shutil
+import subprocess
+import time
+
+import docker
+import docker.errors
+
+from hubstack.config import PlatformConfig
+from hubstack.engine import PLATFORM_LABEL
+
+NETWORK_LABEL = "io.hubstack.analyst-network"
+"""Label of every analyst's network; its value is the analyst's name."""
+BRIDGE_PREFIX = "hsu"
+"""Interface names of the analysts' bridges: hsu + 12 hex digits (Linux allows 15)."""
+HUB_ALIAS = "hub"
+GUARD_CHAIN = "HUBSTACK-ANALYSTS"
+
+# Where a notebook must not go beyond its own network: private, shared and link-local
+# ranges (the host's other addresses, the LAN, cloud metadata at 169.254.169.254).
+BLOCKED_RANGES = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+)
+
+
+class NetworkError(RuntimeError):
+    """An analyst's network could not be made or joined; the message says why."""
+
+
+def network_name(cfg: PlatformConfig, user: str) -> str:
+    return f"{cfg.hub.network}-user-{user}"  # hubstack.engine.platform_containers knows it
+
+
+def bridge_name(name: str) -> str:
+    return BRIDGE_PREFIX + hashlib.sha256(name.encode()).hexdigest()[:12]
+
+
+def _used_subnets(client) -> set[ipaddress.IPv4Network]:
+    used = set()
+    for net in client.api.networks():
+        for conf in (net.get("IPAM") or {}).get("Config") or []:
+            try:
+                used.add(ipaddress.IPv4Network(conf.get("Subnet", ""), strict=False))
+            except ValueError:
+                continue
+    return used
+
+
+def _free_subnets(cfg: PlatformConfig, client):
+    pool = ipaddress.IPv4Network(cfg.network.analyst_subnets)
+    used = _used_subnets(client)
+    for subnet in pool.subnets(new_prefix=cfg.network.analyst_prefix):
+        if not any(subnet.overlaps(u) for u in used):
+            yield subnet
+
+
+def ensure_network(cfg: PlatformConfig, client, user: str):
+    """The analyst's network, made when missing (from a free subnet of the pool)."""
+    name = network_name(cfg, user)
+    for _attempt in range(5):
+        try:
+            return client.networks.get(name)
+        except docker.errors.NotFound:
+            pass
+        subnet = next(_free_subnets(cfg, client), None)
+        if subnet is None:
+            raise NetworkError(
+                f"no free subnet left in network.analyst_subnets {cfg.network.analyst_subnets} "
+                f"(/{cfg.network.analyst_prefix} each, {cfg.network.capacity} analysts): stop "
+                "idle servers or give a larger pool in the platform config"
+            )
+        hosts = list(subnet.hosts())
+        ipam = docker.types.IPAMConfig(
+            pool_configs=[docker.types.IPAMPool(subnet=str(subnet), gateway=str(hosts[0]))]
+        )
+        try:
+            return client.networks.create(
+                name,
+                driver="bridge",
+                internal=cfg.network.egress == "none",
+                ipam=ipam,
+                labels={NETWORK_LABEL: user, PLATFORM_LABEL: cfg.hub.network},
+                options={"com.docker.network.bridge.name": bridge_name(name)},
+                check_duplicate=True,
+            )
+        except docker.errors.APIError as e:
+            # Another spawn took the subnet (or made this very network) meanwhile: look again.
+            if "overlap" not in str(e).lower() and "already exists" not in str(e).lower():
+                raise NetworkError(f"cannot create the network {name}: {e}") from None
+            time.sleep(0.2)
+    raise NetworkError(f"cannot create the network {name}: subnets kept clashing")
+
+
+def join(network, container_id: str, aliases: list[str] | None = None) -> None:
+    """Connect a container (e.g. the hub) to NETWORK unless it already is."""
+    network.reload()
+    if container_id in (network.attrs.get("Containers") or {}) or any(
+        cid.startswith(container_id) for cid in network.attrs.get("Containers") or {}
+    ):
+        return
+    try:
+        network.connect(container_id, aliases=aliases)
+    except docker.errors.APIError as e:
+        if "already exists" not in str(e).lower():
+            raise NetworkError(
+                f"cannot connect {container_id[:12]} to {network.name}: {e}"
+            ) from None
+
+
+def remove_network(cfg: PlatformConfig, client, user: str) -> None:
+    """Remove the analyst's network once nothing but the hub is on it."""
+    try:
+        network = client.networks.get(network_name(cfg, user))
+    except docker.errors.NotFound:
+        return
+    network.reload()
+    for cid in network.attrs.get("Containers") or {}:
+        if not _is_hub(client, cid):
+            return  # the analyst's server or Spark still runs: keep it
+        try:
+            network.disconnect(cid, force=True)
+        except docker.errors.APIError:
+            pass
+    try:
+        network.remove()
+    except docker.errors.NotFound:
+        pass
+
+
+def _is_hub(client, container_id: str) -> bool:
+    try:
+        labels = client.api.inspect_container(container_id)["Config"]["Labels"] or {}
+    except docker.errors.NotFound:
+        return True  # gone already: nothing to keep the network for
+    return labels.get("com.docker.compose.service") == "hub"
+
+
+def analyst_networks(cfg: PlatformConfig, client) -> list:
+    return client.networks.list(
+        filters={"label": [NETWORK_LABEL, f"{PLATFORM_LABEL}={cfg.hub.network}"]}
+    )
+
+
+def attach_hub(cfg: PlatformConfig, client, hub_container: str) -> int:
+    """Join the hub to every analyst network of this platform (after a restart or a new
+    hub container); returns how many it joined."""
+    nets = analyst_networks(cfg, client)
+    for net in nets:
+        join(net, hub_container, [HUB_ALIAS])
+    return len(nets)
+
+
+# --- host rules: what Docker has no setting for ------------------------------------------
+def guard_rules(cfg: PlatformConfig) -> list[list[str]]:
+    """iptables rules (after the chain's creation): analysts' bridges may talk within
+    themselves, to network.reachable and to public addresses only."""
+    into = BRIDGE_PREFIX + "+"
+    rules = [["-A", GUARD_CHAIN, "-i", into, "-o", into, "-j", "RETURN"]]
+    rules += [
+        ["-A", GUARD_CHAIN, "-i", into, "-d", r, "-j", "RETURN"] for r in cfg.network.reachable
+    ]
+    rules += [["-A", GUARD_CHAIN, "-i", into, "-d", r, "-j", "DROP"] for r in BLOCKED_RANGES]
+    rules.append(["-A", GUARD_CHAIN, "-j", "RETURN"])
+    return rules
+
+
+def _iptables(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["iptables", "-w", *args], capture_output=True, text=True)
+
+
+def guard_installed() -> bool:
+    return _iptables("-C", "DOCKER-USER", "-j", GUARD_CHAIN).returncode == 0 and (
+        _iptables("-C", "INPUT", "-i", BRIDGE_PREFIX + "+", "-j", "DROP").returncode == 0
+    )
+
+
+def install_guard(cfg: PlatformConfig) -> str:
+    """Install (or refresh) the rules; returns '' or why they could not be installed."""
+    if shutil.which("iptables") is None:
+        return "iptables is not installed on this host"
+    probe = _iptables("-S", "DOCKER-USER")
+    if probe.returncode != 0:
+        return f"cannot read the DOCKER-USER chain (run as root?): {probe.stderr.strip()}"
+    if _iptables("-L", GUARD_CHAIN, "-n").returncode != 0:
+        _iptables("-N", GUARD_CHAIN)
+    _iptables("-F", GUARD_CHAIN)
+    for rule in guard_rules(cfg):
+        r = _iptables(*rule)
+        if r.returncode != 0:
+            return f"iptables {' '.join(rule)}: {r.stderr.strip()}"
+    if _iptables("-C", "DOCKER-USER", "-j", GUARD_CHAIN).returncode != 0:
+        _iptables("-I", "DOCKER-USER", "1", "-j", GUARD_CHAIN)
+    # Traffic to the host itself (the gateway's address, any port of the host) never
+    # reaches FORWARD: it is INPUT on the bridge's interface.
+    host_rule = ["INPUT", "-i", BRIDGE_PREFIX + "+", "-j", "DROP"]
+    if _iptables("-C", *host_rule).returncode != 0:
+        _iptables("-I", *host_rule)
+    return ""
+
+
+def remove_guard() -> None:
+    """Remove the rules (`hubstack down` with no analyst network left on the engine)."""
+    while _iptables("-D", "DOCKER-USER", "-j", GUARD_CHAIN).returncode == 0:
+        pass
+    while _iptables("-D", "INPUT", "-i", BRIDGE_PREFIX + "+", "-j", "DROP").returncode == 0:
+        pass
+    _iptables("-F", GUARD_CHAIN)
+    _iptables("-X", GUARD_CHAIN)
+
+
+def any_analyst_network(client) -> bool:
+    """Whether any platform on this engine still has an analyst network (the rules are
+    engine-wide: they stay while one does)."""
+    return bool(client.networks.list(filters={"label": NETWORK_LABEL}))
