@@ -5,8 +5,10 @@ import threading
 from types import SimpleNamespace
 
 from tornado import web
+from traitlets.config import Config
 
 from hubstack.config import parse_config
+from hubstack.hub import setup
 from hubstack.hub.progress import PullProgress, SpawnProgress
 from hubstack.hub.spawner import HubstackSpawner, merge_account_file, passwd_entries
 from hubstack.stack import compose_env, hub_config
@@ -147,10 +149,6 @@ def test_stable_by_default_and_preview_only_for_those_named():
 
 
 def test_the_hub_serves_servers_on_subdomains_only_when_configured(tmp_path, monkeypatch):
-    from traitlets.config import Config
-
-    from hubstack.hub import setup
-
     for name in ("cookie_secret", "proxy_token", "crypt_key"):
         (tmp_path / name).write_text("x" * 64)
     monkeypatch.setattr(setup, "SECRETS", tmp_path)
