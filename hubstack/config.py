@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -248,6 +249,80 @@ class HubConfig(_Section):
     network: str = "hubstack"
     """The platform's own Docker network (hub and registry); also the prefix of container
     and per-analyst network names. Analysts' servers are never on it."""
+    subdomain_host: str | None = None
+    """`http(s)://HOST[:PORT]`: the hub is served there and each analyst's server on its own
+    origin, NAME.HOST (JupyterHub's subdomain_host), so one analyst's page scripts cannot act
+    on another's server or on the hub. Needs wildcard DNS (*.HOST), and for https a wildcard
+    certificate on the TLS terminator in front; unset: every server shares the hub's origin."""
+
+    @field_validator("subdomain_host")
+    @classmethod
+    def _subdomain_host(cls, v: str | None) -> str | None:
+        return None if v is None else check_subdomain_host(v)
+
+    @model_validator(mode="after")
+    def _subdomain_port(self) -> HubConfig:
+        # Browsers reach an http URL's port directly, and the hub is published on hub.port.
+        # An https URL is a TLS terminator's (hubstack serves no TLS), which forwards to
+        # hub.host:hub.port from whatever port it listens on.
+        if self.subdomain_host and self.subdomain_host.startswith("http://"):
+            port = urlsplit(self.subdomain_host).port or 80
+            if port != self.port:
+                raise ValueError(
+                    f"subdomain_host {self.subdomain_host} has port {port}, not hub.port "
+                    f"{self.port}: browsers reach an http URL's port directly, and the hub is "
+                    "published on hub.port (for https, a TLS terminator forwards to hub.port)"
+                )
+        return self
+
+    @property
+    def public_url(self) -> str:
+        """Where people open the hub: subdomain_host when set, else hub.host:hub.port."""
+        return f"{self.subdomain_host}/" if self.subdomain_host else local_hub_url(self)
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def check_subdomain_host(value: str) -> str:
+    """hub.subdomain_host as JupyterHub needs it: scheme://HOST[:PORT], HOST a DNS name that
+    analysts' names are prefixed to; returned without a trailing slash."""
+    example = "e.g. https://hub.example.org, or http://localhost:8000 on one machine"
+    if "://" not in value:
+        raise ValueError(f"must start with http:// or https:// ({example}), got {value!r}")
+    try:
+        url = urlsplit(value.strip())
+        port = url.port
+    except ValueError as e:
+        raise ValueError(f"is not a URL ({e}): {value!r}") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"must be an http:// or https:// URL ({example}), got {value!r}")
+    host = url.hostname or ""
+    if not host:
+        raise ValueError(f"names no host ({example}), got {value!r}")
+    if url.username or url.password or url.path not in ("", "/") or url.query or url.fragment:
+        raise ValueError(
+            f"must be only scheme://HOST[:PORT], with no path, query or login, got {value!r}"
+        )
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        raise ValueError(
+            f"must name a DNS host, not an IP address: servers are served on NAME.HOST, "
+            f"got {value!r}"
+        )
+    if not all(_DNS_LABEL.match(label) for label in host.split(".")):
+        raise ValueError(
+            f"host {host!r} is not a DNS name (lowercase letters, digits, '-' between dots)"
+        )
+    return f"{url.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def local_hub_url(hub: HubConfig) -> str:
+    """The hub where it is published on this host (hub.host:hub.port)."""
+    return f"http://{hub.host}:{hub.port}/"
 
 
 class SparkConfig(_Section):

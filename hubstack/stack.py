@@ -21,7 +21,7 @@ import yaml
 
 from hubstack import doctor, networks, spark, spark_cluster
 from hubstack.ci.promote import STABLE, adopt_first_build, ensure_local, releases_dir
-from hubstack.config import NO_CA, PYPI, PlatformConfig
+from hubstack.config import NO_CA, PYPI, PlatformConfig, local_hub_url
 from hubstack.engine import docker_client, platform_containers, project_name
 from hubstack.errors import CommandError
 from hubstack.hub import gpu
@@ -245,7 +245,8 @@ def local_images(cfg: PlatformConfig, client) -> list[str]:
 
 # --- waiting -------------------------------------------------------------------------
 def hub_url(cfg: PlatformConfig) -> str:
-    return f"http://{cfg.hub.host}:{cfg.hub.port}/"
+    """The hub where this host publishes it (health checks); people use cfg.hub.public_url."""
+    return local_hub_url(cfg.hub)
 
 
 def wait_for_hub(cfg: PlatformConfig, timeout: float = 180) -> None:
@@ -354,7 +355,7 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
     compose(cfg, "up", "-d", "--wait")
     stage("health", f"waiting for {hub_url(cfg)}hub/health")
     wait_for_hub(cfg)
-    print(f"\nhubstack is up in {stage.total()}: {hub_url(cfg)}")
+    print(f"\nhubstack is up in {stage.total()}: {cfg.hub.public_url}")
     admin = ensure_initial_admin(cfg)
     if admin:
         name, password = admin
@@ -436,6 +437,7 @@ def cmd_down(cfg: PlatformConfig, args) -> int:
 def cmd_status(cfg: PlatformConfig, args) -> int:
     client = docker_client()
     render_env(cfg)
+    print(f"hub: {cfg.hub.public_url}")
     print("services:")
     sys.stdout.flush()
     compose(cfg, "ps", "--all")

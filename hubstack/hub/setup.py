@@ -44,6 +44,12 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     # Notebook servers outlive a hub restart: the hub finds them again from its database.
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.cleanup_proxy = True
+    if cfg.hub.subdomain_host:
+        # Each analyst's server on its own origin, NAME.HOST (docs/subdomains.md). JupyterHub
+        # derives the rest: public_url (this URL), the proxy's host routing, the hub's route
+        # for every host, host-only cookies per origin, full server URLs in its REST answers.
+        # The proxy still listens on bind_url; compose publishes it on hub.host:hub.port.
+        c.JupyterHub.subdomain_host = cfg.hub.subdomain_host
 
     # Identity (uid, gid, groups, home) travels from authenticator to spawner in auth_state,
     # which JupyterHub stores encrypted with this key.

@@ -213,13 +213,15 @@ def test_env_report_page_is_for_admins_only(hub_stack, clients):
 def test_a_profile_for_a_group_refuses_everyone_else_with_403(hub_stack, clients, docker_client):
     """profiles[].allow: the gpu profile given to the JupyterHub group `gpu`. bob, outside
     it, gets 403 naming the group; alice, in it, passes the check (and, with no GPU on this
-    machine, gets the no-GPU answer instead). The hub restarts to read the changed config;
-    running servers would not notice."""
+    machine, gets the no-GPU answer instead). The spawn form shows a group's profile to its
+    members only: spark, given to the same group, stands in for gpu there, which a node
+    without GPUs offers nobody. The hub restarts to read the changed config; running
+    servers would not notice."""
     cfg, _, _ = hub_stack
 
     def gpu_for_group(data: dict) -> None:
         for profile in data["profiles"]:
-            if profile["name"] == "gpu":
+            if profile["name"] in ("gpu", "spark"):
                 profile["allow"] = {"groups": ["gpu"], "users": []}
 
     users_file_for(cfg).add("dana", 23010, 23010, admin=True, password="dana-pw-0c71")
@@ -238,6 +240,9 @@ def test_a_profile_for_a_group_refuses_everyone_else_with_403(hub_stack, clients
             assert "only for group gpu" in r.json()["message"]
             r = alice.api("POST", "/hub/api/users/alice/server", json={"profile": "gpu"})
             assert r.status_code != 403 and "GPU" in r.json()["message"], r.text
+            assert 'value="spark"' in alice.http.get(f"{alice.base}/hub/spawn", timeout=30).text
+            bobs_form = bob.http.get(f"{bob.base}/hub/spawn", timeout=30).text
+            assert 'value="default"' in bobs_form and 'value="spark"' not in bobs_form
             assert not bob.running() and not alice.running()
     finally:
         users_file_for(cfg).remove("dana")

@@ -93,3 +93,38 @@ def test_pip_index_follows_the_hosts_when_it_is_a_url(monkeypatch):
         assert parse_config({}).base.index_url is None
     finally:
         host_pip_index_url.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("hub", "must start with http:// or https://"),
+        ("hub.example.org", "must start with http:// or https://"),
+        ("https://", "names no host"),
+        ("http://:8000", "names no host"),
+        ("ftp://hub.example.org", "must be an http:// or https:// URL"),
+        ("https://hub.example.org/jupyter", "must be only scheme://HOST[:PORT]"),
+        ("https://admin:pw@hub.example.org", "must be only scheme://HOST[:PORT]"),
+        ("http://127.0.0.1:8000", "must name a DNS host, not an IP address"),
+        ("https://hub_1.example.org", "is not a DNS name"),
+        ("http://localhost:99999", "is not a URL"),
+        # http is reached directly: its port (80 when not written) is where the hub is published.
+        ("http://localhost:8001", "has port 8001, not hub.port 8000"),
+        ("http://hub.example.org", "has port 80, not hub.port 8000"),
+    ],
+)
+def test_a_bad_subdomain_host_is_refused_with_the_reason(value, problem):
+    with pytest.raises(ConfigError) as e:
+        parse_config({"hub": {"subdomain_host": value}})
+    assert problem in str(e.value)
+    assert "subdomain_host" in str(e.value)
+
+
+def test_subdomain_host_is_where_people_open_the_hub():
+    assert parse_config({}).hub.public_url == "http://127.0.0.1:8000/"
+    local = parse_config({"hub": {"port": 8123, "subdomain_host": "http://localhost:8123/"}})
+    assert local.hub.subdomain_host == "http://localhost:8123"
+    assert local.hub.public_url == "http://localhost:8123/"
+    # https is a TLS terminator's address: it forwards to hub.port from its own port.
+    public = parse_config({"hub": {"subdomain_host": "https://Hub.Example.org"}})
+    assert public.hub.public_url == "https://hub.example.org/"

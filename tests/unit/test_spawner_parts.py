@@ -5,8 +5,10 @@ import threading
 from types import SimpleNamespace
 
 from tornado import web
+from traitlets.config import Config
 
 from hubstack.config import parse_config
+from hubstack.hub import setup
 from hubstack.hub.progress import PullProgress, SpawnProgress
 from hubstack.hub.spawner import HubstackSpawner, merge_account_file, passwd_entries
 from hubstack.stack import compose_env, hub_config
@@ -144,3 +146,21 @@ def test_stable_by_default_and_preview_only_for_those_named():
         form = HubstackSpawner(platform=cfg)
         form.user = SimpleNamespace(name=name, groups=[SimpleNamespace(name=g) for g in groups])
         assert ('value="preview"' in form.options_form) is offered
+
+
+def test_the_hub_serves_servers_on_subdomains_only_when_configured(tmp_path, monkeypatch):
+    for name in ("cookie_secret", "proxy_token", "crypt_key"):
+        (tmp_path / name).write_text("x" * 64)
+    monkeypatch.setattr(setup, "SECRETS", tmp_path)
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "x" * 64)
+
+    def hub_settings(data: dict) -> Config:
+        c = Config()
+        setup.configure_hub(c, parse_config(data))
+        return c
+
+    assert "subdomain_host" not in hub_settings({}).JupyterHub
+    c = hub_settings({"hub": {"port": 8123, "subdomain_host": "http://localhost:8123"}})
+    assert c.JupyterHub.subdomain_host == "http://localhost:8123"
+    # The proxy keeps listening where compose publishes it from.
+    assert c.JupyterHub.bind_url == "http://0.0.0.0:8000"
