@@ -420,6 +420,37 @@ class GPUConfig(_Section):
     """Let several analysts hold the same GPU at once."""
 
 
+_APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]{1,62}$")
+
+
+class UserImagesConfig(_Section):
+    """Per-user images (hubstack.images.user): an analyst's own packages on top of their
+    profile's image, built from images/user/ and cached in the registry by content."""
+
+    enabled: bool = True
+    """Off: every analyst starts on the plain profile image, whatever their spec says."""
+    form: bool = False
+    """Show a text area for the analyst's packages on the spawn form; off: only admins set
+    them (`hubstack users env`)."""
+    apt_allowlist: list[str] = []
+    """Debian packages an analyst may ask for (names only); empty: none."""
+    max_packages: int = Field(20, ge=1, le=200)
+    """Most entries (pip and apt together) one spec may hold."""
+    max_concurrent_builds: int = Field(2, ge=1)
+    """Per-user builds the hub runs at once; more wait their turn."""
+    template: Path | None = None
+    """Folder holding the template's Dockerfile; default SOURCE_DIR/images/user (the hub
+    container has its own copy, baked into the hub image)."""
+
+    @field_validator("apt_allowlist")
+    @classmethod
+    def _apt_names(cls, v: list[str]) -> list[str]:
+        bad = [name for name in v if not _APT_NAME.match(name)]
+        if bad:
+            raise ValueError(f"not Debian package names: {', '.join(map(repr, bad))}")
+        return sorted(set(v))
+
+
 class CIConfig(_Section):
     branches: list[str] = ["main"]
     webhook_secret_file: Path | None = None
@@ -452,6 +483,7 @@ class PlatformConfig(_Section):
     network: NetworkConfig = NetworkConfig()
     gpu: GPUConfig = GPUConfig()
     ci: CIConfig = CIConfig()
+    user_images: UserImagesConfig = UserImagesConfig()
 
     # Where the file came from, for error messages; not a key.
     path: Path | None = Field(None, exclude=True)
@@ -493,6 +525,15 @@ class PlatformConfig(_Section):
     @property
     def source_root(self) -> Path:
         return self.source_dir or default_source_dir()
+
+    @property
+    def user_image_template(self) -> Path:
+        return self.user_images.template or self.source_root / "images" / "user"
+
+    @property
+    def user_envs_dir(self) -> Path:
+        """Analysts' package specs, one NAME.yaml each, beside the users file."""
+        return self.users_file.parent / "envs"
 
     # An image reference REGISTRY/NAMESPACE/NAME:TAG is spelled here and nowhere else.
     @property
@@ -547,6 +588,7 @@ def _resolve_paths(data: dict, base: Path) -> None:
     fix(data.get("gpu"), "driver_dir")
     fix(data.get("ci"), "webhook_secret_file")
     fix(data.get("ci"), "token_file")
+    fix(data.get("user_images"), "template")
 
 
 def _format_errors(path: Path | str, err: ValidationError) -> str:

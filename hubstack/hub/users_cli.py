@@ -10,6 +10,7 @@ import sys
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
 from hubstack.hub.users import PasswordHashError, UsersFileError, check_hash, users_file_for
+from hubstack.images import user as user_images
 
 INITIAL_ADMIN = "admin"
 
@@ -115,6 +116,39 @@ def cmd_list(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """Show, add to or clear an analyst's packages (their per-user image's spec)."""
+    if _change(lambda: users_file_for(cfg).get(args.name)) is None:
+        raise CommandError(f"{cfg.users_file}: no user {args.name!r}; nothing changed")
+    try:
+        current = user_images.load_env(cfg, args.name)
+    except user_images.EnvSpecError as e:
+        if not args.clear:
+            raise CommandError(
+                f"{args.name}'s spec is refused now: {e}; fix it with --clear"
+            ) from None
+        current = user_images.UserEnv()
+    if args.pip or args.apt or args.clear:
+        base = user_images.UserEnv() if args.clear else current
+        # A pip entry for a package already there replaces it (a new version).
+        names = {user_images.check_pip_name(p) for p in args.pip if isinstance(p, str)}
+        kept = [p for p in base.pip if user_images.check_pip_name(p) not in names]
+        data = {"pip": kept + list(args.pip), "apt": list(base.apt) + list(args.apt)}
+        try:
+            env = user_images.parse_env(cfg, data)
+        except user_images.EnvSpecError as e:
+            raise CommandError(f"{e}; nothing changed") from None
+        if env.empty:
+            user_images.clear_env(cfg, args.name)
+            print(f"{args.name}: no extra packages (starts on the plain profile image)")
+            return 0
+        path = user_images.save_env(cfg, args.name, env)
+        print(f"{args.name}: {env.describe()} (written to {path}; used from their next start)")
+        return 0
+    print(f"{args.name}: {current.describe()}")
+    return 0
+
+
 def ensure_initial_admin(cfg: PlatformConfig) -> tuple[str, str] | None:
     """Create the first admin when the users file has no users.
 
@@ -175,3 +209,35 @@ def register(subparsers) -> None:
 
     ls = sub.add_parser("list", help="list users")
     ls.set_defaults(func=cmd_list)
+
+    env = sub.add_parser(
+        "env",
+        help="an analyst's own packages (their per-user image): show, add, clear",
+        description="Packages an analyst's server (and Spark executors) get on top of their "
+        "profile's image, built at their next start and cached in the registry. pip entries "
+        "are a name, [extras] and version specifiers (PEP 508, no URL, path, option or "
+        "marker); apt entries must be in user_images.apt_allowlist. Every entry is checked "
+        "before anything is written. Without options: show the spec.",
+    )
+    env.add_argument("name")
+    env.add_argument(
+        "--pip",
+        action="append",
+        default=[],
+        metavar="REQ",
+        help="add a pip package, e.g. 'polars==1.*'",
+    )
+    env.add_argument(
+        "--apt",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="add a Debian package (allowlist)",
+    )
+    env.add_argument(
+        "--clear",
+        action="store_true",
+        help="remove every package (first, with --pip/--apt: set exactly)",
+    )
+    env.add_argument("--show", action="store_true", help="print the spec (the default)")
+    env.set_defaults(func=cmd_env)

@@ -148,10 +148,15 @@ def context_digest(cfg: PlatformConfig, ctx: ImageContext, root: Path) -> str:
 
 
 def context_tar(
-    cfg: PlatformConfig, ctx: ImageContext, root: Path, leave_out: Iterable[str] = ()
+    cfg: PlatformConfig,
+    ctx: ImageContext,
+    root: Path,
+    leave_out: Iterable[str] = (),
+    generated: dict[str, bytes] | None = None,
 ) -> io.BytesIO:
     """The build context as a gzipped tar; LEAVE_OUT: names in it to omit (`hubstack images
-    lock` builds without the image's dpkg.lock to see what an unpinned build installs)."""
+    lock` builds without the image's dpkg.lock to see what an unpinned build installs);
+    GENERATED: files made for this build only (a per-user image's package lists)."""
     skip = set(leave_out)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
@@ -167,6 +172,10 @@ def context_tar(
         if ctx.external:  # roots (FROM the base image) get the site's CA bundle
             data = _extra_ca(cfg)
             info = tarfile.TarInfo("extra-ca.pem")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        for arcname, data in sorted((generated or {}).items()):
+            info = tarfile.TarInfo(arcname)
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
     buf.seek(0)
@@ -249,12 +258,35 @@ class ImageBuilder:
         TAG); LEAVE_OUT: context files to omit (see context_tar)."""
         ctx = self.graph[name]
         tag = tag or self.cfg.images.tag
-        ref = self.cfg.image_ref(name, tag)
-        label = f"[{position}] {name}" if position else name
         digest = context_digest(self.cfg, ctx, self.root)
         args = build_args(self.cfg, parent_tag or tag)
         if ctx.external:
             args.update(root_build_args(self.cfg))
+        return self.build_context(
+            ctx,
+            self.cfg.image_ref(name, tag),
+            args,
+            image_labels(self.cfg, ctx, self.root, digest),
+            position=position,
+            fileobj=context_tar(self.cfg, ctx, self.root, leave_out),
+        )
+
+    def build_context(
+        self,
+        ctx: ImageContext,
+        ref: str,
+        args: dict[str, str],
+        labels: dict[str, str],
+        position: str = "",
+        fileobj: io.BytesIO | None = None,
+    ) -> BuildResult:
+        """Build CTX (its tar: FILEOBJ, else made from its folder) as REF with these build
+        arguments and labels, streaming progress; the one path every image is built by,
+        the hierarchy's and the per-user images (hubstack.images.user) alike."""
+        name = ctx.name
+        label = f"[{position}] {name}" if position else name
+        if fileobj is None:
+            fileobj = context_tar(self.cfg, ctx, self.root)
         result = BuildResult(name=name, ref=ref, ok=False)
         started = time.monotonic()
         self.progress(f"{label}: building {ref}")
@@ -262,12 +294,12 @@ class ImageBuilder:
         raw: list[str] = []  # the engine's output as sent, for the log file
         try:
             stream = self.client.api.build(
-                fileobj=context_tar(self.cfg, ctx, self.root, leave_out),
+                fileobj=fileobj,
                 custom_context=True,
                 encoding="gzip",
                 tag=ref,
                 buildargs=args,
-                labels=image_labels(self.cfg, ctx, self.root, digest),
+                labels=labels,
                 rm=True,
                 forcerm=True,
                 pull=False,

@@ -165,10 +165,13 @@ class ImageGraph:
     def from_config(cls, cfg: PlatformConfig, source_root: Path | None = None) -> ImageGraph:
         root = Path(source_root or cfg.source_root)
         folders: dict[str, Path] = {}
+        # The per-user template (images/user) is built per analyst at spawn time, FROM a
+        # parent given as a build argument: it is no image of the hierarchy.
+        template = (cfg.user_images.template or root / "images" / "user").resolve()
         for pattern in cfg.images.contexts:
             for hit in sorted(glob.glob(str(root / pattern))):
                 folder = Path(hit)
-                if not (folder / "Dockerfile").is_file():
+                if not (folder / "Dockerfile").is_file() or folder.resolve() == template:
                     continue
                 if folder.name in folders and folders[folder.name] != folder:
                     raise GraphError(

@@ -1,0 +1,510 @@
+"""Per-user images: an analyst's own packages on top of their profile's image.
+
+An analyst's environment spec is a small YAML document beside the users file
+(`USERS_DIR/envs/NAME.yaml`: `pip: [...]`, `apt: [...]`), edited with `hubstack users env`.
+Every entry is validated before anything is written or built: pip entries with the
+`packaging` library's PEP 508 parser, and only a name, extras and version specifiers pass
+(no URL, path, option, marker or shell character); apt entries only from the platform's
+allowlist. A refusal names each entry and why.
+
+The image is `REGISTRY/NAMESPACE/user/NAME:HASH`, built from the template in images/user
+FROM the profile's image by digest. HASH covers the parent's digest, the template's bytes,
+the normalised spec and the analyst's account lines (baked into the image), so the same
+spec on the same parent is never built twice: the registry is asked first (a hit is no
+build, across hub restarts and hosts), and a new parent (a new `stable`) gives a new hash.
+Two analysts with the same spec share the package layer: the template installs packages
+before it adds the account, so the second build takes that layer from the cache and the
+registry stores it once.
+
+UserImages runs the lookups and builds of one process: one build per hash however many
+spawns ask for it at once (the others wait on it and see its progress), at most
+`user_images.max_concurrent_builds` builds at a time, through ImageBuilder (the one build
+path) and push_image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from hubstack.config import PlatformConfig
+from hubstack.errors import CommandError
+from hubstack.hub.container_spec import passwd_entries
+from hubstack.hub.users import validate_name
+from hubstack.images.build import ImageBuilder, context_digest, context_tar, push_image
+from hubstack.images.graph import ImageContext, ImageGraph
+from hubstack.registry import auth_config
+
+TEMPLATE_NAME = "user"
+"""The template's image name: its lock is /usr/share/hubstack/lock/user/."""
+REPOSITORY_PREFIX = "user/"
+LABEL_USER = "io.hubstack.user-image.user"
+LABEL_PARENT = "io.hubstack.user-image.parent"
+LABEL_HASH = "io.hubstack.user-image.hash"
+LABEL_SPEC = "io.hubstack.user-image.spec"
+MAX_ENTRY_CHARS = 200
+MAX_PROBLEMS_SHOWN = 12
+
+# Characters a name, extras and version specifiers need; everything else is refused.
+_PIP_CHARS = re.compile(r"^[A-Za-z0-9._\-\[\],<>=!~* ]+$")
+_APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]{1,62}$")
+_SHELL = set(";|&$`'\"(){}\\#?\n\r\t")
+
+
+class EnvSpecError(ValueError):
+    """A spec the platform refuses; PROBLEMS names each entry and why."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        shown = problems[:MAX_PROBLEMS_SHOWN]
+        more = len(problems) - len(shown)
+        super().__init__("; ".join(shown) + (f"; and {more} more problem(s)" if more > 0 else ""))
+
+
+class UserImageError(RuntimeError):
+    """A per-user image could not be built or pushed; the message is the build's own."""
+
+
+@dataclass(frozen=True)
+class UserEnv:
+    """A validated, normalised spec: canonical names, sorted."""
+
+    pip: tuple[str, ...] = ()
+    apt: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.pip and not self.apt
+
+    def data(self) -> dict[str, list[str]]:
+        return {"pip": list(self.pip), "apt": list(self.apt)}
+
+    def describe(self) -> str:
+        parts = [*self.pip, *(f"apt:{a}" for a in self.apt)]
+        return ", ".join(parts) or "(no packages)"
+
+
+def _show(entry: object) -> str:
+    text = repr(entry)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_pip_entry(entry: object) -> str:
+    """ENTRY as `name[extras]specifiers`, canonical, or ValueError saying why not."""
+    if not isinstance(entry, str):
+        raise ValueError(f"must be a string, not {type(entry).__name__}")
+    if len(entry) > MAX_ENTRY_CHARS:
+        raise ValueError(f"is longer than {MAX_ENTRY_CHARS} characters")
+    if "\n" in entry or "\r" in entry:
+        raise ValueError("contains a newline (one package per entry)")
+    if not entry.isascii():
+        raise ValueError("contains non-ASCII characters (look-alike letters are refused)")
+    if any(not c.isprintable() for c in entry):
+        raise ValueError("contains a control character")
+    text = entry.strip()
+    if not text:
+        raise ValueError("is empty")
+    if text.startswith("-"):
+        raise ValueError(
+            "pip options (-e, -r, --index-url, --extra-index-url, ...) are not allowed: "
+            "give a package name and version only"
+        )
+    if "://" in text or "@" in text or text.lower().startswith(("git+", "hg+", "svn+", "bzr+")):
+        raise ValueError("URLs and direct references are not allowed: packages come from the index")
+    if ";" in text:
+        raise ValueError("environment markers and ';' are not allowed")
+    if "/" in text or "\\" in text or text.startswith((".", "~")):
+        raise ValueError("local paths are not allowed: packages come from the index")
+    bad = sorted({c for c in text if c in _SHELL or not _PIP_CHARS.match(c)})
+    if bad:
+        raise ValueError(
+            f"character(s) {' '.join(bad)} not allowed (a name, [extras] and version "
+            "specifiers such as ==1.2 or >=1,<2 only)"
+        )
+    try:
+        req = Requirement(text)
+    except InvalidRequirement as e:
+        raise ValueError(f"is not a PEP 508 requirement: {str(e).splitlines()[0]}") from None
+    if req.url or req.marker:  # ruled out above; the parser has the last word
+        raise ValueError("URLs and environment markers are not allowed")
+    for spec in req.specifier:
+        if spec.operator == "===" or not spec.version:
+            raise ValueError(
+                f"version specifier {str(spec)!r} is not allowed (use ==, >=, <, ~=, !=)"
+            )
+    extras = f"[{','.join(sorted(canonicalize_name(x) for x in req.extras))}]" if req.extras else ""
+    return f"{canonicalize_name(req.name)}{extras}{req.specifier}"
+
+
+def check_pip_name(entry: str) -> str:
+    """The canonical name an entry (valid or not) is about, for replacing an entry."""
+    return canonicalize_name(re.split(r"[\[<>=!~ ;@]", entry.strip(), maxsplit=1)[0])
+
+
+def check_apt_entry(cfg: PlatformConfig, entry: object) -> str:
+    if not isinstance(entry, str):
+        raise ValueError(f"must be a string, not {type(entry).__name__}")
+    if not entry.isascii() or not _APT_NAME.match(entry):
+        raise ValueError("is not a Debian package name (lowercase letters, digits, + - .)")
+    allowed = cfg.user_images.apt_allowlist
+    if entry not in allowed:
+        offered = ", ".join(allowed) if allowed else "none"
+        raise ValueError(
+            f"is not in the platform's apt allowlist (user_images.apt_allowlist: {offered})"
+        )
+    return entry
+
+
+def parse_env(cfg: PlatformConfig, data: object) -> UserEnv:
+    """DATA (the YAML/JSON document) as a UserEnv, or EnvSpecError naming every problem."""
+    if data is None:
+        return UserEnv()
+    if not isinstance(data, dict):
+        raise EnvSpecError(
+            [f"the spec must be a mapping with pip and apt lists, not {type(data).__name__}"]
+        )
+    problems: list[str] = []
+    unknown = sorted(str(k)[:40] for k in data if k not in ("pip", "apt"))
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(map(repr, unknown))}: only pip and apt")
+    lists: dict[str, list] = {}
+    for key in ("pip", "apt"):
+        value = data.get(key) or []
+        if not isinstance(value, list):
+            problems.append(f"{key}: must be a list of strings, not {type(value).__name__}")
+            value = []
+        lists[key] = value
+    count = len(lists["pip"]) + len(lists["apt"])
+    limit = cfg.user_images.max_packages
+    if count > limit:
+        problems.append(f"{count} packages: at most {limit} (user_images.max_packages)")
+    pip: dict[str, str] = {}
+    for entry in lists["pip"]:
+        try:
+            norm = check_pip_entry(entry)
+        except ValueError as e:
+            problems.append(f"pip entry {_show(entry)}: {e}")
+            continue
+        name = check_pip_name(norm)
+        if name in pip:
+            problems.append(f"pip entry {_show(entry)}: {name} is named twice")
+        pip[name] = norm
+    apt: set[str] = set()
+    for entry in lists["apt"]:
+        try:
+            apt.add(check_apt_entry(cfg, entry))
+        except ValueError as e:
+            problems.append(f"apt entry {_show(entry)}: {e}")
+    if problems:
+        raise EnvSpecError(problems)
+    return UserEnv(tuple(sorted(pip.values())), tuple(sorted(apt)))
+
+
+# --- storage beside the users file -----------------------------------------------------
+def env_file(cfg: PlatformConfig, name: str) -> Path:
+    return cfg.user_envs_dir / f"{validate_name(name)}.yaml"
+
+
+def load_env(cfg: PlatformConfig, name: str) -> UserEnv:
+    """NAME's validated spec; empty when they have none. A file that no longer passes (the
+    allowlist shrank) raises EnvSpecError, which a spawn reports."""
+    path = env_file(cfg, name)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return UserEnv()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise EnvSpecError([f"{path} is not valid YAML: {e}"]) from None
+    return parse_env(cfg, data)
+
+
+def save_env(cfg: PlatformConfig, name: str, env: UserEnv) -> Path:
+    """Write NAME's spec atomically (a reader sees the old file or the new, never half)."""
+    path = env_file(cfg, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(
+        f"# {name}'s packages; edit with `hubstack users env {name}`\n"
+        + yaml.safe_dump(env.data(), sort_keys=True)
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def clear_env(cfg: PlatformConfig, name: str) -> bool:
+    try:
+        env_file(cfg, name).unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+# --- what is built ---------------------------------------------------------------------
+def template_context(cfg: PlatformConfig) -> ImageContext:
+    path = cfg.user_image_template
+    if not (path / "Dockerfile").is_file():
+        raise UserImageError(
+            f"the per-user image template {path}/Dockerfile is missing "
+            "(user_images.template; the hub image carries it)"
+        )
+    return ImageContext(name=TEMPLATE_NAME, path=path)
+
+
+def repository_name(user: str) -> str:
+    """user/NAME: the repository of NAME's images under the platform's namespace."""
+    return REPOSITORY_PREFIX + validate_name(user)
+
+
+@dataclass(frozen=True)
+class UserImagePlan:
+    """Everything one per-user image is made of, and so its hash."""
+
+    user: str
+    ident: dict
+    env: UserEnv
+    parent_name: str
+    """The profile's image (notebook, gpu) or spark-executor for a Spark profile."""
+    parent: str
+    """REPOSITORY@sha256:... of the parent."""
+    template_digest: str
+    account: tuple[str, str] = ("", "")
+
+    @property
+    def hash(self) -> str:
+        doc = {
+            "parent": self.parent.rsplit("@", 1)[-1],
+            "template": self.template_digest,
+            "spec": self.env.data(),
+            "account": list(self.account),
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+    def generated_files(self) -> dict[str, bytes]:
+        return {
+            "requirements.txt": "".join(f"{p}\n" for p in self.env.pip).encode(),
+            "apt.txt": "".join(f"{a}\n" for a in self.env.apt).encode(),
+            "passwd.add": self.account[0].encode(),
+            "group.add": self.account[1].encode(),
+        }
+
+
+def plan(
+    cfg: PlatformConfig, user: str, ident: dict, env: UserEnv, parent_name: str, parent: str
+) -> UserImagePlan:
+    ctx = template_context(cfg)
+    account = passwd_entries(
+        user,
+        ident["uid"],
+        ident["gid"],
+        ident.get("groups") or [],
+        ident.get("home") or f"/home/{user}",
+    )
+    return UserImagePlan(
+        user=user,
+        ident=ident,
+        env=env,
+        parent_name=parent_name,
+        parent=parent,
+        template_digest=context_digest(cfg, ctx, cfg.source_root),
+        account=account,
+    )
+
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class _InFlight:
+    future: Future = field(default_factory=Future)
+    listeners: list[Progress] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def say(self, line: str) -> None:
+        with self.lock:
+            listeners = list(self.listeners)
+        for listener in listeners:
+            try:
+                listener(line)
+            except Exception:  # a closed spawn page must not break the build
+                pass
+
+
+@dataclass
+class Resolved:
+    image: str
+    """REPOSITORY@sha256:... to run."""
+    ref: str
+    """REPOSITORY:HASH."""
+    built: bool
+    """This call ran the build (else: a registry hit, or another spawn's build)."""
+
+
+class UserImages:
+    """Lookups and builds of per-user images in this process (see the module docstring)."""
+
+    def __init__(self, cfg: PlatformConfig, client: docker.DockerClient):
+        self.cfg = cfg
+        self.client = client
+        self._lock = threading.Lock()
+        self._inflight: dict[str, _InFlight] = {}
+        self._slots = threading.BoundedSemaphore(cfg.user_images.max_concurrent_builds)
+        self.builds_run = 0
+        """Builds this process ran (the tests and the benchmark read it)."""
+
+    def ref(self, p: UserImagePlan) -> str:
+        return self.cfg.image_ref(repository_name(p.user), p.hash)
+
+    def lookup(self, p: UserImagePlan) -> str | None:
+        """REPOSITORY@DIGEST when the registry has the image (asked through the engine, as
+        every pull is); None when it has not."""
+        ref = self.ref(p)
+        repo = ref.rsplit(":", 1)[0]
+        try:
+            info = self.client.api.inspect_distribution(ref, auth_config=auth_config(self.cfg))
+        except docker.errors.APIError as e:
+            text = str(e.explanation or e).lower()
+            if any(w in text for w in ("not found", "unknown", "no such", "does not exist")):
+                return None
+            raise UserImageError(
+                f"the registry {self.cfg.registry.address} did not answer for {ref}: "
+                f"{e.explanation or e}"
+            ) from None
+        return f"{repo}@{info['Descriptor']['digest']}"
+
+    def resolve(self, p: UserImagePlan, progress: Progress | None = None) -> Resolved:
+        """The image for P: from the registry, from a build another caller runs, or built
+        and pushed here. Raises UserImageError with the build's own message."""
+        key = self.ref(p)
+        with self._lock:
+            flight = self._inflight.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._inflight[key] = _InFlight()
+            if progress:
+                with flight.lock:
+                    flight.listeners.append(progress)
+        if not leader:
+            flight.say("Waiting for the build of the same packages another start runs")
+            resolved = flight.future.result()
+            return Resolved(resolved.image, resolved.ref, built=False)
+        try:
+            resolved = self._lookup_or_build(p, flight.say)
+            flight.future.set_result(resolved)
+            return resolved
+        except BaseException as e:
+            flight.future.set_exception(e)
+            raise
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+
+    def _lookup_or_build(self, p: UserImagePlan, say: Progress) -> Resolved:
+        ref = self.ref(p)
+        found = self.lookup(p)
+        if found:
+            say(f"Your packages are ready: {ref}")
+            return Resolved(found, ref, built=False)
+        if not self._slots.acquire(blocking=False):
+            say("Waiting for a build slot (user_images.max_concurrent_builds)")
+            self._slots.acquire()
+        try:
+            found = self.lookup(p)  # built elsewhere while we waited
+            if found:
+                return Resolved(found, ref, built=False)
+            self._ensure_parent(p, say)
+            return Resolved(self._build_and_push(p, say), ref, built=True)
+        finally:
+            self._slots.release()
+
+    def _ensure_parent(self, p: UserImagePlan, say: Progress) -> None:
+        try:
+            self.client.api.inspect_image(p.parent)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        say(f"Pulling {p.parent_name} to build on")
+        for ev in self.client.api.pull(
+            p.parent, stream=True, decode=True, auth_config=auth_config(self.cfg)
+        ):
+            if "error" in ev:
+                raise UserImageError(f"pulling {p.parent} failed: {ev['error']}")
+
+    def _build_and_push(self, p: UserImagePlan, say: Progress) -> str:
+        ctx = template_context(self.cfg)
+        ref = self.ref(p)
+        say(f"Building your packages ({p.env.describe()}) on {p.parent_name}")
+        builder = ImageBuilder(
+            self.cfg, self.client, graph=ImageGraph({}), progress=say, verbose=True
+        )
+        args = {
+            "PARENT": p.parent,
+            "PARENT_LOCK": p.parent_name,
+            "HUBSTACK_UID": str(p.ident["uid"]),
+            "HUBSTACK_GID": str(p.ident["gid"]),
+        }
+        labels = {
+            "org.opencontainers.image.title": f"hubstack user image for {p.user}",
+            "io.hubstack.image": TEMPLATE_NAME,
+            "io.hubstack.context-digest": p.template_digest,
+            LABEL_USER: p.user,
+            LABEL_PARENT: p.parent,
+            LABEL_HASH: p.hash,
+            LABEL_SPEC: json.dumps(p.env.data(), sort_keys=True),
+        }
+        self.builds_run += 1
+        result = builder.build_context(
+            ctx,
+            ref,
+            args,
+            labels,
+            position=p.user,
+            fileobj=context_tar(self.cfg, ctx, self.cfg.source_root, generated=p.generated_files()),
+        )
+        if not result.ok:
+            raise UserImageError(build_failure(result.log, result.error))
+        say("Pushing your image to the registry")
+        try:
+            digest = push_image(
+                self.cfg, self.client, repository_name(p.user), p.hash, progress=say
+            )
+        except CommandError as e:
+            raise UserImageError(str(e)) from None
+        return f"{self.cfg.image_repository(repository_name(p.user))}@{digest}"
+
+
+def build_failure(log: list[str], error: str | None) -> str:
+    """The lines of a failed build that say why: pip's and apt's own errors, else the tail."""
+    own = [
+        line.strip()
+        for line in log
+        if line.strip().startswith(("ERROR:", "E: ", "error:")) and "non-zero code" not in line
+    ]
+    cause = "; ".join(dict.fromkeys(own)) or "\n".join(log[-8:]) or (error or "unknown error")
+    return f"the build of your packages failed: {cause}"
+
+
+_services: dict[int, UserImages] = {}
+_services_lock = threading.Lock()
+
+
+def service(cfg: PlatformConfig, client: docker.DockerClient) -> UserImages:
+    """The process's UserImages for this config (one per hub: one build per hash)."""
+    with _services_lock:
+        key = id(cfg)
+        if key not in _services:
+            _services[key] = UserImages(cfg, client)
+        return _services[key]
