@@ -139,6 +139,19 @@ class RegistryClient:
         """Repository path inside the registry for one of our images."""
         return self.cfg.repository_path(name)
 
+    def catalog(self) -> list[str]:
+        """Every repository path in the registry (NAMESPACE/NAME), following its pages."""
+        repos: list[str] = []
+        path = "/_catalog?n=1000"
+        while path:
+            r = self._request("GET", path)
+            r.raise_for_status()
+            repos += r.json().get("repositories") or []
+            link = r.headers.get("Link", "")
+            # <"/v2/_catalog?last=X&n=1000">; rel="next"
+            path = link.split(";")[0].strip("<> ").removeprefix("/v2") if "next" in link else ""
+        return sorted(repos)
+
     def tags(self, name: str) -> list[str]:
         r = self._request("GET", f"/{self.repository(name)}/tags/list")
         if r.status_code == 404:
@@ -205,6 +218,16 @@ class RegistryClient:
         r = self._request("GET", f"/{self.repository(name)}/blobs/{config}")
         r.raise_for_status()
         return r.json()
+
+    def image_size(self, name: str, reference: str) -> int:
+        """Bytes of the image's compressed layers and config, as stored (shared layers
+        counted in every image that has them)."""
+        found = self.manifest(name, reference)
+        if found is None:
+            return 0
+        manifest = json.loads(found[2])
+        parts = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
+        return sum(int(part.get("size") or 0) for part in parts)
 
     def delete_manifest(self, name: str, digest: str) -> None:
         """Delete one manifest, and so every tag that names it (registry/config.yml enables

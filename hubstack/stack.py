@@ -34,6 +34,7 @@ from hubstack.registry import RegistryClient, auth_config, htpasswd_file
 from hubstack.secretfiles import generated_secret
 
 HUB_USERS_DIR = "/etc/hubstack/users"
+HUB_USER_IMAGE_TEMPLATE = "/usr/share/hubstack/user-image"
 CI_SOURCE_DIR = "/srv/hubstack"
 GENERATED = "# Written by `hubstack up` from the platform config; edit that instead."
 CI_EXTRA_CA = "/etc/hubstack/extra-ca.pem"
@@ -60,10 +61,12 @@ def hub_config(cfg: PlatformConfig) -> dict:
     data["registry"]["credentials_file"] = "/run/secrets/registry_credentials"
     data["hub"]["users_file"] = f"{HUB_USERS_DIR}/{cfg.users_file.name}"
     data["hub"]["home_root"] = str(cfg.home_root)  # mounted at the same path
-    data["base"]["extra_ca_bundle"] = NO_CA  # the hub builds no image
+    # The hub builds only per-user images, FROM parents that already trust the site CA.
+    data["base"]["extra_ca_bundle"] = NO_CA
     data["ci"]["webhook_secret_file"] = None
     data["ci"]["token_file"] = None
     data["gpu"]["driver_dir"] = str(cfg.gpu.driver_dir)
+    data["user_images"]["template"] = HUB_USER_IMAGE_TEMPLATE  # baked into the hub image
     return data
 
 

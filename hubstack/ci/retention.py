@@ -73,13 +73,15 @@ def prune_repository(
     keep: Callable[[str], bool],
     in_use: set[str],
     dry_run: bool = False,
+    prunable: Callable[[str], bool] = prunable_tag,
 ) -> PruneOutcome:
-    """Delete NAME's manifests that only prunable tags not kept by KEEP name, unless a
+    """Delete NAME's manifests that only PRUNABLE tags not kept by KEEP name, unless a
     container uses them. A manifest is deleted by digest, which removes every tag naming it,
-    so one kept tag protects the manifest whatever other tags say."""
+    so one kept tag protects the manifest whatever other tags say. PRUNABLE: the tags this
+    kind of image may lose (default: the release flow's; per-user images: their hashes)."""
     repository = registry.cfg.image_repository(name)
     tags = registry.tag_digests(name)
-    protected = {d for t, d in tags.items() if keep(t) or not prunable_tag(t)}
+    protected = {d for t, d in tags.items() if keep(t) or not prunable(t)}
     outcome = PruneOutcome(name)
     doomed: dict[str, list[str]] = {}
     for tag, digest in tags.items():

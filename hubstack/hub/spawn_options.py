@@ -1,10 +1,11 @@
 """What a start request may ask for (`user_options`, from the spawn form or the REST API),
 declared once and checked before anything starts.
 
-Two options exist: `profile`, the name of a profile in the platform config (default: the
+Three options exist: `profile`, the name of a profile in the platform config (default: the
 first the analyst may use), and `version`: `stable` (the default, the promoted and tested
 images), `preview` (the last build CI tested, for those `hub.preview` names) or a release
-X.Y.Z (see hubstack.hub.versions). Anything else
+X.Y.Z (see hubstack.hub.versions); and `plain: true`, which starts without the analyst's
+own packages (hubstack.images.user). Anything else
 is refused with the names of the unknown keys; a wrong type, an unknown profile or version
 is refused with what is accepted. The hub answers these refusals with 400.
 """
@@ -31,6 +32,9 @@ class SpawnOptions(BaseModel):
     version: str | None = None
     """Which images: stable (hub.notebook_image_tag), preview (images.tag), or a release
     X.Y.Z; None: the release this analyst chose last, else stable."""
+    plain: bool | None = None
+    """True: start on the profile's own image, without the analyst's packages (their
+    per-user image, hubstack.images.user); the way out when those fail to build."""
 
     @field_validator("version")
     @classmethod

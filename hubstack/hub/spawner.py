@@ -13,6 +13,9 @@ What it adds to stock DockerSpawner:
   containers and the hub are on it;
 - in a Spark profile, the analyst's own Spark cluster (hubstack.spark_cluster), started
   beside the server from the same version's spark-executor image, removed with it;
+- an analyst with their own packages (hubstack.images.user) starts on their per-user
+  image, looked up in the registry or built first with its progress on the spawn page; in
+  a Spark profile their cluster runs the same image; `plain: true` starts without it;
 - real progress on the spawn page (pull share, create, start, wait);
 - Docker calls run on a pool, not on stock DockerSpawner's single class-wide thread,
   so one analyst's slow pull does not hold up another's spawn.
@@ -40,12 +43,18 @@ from hubstack.hub.container_spec import merge_account_file, passwd_entries  # no
 from hubstack.hub.progress import PullProgress, SpawnProgress
 from hubstack.hub.spawn_options import SpawnOptions, SpawnOptionsError, parse_spawn_options
 from hubstack.hub.users import check_id, lookup_user
+from hubstack.images import user as user_images
 from hubstack.registry import auth_config
 
 HOME_MODE = 0o700
 
 
 CHOSEN_VERSION_STATE = "hubstack_version"
+PLAIN_HINT = (
+    "You can still start on the plain image: tick 'Start without my own packages' on the "
+    "spawn form (server option plain: true), and ask an admin to fix your packages "
+    "(`hubstack users env NAME`)"
+)
 
 
 class HubstackSpawner(DockerSpawner):
@@ -157,11 +166,19 @@ class HubstackSpawner(DockerSpawner):
         offers = versions.version_offers(self.cfg, image, self._may_preview())
         if len(offers) > 1:
             rows.append(versions.form_rows(offers, self._kept_version() or versions.STABLE))
+        if self.cfg.user_images.enabled:
+            rows.append(
+                '<label class="form-check"><input class="form-check-input" type="checkbox" '
+                'name="plain" value="1"> Start without my own packages (the plain image)</label>'
+            )
         return "\n".join(rows)
 
     def options_from_form(self, formdata):
         chosen = {key: (formdata.get(key) or [""])[0] for key in ("profile", "version")}
-        return {key: value for key, value in chosen.items() if value}
+        options: dict = {key: value for key, value in chosen.items() if value}
+        if (formdata.get("plain") or [""])[0]:
+            options["plain"] = True
+        return options
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
@@ -464,12 +481,12 @@ class HubstackSpawner(DockerSpawner):
     _spark_secret: str = ""
     _cluster_lock: asyncio.Lock | None = None
 
-    async def _start_cluster(self, tag: str) -> None:
-        """Resolve, pull and start the analyst's cluster, from the spark-executor image of
-        the same tag as their server."""
+    async def _start_cluster(self, tag: str, image: str | None = None) -> None:
+        """Resolve, pull and start the analyst's cluster, from their per-user image (IMAGE)
+        or the spark-executor image of the same tag as their server."""
         try:
-            ref = self.cfg.image_ref(spark.EXECUTOR_IMAGE, tag)
-            image = await self._resolve_digest(ref)
+            if image is None:
+                image = await self._resolve_digest(self.cfg.image_ref(spark.EXECUTOR_IMAGE, tag))
             try:
                 await self.docker("inspect_image", image)
             except docker.errors.ImageNotFound:
@@ -537,6 +554,8 @@ class HubstackSpawner(DockerSpawner):
         self.chosen_version = version if versions.is_release(version) else ""
         self.image = await self._resolve_digest(ref)
         progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
+        own_image = await self._user_image(profile, tag)
+        self.image = own_image or self.image
 
         try:
             await self._in_pool(self._join_network)
@@ -551,7 +570,7 @@ class HubstackSpawner(DockerSpawner):
             self._spark_volumes = {str(self.cfg.home_root / self.user.name): home}
             progress.emit(6, f"Starting your Spark cluster ({self.cfg.spark.workers} workers)")
             # In parallel with the server: neither waits for the other.
-            cluster = asyncio.ensure_future(self._start_cluster(tag))
+            cluster = asyncio.ensure_future(self._start_cluster(tag, own_image))
         try:
             result = await self._start_server(profile, gpus)
         except BaseException:
@@ -568,6 +587,67 @@ class HubstackSpawner(DockerSpawner):
                 raise web.HTTPError(500, message) from None
         progress.emit(90, "Container started; waiting for the notebook server to answer")
         return result
+
+    # --- the analyst's own packages (hubstack.images.user) ------------------------------
+    _builds_pool: ThreadPoolExecutor | None = None
+    _build_pct = 6
+
+    async def _user_image(self, profile, tag: str) -> str | None:
+        """The analyst's per-user image when they have packages and did not ask for the
+        plain one: a registry hit, or a build (one per hash in this hub) whose steps show on
+        the spawn page. In a Spark profile it is built FROM spark-executor, so the server
+        and the executors run it. None: the profile's own image."""
+        if not self.cfg.user_images.enabled or self._options().plain:
+            return None
+        try:
+            env = await self._in_pool(user_images.load_env, self.cfg, self.user.name)
+        except user_images.EnvSpecError as e:
+            raise web.HTTPError(400, f"your packages are refused: {e}. {PLAIN_HINT}") from None
+        if env.empty:
+            return None
+        parent_name = spark.EXECUTOR_IMAGE if profile.spark else profile.image
+        parent = self.image
+        if profile.spark:
+            parent = await self._resolve_digest(self.cfg.image_ref(parent_name, tag))
+        cls = HubstackSpawner
+        if cls._builds_pool is None:  # waits on builds must not hold the Docker-call threads
+            cls._builds_pool = ThreadPoolExecutor(64, thread_name_prefix="user-image")
+        loop = asyncio.get_running_loop()
+
+        def say(line: str) -> None:  # called on the build's thread
+            loop.call_soon_threadsafe(self._built, line)
+
+        self._build_pct = 6
+        self.spawn_progress.emit(6, f"Looking up your packages' image ({env.describe()})")
+        try:
+            p = await self._in_pool(
+                user_images.plan, self.cfg, self.user.name, self._ident, env, parent_name, parent
+            )
+            images = user_images.service(self.cfg, self.engine)
+            resolved = await asyncio.wrap_future(cls._builds_pool.submit(images.resolve, p, say))
+        except user_images.UserImageError as e:
+            raise web.HTTPError(500, f"{e}. {PLAIN_HINT}") from None
+        self.spawn_progress.emit(60, f"Your image: {resolved.ref}")
+        return resolved.image
+
+    def _built(self, line: str) -> None:
+        """One line of the per-user build as a progress event: step N of M, the package
+        pip is at, the push."""
+        text = line.split(": ", 1)[1] if line.startswith(f"[{self.user.name}] ") else line
+        text = text.strip()
+        step = text.startswith("Step ") and text.split(" ", 2)[1]
+        if step and "/" in step:
+            n, total = step.split("/")
+            if n.isdigit() and total.isdigit():
+                self._build_pct = 6 + int(50 * int(n) / int(total))
+                text = f"Building your image: step {n} of {total}: {text.split(' : ', 1)[-1]}"
+        elif text.startswith(("Collecting", "Downloading", "Installing", "Successfully")):
+            text = f"Building your image: {text}"
+        elif text.startswith("Pushing"):
+            self._build_pct = 57
+        elif not text.startswith(("Building", "Waiting", "Your", "Pulling")):
+            return  # the engine's other chatter stays in the build log
+        self.spawn_progress.emit(self._build_pct, text[:200])
 
     async def _start_server(self, profile, gpus):
         if gpus:

@@ -12,6 +12,7 @@ from hubstack.images.build import ImageBuilder, push_image
 from hubstack.images.graph import GraphError, ImageGraph
 from hubstack.images.lock import lock_images, lockable, stale_reason
 from hubstack.images.lockdiff import format_changes, image_diff
+from hubstack.images.user import list_user_images, prune_user_images
 
 
 def _graph(cfg: PlatformConfig) -> ImageGraph:
@@ -98,6 +99,33 @@ def cmd_lock(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+def cmd_users(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    records = list_user_images(cfg, docker_client())
+    if not records:
+        print("no per-user images in the registry")
+        return 0
+    print(f"{'ANALYST':16} {'HASH':32} {'SIZE':>9}  {'BUILT':16}  IN USE")
+    for r in records:
+        built = r.built.strftime("%Y-%m-%d %H:%M") if r.built else "-"
+        note = "yes" if r.in_use else "no"
+        note += "" if r.newest else "  (superseded)"
+        print(f"{r.user:16} {r.tag:32} {_size(r.size):>9}  {built:16}  {note}")
+    return 0
+
+
+def cmd_prune_users(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    if args.older_than is not None and args.older_than < 0:
+        raise CommandError("--older-than must be 0 or more days")
+    removed = prune_user_images(cfg, docker_client(), args.older_than, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(removed)} per-user image(s)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     images = sub.add_parser(
         "images", help="the image hierarchy: list, bootstrap, build, push, diff, lock"
@@ -139,6 +167,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("old", metavar="OLD", help="the image to compare from")
     p.add_argument("new", metavar="NEW", help="the image to compare to")
     p.set_defaults(func=cmd_diff)
+
+    p = isub.add_parser(
+        "users",
+        help="per-user images in the registry: analyst, hash, size, built, in use",
+        description="Every per-user image (REGISTRY/NAMESPACE/user/NAME:HASH), its size as "
+        "stored, when it was built, whether a container of this engine runs it, and whether "
+        "a newer one of the same analyst superseded it.",
+    )
+    p.set_defaults(func=cmd_users)
+
+    p = isub.add_parser(
+        "prune-users",
+        help="delete per-user images no server uses, then run the registry's GC",
+        description="Without --older-than: delete each analyst's superseded per-user images "
+        "(all but their newest). With --older-than DAYS: delete every per-user image built "
+        "more than DAYS ago; the analyst's next start rebuilds it. Never an image a "
+        "container uses. Deletes through the registry API, then runs its garbage collection.",
+    )
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="age in days (built)")
+    p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+    p.set_defaults(func=cmd_prune_users)
 
     p = isub.add_parser(
         "lock",

@@ -32,6 +32,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
@@ -39,13 +40,14 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from hubstack.ci.retention import garbage_collect, images_in_use, prune_repository
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
 from hubstack.hub.container_spec import passwd_entries
 from hubstack.hub.users import validate_name
 from hubstack.images.build import ImageBuilder, context_digest, context_tar, push_image
 from hubstack.images.graph import ImageContext, ImageGraph
-from hubstack.registry import auth_config
+from hubstack.registry import RegistryClient, auth_config
 
 TEMPLATE_NAME = "user"
 """The template's image name: its lock is /usr/share/hubstack/lock/user/."""
@@ -508,3 +510,95 @@ def service(cfg: PlatformConfig, client: docker.DockerClient) -> UserImages:
         if key not in _services:
             _services[key] = UserImages(cfg, client)
         return _services[key]
+
+
+# --- housekeeping: `hubstack images users` / `prune-users` ------------------------------
+@dataclass
+class UserImageRecord:
+    user: str
+    tag: str
+    digest: str
+    size: int
+    built: datetime | None
+    in_use: bool
+    newest: bool = False
+    """The analyst's most recently built image (what their next start most likely hits)."""
+
+
+def list_user_images(
+    cfg: PlatformConfig, client: docker.DockerClient, registry: RegistryClient | None = None
+) -> list[UserImageRecord]:
+    """Every per-user image in the registry, with whether a container uses it."""
+    registry = registry or RegistryClient(cfg)
+    prefix = cfg.repository_path(REPOSITORY_PREFIX)
+    in_use = images_in_use(client)
+    out: list[UserImageRecord] = []
+    for repo in registry.catalog():
+        if not repo.startswith(prefix):
+            continue
+        name = repo[len(cfg.images.namespace) + 1 :]
+        records = []
+        for tag, digest in registry.tag_digests(name).items():
+            config = registry.image_config(name, tag)
+            created = config.get("created")
+            built = (
+                datetime.fromisoformat(created.replace("Z", "+00:00")[:26] + "+00:00")
+                if created
+                else None
+            )
+            records.append(
+                UserImageRecord(
+                    user=name.removeprefix(REPOSITORY_PREFIX),
+                    tag=tag,
+                    digest=digest,
+                    size=registry.image_size(name, digest),
+                    built=built,
+                    in_use=f"{cfg.image_repository(name)}@{digest}" in in_use,
+                )
+            )
+        if records:
+            max(records, key=lambda r: r.built or datetime.min.replace(tzinfo=UTC)).newest = True
+        out += records
+    return sorted(out, key=lambda r: (r.user, r.tag))
+
+
+def prune_user_images(
+    cfg: PlatformConfig,
+    client: docker.DockerClient,
+    older_than_days: float | None = None,
+    dry_run: bool = False,
+    progress: Callable[[str], None] = print,
+) -> list[UserImageRecord]:
+    """Delete per-user images no container uses: without OLDER_THAN_DAYS those that are not
+    their analyst's newest; with it, every one built longer ago than that (an analyst whose
+    image went is rebuilt at their next start). Through prune_repository, the one prune path,
+    then the registry's garbage collection. Returns what was removed."""
+    registry = RegistryClient(cfg)
+    records = list_user_images(cfg, client, registry)
+    now = datetime.now(UTC)
+
+    def doomed(r: UserImageRecord) -> bool:
+        if older_than_days is None:
+            return not r.newest
+        return r.built is None or (now - r.built).total_seconds() > older_than_days * 86400
+
+    in_use = images_in_use(client)
+    removed: list[UserImageRecord] = []
+    for user in sorted({r.user for r in records}):
+        mine = {r.tag: r for r in records if r.user == user}
+        keep = {tag for tag, r in mine.items() if not doomed(r)}
+        outcome = prune_repository(
+            registry,
+            repository_name(user),
+            keep=lambda tag, keep=keep: tag in keep,  # type: ignore[misc]
+            in_use=in_use,
+            dry_run=dry_run,
+            prunable=lambda tag, mine=mine: tag in mine,  # type: ignore[misc]
+        )
+        for line in outcome.lines():
+            progress(line)
+        for tags in outcome.removed.values():
+            removed += [mine[t] for t in tags]
+    if removed and not dry_run:
+        progress(garbage_collect(cfg, client))
+    return removed
