@@ -366,6 +366,8 @@ class UserImages:
         self._slots = threading.BoundedSemaphore(cfg.user_images.max_concurrent_builds)
         self.builds_run = 0
         """Builds this process ran (the tests and the benchmark read it)."""
+        self.nocache = False
+        """Build every step again (the benchmark's fresh build)."""
 
     def ref(self, p: UserImagePlan) -> str:
         return self.cfg.image_ref(repository_name(p.user), p.hash)
@@ -450,7 +452,12 @@ class UserImages:
         ref = self.ref(p)
         say(f"Building your packages ({p.env.describe()}) on {p.parent_name}")
         builder = ImageBuilder(
-            self.cfg, self.client, graph=ImageGraph({}), progress=say, verbose=True
+            self.cfg,
+            self.client,
+            graph=ImageGraph({}),
+            progress=say,
+            verbose=True,
+            nocache=self.nocache,
         )
         args = {
             "PARENT": p.parent,

@@ -1,0 +1,92 @@
+"""Per-user images: cache hit vs fresh one-package build vs the notebook image's own build,
+all in one run against the platform of CONFIG (its registry running, the hierarchy pushed
+under hub.notebook_image_tag), plus the bytes the new layers hold beyond the package.
+
+    python benchmarks/user-images/run.py -c hubstack.yaml [--package cowsay==6.1]
+
+Targets (issue 12): a hit adds <= 0.2 s to a spawn; a one-package build < 10 % of the
+notebook image's build; the new layers hold the package plus at most 1 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import docker
+
+from hubstack.config import load_config
+from hubstack.images import user as ui
+from hubstack.images.build import ImageBuilder
+from hubstack.registry import auth_config
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-c", "--config")
+    ap.add_argument("--package", default="cowsay==6.1")
+    args = ap.parse_args()
+    cfg = load_config(args.config)
+    client = docker.from_env(timeout=900)
+    ref = cfg.image_ref("notebook", cfg.hub.notebook_image_tag)
+    info = client.api.inspect_distribution(ref, auth_config=auth_config(cfg))
+    parent = f"{ref.rsplit(':', 1)[0]}@{info['Descriptor']['digest']}"
+    ident = {"uid": 29999, "gid": 29999, "groups": [], "home": "/home/benchuser"}
+    # A unique account line per run: the account layers are fresh, the package layer is
+    # forced fresh with nocache below.
+    env = ui.UserEnv(pip=(args.package,))
+    p = ui.plan(cfg, f"bench{int(time.time()) % 100000}", ident, env, "notebook", parent)
+
+    images = ui.UserImages(cfg, client)
+    images.nocache = True
+    t = time.monotonic()
+    built = images.resolve(p)
+    build_s = time.monotonic() - t
+
+    hits = []
+    for _ in range(5):
+        t = time.monotonic()
+        hit = ui.UserImages(cfg, client).resolve(
+            ui.plan(cfg, p.user, ident, env, "notebook", parent)
+        )
+        hits.append(time.monotonic() - t)
+        assert not hit.built
+
+    t = time.monotonic()
+    nb = ImageBuilder(cfg, client, nocache=True, progress=lambda _line: None).build(
+        "notebook", tag="bench-user-images"
+    )
+    notebook_s = time.monotonic() - t
+    assert nb.ok, nb.error
+
+    history = client.api.history(built.image)
+    parent_layers = {h["Id"] for h in client.api.history(parent)}
+    new_bytes = sum(h["Size"] for h in history if h["Id"] not in parent_layers)
+    own = client.containers.run(
+        built.image,
+        [
+            "python",
+            "-c",
+            "import importlib.metadata as m, os; d = m.distribution("
+            f"{args.package.split('=')[0]!r}); "
+            "print(sum(os.path.getsize(f.locate()) for f in d.files "
+            "if os.path.exists(f.locate())))",
+        ],
+        remove=True,
+        network_mode="none",
+    )
+    package_bytes = int(own.decode().strip())
+    hit_s = sorted(hits)[len(hits) // 2]
+    print(f"cache hit (plan + registry lookup), median of 5: {hit_s:.3f} s (target <= 0.2 s)")
+    print(f"fresh build of {args.package} on a warm parent, incl. push: {build_s:.1f} s")
+    print(f"notebook image's own build (no cache): {notebook_s:.1f} s")
+    print(f"ratio build / notebook build: {build_s / notebook_s:.1%} (target < 10 %)")
+    print(
+        f"new layers: {new_bytes / 1e6:.2f} MB; package files {package_bytes / 1e6:.2f} MB; "
+        f"beyond the package: {(new_bytes - package_bytes) / 1e6:.2f} MB (target <= 1 MB)"
+    )
+    client.images.remove(cfg.image_ref("notebook", "bench-user-images"))
+
+
+if __name__ == "__main__":
+    main()
