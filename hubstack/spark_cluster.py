@@ -89,10 +89,11 @@ def secret_files(ident: dict, secret: str) -> tuple[dict, dict]:
 
 
 def cores_held(client, platform_network: str) -> int:
-    """Spark cores all clusters of this platform hold now (from their workers' labels)."""
+    """Spark cores all clusters of this platform hold now (their running workers' labels;
+    clusters being started are counted by the spawner until their workers run)."""
     held = 0
     for c in client.api.containers(
-        all=True, filters={"label": [CORES_LABEL, f"{PLATFORM_LABEL}={platform_network}"]}
+        filters={"label": [CORES_LABEL, f"{PLATFORM_LABEL}={platform_network}"]}
     ):
         try:
             held += int((c.get("Labels") or {}).get(CORES_LABEL, "0"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -160,6 +161,43 @@ def test_an_analyst_reaches_the_hub_and_nothing_else_of_the_platform(
     assert (
         hub.id in alice_net.attrs["Containers"] and registry.id not in alice_net.attrs["Containers"]
     )
+
+
+UI_JOB = r"""
+import time
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+spark.range(10).count()
+time.sleep(90)
+spark.stop()
+"""
+
+
+def test_the_driver_ui_is_its_owners_through_their_server_only(hub_stack, clients, docker_client):
+    cfg, _, _ = hub_stack
+    alice, bob = clients["alice"], clients["bob"]
+    if not alice.running():
+        alice.start(profile="spark")
+    session = threading.Thread(target=lambda: alice.run_code(UI_JOB, timeout=300))
+    session.start()
+    try:
+        url = f"{alice.base}/user/alice/proxy/{hs.UI_PORT}/jobs/"
+        deadline = time.monotonic() + 180
+        while True:
+            r = alice.api("GET", url.removeprefix(alice.base))
+            if r.status_code == 200 and "Spark Jobs" in r.text:
+                break
+            assert time.monotonic() < deadline, (r.status_code, r.text[:500])
+            time.sleep(2)
+        # Its links stay under the owner's server (spark.ui.proxyBase).
+        assert f"/user/alice/proxy/{hs.UI_PORT}/" in r.text
+        # bob's token opens nothing on alice's server, and no host port serves the UI.
+        r = bob.api("GET", url.removeprefix(bob.base), allow_redirects=False)
+        assert r.status_code in (302, 403), r.status_code
+        server = docker_client.containers.get(f"{cfg.hub.network}-nb-alice")
+        assert not server.attrs["HostConfig"].get("PortBindings")
+    finally:
+        session.join(timeout=300)
 
 
 def test_a_stopped_server_takes_its_cluster_and_network_with_it(hub_stack, clients, docker_client):
