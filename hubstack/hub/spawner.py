@@ -429,7 +429,7 @@ class HubstackSpawner(DockerSpawner):
         cls = HubstackSpawner
         if cls._hub_container is None:
             try:
-                cls._hub_container = self.client.api.inspect_container(socket.gethostname())["Id"]
+                cls._hub_container = self.client.inspect_container(socket.gethostname())["Id"]
             except docker.errors.NotFound:
                 raise networks.NetworkError(
                     "the hub is not running in a container of this engine, so it cannot join "
