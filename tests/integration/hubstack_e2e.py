@@ -236,7 +236,7 @@ def write_config(tmp: Path, name: str, image_ns: str) -> Path:
             "master_ui_port": free_port(),
             "worker_ui_port": free_port_range(2),
         },
-        ci={"port": free_port()},  # the webhook builder's compose service (host networking)
+        ci={"port": free_port()},  # the webhook builder's compose service, published on it
     )
     path = tmp / "hubstack.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -149,7 +149,7 @@ def probe(platform_config, docker_client, tmp_path):
             docker_client.images.remove(tag)
 
 
-def test_image_tests_see_no_docker_socket_secrets_or_network(probe, docker_client):
+def test_image_tests_see_no_docker_socket_secrets_or_network(probe, docker_client, capsys):
     cfg, conf = probe
     assert main(["-c", str(conf), "ci", "build", "--all"]) == 0
     (report,) = [json.loads(p.read_text()) for p in reports_dir(cfg).glob("*.json")]
@@ -159,6 +159,10 @@ def test_image_tests_see_no_docker_socket_secrets_or_network(probe, docker_clien
     # Nothing of the sandbox is left behind: no container, no broker folder.
     assert docker_client.containers.list(all=True, filters={"label": SANDBOX_LABEL}) == []
     assert list((cfg.state_dir / "ci" / "imagetest").iterdir()) == []
+    # By hand, `hubstack ci test` runs the same sandbox.
+    capsys.readouterr()
+    assert main(["-c", str(conf), "ci", "test", "probe", "--tag", report["tag"]]) == 0
+    assert "7 passed" in capsys.readouterr().out
 
 
 def test_a_test_that_finds_the_socket_fails_the_build(probe):
