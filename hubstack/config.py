@@ -96,6 +96,11 @@ class RegistryConfig(_Section):
 
     address: str = "127.0.0.1:5000"
     """host:port that engines push to and pull from (loopback needs no TLS)."""
+    api_address: str | None = None
+    """host:port where hubstack's own calls to the registry API (tags, digests, manifests)
+    go, when that differs from `address`: a container on the platform network reaches the
+    registry by its compose service name. `hubstack up` sets it in the CI builder's copy of
+    the config; unset: `address`."""
     image: str = "registry:2"
     """Registry server image; built offline from Debian's docker-registry when it cannot be pulled.
     """
@@ -103,10 +108,10 @@ class RegistryConfig(_Section):
     credentials_file: Path | None = None
     """Generated on first run (mode 0600); default STATE_DIR/secrets/registry-credentials.json."""
 
-    @field_validator("address")
+    @field_validator("address", "api_address")
     @classmethod
-    def _address(cls, v: str) -> str:
-        if not _HOST_PORT.match(v):
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and not _HOST_PORT.match(v):
             raise ValueError(f"must be host:port, got {v!r}")
         return v
 
@@ -428,7 +433,13 @@ class CIConfig(_Section):
     """The token the builder's status page and build logs ask for (generated on first use);
     default STATE_DIR/secrets/ci-token."""
     host: str = "127.0.0.1"
+    """Address the webhook listener is published on (compose/ci.yaml), or binds to with
+    host_network; loopback by default, so only a reverse proxy on this host reaches it."""
     port: int = Field(8765, ge=1, le=65535)
+    host_network: bool = False
+    """Run the compose builder (compose/ci.yaml) on the host's network, listening on
+    ci.host:ci.port itself. Off (default): it sits on the platform network with only
+    ci.host:ci.port published, and reaches the registry API by its service name."""
     max_body_bytes: int = Field(1 << 20, gt=0)
     concurrency: int = Field(2, ge=1)
     """Independent branches of the image graph built at once."""
@@ -489,6 +500,11 @@ class PlatformConfig(_Section):
     @property
     def ci_token_file(self) -> Path:
         return self.ci.token_file or self.secrets_dir / "ci-token"
+
+    @property
+    def registry_api_address(self) -> str:
+        """host:port of the registry's HTTP API as this process reaches it (RegistryClient)."""
+        return self.registry.api_address or self.registry.address
 
     @property
     def source_root(self) -> Path:

@@ -95,7 +95,7 @@ class RegistryClient:
         self, cfg: PlatformConfig, credentials: Credentials | None = None, timeout: float = 30
     ):
         self.cfg = cfg
-        self.base_url = f"http://{cfg.registry.address}/v2"
+        self.base_url = f"http://{cfg.registry_api_address}/v2"
         self.creds = credentials if credentials is not None else load_credentials(cfg)
         self.session = requests.Session()
         self.session.auth = (self.creds.username, self.creds.password)

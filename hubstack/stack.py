@@ -37,6 +37,9 @@ HUB_USERS_DIR = "/etc/hubstack/users"
 CI_SOURCE_DIR = "/srv/hubstack"
 GENERATED = "# Written by `hubstack up` from the platform config; edit that instead."
 CI_EXTRA_CA = "/etc/hubstack/extra-ca.pem"
+# The registry as a container on the platform network reaches it: compose/compose.yaml's
+# service name and the server's own port inside its container.
+PLATFORM_REGISTRY_ADDRESS = "registry:5000"
 
 
 def compose_file(cfg: PlatformConfig) -> Path:
@@ -75,8 +78,24 @@ def ci_builder_config(cfg: PlatformConfig) -> dict:
     data["base"]["extra_ca_bundle"] = NO_CA if cfg.base.extra_ca_bundle is None else CI_EXTRA_CA
     # The host's index, resolved here: the container must not guess its own.
     data["base"]["pip_index_url"] = cfg.base.index_url or PYPI
-    data["ci"]["host"] = "0.0.0.0"  # host networking: the config's port is the host's port
+    if not cfg.ci.host_network:
+        # Inside its own network namespace: compose publishes ci.port on ci.host only, and the
+        # registry's API answers at its service name there (127.0.0.1 is the container's own).
+        data["ci"]["host"] = "0.0.0.0"
+        data["registry"]["api_address"] = PLATFORM_REGISTRY_ADDRESS
     return data
+
+
+def ci_network_mode(cfg: PlatformConfig) -> str:
+    """compose/ci.yaml's network_mode: the host's network only when ci.host_network asks,
+    else the platform network (by its name), where the registry's service name resolves."""
+    return "host" if cfg.ci.host_network else cfg.hub.network
+
+
+def ci_health_url(cfg: PlatformConfig) -> str:
+    """Where the builder's healthcheck, run inside its container, finds /health."""
+    host = cfg.ci.host if cfg.ci.host_network and cfg.ci.host != "0.0.0.0" else "127.0.0.1"
+    return f"http://{host}:{cfg.ci.port}/health"
 
 
 def compose_env(cfg: PlatformConfig) -> dict[str, str]:
@@ -98,7 +117,10 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
         "HUBSTACK_STATE_DIR": str(cfg.state_dir),
         "HUBSTACK_SOURCE_DIR": str(cfg.source_root),
         "HUBSTACK_CI_CONFIG": str(container_config_file(cfg, "ci")),
+        "HUBSTACK_CI_HOST": cfg.ci.host,
         "HUBSTACK_CI_PORT": str(cfg.ci.port),
+        "HUBSTACK_CI_NETWORK_MODE": ci_network_mode(cfg),
+        "HUBSTACK_CI_HEALTH_URL": ci_health_url(cfg),
         "HUBSTACK_EXTRA_CA": str(cfg.base.extra_ca_bundle or "/dev/null"),
     }
     return env

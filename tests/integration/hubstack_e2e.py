@@ -228,7 +228,7 @@ def write_config(tmp: Path, name: str, image_ns: str) -> Path:
         registry={"image": os.environ.get("HUBTEST_REGISTRY_IMAGE", "registry:2")},
         images={"namespace": image_ns, "tag": "latest"},
         hub={"host": "127.0.0.1", "port": free_port(), "network": name},
-        ci={"port": free_port()},  # the webhook builder's compose service (host networking)
+        ci={"port": free_port()},  # the webhook builder's compose service, published on it
     )
     path = tmp / "hubstack.yaml"
     path.write_text(yaml.safe_dump(data))
