@@ -393,11 +393,14 @@ class PlatformConfig(_Section):
         """Full reference of one of our images: REGISTRY/NAMESPACE/NAME:TAG."""
         return f"{self.image_repository(name)}:{tag or self.images.tag}"
 
+    def pull_repository(self, name: str) -> str:
+        """PULL_ADDRESS/NAMESPACE/NAME: the repository as the hub pulls it (read-only)."""
+        return f"{self.registry.pull_address}/{self.images.namespace}/{name}"
+
     def image_repositories(self, name: str) -> tuple[str, ...]:
         """Every repository an engine may know one of our images by: the push address's (what
         builds tag and push) and the read-only pull address's (what the hub pulls)."""
-        pulled = f"{self.registry.pull_address}/{self.images.namespace}/{name}"
-        return tuple(dict.fromkeys((self.image_repository(name), pulled)))
+        return tuple(dict.fromkeys((self.image_repository(name), self.pull_repository(name))))
 
     def profile(self, name: str) -> ProfileConfig:
         for p in self.profiles:

@@ -88,6 +88,37 @@ def ci_builder_config(cfg: PlatformConfig) -> dict:
     return data
 
 
+HUB_NOTHING_TO_HIDE = "/run/hubstack-nothing-hidden"
+
+
+def hub_hidden_secrets(cfg: PlatformConfig) -> str:
+    """Where, in the hub, an empty tmpfs covers the secrets dir. The hub mounts the users
+    file's folder (so that a users file replaced atomically shows at once), and by default
+    that is state_dir, which holds secrets/: the push credential, the webhook secret and
+    the CI token would all be readable in the hub. Outside that folder: nothing to cover."""
+    users_dir = cfg.users_file.parent.resolve()
+    secrets_dir = cfg.secrets_dir.resolve()
+    if secrets_dir == users_dir or secrets_dir in users_dir.parents:
+        raise CommandError(
+            f"{cfg.path or 'the config'}: hub.users_file: {cfg.users_file} is inside the "
+            f"secrets folder {cfg.secrets_dir}, which the hub must not see; move it"
+        )
+    private = [cfg.registry_credentials_file, cfg.webhook_secret_file, cfg.ci_token_file]
+    exposed = [
+        f
+        for f in private
+        if users_dir in f.resolve().parents and secrets_dir not in f.resolve().parents
+    ]
+    if exposed:
+        raise CommandError(
+            f"{cfg.path or 'the config'}: {', '.join(map(str, exposed))}: inside the users "
+            f"file's folder {users_dir}, which the hub mounts: keep secrets in {secrets_dir}"
+        )
+    if users_dir in secrets_dir.parents:
+        return f"{HUB_USERS_DIR}/{secrets_dir.relative_to(users_dir)}"
+    return HUB_NOTHING_TO_HIDE
+
+
 def compose_env(cfg: PlatformConfig) -> dict[str, str]:
     if cfg.registry.pull_address == cfg.registry.address:
         raise CommandError(
@@ -105,6 +136,7 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
         "HUBSTACK_HUB_PORT": str(cfg.hub.port),
         "HUBSTACK_HUB_CONFIG": str(container_config_file(cfg, "hub")),
         "HUBSTACK_USERS_DIR": str(cfg.users_file.parent),
+        "HUBSTACK_HUB_HIDDEN_SECRETS": hub_hidden_secrets(cfg),
         "HUBSTACK_RELEASES_DIR": str(releases_dir(cfg)),
         "HUBSTACK_HOME_ROOT": str(cfg.home_root),
         "HUBSTACK_SECRETS_DIR": str(cfg.secrets_dir),

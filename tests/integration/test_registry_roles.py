@@ -120,7 +120,7 @@ def test_notebook_container_and_images_show_no_credential(hub_stack, clients, do
     alice = clients["alice"]
     alice.start()
     try:
-        pulled = f"{cfg.registry.pull_address}/{cfg.images.namespace}/"
+        pulled = cfg.pull_repository("notebook")
         mine = [
             c
             for c in docker_client.containers.list(filters={"label": f"{USER_LABEL}=alice"})

@@ -131,3 +131,23 @@ def test_pull_address_defaults_to_the_next_port_and_must_differ(tmp_path):
         compose_env(same)  # `hubstack up` starts both instances: they need two ports
     with pytest.raises(ConfigError, match="registry.pull_address: must be host:port"):
         make_cfg(tmp_path, pull_address="nowhere")
+
+
+def test_the_hub_sees_the_users_folder_but_not_the_secrets_in_it(tmp_path):
+    # Default layout: users.yaml beside secrets/ in state_dir, so the hub's users mount would
+    # show every secret; an empty tmpfs covers that folder in the hub.
+    cfg = make_cfg(tmp_path)
+    env = compose_env(cfg)
+    assert env["HUBSTACK_USERS_DIR"] == str(tmp_path)
+    assert env["HUBSTACK_HUB_HIDDEN_SECRETS"] == "/etc/hubstack/users/secrets"
+    elsewhere = parse_config(
+        {"state_dir": str(tmp_path), "hub": {"users_file": str(tmp_path / "u" / "users.yaml")}}
+    )
+    assert compose_env(elsewhere)["HUBSTACK_HUB_HIDDEN_SECRETS"] == "/run/hubstack-nothing-hidden"
+    for bad, says in (
+        ({"hub": {"users_file": str(tmp_path / "secrets" / "users.yaml")}}, "inside the secrets"),
+        ({"ci": {"token_file": str(tmp_path / "ci-token")}}, "keep secrets in"),
+        ({"registry": {"credentials_file": str(tmp_path / "r.json")}}, "keep secrets in"),
+    ):
+        with pytest.raises(CommandError, match=says):
+            compose_env(parse_config({"state_dir": str(tmp_path), **bad}))
