@@ -77,7 +77,9 @@ def prune_repository(
     """Delete NAME's manifests that only prunable tags not kept by KEEP name, unless a
     container uses them. A manifest is deleted by digest, which removes every tag naming it,
     so one kept tag protects the manifest whatever other tags say."""
-    repository = registry.cfg.image_repository(name)
+    # A container may have been created from either address (the hub pulls from the
+    # read-only one): the same manifest under either name is in use.
+    repositories = registry.cfg.image_repositories(name)
     tags = registry.tag_digests(name)
     protected = {d for t, d in tags.items() if keep(t) or not prunable_tag(t)}
     outcome = PruneOutcome(name)
@@ -85,7 +87,7 @@ def prune_repository(
     for tag, digest in tags.items():
         if digest in protected:
             continue
-        if f"{repository}@{digest}" in in_use:
+        if any(f"{repository}@{digest}" in in_use for repository in repositories):
             outcome.kept_in_use.append(tag)
             continue
         doomed.setdefault(digest, []).append(tag)
