@@ -15,6 +15,7 @@ import pytest
 
 from hubstack import networks, spark_cluster
 from hubstack import spark as hs
+from hubstack.engine import service_container
 from tests.integration.conftest import ANALYSTS
 from tests.integration.spark_helpers import ENV_JOB
 
@@ -117,17 +118,8 @@ def test_an_analyst_reaches_the_hub_and_nothing_else_of_the_platform(
     bob_server = docker_client.containers.get(f"{cfg.hub.network}-nb-bob")
     bob_master = docker_client.containers.get(f"{cfg.hub.network}-nb-bob-spark-master")
     bob_worker = docker_client.containers.get(f"{cfg.hub.network}-nb-bob-spark-worker-1")
-    registry = next(
-        c
-        for c in docker_client.containers.list(
-            filters={"label": "com.docker.compose.service=registry"}
-        )
-        if cfg.hub.network in c.attrs["NetworkSettings"]["Networks"]
-    )
-    hub = next(
-        c
-        for c in docker_client.containers.list(filters={"label": "com.docker.compose.service=hub"})
-        if cfg.hub.network in c.attrs["NetworkSettings"]["Networks"]
+    registry, pull_registry, hub = (
+        service_container(cfg, docker_client, s) for s in ("registry", "registry-pull", "hub")
     )
     gateway = alice_net.attrs["IPAM"]["Config"][0]["Gateway"]
     # A port of the host's own, open on every address: only the host rules keep it away.
@@ -142,6 +134,7 @@ def test_an_analyst_reaches_the_hub_and_nothing_else_of_the_platform(
             "bob_worker_ui": (_ip(bob_worker, bob_net), 8081),
             "bob_driver_ui": (_ip(bob_server, bob_net), hs.UI_PORT),
             "registry": (_ip(registry, cfg.hub.network), 5000),
+            "registry_pull": (_ip(pull_registry, cfg.hub.network), 5000),
             "proxy_api": ("hub", 8001),
             "gateway_host_port": (gateway, host_port),
             "gateway_hub_port": (gateway, cfg.hub.port),
