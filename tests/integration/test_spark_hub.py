@@ -141,6 +141,7 @@ def test_an_analyst_reaches_the_hub_and_nothing_else_of_the_platform(
             "metadata": ("169.254.169.254", 80),
             "hub_api": ("hub", 8081),
             "hub_public": ("hub", 8000),
+            "package_index": ("pypi.org", 443),  # the internet stays (network.egress)
         }
         # The probe is no blind one: from the host the same listener and registry answer.
         socket.create_connection(("127.0.0.1", host_port), timeout=4).close()
@@ -149,6 +150,7 @@ def test_an_analyst_reaches_the_hub_and_nothing_else_of_the_platform(
     answers = json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:])
     assert answers.pop("hub_api_user") == "alice"
     assert answers.pop("hub_api") is True and answers.pop("hub_public") is True
+    assert answers.pop("package_index") is True
     assert not any(answers.values()), answers
     # The hub is on alice's network (under the alias hub), the registry is not.
     assert (
