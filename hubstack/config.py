@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -96,23 +97,55 @@ class RegistryConfig(_Section):
 
     address: str = "127.0.0.1:5000"
     """host:port that engines push to and pull from (loopback needs no TLS)."""
+    api_address: str | None = None
+    """host:port where hubstack's own calls to the registry API (tags, digests, manifests)
+    go, when that differs from `address`: a container on the platform network reaches the
+    registry by its compose service name. `hubstack up` sets it in the CI builder's copy of
+    the config; unset: `address`."""
     image: str = "registry:2"
     """Registry server image; built offline from Debian's docker-registry when it cannot be pulled.
     """
+    pull_address: str = Field("", validate_default=True)
+    """host:port of the read-only instance the hub and the notebooks' nodes pull from, with
+    the pull-only credential; unset: the host of `address` and its port + 1."""
     username: str = "hubstack"
+    """The push account (the builder's); the pull-only account is USERNAME-pull."""
     credentials_file: Path | None = None
     """Generated on first run (mode 0600); default STATE_DIR/secrets/registry-credentials.json."""
 
-    @field_validator("address")
+    @field_validator("address", "api_address")
     @classmethod
-    def _address(cls, v: str) -> str:
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and not _HOST_PORT.match(v):
+            raise ValueError(f"must be host:port, got {v!r}")
+        return v
+
+    @field_validator("pull_address")
+    @classmethod
+    def _pull_address(cls, v: str, info: ValidationInfo) -> str:
+        address = info.data.get("address")
+        if not v:
+            if address is None:  # address itself is wrong: its own error says so
+                return v
+            host, port = address.rsplit(":", 1)
+            v = f"{host}:{int(port) + 1}"
         if not _HOST_PORT.match(v):
             raise ValueError(f"must be host:port, got {v!r}")
+        # Equal to address only in the hub's own copy (hubstack.stack.hub_config), which sees
+        # the read-only instance alone; a config that starts both is checked in compose_env.
         return v
 
     @property
     def port(self) -> int:
         return int(self.address.rsplit(":", 1)[1])
+
+    @property
+    def pull_port(self) -> int:
+        return int(self.pull_address.rsplit(":", 1)[1])
+
+    @property
+    def pull_username(self) -> str:
+        return f"{self.username}-pull"
 
 
 class BaseImageConfig(_Section):
@@ -459,7 +492,13 @@ class CIConfig(_Section):
     """The token the builder's status page and build logs ask for (generated on first use);
     default STATE_DIR/secrets/ci-token."""
     host: str = "127.0.0.1"
+    """Address the webhook listener is published on (compose/ci.yaml), or binds to with
+    host_network; loopback by default, so only a reverse proxy on this host reaches it."""
     port: int = Field(8765, ge=1, le=65535)
+    host_network: bool = False
+    """Run the compose builder (compose/ci.yaml) on the host's network, listening on
+    ci.host:ci.port itself. Off (default): it sits on the platform network with only
+    ci.host:ci.port published, and reaches the registry API by its service name."""
     max_body_bytes: int = Field(1 << 20, gt=0)
     concurrency: int = Field(2, ge=1)
     """Independent branches of the image graph built at once."""
@@ -507,6 +546,11 @@ class PlatformConfig(_Section):
         return self.registry.credentials_file or self.secrets_dir / "registry-credentials.json"
 
     @property
+    def registry_pull_credentials_file(self) -> Path:
+        """The pull-only account's credentials (the hub's compose secret)."""
+        return self.secrets_dir / "registry-pull-credentials.json"
+
+    @property
     def users_file(self) -> Path:
         return self.hub.users_file or self.state_dir / "users.yaml"
 
@@ -521,6 +565,11 @@ class PlatformConfig(_Section):
     @property
     def ci_token_file(self) -> Path:
         return self.ci.token_file or self.secrets_dir / "ci-token"
+
+    @property
+    def registry_api_address(self) -> str:
+        """host:port of the registry's HTTP API as this process reaches it (RegistryClient)."""
+        return self.registry.api_address or self.registry.address
 
     @property
     def source_root(self) -> Path:
@@ -553,6 +602,15 @@ class PlatformConfig(_Section):
     def image_ref(self, name: str, tag: str | None = None) -> str:
         """Full reference of one of our images: REGISTRY/NAMESPACE/NAME:TAG."""
         return f"{self.image_repository(name)}:{tag or self.images.tag}"
+
+    def pull_repository(self, name: str) -> str:
+        """PULL_ADDRESS/NAMESPACE/NAME: the repository as the hub pulls it (read-only)."""
+        return f"{self.registry.pull_address}/{self.images.namespace}/{name}"
+
+    def image_repositories(self, name: str) -> tuple[str, ...]:
+        """Every repository an engine may know one of our images by: the push address's (what
+        builds tag and push) and the read-only pull address's (what the hub pulls)."""
+        return tuple(dict.fromkeys((self.image_repository(name), self.pull_repository(name))))
 
     def profile(self, name: str) -> ProfileConfig:
         for p in self.profiles:

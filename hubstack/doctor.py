@@ -36,7 +36,7 @@ from hubstack import networks
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
 from hubstack.hub import gpu
-from hubstack.registry import load_credentials
+from hubstack.registry import PULL, PUSH, Role, credentials_file, load_credentials, registry_address
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -319,16 +319,28 @@ def check_hub_port(cfg: PlatformConfig, ctx: Context) -> Check:
     )
 
 
-def check_registry_port(cfg: PlatformConfig, ctx: Context) -> Check:
-    port = cfg.registry.port
+def _registry_port_check(name: str, port: int, key: str, what: str) -> Check:
     # /v2/ is the registry API's root: 200, or 401 when (as ours) it wants credentials.
     return _port_check(
-        "registry port",
+        name,
         "127.0.0.1",
         port,
-        ("registry.address", "registry.address"),
+        (key, key),
         lambda: http_status(f"http://127.0.0.1:{port}/v2/") in (200, 401),
-        f"the registry is already running on 127.0.0.1:{port}",
+        f"the {what} is already running on 127.0.0.1:{port}",
+    )
+
+
+def check_registry_port(cfg: PlatformConfig, ctx: Context) -> Check:
+    return _registry_port_check("registry port", cfg.registry.port, "registry.address", "registry")
+
+
+def check_registry_pull_port(cfg: PlatformConfig, ctx: Context) -> Check:
+    return _registry_port_check(
+        "registry pull port",
+        cfg.registry.pull_port,
+        "registry.pull_address",
+        "read-only registry",
     )
 
 
@@ -372,7 +384,16 @@ def check_base_images(cfg: PlatformConfig, ctx: Context) -> Check:
 
 
 def check_registry_credentials(cfg: PlatformConfig, ctx: Context) -> Check:
-    name, path = "registry credentials", cfg.registry_credentials_file
+    return _credentials_check(cfg, "registry credentials", PUSH)
+
+
+def check_registry_pull_credentials(cfg: PlatformConfig, ctx: Context) -> Check:
+    return _credentials_check(cfg, "pull credentials", PULL)
+
+
+def _credentials_check(cfg: PlatformConfig, name: str, role: Role) -> Check:
+    """ROLE's credentials file: private, readable, and accepted by ROLE's instance."""
+    path = credentials_file(cfg, role)
     if not path.exists():
         # Normal on a first run: `hubstack up` generates them.
         return Check(name, WARN, f"not generated yet ({path})", "`hubstack up` makes it")
@@ -385,12 +406,12 @@ def check_registry_credentials(cfg: PlatformConfig, ctx: Context) -> Check:
             f"chmod 600 {path}",
         )
     try:
-        creds = load_credentials(cfg, create=False)
+        creds = load_credentials(cfg, create=False, role=role)
     except CommandError as e:
         return Check(
             name, FAIL, _one_line(e), f"remove {path}; `hubstack up` generates new credentials"
         )
-    address = cfg.registry.address
+    address = registry_address(cfg, role)
     status = http_status(f"http://{address}/v2/", auth=(creds.username, creds.password))
     found = f"{path} (mode {mode:04o}, user {creds.username!r})"
     if status is None:
@@ -409,7 +430,7 @@ def check_registry_credentials(cfg: PlatformConfig, ctx: Context) -> Check:
         name,
         WARN,
         f"{found}; {address} answered HTTP {status} to /v2/ (is it a registry?)",
-        "check what listens on registry.address",
+        f"check what listens on {'registry.address' if role == PUSH else 'registry.pull_address'}",
     )
 
 
@@ -605,14 +626,24 @@ CHECKS: dict[str, CheckFn] = {
     "disk": check_disk,
     "hub port": check_hub_port,
     "registry port": check_registry_port,
+    "registry pull port": check_registry_pull_port,
     "base images": check_base_images,
     "registry credentials": check_registry_credentials,
+    "pull credentials": check_registry_pull_credentials,
     "package indexes": check_package_indexes,
     "gpus": check_gpus,
     "analyst networks": check_analyst_networks,
 }
 # What `hubstack up` runs before it builds: fast, and each a reason not to start.
-cheap_checks = ("python", "engine", "compose", "disk", "hub port", "registry port")
+cheap_checks = (
+    "python",
+    "engine",
+    "compose",
+    "disk",
+    "hub port",
+    "registry port",
+    "registry pull port",
+)
 
 
 def run_check(name: str, fn: CheckFn, cfg: PlatformConfig, ctx: Context) -> Check:

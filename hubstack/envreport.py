@@ -119,12 +119,19 @@ class Resolver:
         key = (name, tag)
         if key not in self._targets:
             digest = self._digest(name, tag)
-            repo = self.cfg.image_repository(name)
-            local = f"{repo}@{digest}" if digest else self.cfg.image_ref(name, tag)
-            try:
-                image_id = self.client.images.get(local).id
-            except docker.errors.ImageNotFound:
-                image_id = None
+            # Pushed from this engine or pulled by the hub from the read-only address.
+            local = (
+                [f"{repo}@{digest}" for repo in self.cfg.image_repositories(name)]
+                if digest
+                else [self.cfg.image_ref(name, tag)]
+            )
+            image_id = None
+            for ref in local:
+                try:
+                    image_id = self.client.images.get(ref).id
+                    break
+                except docker.errors.ImageNotFound:
+                    pass
             found = digest is not None or image_id is not None
             ref = self.cfg.image_ref(name, tag)
             self._targets[key] = Target(ref, image_id, digest) if found else None
@@ -169,7 +176,13 @@ def describe(cfg: PlatformConfig, container, image, kind: str, order: list[str])
     rank = {n: i for i, n in enumerate(order)}
     name = labels.get(IMAGE_LABEL)
     repo_digests = image.attrs.get("RepoDigests") or []
-    ours = repo_digest(image.attrs, cfg.image_repository(name)) if name else None
+    # Notebooks run what the hub pulled from the read-only address, builds what was pushed
+    # to the push address: one manifest digest under either name.
+    ours = (
+        next((d for r in cfg.image_repositories(name) if (d := repo_digest(image.attrs, r))), None)
+        if name
+        else None
+    )
     return Entry(
         analyst=container.labels.get(USER_LABEL, UNKNOWN),
         kind=kind,
@@ -200,7 +213,8 @@ def compare(cfg: PlatformConfig, entry: Entry, resolver: Resolver, against: str)
         return
     entry.compared_with = target.ref
     repo_digest = f"{cfg.image_repository(name)}@{target.digest}" if target.digest else None
-    if entry.image_id == target.image_id or (repo_digest and repo_digest in entry.repo_digests):
+    known_as = {f"{r}@{target.digest}" for r in cfg.image_repositories(name)}
+    if entry.image_id == target.image_id or (target.digest and known_as & set(entry.repo_digests)):
         entry.status = "current"
         return
     entry.status = "outdated"

@@ -77,10 +77,13 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def secret_files(ident: dict, secret: str) -> tuple[dict, dict]:
-    """(files, dirs) for put_files: the analyst's spark-defaults.conf, theirs alone."""
+def secret_files(ident: dict, secret: str, defaults: bytes | None = None) -> tuple[dict, dict]:
+    """(files, dirs) for put_files: the analyst's spark-defaults.conf, theirs alone.
+    DEFAULTS replaces the file's settings: only benchmarks/spark's baseline (a cluster as
+    the old shared one ran, without authentication) passes it."""
     uid, gid = ident["uid"], ident["gid"]
-    files = {spark.DEFAULTS_FILE: container_spec.File(spark.auth_defaults(secret), 0o400, uid, gid)}
+    data = spark.auth_defaults(secret) if defaults is None else defaults
+    files = {spark.DEFAULTS_FILE: container_spec.File(data, 0o400, uid, gid)}
     dirs = {
         "/etc/hubstack": container_spec.File(b"", 0o755),
         spark.CONF_DIR: container_spec.File(b"", 0o500, uid, gid),
@@ -89,10 +92,11 @@ def secret_files(ident: dict, secret: str) -> tuple[dict, dict]:
 
 
 def cores_held(client, platform_network: str) -> int:
-    """Spark cores all clusters of this platform hold now (from their workers' labels)."""
+    """Spark cores all clusters of this platform hold now (their running workers' labels;
+    clusters being started are counted by the spawner until their workers run)."""
     held = 0
     for c in client.api.containers(
-        all=True, filters={"label": [CORES_LABEL, f"{PLATFORM_LABEL}={platform_network}"]}
+        filters={"label": [CORES_LABEL, f"{PLATFORM_LABEL}={platform_network}"]}
     ):
         try:
             held += int((c.get("Labels") or {}).get(CORES_LABEL, "0"))
@@ -165,7 +169,9 @@ def _container_kwargs(cfg: PlatformConfig, spec: ClusterSpec, role: str, name: s
     }
 
 
-def start_cluster(cfg: PlatformConfig, client, spec: ClusterSpec, secret: str) -> list[str]:
+def start_cluster(
+    cfg: PlatformConfig, client, spec: ClusterSpec, secret: str, defaults: bytes | None = None
+) -> list[str]:
     """Create and start the master and workers, wait until every worker has registered;
     returns their container IDs. On failure nothing of the cluster is left."""
     ids: list[str] = []
@@ -178,7 +184,7 @@ def start_cluster(cfg: PlatformConfig, client, spec: ClusterSpec, secret: str) -
             kw["host_config"] = client.api.create_host_config(**kw["host_config"])
             cid = client.api.create_container(**kw)["Id"]
             ids.append(cid)
-            files, dirs = secret_files(spec.ident, secret)
+            files, dirs = secret_files(spec.ident, secret, defaults)
             files.update(container_spec.account_files(client.api, cid, spec.user, spec.ident))
             container_spec.put_files(client.api, cid, files, dirs)
             client.api.start(cid)

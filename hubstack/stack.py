@@ -30,7 +30,7 @@ from hubstack.hub.users_cli import ensure_initial_admin
 from hubstack.images.bootstrap import bootstrap
 from hubstack.images.build import ImageBuilder, push_image
 from hubstack.images.graph import ImageGraph
-from hubstack.registry import RegistryClient, auth_config, htpasswd_file
+from hubstack.registry import PULL, PUSH, RegistryClient, auth_config, htpasswd_file
 from hubstack.secretfiles import generated_secret
 
 HUB_USERS_DIR = "/etc/hubstack/users"
@@ -38,6 +38,9 @@ HUB_USER_IMAGE_TEMPLATE = "/usr/share/hubstack/user-image"
 CI_SOURCE_DIR = "/srv/hubstack"
 GENERATED = "# Written by `hubstack up` from the platform config; edit that instead."
 CI_EXTRA_CA = "/etc/hubstack/extra-ca.pem"
+# The registry as a container on the platform network reaches it: compose/compose.yaml's
+# service name and the server's own port inside its container.
+PLATFORM_REGISTRY_ADDRESS = "registry:5000"
 
 
 def compose_file(cfg: PlatformConfig) -> Path:
@@ -46,10 +49,13 @@ def compose_file(cfg: PlatformConfig) -> Path:
 
 # --- secrets -------------------------------------------------------------------------
 def ensure_secrets(cfg: PlatformConfig) -> None:
-    """Cookie secret, proxy token, crypt key and registry credentials: made once, mode 0600."""
+    """Cookie secret, proxy token, crypt key and both registry accounts: made once, mode
+    0600. An install from before the pull role gets its pull account here, on its next
+    `up`; its push account stays as it is."""
     for name in ("jupyterhub-cookie-secret", "proxy-token", "jupyterhub-crypt-key"):
         generated_secret(cfg.secrets_dir / name)
-    htpasswd_file(cfg)  # the registry's push credentials and its htpasswd
+    for role in (PUSH, PULL):
+        htpasswd_file(cfg, role)  # each instance's one account and its htpasswd
 
 
 # --- compose -------------------------------------------------------------------------
@@ -58,7 +64,13 @@ def hub_config(cfg: PlatformConfig) -> dict:
     data = cfg.model_dump(mode="json", exclude={"path"})
     data["state_dir"] = "/srv/jupyterhub/state"
     data["source_dir"] = "/srv/jupyterhub"
-    data["registry"]["credentials_file"] = "/run/secrets/registry_credentials"
+    # The hub only pulls: its registry is the read-only instance, its one credential the
+    # pull account's (compose secret registry_pull_credentials). Everything in the hub that
+    # names, resolves or pulls our images goes through these two, so no code there needs
+    # to know the push address or could reach the push account.
+    data["registry"]["address"] = cfg.registry.pull_address
+    data["registry"]["pull_address"] = cfg.registry.pull_address
+    data["registry"]["credentials_file"] = "/run/secrets/registry_pull_credentials"
     data["hub"]["users_file"] = f"{HUB_USERS_DIR}/{cfg.users_file.name}"
     data["hub"]["home_root"] = str(cfg.home_root)  # mounted at the same path
     # The hub builds only per-user images, FROM parents that already trust the site CA.
@@ -78,30 +90,87 @@ def ci_builder_config(cfg: PlatformConfig) -> dict:
     data["base"]["extra_ca_bundle"] = NO_CA if cfg.base.extra_ca_bundle is None else CI_EXTRA_CA
     # The host's index, resolved here: the container must not guess its own.
     data["base"]["pip_index_url"] = cfg.base.index_url or PYPI
-    data["ci"]["host"] = "0.0.0.0"  # host networking: the config's port is the host's port
+    if not cfg.ci.host_network:
+        # Inside its own network namespace: compose publishes ci.port on ci.host only, and the
+        # registry's API answers at its service name there (127.0.0.1 is the container's own).
+        data["ci"]["host"] = "0.0.0.0"
+        data["registry"]["api_address"] = PLATFORM_REGISTRY_ADDRESS
     return data
 
 
+def ci_network_mode(cfg: PlatformConfig) -> str:
+    """compose/ci.yaml's network_mode: the host's network only when ci.host_network asks,
+    else the platform network (by its name), where the registry's service name resolves."""
+    return "host" if cfg.ci.host_network else cfg.hub.network
+
+
+def ci_health_url(cfg: PlatformConfig) -> str:
+    """Where the builder's healthcheck, run inside its container, finds /health."""
+    host = cfg.ci.host if cfg.ci.host_network and cfg.ci.host != "0.0.0.0" else "127.0.0.1"
+    return f"http://{host}:{cfg.ci.port}/health"
+
+
+HUB_NOTHING_TO_HIDE = "/run/hubstack-nothing-hidden"
+
+
+def hub_hidden_secrets(cfg: PlatformConfig) -> str:
+    """Where, in the hub, an empty tmpfs covers the secrets dir. The hub mounts the users
+    file's folder (so that a users file replaced atomically shows at once), and by default
+    that is state_dir, which holds secrets/: the push credential, the webhook secret and
+    the CI token would all be readable in the hub. Outside that folder: nothing to cover."""
+    users_dir = cfg.users_file.parent.resolve()
+    secrets_dir = cfg.secrets_dir.resolve()
+    if secrets_dir == users_dir or secrets_dir in users_dir.parents:
+        raise CommandError(
+            f"{cfg.path or 'the config'}: hub.users_file: {cfg.users_file} is inside the "
+            f"secrets folder {cfg.secrets_dir}, which the hub must not see; move it"
+        )
+    private = [cfg.registry_credentials_file, cfg.webhook_secret_file, cfg.ci_token_file]
+    exposed = [
+        f
+        for f in private
+        if users_dir in f.resolve().parents and secrets_dir not in f.resolve().parents
+    ]
+    if exposed:
+        raise CommandError(
+            f"{cfg.path or 'the config'}: {', '.join(map(str, exposed))}: inside the users "
+            f"file's folder {users_dir}, which the hub mounts: keep secrets in {secrets_dir}"
+        )
+    if users_dir in secrets_dir.parents:
+        return f"{HUB_USERS_DIR}/{secrets_dir.relative_to(users_dir)}"
+    return HUB_NOTHING_TO_HIDE
+
+
 def compose_env(cfg: PlatformConfig) -> dict[str, str]:
+    if cfg.registry.pull_address == cfg.registry.address:
+        raise CommandError(
+            f"{cfg.path or 'the config'}: registry.pull_address: must differ from "
+            "registry.address (the read-only instance for pulls listens on its own port)"
+        )
     env = {
         "COMPOSE_PROJECT_NAME": project_name(cfg),
         "HUBSTACK_NETWORK": cfg.hub.network,
         "HUBSTACK_REGISTRY_IMAGE": cfg.registry.image,
         "HUBSTACK_REGISTRY_ADDRESS": cfg.registry.address,
+        "HUBSTACK_REGISTRY_PULL_ADDRESS": cfg.registry.pull_address,
         "HUBSTACK_HUB_IMAGE": cfg.image_ref(cfg.hub.image),
         "HUBSTACK_HUB_HOST": cfg.hub.host,
         "HUBSTACK_HUB_PORT": str(cfg.hub.port),
         "HUBSTACK_HUB_CONFIG": str(container_config_file(cfg, "hub")),
         "HUBSTACK_USERS_DIR": str(cfg.users_file.parent),
+        "HUBSTACK_HUB_HIDDEN_SECRETS": hub_hidden_secrets(cfg),
         "HUBSTACK_RELEASES_DIR": str(releases_dir(cfg)),
         "HUBSTACK_HOME_ROOT": str(cfg.home_root),
         "HUBSTACK_SECRETS_DIR": str(cfg.secrets_dir),
-        "HUBSTACK_REGISTRY_CREDENTIALS": str(cfg.registry_credentials_file),
+        "HUBSTACK_REGISTRY_PULL_CREDENTIALS": str(cfg.registry_pull_credentials_file),
         # compose/ci.yaml, the webhook builder
         "HUBSTACK_STATE_DIR": str(cfg.state_dir),
         "HUBSTACK_SOURCE_DIR": str(cfg.source_root),
         "HUBSTACK_CI_CONFIG": str(container_config_file(cfg, "ci")),
+        "HUBSTACK_CI_HOST": cfg.ci.host,
         "HUBSTACK_CI_PORT": str(cfg.ci.port),
+        "HUBSTACK_CI_NETWORK_MODE": ci_network_mode(cfg),
+        "HUBSTACK_CI_HEALTH_URL": ci_health_url(cfg),
         "HUBSTACK_EXTRA_CA": str(cfg.base.extra_ca_bundle or "/dev/null"),
     }
     return env
@@ -340,8 +409,12 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
             + ", ".join(cfg.image_ref(n) for n in missing)
             + "; run without --no-build"
         )
-    stage("registry", f"starting the registry on {cfg.registry.address}")
-    compose(cfg, "up", "-d", "--wait", "registry")
+    stage(
+        "registry",
+        f"starting the registry on {cfg.registry.address} (push) and "
+        f"{cfg.registry.pull_address} (read-only, for pulls)",
+    )
+    compose(cfg, "up", "-d", "--wait", "registry", "registry-pull")
     stage("push", f"{len(names)} images to {cfg.image_prefix}")
     push_images(cfg, client, names)
     served_tag = cfg.hub.notebook_image_tag

@@ -8,7 +8,6 @@
 #           cluster: its secret, which must never be in the environment)
 # Work and scratch folders are made 0700: executors' files are readable by this user only.
 set -eu
-umask 077
 
 if [ "$(id -u)" = 0 ]; then
     echo "spark-entrypoint: refusing to run Spark as root; run as the analyst's UID:GID (or 185)" >&2
@@ -43,6 +42,7 @@ worker)
     master="${1:-${SPARK_MASTER_URL:-spark://spark-master:7077}}"
     [ $# -gt 0 ] && shift
     mkdir -p "$SPARK_WORKER_DIR" "$SPARK_LOCAL_DIRS"
+    chmod 0700 "$SPARK_WORKER_DIR" "$SPARK_LOCAL_DIRS"
     exec spark-class org.apache.spark.deploy.worker.Worker \
         --cores "${SPARK_WORKER_CORES:-1}" \
         --memory "${SPARK_WORKER_MEMORY:-1g}" \

@@ -56,12 +56,16 @@ def write_config(path: Path, data: dict) -> PlatformConfig:
 
 
 def config_data(state_dir: Path, registry_port: int, **overrides) -> dict:
-    """A platform config for tests: its own state dir, registry port and tag; every other
+    """A platform config for tests: its own state dir, registry ports and tag; every other
     key keeps the default a user gets (the host's CA bundle for builds among them)."""
     data: dict = {
         "state_dir": str(state_dir),
         "source_dir": str(ROOT),
-        "registry": {"address": f"127.0.0.1:{registry_port}"},
+        # Both instances on free ports: the default pull port (port + 1) may be another's.
+        "registry": {
+            "address": f"127.0.0.1:{registry_port}",
+            "pull_address": f"127.0.0.1:{free_port()}",
+        },
         "images": {"tag": TEST_TAG},
     }
     for key, value in overrides.items():

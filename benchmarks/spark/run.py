@@ -77,41 +77,55 @@ def main() -> int:
         worker_cores=args.worker_cores,
         worker_memory=args.worker_memory,
     )
-    cluster = AnalystCluster(cfg, docker.from_env(timeout=600), f"bench{os.getpid()}", 24999)
-    driver = None
-    try:
-        t0 = time.perf_counter()
-        cluster.up()
-        ready_s = time.perf_counter() - t0
-        py = "/opt/venv/bin/python /tmp/job.py"
-        driver = start_driver(
-            cluster,
-            cfg.image_ref("notebook"),
-            JOB,
-            command=["sh", "-c", f"{py} cluster && {py} local"],
+    client = docker.from_env(timeout=600)
+    modes = {}
+    # The baseline first: a cluster as the old shared one ran (no authentication, no
+    # encryption); then the analyst's cluster as the spawner starts it, and local[*].
+    for name, authenticated, modes_run in (
+        ("unauthenticated cluster (the old shared cluster's settings)", False, "cluster"),
+        ("authenticated, encrypted cluster (as spawned)", True, "cluster && {py} local"),
+    ):
+        cluster = AnalystCluster(
+            cfg, client, f"bench{os.getpid()}", 24999, authenticated=authenticated
         )
-        results = driver.results(timeout=900)
-    finally:
-        if driver is not None:
-            driver.remove()
-        cluster.down()
+        driver = None
+        try:
+            t0 = time.perf_counter()
+            cluster.up()
+            ready_s = time.perf_counter() - t0
+            py = "/opt/venv/bin/python /tmp/job.py"
+            driver = start_driver(
+                cluster,
+                cfg.image_ref("notebook"),
+                JOB,
+                command=["sh", "-c", f"{py} " + modes_run.format(py=py)],
+            )
+            modes[name] = (ready_s, driver.results(timeout=900))
+        finally:
+            if driver is not None:
+                driver.remove()
+            cluster.down()
 
     print(
         f"Spark benchmark: {args.workers} workers x {args.worker_cores} core(s), "
         f"{args.worker_memory} each; host CPUs: {len(os.sched_getaffinity(0))}, "
         f"load average at the end: {os.getloadavg()[0]:.1f}"
     )
-    print(f"the analyst's cluster (master + {args.workers} workers) ready in {ready_s:.1f} s")
+    for name, (ready_s, _) in modes.items():
+        print(f"{name}: master + {args.workers} workers ready in {ready_s:.1f} s")
+    baseline = next(iter(modes.values()))[1][0]
+    results = [r for _, rs in modes.values() for r in rs]
     print(
         "| where | getOrCreate -> first result | sum over 10^7 rows, 1000 groups | Python map, "
         "2*10^6 numbers |"
     )
     print("| --- | --- | --- | --- |")
-    local = results[-1]
     keys = ("startup_s", "sql_job_s", "python_job_s")
-    for r in results:
-        cells = [f"{r[k]:.1f} s ({r[k] / local[k]:.2f}x local)" for k in keys]
-        print(f"| {r['master']} | " + " | ".join(cells) + " |")
+    labels = [*modes, "local[*]"]
+    for label, r in zip(labels, results, strict=True):
+        cells = [f"{r[k]:.1f} s ({r[k] / baseline[k]:.2f}x)" for k in keys]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print("(ratios: to the unauthenticated cluster, measured in the same run)")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`hubstack ci plan|build|promote|release|releases|prune|serve`."""
+"""`hubstack ci plan|build|test|promote|release|releases|prune|serve`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from hubstack.ci.promote import STABLE, promote
 from hubstack.ci.rebuild import rebuild_and_report
 from hubstack.ci.release import load_release, release, release_versions, retire
 from hubstack.ci.retention import prune
+from hubstack.ci.sandbox import run_image_tests
 from hubstack.ci.webhook import WebhookBuilder, listen
 from hubstack.engine import docker_client
 from hubstack.images.graph import ImageGraph
@@ -29,6 +30,16 @@ def cmd_build(cfg, args) -> int:
         cfg, docker_client(), plan, push=args.push, concurrency=args.concurrency or 0
     )
     return 0 if report.ok else 1
+
+
+def cmd_test(cfg, args) -> int:
+    """Run image NAME's test_image.py against NAME:TAG in the sandbox `ci build` uses."""
+    folder = ImageGraph.from_config(cfg)[args.name].path  # an unknown NAME: its error
+    ref = cfg.image_ref(args.name, args.tag)
+    print(f"testing {ref} with {folder}/test_image.py", flush=True)
+    passed, output = run_image_tests(cfg, docker_client(), folder, ref)
+    print(output)
+    return 0 if passed else 1
 
 
 def cmd_promote(cfg, args) -> int:
@@ -139,6 +150,14 @@ def register(subparsers) -> None:
         "--concurrency", type=int, metavar="N", help="images built at once (default ci.concurrency)"
     )
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser(
+        "test",
+        help="run image NAME's test_image.py against NAME:TAG in the sandbox `ci build` uses",
+    )
+    p.add_argument("name", metavar="NAME", help="an image of the graph (`hubstack images list`)")
+    p.add_argument("--tag", help="the tag to test (default images.tag)")
+    p.set_defaults(func=cmd_test)
 
     p = sub.add_parser(
         "promote", help="move `stable` to a release or tested commit (roll back: an older one)"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import docker
 
-from hubstack.ci.rebuild import run_image_tests
+from hubstack.ci.sandbox import run_image_tests
 from hubstack.ci.tags import is_release_tag
 from hubstack.clock import timestamp
 from hubstack.config import PlatformConfig
@@ -127,7 +127,7 @@ def adopt_first_build(
     for name in fresh:
         ref = cfg.image_ref(name)
         progress(f"{name}: testing {ref} before it becomes {STABLE}")
-        passed, output = run_image_tests(graph[name].path, ref)
+        passed, output = run_image_tests(cfg, client, graph[name].path, ref)
         if not passed:
             tail = "\n".join(output.splitlines()[-20:])
             raise CommandError(

@@ -2,7 +2,8 @@
 
 For each image of the plan, in build order (independent branches at once, up to
 ``ci.concurrency``): build it as ``NAME:<commit>`` FROM its parents' ``<commit>``
-tags, run its own test module against the fresh image, and, with ``push``, push
+tags, run its own test module against the fresh image (in a sandbox:
+:mod:`hubstack.ci.sandbox`), and, with ``push``, push
 ``NAME:<commit>`` and move ``NAME:latest`` to it in the registry. An image whose
 build, tests or push fail stops its descendants and moves no tag; every other
 image carries on. Every run writes a report (JSON and text) under
@@ -12,10 +13,7 @@ its tag `latest` (``images.tag``) held in this engine before the run.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +24,7 @@ from pathlib import Path
 import docker
 
 from hubstack.ci.plan import Plan, make_plan
+from hubstack.ci.sandbox import run_image_tests
 from hubstack.clock import run_stamp, timestamp
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
@@ -41,60 +40,6 @@ from hubstack.registry import RegistryClient, auth_config
 
 # Build logs are kept in the report up to this many characters (the tail: where errors are).
 LOG_TAIL = 20_000
-
-
-# Each image folder's own tests, run in a fresh pytest process with this plugin
-# (hubstack.ci.imagetest: the `image` and `run` fixtures).
-TEST_MODULE = "test_image.py"
-IMAGE_TEST_PLUGIN = "hubstack.ci.imagetest"
-
-
-def find_test_module(folder: Path) -> Path | None:
-    path = Path(folder) / TEST_MODULE
-    return path if path.is_file() else None
-
-
-def run_image_tests(folder: Path, ref: str, timeout: int = 900) -> tuple[bool, str]:
-    """Run FOLDER's test module against REF in a fresh pytest process: (passed, output).
-
-    An image without a test module passes, and the output says it has none.
-    """
-    module = find_test_module(folder)
-    if module is None:
-        return True, f"no {TEST_MODULE} in {folder}: nothing to test"
-    if importlib.util.find_spec("pytest") is None:
-        return False, (
-            f"{module} needs pytest, which is not installed here: pip install pytest "
-            "(the CI builder's image has it)"
-        )
-    package_root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package_root), env.get("PYTHONPATH")]))
-    # No __pycache__ or .pytest_cache in the image folder: it is a build context.
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        IMAGE_TEST_PLUGIN,
-        "-p",
-        "no:cacheprovider",
-        "--rootdir",
-        str(module.parent),
-        "-c",
-        os.devnull,
-        str(module),
-        "--image",
-        ref,
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
-        return False, f"image tests timed out after {timeout}s\n{output or ''}"
-    return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
 
 def commit_tag(sha: str) -> str:
@@ -297,7 +242,9 @@ class Rebuilder:
             if self.run_tests:
                 stage = "test"
                 self.out(f"[ci] {name}: testing {result.ref}")
-                passed, output = run_image_tests(graph.images[name].path, result.ref)
+                passed, output = run_image_tests(
+                    self.cfg, self.client, graph.images[name].path, result.ref
+                )
                 outcome.test_output = output[-LOG_TAIL:]
                 if not passed:
                     last = [ln for ln in output.splitlines() if ln.strip()][-1:] or ["tests failed"]

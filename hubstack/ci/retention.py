@@ -79,7 +79,9 @@ def prune_repository(
     container uses them. A manifest is deleted by digest, which removes every tag naming it,
     so one kept tag protects the manifest whatever other tags say. PRUNABLE: the tags this
     kind of image may lose (default: the release flow's; per-user images: their hashes)."""
-    repository = registry.cfg.image_repository(name)
+    # A container may have been created from either address (the hub pulls from the
+    # read-only one): the same manifest under either name is in use.
+    repositories = registry.cfg.image_repositories(name)
     tags = registry.tag_digests(name)
     protected = {d for t, d in tags.items() if keep(t) or not prunable(t)}
     outcome = PruneOutcome(name)
@@ -87,7 +89,7 @@ def prune_repository(
     for tag, digest in tags.items():
         if digest in protected:
             continue
-        if f"{repository}@{digest}" in in_use:
+        if any(f"{repository}@{digest}" in in_use for repository in repositories):
             outcome.kept_in_use.append(tag)
             continue
         doomed.setdefault(digest, []).append(tag)

@@ -228,7 +228,7 @@ def write_config(tmp: Path, name: str, image_ns: str) -> Path:
         registry={"image": os.environ.get("HUBTEST_REGISTRY_IMAGE", "registry:2")},
         images={"namespace": image_ns, "tag": "latest"},
         hub={"host": "127.0.0.1", "port": free_port(), "network": name},
-        ci={"port": free_port()},  # the webhook builder's compose service (host networking)
+        ci={"port": free_port()},  # the webhook builder's compose service, published on it
     )
     path = tmp / "hubstack.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -267,6 +267,15 @@ def remove_platform(cfg, client) -> None:
             client.images.remove(cfg.image_ref(image_name))
         except docker.errors.APIError:
             pass
+    # What the hub pulled from the read-only address is known by digest only.
+    pulled = f"{cfg.registry.pull_address}/{cfg.images.namespace}/"
+    for image in client.images.list():
+        for ref in image.attrs.get("RepoDigests") or []:
+            if ref.startswith(pulled):
+                try:
+                    client.images.remove(ref)
+                except docker.errors.APIError:
+                    pass
 
 
 def url(cfg) -> str:
@@ -275,12 +284,13 @@ def url(cfg) -> str:
 
 def forget_local_digest(docker_client, cfg, image: str) -> None:
     """Drop this node's reference to the image's registry digest, so the next spawn must pull
-    (the layers stay: the pull is quick, but it is a real pull with real progress)."""
-    repo = cfg.image_repository(image)
+    (the layers stay: the pull is quick, but it is a real pull with real progress). Under
+    both addresses: the hub pulls from the read-only one."""
+    repos = tuple(f"{repo}@" for repo in cfg.image_repositories(image))
     for ref in docker_client.images.get(cfg.image_ref(image, cfg.hub.notebook_image_tag)).attrs[
         "RepoDigests"
     ]:
-        if ref.startswith(repo + "@"):
+        if ref.startswith(repos):
             docker_client.images.remove(ref)
 
 

@@ -95,6 +95,8 @@ class AnalystCluster:
     user: str
     uid: int
     secret: str = field(default_factory=spark_cluster.new_secret)
+    authenticated: bool = True
+    """False: no spark.authenticate, no encryption (benchmarks/spark's baseline only)."""
 
     @property
     def ident(self) -> dict:
@@ -117,7 +119,8 @@ class AnalystCluster:
             image=self.cfg.image_ref(hs.EXECUTOR_IMAGE),
             network=self.network,
         )
-        spark_cluster.start_cluster(self.cfg, self.client, spec, self.secret)
+        defaults = None if self.authenticated else b""
+        spark_cluster.start_cluster(self.cfg, self.client, spec, self.secret, defaults)
 
     def down(self) -> None:
         spark_cluster.stop_cluster(self.client, self.server)
@@ -181,7 +184,7 @@ def start_driver(
     files = {p: container_spec.File(d) for p, d in hs.driver_files(cluster.cfg).items()}
     files["/tmp/job.py"] = container_spec.File(script.encode())
     dirs: dict = {}
-    if with_secret:
+    if with_secret and cluster.authenticated:
         secret, dirs = spark_cluster.secret_files(cluster.ident, cluster.secret)
         files |= secret
     container = cluster.client.containers.create(

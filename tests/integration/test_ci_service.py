@@ -1,6 +1,7 @@
 """The webhook builder as a compose service (compose/ci.yaml) beside the platform's stack:
 built FROM the hub image, started by plain `docker compose` with compose/.env's settings,
-healthy, answering on ci.port with the secret from the state dir."""
+healthy, off the host's network with ci.port published on loopback, reaching the registry's
+API from the platform network, answering with the secret from the state dir."""
 
 from __future__ import annotations
 
@@ -52,6 +53,32 @@ def test_webhook_builder_runs_as_a_compose_service(hub_stack, docker_client):
                 f"log:\n{logs.stdout[-3000:]}"
             )
         assert requests.get(f"{url}/health", timeout=10).json() == {"status": "ok"}
+        # Off the host's network, published on loopback only (ci.host, the default).
+        (container,) = docker_client.containers.list(
+            filters={
+                "label": [
+                    f"com.docker.compose.project={project_name(cfg)}",
+                    "com.docker.compose.service=ci-builder",
+                ]
+            }
+        )
+        host_config = container.attrs["HostConfig"]
+        assert host_config["NetworkMode"] == cfg.hub.network
+        bound = host_config["PortBindings"][f"{cfg.ci.port}/tcp"]
+        assert [(b["HostIp"], b["HostPort"]) for b in bound] == [("127.0.0.1", str(cfg.ci.port))]
+        # From there it reaches the registry's API by its service name, with its own config.
+        probe = container.exec_run(
+            [
+                "python",
+                "-c",
+                "from hubstack.config import load_config; from hubstack.registry import "
+                "RegistryClient; c = RegistryClient(load_config()); "
+                "print(c.base_url, c.digest('hub', c.cfg.images.tag))",
+            ]
+        )
+        assert probe.exit_code == 0, probe.output.decode()
+        base_url, digest = probe.output.decode().split()
+        assert base_url == "http://registry:5000/v2" and digest.startswith("sha256:")
 
         body = json.dumps(
             {"ref": "refs/heads/feature", "before": "1" * 40, "after": "2" * 40}

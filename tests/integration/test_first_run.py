@@ -2,9 +2,10 @@
 up`, then log in with the printed admin, start a server, and `bin/hubstack down`.
 
 Nothing here is overridden: the platform runs on the shipped defaults (state in
-/var/lib/hubstack, hub on 127.0.0.1:8000, registry on 127.0.0.1:5000), so a default that
-breaks a first install breaks this test. That is also why it refuses to run where a
-platform with the defaults already lives: it would log in to, and stop, someone's platform.
+/var/lib/hubstack, hub on 127.0.0.1:8000, registry on 127.0.0.1:5000 and, read-only, 5001),
+so a default that breaks a first install breaks this test. That is also why it refuses to run
+where a platform with the defaults already lives: it would log in to, and stop, someone's
+platform.
 The session's hierarchy is built first, so the clone's build is layer-cache hits.
 """
 
@@ -28,7 +29,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULTS = parse_config({})
-DEFAULT_PORTS = (DEFAULTS.hub.port, DEFAULTS.registry.port, DEFAULTS.ci.port)
+DEFAULT_PORTS = (
+    DEFAULTS.hub.port,
+    DEFAULTS.registry.port,
+    DEFAULTS.registry.pull_port,
+    DEFAULTS.ci.port,
+)
 
 
 def _busy(port: int) -> bool:

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from hubstack import spark as hs
+from hubstack import spark_cluster
 from tests.integration.spark_helpers import ENV_JOB, AnalystCluster, cluster_config, start_driver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -132,7 +133,8 @@ def test_a_cluster_runs_as_its_analyst_locked_down_and_publishes_nothing(cluster
         c.reload()
         hc = c.attrs["HostConfig"]
         assert hc["CapDrop"] == ["ALL"] and "no-new-privileges" in hc["SecurityOpt"]
-        assert not hc.get("PortBindings") and not c.attrs["NetworkSettings"]["Ports"]
+        ports = c.attrs["NetworkSettings"]["Ports"] or {}
+        assert not hc.get("PortBindings") and not any(ports.values()), ports
         assert list(c.attrs["NetworkSettings"]["Networks"]) == [alice.network]
         # Every process of the master and workers runs as alice, never root nor 185.
         uids = c.exec_run(
@@ -233,3 +235,19 @@ def test_stopped_master_is_a_clear_error_not_a_hang(clusters, drivers):
         assert hs.master_url(alice.cfg, alice.server) in r["error"]
     finally:
         master.start()
+
+
+def test_the_platforms_core_cap_counts_every_running_cluster(clusters, docker_client):
+    """alice's and bob's clusters hold 2 x 1 core each: a third fits under a cap of 6, not
+    under 5, and the refusal says why with the numbers (the spawner answers it with 409)."""
+    cfg = clusters["alice"].cfg
+    held = spark_cluster.cores_held(docker_client, cfg.hub.network)
+    assert held == 2 * hs.cluster_cores(cfg)
+    fits = cfg.model_copy(update={"spark": cfg.spark.model_copy(update={"max_total_cores": 6})})
+    spark_cluster.check_capacity(fits, docker_client)
+    full = cfg.model_copy(update={"spark": cfg.spark.model_copy(update={"max_total_cores": 5})})
+    with pytest.raises(spark_cluster.ClusterError, match="hold 4 of 5 cores"):
+        spark_cluster.check_capacity(full, docker_client)
+    # A cluster being started (not yet running) counts too.
+    with pytest.raises(spark_cluster.ClusterError):
+        spark_cluster.check_capacity(fits, docker_client, pending=2)

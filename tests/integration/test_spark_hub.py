@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import pytest
 
 from hubstack import networks, spark_cluster
 from hubstack import spark as hs
+from hubstack.engine import service_container
 from tests.integration.conftest import ANALYSTS
 from tests.integration.spark_helpers import ENV_JOB
 
@@ -116,17 +118,8 @@ def test_an_analyst_reaches_the_hub_and_nothing_else_of_the_platform(
     bob_server = docker_client.containers.get(f"{cfg.hub.network}-nb-bob")
     bob_master = docker_client.containers.get(f"{cfg.hub.network}-nb-bob-spark-master")
     bob_worker = docker_client.containers.get(f"{cfg.hub.network}-nb-bob-spark-worker-1")
-    registry = next(
-        c
-        for c in docker_client.containers.list(
-            filters={"label": "com.docker.compose.service=registry"}
-        )
-        if cfg.hub.network in c.attrs["NetworkSettings"]["Networks"]
-    )
-    hub = next(
-        c
-        for c in docker_client.containers.list(filters={"label": "com.docker.compose.service=hub"})
-        if cfg.hub.network in c.attrs["NetworkSettings"]["Networks"]
+    registry, pull_registry, hub = (
+        service_container(cfg, docker_client, s) for s in ("registry", "registry-pull", "hub")
     )
     gateway = alice_net.attrs["IPAM"]["Config"][0]["Gateway"]
     # A port of the host's own, open on every address: only the host rules keep it away.
@@ -141,12 +134,14 @@ def test_an_analyst_reaches_the_hub_and_nothing_else_of_the_platform(
             "bob_worker_ui": (_ip(bob_worker, bob_net), 8081),
             "bob_driver_ui": (_ip(bob_server, bob_net), hs.UI_PORT),
             "registry": (_ip(registry, cfg.hub.network), 5000),
+            "registry_pull": (_ip(pull_registry, cfg.hub.network), 5000),
             "proxy_api": ("hub", 8001),
             "gateway_host_port": (gateway, host_port),
             "gateway_hub_port": (gateway, cfg.hub.port),
             "metadata": ("169.254.169.254", 80),
             "hub_api": ("hub", 8081),
             "hub_public": ("hub", 8000),
+            "package_index": ("pypi.org", 443),  # the internet stays (network.egress)
         }
         # The probe is no blind one: from the host the same listener and registry answer.
         socket.create_connection(("127.0.0.1", host_port), timeout=4).close()
@@ -155,11 +150,49 @@ def test_an_analyst_reaches_the_hub_and_nothing_else_of_the_platform(
     answers = json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:])
     assert answers.pop("hub_api_user") == "alice"
     assert answers.pop("hub_api") is True and answers.pop("hub_public") is True
+    assert answers.pop("package_index") is True
     assert not any(answers.values()), answers
     # The hub is on alice's network (under the alias hub), the registry is not.
     assert (
         hub.id in alice_net.attrs["Containers"] and registry.id not in alice_net.attrs["Containers"]
     )
+
+
+UI_JOB = r"""
+import time
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+spark.range(10).count()
+time.sleep(90)
+spark.stop()
+"""
+
+
+def test_the_driver_ui_is_its_owners_through_their_server_only(hub_stack, clients, docker_client):
+    cfg, _, _ = hub_stack
+    alice, bob = clients["alice"], clients["bob"]
+    if not alice.running():
+        alice.start(profile="spark")
+    session = threading.Thread(target=lambda: alice.run_code(UI_JOB, timeout=300))
+    session.start()
+    try:
+        url = f"{alice.base}/user/alice/proxy/{hs.UI_PORT}/jobs/"
+        deadline = time.monotonic() + 180
+        while True:
+            r = alice.api("GET", url.removeprefix(alice.base))
+            if r.status_code == 200 and "Spark Jobs" in r.text:
+                break
+            assert time.monotonic() < deadline, (r.status_code, r.text[:500])
+            time.sleep(2)
+        # Its links stay under the owner's server (spark.ui.proxyBase).
+        assert f"/user/alice/proxy/{hs.UI_PORT}/" in r.text
+        # bob's token opens nothing on alice's server, and no host port serves the UI.
+        r = bob.api("GET", url.removeprefix(bob.base), allow_redirects=False)
+        assert r.status_code in (302, 403), r.status_code
+        server = docker_client.containers.get(f"{cfg.hub.network}-nb-alice")
+        assert not server.attrs["HostConfig"].get("PortBindings")
+    finally:
+        session.join(timeout=300)
 
 
 def test_a_stopped_server_takes_its_cluster_and_network_with_it(hub_stack, clients, docker_client):

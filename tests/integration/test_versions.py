@@ -40,6 +40,7 @@ def test_analysts_start_on_stable_and_preview_only_for_those_named(
     cfg, _, _ = hub_stack
     registry = RegistryClient(cfg)
     repo, latest = cfg.image_repository("notebook"), cfg.images.tag
+    pulled = cfg.pull_repository("notebook")  # the hub pulls from the read-only address
     stable = registry.digest("notebook", STABLE)
     assert stable and stable == registry.digest("notebook", latest), "up set stable itself"
 
@@ -59,7 +60,7 @@ def test_analysts_start_on_stable_and_preview_only_for_those_named(
 
         bob, alice = clients["bob"], clients["alice"]
         bob.start()
-        assert _image_of(cfg, docker_client, "bob") == f"{repo}@{stable}"
+        assert _image_of(cfg, docker_client, "bob") == f"{pulled}@{stable}"
         bob.stop()
 
         with hub_config_changed(
@@ -68,12 +69,12 @@ def test_analysts_start_on_stable_and_preview_only_for_those_named(
             r = bob.api("POST", "/hub/api/users/bob/server", json={"version": "preview"})
             assert r.status_code == 403 and "preview" in r.json()["message"], r.text
             alice.start(version="preview")
-            assert _image_of(cfg, docker_client, "alice") == f"{repo}@{preview}"
+            assert _image_of(cfg, docker_client, "alice") == f"{pulled}@{preview}"
             marker = alice.run_code("print(open('/etc/hubstack-preview').read())")
             assert marker.strip() == "preview"
             alice.stop()
             alice.start()  # no choice: stable again
-            assert _image_of(cfg, docker_client, "alice") == f"{repo}@{stable}"
+            assert _image_of(cfg, docker_client, "alice") == f"{pulled}@{stable}"
             alice.stop()
     finally:
         built.tag(repo, latest)
@@ -93,6 +94,7 @@ def test_releases_on_the_spawn_page_kept_per_analyst_promoted_and_retired(
     cfg, _, _ = hub_stack
     registry = RegistryClient(cfg)
     repo, latest = cfg.image_repository("notebook"), cfg.images.tag
+    pulled = cfg.pull_repository("notebook")  # the hub pulls from the read-only address
     quiet = lambda line: None  # noqa: E731
     ensure_local(cfg, docker_client, ["notebook"], STABLE)
     ensure_local(cfg, docker_client, ["notebook"], latest)
@@ -119,19 +121,19 @@ def test_releases_on_the_spawn_page_kept_per_analyst_promoted_and_retired(
         assert "9.0.0 (released" in form and "less (none) ->" in form, form
 
         alice.start(version="9.0.0")
-        assert _image_of(cfg, docker_client, "alice") == f"{repo}@{old}"
+        assert _image_of(cfg, docker_client, "alice") == f"{pulled}@{old}"
         alice.stop()
         alice.start()  # no choice given: the release she picked is kept
-        assert _image_of(cfg, docker_client, "alice") == f"{repo}@{old}"
+        assert _image_of(cfg, docker_client, "alice") == f"{pulled}@{old}"
         home = alice.http.get(f"{alice.base}/hub/home", timeout=30).text
         assert "older than stable (9.1.0)" in home
         alice.stop()
 
         # The promotion left Bob's running server alone; his next start gets it.
-        assert bob.running() and _image_of(cfg, docker_client, "bob") == f"{repo}@{old}"
+        assert bob.running() and _image_of(cfg, docker_client, "bob") == f"{pulled}@{old}"
         bob.stop()
         bob.start()
-        assert _image_of(cfg, docker_client, "bob") == f"{repo}@{new}"
+        assert _image_of(cfg, docker_client, "bob") == f"{pulled}@{new}"
         bob.stop()
         r = bob.api(
             "POST", "/hub/api/users/bob/server", json={"profile": "spark", "version": "9.1.0"}
@@ -143,12 +145,12 @@ def test_releases_on_the_spawn_page_kept_per_analyst_promoted_and_retired(
         r = alice.api("POST", "/hub/api/users/alice/server", json={"version": "9.0.0"})
         assert r.status_code == 400 and "not offered" in r.json()["message"], r.text
         alice.start()  # her retired choice: stable now
-        assert _image_of(cfg, docker_client, "alice") == f"{repo}@{new}"
+        assert _image_of(cfg, docker_client, "alice") == f"{pulled}@{new}"
         alice.stop()
 
         promote(cfg, docker_client, "9.0.0")  # the rollback
         bob.start()
-        assert _image_of(cfg, docker_client, "bob") == f"{repo}@{old}"
+        assert _image_of(cfg, docker_client, "bob") == f"{pulled}@{old}"
         bob.stop()
     finally:
         for c in (alice, bob):

@@ -64,7 +64,9 @@ def test_spawn_progress_never_goes_back_and_replays_for_late_readers():
 def test_hub_sees_container_paths_and_compose_gets_host_paths(tmp_path):
     cfg = parse_config({"state_dir": str(tmp_path), "hub": {"port": 8123, "network": "hn"}})
     hub = hub_config(cfg)
-    assert hub["registry"]["credentials_file"] == "/run/secrets/registry_credentials"
+    # The hub pulls from the read-only instance with the pull-only account, nothing else.
+    assert hub["registry"]["credentials_file"] == "/run/secrets/registry_pull_credentials"
+    assert hub["registry"]["address"] == cfg.registry.pull_address == "127.0.0.1:5001"
     assert hub["hub"]["home_root"] == str(tmp_path / "home")
     assert parse_config(hub).hub.users_file.name == "users.yaml"
     env = compose_env(cfg)
