@@ -108,10 +108,18 @@ class RegistryConfig(_Section):
     pull_address: str = Field("", validate_default=True)
     """host:port of the read-only instance the hub and the notebooks' nodes pull from, with
     the pull-only credential; unset: the host of `address` and its port + 1."""
+    users_address: str = Field("", validate_default=True)
+    """host:port of the instance that holds per-user images only (its own storage), where the
+    hub pushes and pulls them with its users account; unset: the host of `address` and its
+    port + 2."""
     username: str = "hubstack"
-    """The push account (the builder's); the pull-only account is USERNAME-pull."""
+    """The push account (the builder's); the pull-only account is USERNAME-pull, the per-user
+    images' account USERNAME-users."""
     credentials_file: Path | None = None
     """Generated on first run (mode 0600); default STATE_DIR/secrets/registry-credentials.json."""
+    users_credentials_file: Path | None = None
+    """The users instance's account, generated on first run (mode 0600); default
+    STATE_DIR/secrets/registry-users-credentials.json."""
 
     @field_validator("address", "api_address")
     @classmethod
@@ -120,15 +128,15 @@ class RegistryConfig(_Section):
             raise ValueError(f"must be host:port, got {v!r}")
         return v
 
-    @field_validator("pull_address")
+    @field_validator("pull_address", "users_address")
     @classmethod
-    def _pull_address(cls, v: str, info: ValidationInfo) -> str:
+    def _instance_address(cls, v: str, info: ValidationInfo) -> str:
         address = info.data.get("address")
         if not v:
             if address is None:  # address itself is wrong: its own error says so
                 return v
             host, port = address.rsplit(":", 1)
-            v = f"{host}:{int(port) + 1}"
+            v = f"{host}:{int(port) + (1 if info.field_name == 'pull_address' else 2)}"
         if not _HOST_PORT.match(v):
             raise ValueError(f"must be host:port, got {v!r}")
         # Equal to address only in the hub's own copy (hubstack.stack.hub_config), which sees
@@ -146,6 +154,14 @@ class RegistryConfig(_Section):
     @property
     def pull_username(self) -> str:
         return f"{self.username}-pull"
+
+    @property
+    def users_port(self) -> int:
+        return int(self.users_address.rsplit(":", 1)[1])
+
+    @property
+    def users_username(self) -> str:
+        return f"{self.username}-users"
 
 
 class BaseImageConfig(_Section):
@@ -551,6 +567,14 @@ class PlatformConfig(_Section):
         return self.secrets_dir / "registry-pull-credentials.json"
 
     @property
+    def registry_users_credentials_file(self) -> Path:
+        """The per-user images instance's account (the hub's compose secret)."""
+        return (
+            self.registry.users_credentials_file
+            or self.secrets_dir / "registry-users-credentials.json"
+        )
+
+    @property
     def users_file(self) -> Path:
         return self.hub.users_file or self.state_dir / "users.yaml"
 
@@ -612,6 +636,11 @@ class PlatformConfig(_Section):
         builds tag and push) and the read-only pull address's (what the hub pulls)."""
         return tuple(dict.fromkeys((self.image_repository(name), self.pull_repository(name))))
 
+    def user_image_repository(self, name: str) -> str:
+        """USERS_ADDRESS/NAMESPACE/NAME: a per-user image's repository (NAME: user/ANALYST),
+        in the users instance, never in the blessed images' registry."""
+        return f"{self.registry.users_address}/{self.repository_path(name)}"
+
     def profile(self, name: str) -> ProfileConfig:
         for p in self.profiles:
             if p.name == name:
@@ -640,6 +669,7 @@ def _resolve_paths(data: dict, base: Path) -> None:
     fix(data, "state_dir")
     fix(data, "source_dir")
     fix(data.get("registry"), "credentials_file")
+    fix(data.get("registry"), "users_credentials_file")
     fix(data.get("base"), "extra_ca_bundle")
     fix(data.get("hub"), "users_file")
     fix(data.get("hub"), "home_root")

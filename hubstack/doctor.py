@@ -36,7 +36,15 @@ from hubstack import networks
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
 from hubstack.hub import gpu
-from hubstack.registry import PULL, PUSH, Role, credentials_file, load_credentials, registry_address
+from hubstack.registry import (
+    PULL,
+    PUSH,
+    USERS,
+    Role,
+    credentials_file,
+    load_credentials,
+    registry_address,
+)
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -344,6 +352,15 @@ def check_registry_pull_port(cfg: PlatformConfig, ctx: Context) -> Check:
     )
 
 
+def check_registry_users_port(cfg: PlatformConfig, ctx: Context) -> Check:
+    return _registry_port_check(
+        "registry users port",
+        cfg.registry.users_port,
+        "registry.users_address",
+        "per-user images' registry",
+    )
+
+
 # --- images, credentials --------------------------------------------------------------
 def check_base_images(cfg: PlatformConfig, ctx: Context) -> Check:
     client = ctx.engine()
@@ -391,6 +408,17 @@ def check_registry_pull_credentials(cfg: PlatformConfig, ctx: Context) -> Check:
     return _credentials_check(cfg, "pull credentials", PULL)
 
 
+def check_registry_users_credentials(cfg: PlatformConfig, ctx: Context) -> Check:
+    return _credentials_check(cfg, "users credentials", USERS)
+
+
+ADDRESS_KEYS: dict[Role, str] = {
+    PUSH: "registry.address",
+    PULL: "registry.pull_address",
+    USERS: "registry.users_address",
+}
+
+
 def _credentials_check(cfg: PlatformConfig, name: str, role: Role) -> Check:
     """ROLE's credentials file: private, readable, and accepted by ROLE's instance."""
     path = credentials_file(cfg, role)
@@ -430,7 +458,7 @@ def _credentials_check(cfg: PlatformConfig, name: str, role: Role) -> Check:
         name,
         WARN,
         f"{found}; {address} answered HTTP {status} to /v2/ (is it a registry?)",
-        f"check what listens on {'registry.address' if role == PUSH else 'registry.pull_address'}",
+        f"check what listens on {ADDRESS_KEYS[role]}",
     )
 
 
@@ -627,9 +655,11 @@ CHECKS: dict[str, CheckFn] = {
     "hub port": check_hub_port,
     "registry port": check_registry_port,
     "registry pull port": check_registry_pull_port,
+    "registry users port": check_registry_users_port,
     "base images": check_base_images,
     "registry credentials": check_registry_credentials,
     "pull credentials": check_registry_pull_credentials,
+    "users credentials": check_registry_users_credentials,
     "package indexes": check_package_indexes,
     "gpus": check_gpus,
     "analyst networks": check_analyst_networks,
@@ -643,6 +673,7 @@ cheap_checks = (
     "hub port",
     "registry port",
     "registry pull port",
+    "registry users port",
 )
 
 

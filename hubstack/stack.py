@@ -30,7 +30,7 @@ from hubstack.hub.users_cli import ensure_initial_admin
 from hubstack.images.bootstrap import bootstrap
 from hubstack.images.build import ImageBuilder, push_image
 from hubstack.images.graph import ImageGraph
-from hubstack.registry import PULL, PUSH, RegistryClient, auth_config, htpasswd_file
+from hubstack.registry import PULL, PUSH, USERS, RegistryClient, auth_config, htpasswd_file
 from hubstack.secretfiles import generated_secret
 
 HUB_USERS_DIR = "/etc/hubstack/users"
@@ -49,12 +49,12 @@ def compose_file(cfg: PlatformConfig) -> Path:
 
 # --- secrets -------------------------------------------------------------------------
 def ensure_secrets(cfg: PlatformConfig) -> None:
-    """Cookie secret, proxy token, crypt key and both registry accounts: made once, mode
-    0600. An install from before the pull role gets its pull account here, on its next
-    `up`; its push account stays as it is."""
+    """Cookie secret, proxy token, crypt key and the three registry accounts: made once,
+    mode 0600. An install from before the pull or users role gets that account here, on its
+    next `up`; the accounts it has stay as they are."""
     for name in ("jupyterhub-cookie-secret", "proxy-token", "jupyterhub-crypt-key"):
         generated_secret(cfg.secrets_dir / name)
-    for role in (PUSH, PULL):
+    for role in (PUSH, PULL, USERS):
         htpasswd_file(cfg, role)  # each instance's one account and its htpasswd
 
 
@@ -71,6 +71,8 @@ def hub_config(cfg: PlatformConfig) -> dict:
     data["registry"]["address"] = cfg.registry.pull_address
     data["registry"]["pull_address"] = cfg.registry.pull_address
     data["registry"]["credentials_file"] = "/run/secrets/registry_pull_credentials"
+    # Its second account: the per-user images' instance, where it pushes what it builds.
+    data["registry"]["users_credentials_file"] = "/run/secrets/registry_users_credentials"
     data["hub"]["users_file"] = f"{HUB_USERS_DIR}/{cfg.users_file.name}"
     data["hub"]["home_root"] = str(cfg.home_root)  # mounted at the same path
     # The hub builds only per-user images, FROM parents that already trust the site CA.
@@ -147,12 +149,19 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
             f"{cfg.path or 'the config'}: registry.pull_address: must differ from "
             "registry.address (the read-only instance for pulls listens on its own port)"
         )
+    if cfg.registry.users_address in (cfg.registry.address, cfg.registry.pull_address):
+        raise CommandError(
+            f"{cfg.path or 'the config'}: registry.users_address: must differ from "
+            "registry.address and registry.pull_address (the per-user images' instance "
+            "listens on its own port)"
+        )
     env = {
         "COMPOSE_PROJECT_NAME": project_name(cfg),
         "HUBSTACK_NETWORK": cfg.hub.network,
         "HUBSTACK_REGISTRY_IMAGE": cfg.registry.image,
         "HUBSTACK_REGISTRY_ADDRESS": cfg.registry.address,
         "HUBSTACK_REGISTRY_PULL_ADDRESS": cfg.registry.pull_address,
+        "HUBSTACK_REGISTRY_USERS_ADDRESS": cfg.registry.users_address,
         "HUBSTACK_HUB_IMAGE": cfg.image_ref(cfg.hub.image),
         "HUBSTACK_HUB_HOST": cfg.hub.host,
         "HUBSTACK_HUB_PORT": str(cfg.hub.port),
@@ -163,6 +172,7 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
         "HUBSTACK_HOME_ROOT": str(cfg.home_root),
         "HUBSTACK_SECRETS_DIR": str(cfg.secrets_dir),
         "HUBSTACK_REGISTRY_PULL_CREDENTIALS": str(cfg.registry_pull_credentials_file),
+        "HUBSTACK_REGISTRY_USERS_CREDENTIALS": str(cfg.registry_users_credentials_file),
         # compose/ci.yaml, the webhook builder
         "HUBSTACK_STATE_DIR": str(cfg.state_dir),
         "HUBSTACK_SOURCE_DIR": str(cfg.source_root),
@@ -411,10 +421,11 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
         )
     stage(
         "registry",
-        f"starting the registry on {cfg.registry.address} (push) and "
-        f"{cfg.registry.pull_address} (read-only, for pulls)",
+        f"starting the registry on {cfg.registry.address} (push), "
+        f"{cfg.registry.pull_address} (read-only, for pulls) and "
+        f"{cfg.registry.users_address} (per-user images)",
     )
-    compose(cfg, "up", "-d", "--wait", "registry", "registry-pull")
+    compose(cfg, "up", "-d", "--wait", "registry", "registry-pull", "registry-users")
     stage("push", f"{len(names)} images to {cfg.image_prefix}")
     push_images(cfg, client, names)
     served_tag = cfg.hub.notebook_image_tag

@@ -20,7 +20,7 @@ import yaml
 from hubstack.config import PlatformConfig, load_config
 from hubstack.images.bootstrap import bootstrap
 from hubstack.images.build import ImageBuilder, push_image
-from hubstack.registry import RegistryClient, registry_container_spec
+from hubstack.registry import USERS, RegistryClient, registry_container_spec
 
 IN_CI = os.environ.get("CI") == "true"
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,10 +61,12 @@ def config_data(state_dir: Path, registry_port: int, **overrides) -> dict:
     data: dict = {
         "state_dir": str(state_dir),
         "source_dir": str(ROOT),
-        # Both instances on free ports: the default pull port (port + 1) may be another's.
+        # Every instance on a free port: the default pull and users ports (port + 1, + 2)
+        # may be another's.
         "registry": {
             "address": f"127.0.0.1:{registry_port}",
             "pull_address": f"127.0.0.1:{free_port()}",
+            "users_address": f"127.0.0.1:{free_port()}",
         },
         "images": {"tag": TEST_TAG},
     }
@@ -106,6 +108,28 @@ def registry(platform_config, docker_client):
     name = f"hubstack-test-registry-{SESSION_ID}"
     container = docker_client.containers.run(**registry_container_spec(cfg, name=name, volume=name))
     client = RegistryClient(cfg)
+    try:
+        client.wait_ready(60)
+    except Exception:
+        print(container.logs().decode()[-2000:])
+        raise
+    yield client
+    container.remove(force=True, v=True)
+    try:
+        docker_client.volumes.get(name).remove(force=True)
+    except docker.errors.NotFound:
+        pass
+
+
+@pytest.fixture(scope="session")
+def users_registry(platform_config, docker_client, registry):
+    """The per-user images' registry instance (registry.users_address), on its own volume."""
+    cfg = platform_config
+    name = f"hubstack-test-registry-users-{SESSION_ID}"
+    container = docker_client.containers.run(
+        **registry_container_spec(cfg, name=name, volume=name, role=USERS)
+    )
+    client = RegistryClient(cfg, role=USERS)
     try:
         client.wait_ready(60)
     except Exception:

@@ -25,7 +25,7 @@ from hubstack.config import PlatformConfig
 from hubstack.engine import service_container
 from hubstack.errors import CommandError
 from hubstack.images.graph import ImageGraph
-from hubstack.registry import RegistryClient
+from hubstack.registry import CONTAINER_LABELS, PUSH, RegistryClient, Role, registry_address
 
 
 def prunable_tag(tag: str) -> bool:
@@ -81,7 +81,7 @@ def prune_repository(
     kind of image may lose (default: the release flow's; per-user images: their hashes)."""
     # A container may have been created from either address (the hub pulls from the
     # read-only one): the same manifest under either name is in use.
-    repositories = registry.cfg.image_repositories(name)
+    repositories = registry.engine_repositories(name)
     tags = registry.tag_digests(name)
     protected = {d for t, d in tags.items() if keep(t) or not prunable(t)}
     outcome = PruneOutcome(name)
@@ -107,14 +107,15 @@ def release_keeper(cfg: PlatformConfig, tags: Iterable[str], keep_releases: int)
     return lambda tag: tag in fixed or tag in kept
 
 
-def registry_container(cfg: PlatformConfig, client: docker.DockerClient):
-    """The registry's container on this engine: the compose service, else one labelled as
-    hubstack's registry that publishes registry.port; None when it runs elsewhere."""
-    found = service_container(cfg, client, "registry")
+def registry_container(cfg: PlatformConfig, client: docker.DockerClient, role: Role = PUSH):
+    """ROLE's registry container on this engine: the compose service, else one labelled as
+    that hubstack registry instance that publishes its port; None when it runs elsewhere."""
+    label = CONTAINER_LABELS[role]
+    found = service_container(cfg, client, label)
     if found is not None:
         return found
-    port = str(cfg.registry.port)
-    for c in client.containers.list(filters={"label": "io.hubstack.role=registry"}):
+    port = registry_address(cfg, role).rsplit(":", 1)[1]
+    for c in client.containers.list(filters={"label": f"io.hubstack.role={label}"}):
         bindings = (c.attrs.get("NetworkSettings", {}).get("Ports") or {}).get("5000/tcp") or []
         if any(b.get("HostPort") == port for b in bindings):
             return c
@@ -128,12 +129,13 @@ GC_COMMAND = (
 )
 
 
-def garbage_collect(cfg: PlatformConfig, client: docker.DockerClient) -> str:
-    """Run the registry's garbage collection, which frees the layers no manifest names."""
-    container = registry_container(cfg, client)
+def garbage_collect(cfg: PlatformConfig, client: docker.DockerClient, role: Role = PUSH) -> str:
+    """Run ROLE's registry garbage collection, which frees the layers no manifest names, in
+    that instance's container (each instance with a storage of its own collects its own)."""
+    container = registry_container(cfg, client, role)
     if container is None:
         raise CommandError(
-            f"no registry container for {cfg.registry.address} on this engine: run "
+            f"no registry container for {registry_address(cfg, role)} on this engine: run "
             "`registry garbage-collect /etc/docker/registry/config.yml` where it runs"
         )
     started = time.monotonic()

@@ -3,7 +3,8 @@
 Paths inside the hub container (set by compose/compose.yaml):
 - /srv/jupyterhub: the hub database (volume hub-data)
 - /run/jupyterhub: a tmpfs, empty at every start of the container
-- /run/secrets/{cookie_secret,proxy_token,crypt_key,registry_pull_credentials}: compose secrets
+- /run/secrets/{cookie_secret,proxy_token,crypt_key,registry_pull_credentials,
+  registry_users_credentials}: compose secrets
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from hubstack.hub.progress import PullProgress, SpawnProgress
 from hubstack.hub.spawn_options import SpawnOptions, SpawnOptionsError, parse_spawn_options
 from hubstack.hub.users import check_id, lookup_user
 from hubstack.images import user as user_images
-from hubstack.registry import auth_config
+from hubstack.registry import auth_config, role_of
 
 HOME_MODE = 0o700
 
@@ -304,8 +304,10 @@ class HubstackSpawner(DockerSpawner):
         return str(home)
 
     # --- image -----------------------------------------------------------------------
-    def _auth(self) -> dict | None:
-        return auth_config(self.cfg)
+    def _auth(self, ref: str = "") -> dict | None:
+        """The account for REF's registry instance: the pull account for our images, the
+        users account for a per-user image (registry.users_address)."""
+        return auth_config(self.cfg, role_of(self.cfg, ref))
 
     async def _resolve_digest(self, ref: str) -> str:
         """REPO:TAG -> REPO@sha256:..., asked of the registry through the engine. When the
@@ -313,7 +315,7 @@ class HubstackSpawner(DockerSpawner):
         REF: a registry outage must not stop analysts whose image is already here."""
         repo = ref.rsplit(":", 1)[0]
         try:
-            info = await self.docker("inspect_distribution", ref, auth_config=self._auth())
+            info = await self.docker("inspect_distribution", ref, auth_config=self._auth(ref))
             return f"{repo}@{info['Descriptor']['digest']}"
         except docker.errors.APIError as e:
             asked = e.explanation or str(e)
@@ -338,7 +340,7 @@ class HubstackSpawner(DockerSpawner):
         loop = asyncio.get_running_loop()
         pull = PullProgress()
         progress = self.spawn_progress
-        auth = self._auth()
+        auth = self._auth(image)
 
         def run():
             stream = self.client.pull(image, stream=True, decode=True, auth_config=auth)
@@ -507,7 +509,7 @@ class HubstackSpawner(DockerSpawner):
         self.spawn_progress.emit(85, "Your Spark cluster is ready")
 
     def _pull_quietly(self, image: str) -> None:
-        for ev in self.client.pull(image, stream=True, decode=True, auth_config=self._auth()):
+        for ev in self.client.pull(image, stream=True, decode=True, auth_config=self._auth(image)):
             if "error" in ev:
                 raise RuntimeError(ev["error"])
 

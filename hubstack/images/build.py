@@ -28,7 +28,7 @@ from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
 from hubstack.git import git_output_or_empty
 from hubstack.images.graph import ImageContext, ImageGraph, build_args
-from hubstack.registry import auth_config
+from hubstack.registry import PUSH, USERS, Role, auth_config
 
 IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".git", ".mypy_cache"}
 LABEL_PREFIX = "org.opencontainers.image"
@@ -419,13 +419,15 @@ def push_image(
     tag: str | None = None,
     auth: dict | None = None,
     progress: Callable[[str], None] = print_progress,
+    role: Role = PUSH,
 ) -> str:
-    """Push one image to the registry; returns the manifest digest. Raises on any error."""
+    """Push one image to ROLE's registry instance (the blessed images', or with USERS a
+    per-user image to theirs); returns the manifest digest. Raises on any error."""
     tag = tag or cfg.images.tag
-    repo = cfg.image_repository(name)
+    repo = cfg.user_image_repository(name) if role == USERS else cfg.image_repository(name)
     digest = None
     for chunk in client.api.push(
-        repo, tag, auth_config=auth or auth_config(cfg), stream=True, decode=True
+        repo, tag, auth_config=auth or auth_config(cfg, role), stream=True, decode=True
     ):
         if "error" in chunk or "errorDetail" in chunk:
             msg = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")

@@ -7,14 +7,17 @@ Every entry is validated before anything is written or built: pip entries with t
 (no URL, path, option, marker or shell character); apt entries only from the platform's
 allowlist. A refusal names each entry and why.
 
-The image is `REGISTRY/NAMESPACE/user/NAME:HASH`, built from the template in images/user
-FROM the profile's image by digest. HASH covers the parent's digest, the template's bytes,
-the normalised spec and the analyst's account lines (baked into the image), so the same
-spec on the same parent is never built twice: the registry is asked first (a hit is no
-build, across hub restarts and hosts), and a new parent (a new `stable`) gives a new hash.
-Two analysts with the same spec share the package layer: the template installs packages
-before it adds the account, so the second build takes that layer from the cache and the
-registry stores it once.
+The image is `USERS_ADDRESS/NAMESPACE/user/NAME:HASH`, in the registry instance that holds
+per-user images only (registry.users_address, its own storage and account: the hub, which
+builds them at spawn time, may push there and nowhere else), built from the template in
+images/user FROM the profile's image by digest, pulled from the blessed images' registry.
+HASH covers the parent's digest, the template's bytes, the normalised spec and the
+analyst's account lines (baked into the image), so the same spec on the same parent is
+never built twice: the users registry is asked first (a hit is no build, across hub
+restarts and hosts), and a new parent (a new `stable`) gives a new hash. Two analysts with
+the same spec share the package layer: the template installs packages before it adds the
+account, so the second build takes that layer from the cache and the registry stores it
+once.
 
 UserImages runs the lookups and builds of one process: one build per hash however many
 spawns ask for it at once (the others wait on it and see its progress), at most
@@ -47,7 +50,7 @@ from hubstack.hub.container_spec import passwd_entries
 from hubstack.hub.users import validate_name
 from hubstack.images.build import ImageBuilder, context_digest, context_tar, push_image
 from hubstack.images.graph import ImageContext, ImageGraph
-from hubstack.registry import RegistryClient, auth_config
+from hubstack.registry import USERS, RegistryClient, auth_config
 
 TEMPLATE_NAME = "user"
 """The template's image name: its lock is /usr/share/hubstack/lock/user/."""
@@ -370,7 +373,7 @@ class UserImages:
         """Build every step again (the benchmark's fresh build)."""
 
     def ref(self, p: UserImagePlan) -> str:
-        return self.cfg.image_ref(repository_name(p.user), p.hash)
+        return f"{self.cfg.user_image_repository(repository_name(p.user))}:{p.hash}"
 
     def lookup(self, p: UserImagePlan) -> str | None:
         """REPOSITORY@DIGEST when the registry has the image (asked through the engine, as
@@ -378,13 +381,15 @@ class UserImages:
         ref = self.ref(p)
         repo = ref.rsplit(":", 1)[0]
         try:
-            info = self.client.api.inspect_distribution(ref, auth_config=auth_config(self.cfg))
+            info = self.client.api.inspect_distribution(
+                ref, auth_config=auth_config(self.cfg, USERS)
+            )
         except docker.errors.APIError as e:
             text = str(e.explanation or e).lower()
             if any(w in text for w in ("not found", "unknown", "no such", "does not exist")):
                 return None
             raise UserImageError(
-                f"the registry {self.cfg.registry.address} did not answer for {ref}: "
+                f"the registry {self.cfg.registry.users_address} did not answer for {ref}: "
                 f"{e.explanation or e}"
             ) from None
         return f"{repo}@{info['Descriptor']['digest']}"
@@ -488,11 +493,16 @@ class UserImages:
         say("Pushing your image to the registry")
         try:
             digest = push_image(
-                self.cfg, self.client, repository_name(p.user), p.hash, progress=say
+                self.cfg,
+                self.client,
+                repository_name(p.user),
+                p.hash,
+                progress=say,
+                role=USERS,
             )
         except CommandError as e:
             raise UserImageError(str(e)) from None
-        return f"{self.cfg.image_repository(repository_name(p.user))}@{digest}"
+        return f"{self.cfg.user_image_repository(repository_name(p.user))}@{digest}"
 
 
 def build_failure(log: list[str], error: str | None) -> str:
@@ -535,8 +545,8 @@ class UserImageRecord:
 def list_user_images(
     cfg: PlatformConfig, client: docker.DockerClient, registry: RegistryClient | None = None
 ) -> list[UserImageRecord]:
-    """Every per-user image in the registry, with whether a container uses it."""
-    registry = registry or RegistryClient(cfg)
+    """Every per-user image in the users instance, with whether a container uses it."""
+    registry = registry or RegistryClient(cfg, role=USERS)
     prefix = cfg.repository_path(REPOSITORY_PREFIX)
     in_use = images_in_use(client)
     out: list[UserImageRecord] = []
@@ -560,7 +570,7 @@ def list_user_images(
                     digest=digest,
                     size=registry.image_size(name, digest),
                     built=built,
-                    in_use=f"{cfg.image_repository(name)}@{digest}" in in_use,
+                    in_use=f"{cfg.user_image_repository(name)}@{digest}" in in_use,
                 )
             )
         if records:
@@ -579,8 +589,8 @@ def prune_user_images(
     """Delete per-user images no container uses: without OLDER_THAN_DAYS those that are not
     their analyst's newest; with it, every one built longer ago than that (an analyst whose
     image went is rebuilt at their next start). Through prune_repository, the one prune path,
-    then the registry's garbage collection. Returns what was removed."""
-    registry = RegistryClient(cfg)
+    then the users instance's garbage collection. Returns what was removed."""
+    registry = RegistryClient(cfg, role=USERS)
     records = list_user_images(cfg, client, registry)
     now = datetime.now(UTC)
 
@@ -607,5 +617,5 @@ def prune_user_images(
         for tags in outcome.removed.values():
             removed += [mine[t] for t in tags]
     if removed and not dry_run:
-        progress(garbage_collect(cfg, client))
+        progress(garbage_collect(cfg, client, USERS))
     return removed

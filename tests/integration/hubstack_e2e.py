@@ -267,8 +267,12 @@ def remove_platform(cfg, client) -> None:
             client.images.remove(cfg.image_ref(image_name))
         except docker.errors.APIError:
             pass
-    # What the hub pulled from the read-only address is known by digest only.
-    pulled = f"{cfg.registry.pull_address}/{cfg.images.namespace}/"
+    # What the hub pulled from the read-only address, and the per-user images it built, are
+    # known by digest only.
+    pulled = tuple(
+        f"{address}/{cfg.images.namespace}/"
+        for address in (cfg.registry.pull_address, cfg.registry.users_address)
+    )
     for image in client.images.list():
         for ref in image.attrs.get("RepoDigests") or []:
             if ref.startswith(pulled):

@@ -1,6 +1,7 @@
 """Registry roles on the real stack (`hubstack up`): the pull-only account the hub and the
 nodes hold reads the registry but cannot push or delete; the builder's push account can; the
-hub holds no other credential, and a spawned notebook shows none."""
+hub's users account pushes per-user images to their own instance and cannot reach the
+blessed images; the hub holds no other credential, and a spawned notebook shows none."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import requests
 from hubstack.engine import service_container
 from hubstack.errors import CommandError
 from hubstack.hub.container_spec import USER_LABEL
-from hubstack.registry import PULL, PUSH, RegistryClient, auth_config, load_credentials
+from hubstack.registry import PULL, PUSH, USERS, RegistryClient, auth_config, load_credentials
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,7 +47,10 @@ def push(docker_client, repository: str, tag: str, auth: dict) -> str:
 
 
 def passwords(cfg) -> dict[str, str]:
-    return {role: load_credentials(cfg, create=False, role=role).password for role in (PUSH, PULL)}
+    return {
+        role: load_credentials(cfg, create=False, role=role).password
+        for role in (PUSH, PULL, USERS)
+    }
 
 
 def test_pull_credential_reads_but_its_push_and_delete_are_refused(hub_stack, docker_client):
@@ -98,7 +102,38 @@ def test_push_credential_pushes_tags_and_deletes(hub_stack, docker_client):
     assert builder.digest(PROBE, "push") is None and pull.digest(PROBE, "push") is None
 
 
-def test_hub_container_holds_only_the_pull_credential(hub_stack, docker_client):
+def test_users_credential_pushes_per_user_images_but_cannot_touch_the_blessed_ones(
+    hub_stack, docker_client
+):
+    cfg, _, _ = hub_stack
+    users, builder = RegistryClient(cfg, role=USERS), RegistryClient(cfg)
+    creds = load_credentials(cfg, create=False, role=USERS)
+    # Neither blessed instance knows the account: no read, push or delete there.
+    for address in (cfg.registry.address, cfg.registry.pull_address):
+        r = requests.get(f"http://{address}/v2/", auth=(creds.username, creds.password), timeout=30)
+        assert r.status_code == 401, address
+    repo = cfg.image_repository(PROBE)
+    ref = unique_image(docker_client, repo, "users")
+    try:
+        assert push(docker_client, repo, "users", auth_config(cfg, USERS)) != ""
+    finally:
+        docker_client.images.remove(ref, force=True)
+    assert builder.tags(PROBE) == []
+    # Its own instance is another storage: the blessed images are not there to delete.
+    assert users.tags("notebook") == [] and builder.digest("notebook", cfg.images.tag)
+    own = cfg.user_image_repository(PROBE)
+    ref = unique_image(docker_client, own, "users")
+    try:
+        assert push(docker_client, own, "users", auth_config(cfg, USERS)) == ""
+    finally:
+        docker_client.images.remove(ref, force=True)
+    digest = users.digest(PROBE, "users")
+    assert digest and builder.digest(PROBE, "users") is None
+    users.delete_manifest(PROBE, digest)
+    assert users.digest(PROBE, "users") is None
+
+
+def test_hub_container_holds_only_the_pull_and_users_credentials(hub_stack, docker_client):
     cfg, _, _ = hub_stack
     secret = passwords(cfg)
     hub = service_container(cfg, docker_client, "hub")
@@ -106,6 +141,8 @@ def test_hub_container_holds_only_the_pull_credential(hub_stack, docker_client):
     assert "registry_pull_credentials" in listing and "registry_credentials" not in listing
     held = json.loads(hub.exec_run(["cat", "/run/secrets/registry_pull_credentials"]).output)
     assert held["password"] == secret[PULL] and held["username"] == cfg.registry.pull_username
+    held = json.loads(hub.exec_run(["cat", "/run/secrets/registry_users_credentials"]).output)
+    assert held["password"] == secret[USERS] and held["username"] == cfg.registry.users_username
     # The push password nowhere in the hub: not in its secrets, config, state or environment.
     found = hub.exec_run(
         ["grep", "-rlsF", secret[PUSH], "/run/secrets", "/etc/hubstack", "/srv/jupyterhub"]

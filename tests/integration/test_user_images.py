@@ -1,7 +1,8 @@
-"""Per-user images on the real engine and registry: built once per hash, found in the
-registry afterwards (even by a fresh process), rebuilt for a changed spec, the package
-layer shared by two analysts, one build for ten concurrent requests, and a package that
-does not exist failing with pip's own message."""
+"""Per-user images on the real engine and registry (the users instance, beside the
+session's blessed one): built once per hash, found in the registry afterwards (even by a
+fresh process), rebuilt for a changed spec, the package layer shared by two analysts, one
+build for ten concurrent requests, and a package that does not exist failing with pip's
+own message."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def _run(client, image, command):
 
 
 def test_a_spec_is_built_once_and_then_found_in_the_registry(
-    platform_config, docker_client, registry, parent, made
+    platform_config, docker_client, registry, users_registry, parent, made
 ):
     cfg = platform_config
     p = _plan(cfg, "ualice", ALICE, [PACKAGE], parent)
@@ -58,8 +59,11 @@ def test_a_spec_is_built_once_and_then_found_in_the_registry(
     made.append(first.ref)
     assert first.built and images.builds_run == 1
     assert first.ref.endswith(f"/user/ualice:{p.hash}")
-    assert registry.tags("user/ualice") == [p.hash]
-    digest = registry.digest("user/ualice", p.hash)
+    assert users_registry.tags("user/ualice") == [p.hash]
+    # In the users instance only: the blessed images' storage never holds a per-user image.
+    assert first.ref.startswith(f"{cfg.registry.users_address}/")
+    assert registry.tags("user/ualice") == []
+    digest = users_registry.digest("user/ualice", p.hash)
     assert first.image.endswith(f"@{digest}")
     assert any(line.startswith("[ualice] user: Step ") for line in lines), lines[:5]
     assert any("Pushing" in line for line in lines)
@@ -84,10 +88,12 @@ def test_a_spec_is_built_once_and_then_found_in_the_registry(
     second = again.resolve(_plan(cfg, "ualice", ALICE, [PACKAGE], parent))
     assert not second.built and again.builds_run == 0
     assert second.image == first.image
-    assert registry.tags("user/ualice") == [p.hash]
+    assert users_registry.tags("user/ualice") == [p.hash]
 
 
-def test_a_changed_spec_builds_a_new_tag(platform_config, docker_client, registry, parent, made):
+def test_a_changed_spec_builds_a_new_tag(
+    platform_config, docker_client, users_registry, parent, made
+):
     cfg = platform_config
     old = _plan(cfg, "ualice", ALICE, [PACKAGE], parent)
     new = _plan(cfg, "ualice", ALICE, [PACKAGE, "pyjokes==0.8.3"], parent)
@@ -95,11 +101,11 @@ def test_a_changed_spec_builds_a_new_tag(platform_config, docker_client, registr
     got = images.resolve(new)
     made.append(got.ref)
     assert got.built and new.hash != old.hash
-    assert set(registry.tags("user/ualice")) == {old.hash, new.hash}
+    assert set(users_registry.tags("user/ualice")) == {old.hash, new.hash}
 
 
 def test_two_analysts_with_one_spec_share_the_package_layer(
-    platform_config, docker_client, registry, parent, made
+    platform_config, docker_client, users_registry, parent, made
 ):
     cfg = platform_config
     images = ui.UserImages(cfg, docker_client)
@@ -117,7 +123,9 @@ def test_two_analysts_with_one_spec_share_the_package_layer(
     assert not any("Collecting cowsay" in line for line in lines), "bob's packages were rebuilt"
 
 
-def test_ten_requests_at_once_run_one_build(platform_config, docker_client, registry, parent, made):
+def test_ten_requests_at_once_run_one_build(
+    platform_config, docker_client, users_registry, parent, made
+):
     cfg = platform_config
     images = ui.UserImages(cfg, docker_client)
     p = _plan(cfg, "ualice", ALICE, ["pyjokes==0.8.3"], parent)
@@ -143,18 +151,18 @@ def test_ten_requests_at_once_run_one_build(platform_config, docker_client, regi
 
 
 def test_a_package_that_does_not_exist_fails_with_pips_message(
-    platform_config, docker_client, registry, parent
+    platform_config, docker_client, users_registry, parent
 ):
     cfg = platform_config
     p = _plan(cfg, "ualice", ALICE, ["no-such-package-hubstack-12==1.0"], parent)
     with pytest.raises(ui.UserImageError, match="no-such-package-hubstack-12") as failed:
         ui.UserImages(cfg, docker_client).resolve(p)
     assert "No matching distribution" in str(failed.value) or "Could not find" in str(failed.value)
-    assert p.hash not in registry.tags("user/ualice")
+    assert p.hash not in users_registry.tags("user/ualice")
 
 
 def test_listing_and_pruning_never_touch_an_image_in_use(
-    platform_config, docker_client, registry, parent, made
+    platform_config, docker_client, users_registry, parent, made
 ):
     cfg = platform_config
     records = ui.list_user_images(cfg, docker_client)
@@ -164,18 +172,18 @@ def test_listing_and_pruning_never_touch_an_image_in_use(
     # A server on an older, superseded image of alice's: it must survive every prune.
     oldest = min(mine, key=lambda r: r.built)
     assert not oldest.newest
-    image = f"{cfg.image_repository('user/ualice')}@{oldest.digest}"
+    image = f"{cfg.user_image_repository('user/ualice')}@{oldest.digest}"
     server = docker_client.containers.run(image, ["sleep", "300"], detach=True)
     try:
         assert any(r.in_use for r in ui.list_user_images(cfg, docker_client) if r.tag == oldest.tag)
         lines: list[str] = []
         removed = ui.prune_user_images(cfg, docker_client, progress=lines.append)
-        assert oldest.tag in registry.tags("user/ualice")
+        assert oldest.tag in users_registry.tags("user/ualice")
         assert any(f"kept {oldest.tag}: a container uses it" in line for line in lines), lines
         assert all(not r.newest for r in removed)
         assert any(line.startswith("garbage collection") for line in lines) or not removed
         ui.prune_user_images(cfg, docker_client, older_than_days=0, progress=lines.append)
-        assert registry.tags("user/ualice") == [oldest.tag]
-        assert registry.tags("user/ubob") == []
+        assert users_registry.tags("user/ualice") == [oldest.tag]
+        assert users_registry.tags("user/ubob") == []
     finally:
         server.remove(force=True)

