@@ -33,6 +33,11 @@ CLUSTER_LABEL = "io.hubstack.component=spark"
 PYTHON = "/opt/venv/bin/python"
 """The interpreter every image of the hierarchy shares (driver and executors alike)."""
 CONF_DIR = "/etc/hubstack/spark"
+DRIVER_LOCAL_DIR = "/tmp"
+"""The driver's scratch folder (block manager, broadcast files): one every UID may write.
+A per-user image for the Spark profile is built FROM spark-executor, whose ENV points
+SPARK_LOCAL_DIRS at /var/lib/spark/local (the executor user's, 0750): a driver running as
+the analyst there could not start its block manager."""
 """SPARK_CONF_DIR of the analyst's notebook: their spark-defaults.conf (with the secret)."""
 DEFAULTS_FILE = f"{CONF_DIR}/spark-defaults.conf"
 UI_PORT = 4040
@@ -121,6 +126,7 @@ def driver_environment(cfg: PlatformConfig, driver_host: str, user: str) -> dict
         "PYSPARK_PYTHON": PYTHON,
         "PYSPARK_DRIVER_PYTHON": PYTHON,
         "SPARK_CONF_DIR": CONF_DIR,
+        "SPARK_LOCAL_DIRS": DRIVER_LOCAL_DIR,
         # For spark-submit from a terminal, and for code that wants to show where it runs.
         "MASTER": master,
         "SPARK_MASTER_URL": master,

@@ -31,6 +31,9 @@ def test_driver_environment_points_getorcreate_at_the_analysts_own_master():
     # The secret is read from SPARK_CONF_DIR's file, never from the environment.
     assert env["SPARK_CONF_DIR"] == hs.CONF_DIR
     assert not any("secret" in (k + v).lower() for k, v in env.items())
+    # Scratch where the analyst may write, whatever the image's ENV says (spark-executor's,
+    # the parent of a Spark per-user image, names the executor user's folder).
+    assert env["SPARK_LOCAL_DIRS"] == "/tmp"
 
 
 def test_executor_memory_lets_every_core_of_a_worker_host_an_executor():
