@@ -36,7 +36,6 @@ from hubstack.ci.release import load_release
 from hubstack.config import PlatformConfig
 from hubstack.engine import PLATFORM_LABEL, repo_digest
 from hubstack.hub import container_spec, gpu, versions
-from hubstack.hub.container_spec import merge_account_file, passwd_entries  # noqa: F401
 from hubstack.hub.progress import PullProgress, SpawnProgress
 from hubstack.hub.spawn_options import SpawnOptions, SpawnOptionsError, parse_spawn_options
 from hubstack.hub.users import check_id, lookup_user
