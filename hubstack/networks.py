@@ -31,6 +31,7 @@ import ipaddress
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -184,11 +185,45 @@ def attach_hub(cfg: PlatformConfig, client, hub_container: str) -> int:
 
 
 # --- host rules: what Docker has no setting for ------------------------------------------
-def guard_rules(cfg: PlatformConfig) -> list[list[str]]:
+RESOLV_CONFS = (Path("/etc/resolv.conf"), Path("/run/systemd/resolve/resolv.conf"))
+
+
+def host_nameservers(paths: tuple[Path, ...] = RESOLV_CONFS) -> list[str]:
+    """The resolvers the engine's embedded DNS forwards to: the host's resolv.conf, or
+    systemd-resolved's upstream list when the host's names only a loopback stub (which the
+    engine skips as well)."""
+    for path in paths:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        found = []
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] == "nameserver":
+                try:
+                    address = ipaddress.ip_address(fields[1])
+                except ValueError:
+                    continue
+                if address.version == 4 and not address.is_loopback:
+                    found.append(str(address))
+        if found:
+            return found
+    return []
+
+
+def guard_rules(cfg: PlatformConfig, nameservers: list[str] | None = None) -> list[list[str]]:
     """iptables rules (after the chain's creation): analysts' bridges may talk within
-    themselves, to network.reachable and to public addresses only."""
+    themselves, to the host's DNS resolvers on port 53 (the engine's embedded DNS forwards
+    from inside the container's network namespace), to network.reachable and to public
+    addresses only."""
     into = BRIDGE_PREFIX + "+"
     rules = [["-A", GUARD_CHAIN, "-i", into, "-o", into, "-j", "RETURN"]]
+    for ns in host_nameservers() if nameservers is None else nameservers:
+        rules += [
+            ["-A", GUARD_CHAIN, "-i", into, "-d", ns, "-p", proto, "--dport", "53", "-j", "RETURN"]
+            for proto in ("udp", "tcp")
+        ]
     rules += [
         ["-A", GUARD_CHAIN, "-i", into, "-d", r, "-j", "RETURN"] for r in cfg.network.reachable
     ]
