@@ -338,6 +338,7 @@ class HubstackSpawner(DockerSpawner):
             try:
                 await self.docker("inspect_image", image)
                 progress.emit(70, "Image already on this node")
+                await self._remember_tag(image)
                 return
             except docker.errors.ImageNotFound:
                 if self.pull_policy.lower() == "never":
@@ -347,6 +348,17 @@ class HubstackSpawner(DockerSpawner):
         progress.emit(10, f"Pulling image {image}")
         await asyncio.wrap_future(self.executor.submit(run))
         progress.emit(70, "Image ready")
+        await self._remember_tag(image)
+
+    async def _remember_tag(self, image: str) -> None:
+        """Tag the pulled digest with the tag it was resolved from (REPO:stable, ...): when the
+        registry is down, _resolve_digest falls back to this node's copy of that tag. A pull by
+        digest alone leaves no tag, and the hub's registry is the read-only one, whose names
+        nothing else on the node carries."""
+        ref = getattr(self, "_tag_ref", "")
+        if ref and image.startswith(ref.rsplit(":", 1)[0] + "@"):
+            repo, tag = ref.rsplit(":", 1)
+            await self.docker("tag", image, repo, tag)
 
     # --- containers ------------------------------------------------------------------
     def _spark_environment(self, profile) -> dict:
@@ -473,6 +485,8 @@ class HubstackSpawner(DockerSpawner):
                 await self.docker("inspect_image", image)
             except docker.errors.ImageNotFound:
                 await self._in_pool(self._pull_quietly, image)
+            repo, _, executor_tag = ref.rpartition(":")
+            await self.docker("tag", image, repo, executor_tag)  # as _remember_tag does
             spec = spark_cluster.ClusterSpec(
                 server=self.container_name,
                 user=self.user.name,
@@ -535,6 +549,7 @@ class HubstackSpawner(DockerSpawner):
         version = self._version()
         self.chosen_version = version if versions.is_release(version) else ""
         self.image = await self._resolve_digest(ref)
+        self._tag_ref = ref
         progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
 
         try:
