@@ -276,7 +276,11 @@ def remove_guard() -> None:
     _iptables("-X", GUARD_CHAIN)
 
 
-def any_analyst_network(client) -> bool:
-    """Whether any platform on this engine still has an analyst network (the rules are
-    engine-wide: they stay while one does)."""
-    return bool(client.networks.list(filters={"label": NETWORK_LABEL}))
+def guard_still_needed(client) -> bool:
+    """Whether any platform on this engine is still up or still has an analyst network: the
+    rules are engine-wide, and a platform whose servers are all stopped right now will
+    spawn again (its read-only registry, a service only hubstack runs, says it is up)."""
+    return bool(
+        client.networks.list(filters={"label": NETWORK_LABEL})
+        or client.containers.list(filters={"label": "com.docker.compose.service=registry-pull"})
+    )

@@ -501,7 +501,7 @@ def cmd_down(cfg: PlatformConfig, args) -> int:
     else:
         compose(cfg, "down")  # no -v: the hub database and the registry's images stay
         print(f"stopped {', '.join(services)}")
-        if not networks.any_analyst_network(client):
+        if not networks.guard_still_needed(client):
             networks.remove_guard()  # engine-wide rules: only once no platform needs them
     print("hubstack is down; data kept (volumes, homes, secrets)")
     return 0
