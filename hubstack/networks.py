@@ -126,11 +126,9 @@ def ensure_network(cfg: PlatformConfig, client, user: str):
 
 
 def join(network, container_id: str, aliases: list[str] | None = None) -> None:
-    """Connect a container (e.g. the hub) to NETWORK unless it already is."""
+    """Connect a container (e.g. the hub; its full ID) to NETWORK unless it already is."""
     network.reload()
-    if container_id in (network.attrs.get("Containers") or {}) or any(
-        cid.startswith(container_id) for cid in network.attrs.get("Containers") or {}
-    ):
+    if container_id in (network.attrs.get("Containers") or {}):  # keyed by full IDs
         return
     try:
         network.connect(container_id, aliases=aliases)

@@ -338,7 +338,7 @@ class HubstackSpawner(DockerSpawner):
             try:
                 await self.docker("inspect_image", image)
                 progress.emit(70, "Image already on this node")
-                await self._remember_tag(image)
+                await self._remember_tag(image, getattr(self, "_tag_ref", ""))
                 return
             except docker.errors.ImageNotFound:
                 if self.pull_policy.lower() == "never":
@@ -348,16 +348,15 @@ class HubstackSpawner(DockerSpawner):
         progress.emit(10, f"Pulling image {image}")
         await asyncio.wrap_future(self.executor.submit(run))
         progress.emit(70, "Image ready")
-        await self._remember_tag(image)
+        await self._remember_tag(image, getattr(self, "_tag_ref", ""))
 
-    async def _remember_tag(self, image: str) -> None:
-        """Tag the pulled digest with the tag it was resolved from (REPO:stable, ...): when the
+    async def _remember_tag(self, image: str, ref: str) -> None:
+        """Tag IMAGE (REPO@digest) with REF (REPO:tag), the tag it was resolved from: when the
         registry is down, _resolve_digest falls back to this node's copy of that tag. A pull by
         digest alone leaves no tag, and the hub's registry is the read-only one, whose names
         nothing else on the node carries."""
-        ref = getattr(self, "_tag_ref", "")
-        if ref and image.startswith(ref.rsplit(":", 1)[0] + "@"):
-            repo, tag = ref.rsplit(":", 1)
+        repo, _, tag = ref.rpartition(":")
+        if ref and image.startswith(repo + "@"):
             await self.docker("tag", image, repo, tag)
 
     # --- containers ------------------------------------------------------------------
@@ -451,10 +450,11 @@ class HubstackSpawner(DockerSpawner):
     @property
     def engine(self) -> docker.DockerClient:
         """The high-level client over DockerSpawner's low-level one (same connection), for
-        hubstack.networks and hubstack.spark_cluster."""
-        client = docker.DockerClient.__new__(docker.DockerClient)
-        client.api = self.client
-        return client
+        hubstack.networks and hubstack.spark_cluster; made once."""
+        if getattr(self, "_engine", None) is None:
+            self._engine = docker.DockerClient.__new__(docker.DockerClient)
+            self._engine.api = self.client
+        return self._engine
 
     def _join_network(self) -> None:
         net = networks.ensure_network(self.cfg, self.engine, self.user.name)
@@ -485,8 +485,7 @@ class HubstackSpawner(DockerSpawner):
                 await self.docker("inspect_image", image)
             except docker.errors.ImageNotFound:
                 await self._in_pool(self._pull_quietly, image)
-            repo, _, executor_tag = ref.rpartition(":")
-            await self.docker("tag", image, repo, executor_tag)  # as _remember_tag does
+            await self._remember_tag(image, ref)
             spec = spark_cluster.ClusterSpec(
                 server=self.container_name,
                 user=self.user.name,
