@@ -31,6 +31,7 @@ import ipaddress
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -125,11 +126,9 @@ def ensure_network(cfg: PlatformConfig, client, user: str):
 
 
 def join(network, container_id: str, aliases: list[str] | None = None) -> None:
-    """Connect a container (e.g. the hub) to NETWORK unless it already is."""
+    """Connect a container (e.g. the hub; its full ID) to NETWORK unless it already is."""
     network.reload()
-    if container_id in (network.attrs.get("Containers") or {}) or any(
-        cid.startswith(container_id) for cid in network.attrs.get("Containers") or {}
-    ):
+    if container_id in (network.attrs.get("Containers") or {}):  # keyed by full IDs
         return
     try:
         network.connect(container_id, aliases=aliases)
@@ -184,11 +183,45 @@ def attach_hub(cfg: PlatformConfig, client, hub_container: str) -> int:
 
 
 # --- host rules: what Docker has no setting for ------------------------------------------
-def guard_rules(cfg: PlatformConfig) -> list[list[str]]:
+RESOLV_CONFS = (Path("/etc/resolv.conf"), Path("/run/systemd/resolve/resolv.conf"))
+
+
+def host_nameservers(paths: tuple[Path, ...] = RESOLV_CONFS) -> list[str]:
+    """The resolvers the engine's embedded DNS forwards to: the host's resolv.conf, or
+    systemd-resolved's upstream list when the host's names only a loopback stub (which the
+    engine skips as well)."""
+    for path in paths:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        found = []
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] == "nameserver":
+                try:
+                    address = ipaddress.ip_address(fields[1])
+                except ValueError:
+                    continue
+                if address.version == 4 and not address.is_loopback:
+                    found.append(str(address))
+        if found:
+            return found
+    return []
+
+
+def guard_rules(cfg: PlatformConfig, nameservers: list[str] | None = None) -> list[list[str]]:
     """iptables rules (after the chain's creation): analysts' bridges may talk within
-    themselves, to network.reachable and to public addresses only."""
+    themselves, to the host's DNS resolvers on port 53 (the engine's embedded DNS forwards
+    from inside the container's network namespace), to network.reachable and to public
+    addresses only."""
     into = BRIDGE_PREFIX + "+"
     rules = [["-A", GUARD_CHAIN, "-i", into, "-o", into, "-j", "RETURN"]]
+    for ns in host_nameservers() if nameservers is None else nameservers:
+        rules += [
+            ["-A", GUARD_CHAIN, "-i", into, "-d", ns, "-p", proto, "--dport", "53", "-j", "RETURN"]
+            for proto in ("udp", "tcp")
+        ]
     rules += [
         ["-A", GUARD_CHAIN, "-i", into, "-d", r, "-j", "RETURN"] for r in cfg.network.reachable
     ]
@@ -241,7 +274,11 @@ def remove_guard() -> None:
     _iptables("-X", GUARD_CHAIN)
 
 
-def any_analyst_network(client) -> bool:
-    """Whether any platform on this engine still has an analyst network (the rules are
-    engine-wide: they stay while one does)."""
-    return bool(client.networks.list(filters={"label": NETWORK_LABEL}))
+def guard_still_needed(client) -> bool:
+    """Whether any platform on this engine is still up or still has an analyst network: the
+    rules are engine-wide, and a platform whose servers are all stopped right now will
+    spawn again (its read-only registry, a service only hubstack runs, says it is up)."""
+    return bool(
+        client.networks.list(filters={"label": NETWORK_LABEL})
+        or client.containers.list(filters={"label": "com.docker.compose.service=registry-pull"})
+    )

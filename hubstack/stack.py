@@ -488,8 +488,13 @@ def stop_servers(cfg: PlatformConfig, client, timeout: int = 10) -> list[str]:
     if servers:
         with ThreadPoolExecutor(max_workers=min(16, len(servers))) as pool:
             lines = list(pool.map(lambda c: _stop_server(c, timeout), servers))
-    for c in platform_containers(cfg, client, spark_cluster.CLUSTER_LABEL):
-        spark_cluster.stop_cluster(client, c.labels[spark_cluster.CLUSTER_LABEL])
+    # One removal per cluster, not one per container of it.
+    clusters = {
+        c.labels[spark_cluster.CLUSTER_LABEL]
+        for c in platform_containers(cfg, client, spark_cluster.CLUSTER_LABEL)
+    }
+    for server in clusters:
+        spark_cluster.stop_cluster(client, server)
     for net in networks.analyst_networks(cfg, client):
         networks.remove_network(cfg, client, net.attrs["Labels"][networks.NETWORK_LABEL])
     return lines
@@ -515,7 +520,7 @@ def cmd_down(cfg: PlatformConfig, args) -> int:
     else:
         compose(cfg, "down")  # no -v: the hub database and the registry's images stay
         print(f"stopped {', '.join(services)}")
-        if not networks.any_analyst_network(client):
+        if not networks.guard_still_needed(client):
             networks.remove_guard()  # engine-wide rules: only once no platform needs them
     print("hubstack is down; data kept (volumes, homes, secrets)")
     return 0

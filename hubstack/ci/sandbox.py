@@ -83,6 +83,20 @@ _runner_lock = threading.Lock()
 _WAIT_TIMED_OUT = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
 
+def wait_and_read(container, timeout: float, timed_out_code: int, why: str) -> tuple[int, str]:
+    """Wait for CONTAINER to exit (killed after TIMEOUT s, then TIMED_OUT_CODE and WHY on its
+    own line after the output); its exit code and its output."""
+    try:
+        return (
+            int(container.wait(timeout=timeout).get("StatusCode", -1)),
+            container.logs(stdout=True, stderr=True).decode(errors="replace"),
+        )
+    except _WAIT_TIMED_OUT:
+        container.kill()
+    out = container.logs(stdout=True, stderr=True).decode(errors="replace")
+    return timed_out_code, f"{out}\n{why}"
+
+
 def find_test_module(folder: Path) -> Path | None:
     path = Path(folder) / TEST_MODULE
     return path if path.is_file() else None
@@ -164,14 +178,10 @@ class Broker(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             )
             try:
                 container.start()
-                try:
-                    code = int(container.wait(timeout=timeout).get("StatusCode", -1))
-                    late = ""
-                except _WAIT_TIMED_OUT:
-                    container.kill()
-                    code, late = 124, f"\n[imagetest] stopped after the timeout of {timeout}s"
-                out = container.logs(stdout=True, stderr=True).decode(errors="replace")
-                return {"exit_code": code, "output": out[-MAX_OUTPUT_CHARS:] + late}
+                code, out = wait_and_read(
+                    container, timeout, 124, f"[imagetest] stopped after the timeout of {timeout}s"
+                )
+                return {"exit_code": code, "output": out[-MAX_OUTPUT_CHARS:]}
             finally:
                 container.remove(force=True)
 
@@ -307,14 +317,8 @@ def run_image_tests(
             labels={SANDBOX_LABEL: "runner"},
         )
         container.start()
-        try:
-            code = int(container.wait(timeout=timeout).get("StatusCode", -1))
-            late = ""
-        except _WAIT_TIMED_OUT:
-            container.kill()
-            code, late = -1, f"\nimage tests timed out after {timeout}s"
-        out = container.logs(stdout=True, stderr=True).decode(errors="replace")
-        return code == 0, (out.strip() + late).strip()
+        code, out = wait_and_read(container, timeout, -1, f"image tests timed out after {timeout}s")
+        return code == 0, out.strip()
     finally:
         if container is not None:
             container.remove(force=True)

@@ -39,7 +39,6 @@ from hubstack.ci.release import load_release
 from hubstack.config import PlatformConfig
 from hubstack.engine import PLATFORM_LABEL, repo_digest
 from hubstack.hub import container_spec, gpu, versions
-from hubstack.hub.container_spec import merge_account_file, passwd_entries  # noqa: F401
 from hubstack.hub.progress import PullProgress, SpawnProgress
 from hubstack.hub.spawn_options import SpawnOptions, SpawnOptionsError, parse_spawn_options
 from hubstack.hub.users import check_id, lookup_user
@@ -358,6 +357,7 @@ class HubstackSpawner(DockerSpawner):
             try:
                 await self.docker("inspect_image", image)
                 progress.emit(70, "Image already on this node")
+                await self._remember_tag(image, getattr(self, "_tag_ref", ""))
                 return
             except docker.errors.ImageNotFound:
                 if self.pull_policy.lower() == "never":
@@ -367,6 +367,16 @@ class HubstackSpawner(DockerSpawner):
         progress.emit(10, f"Pulling image {image}")
         await asyncio.wrap_future(self.executor.submit(run))
         progress.emit(70, "Image ready")
+        await self._remember_tag(image, getattr(self, "_tag_ref", ""))
+
+    async def _remember_tag(self, image: str, ref: str) -> None:
+        """Tag IMAGE (REPO@digest) with REF (REPO:tag), the tag it was resolved from: when the
+        registry is down, _resolve_digest falls back to this node's copy of that tag. A pull by
+        digest alone leaves no tag, and the hub's registry is the read-only one, whose names
+        nothing else on the node carries."""
+        repo, _, tag = ref.rpartition(":")
+        if ref and image.startswith(repo + "@"):
+            await self.docker("tag", image, repo, tag)
 
     # --- containers ------------------------------------------------------------------
     def _spark_environment(self, profile) -> dict:
@@ -459,10 +469,11 @@ class HubstackSpawner(DockerSpawner):
     @property
     def engine(self) -> docker.DockerClient:
         """The high-level client over DockerSpawner's low-level one (same connection), for
-        hubstack.networks and hubstack.spark_cluster."""
-        client = docker.DockerClient.__new__(docker.DockerClient)
-        client.api = self.client
-        return client
+        hubstack.networks and hubstack.spark_cluster; made once."""
+        if getattr(self, "_engine", None) is None:
+            self._engine = docker.DockerClient.__new__(docker.DockerClient)
+            self._engine.api = self.client
+        return self._engine
 
     def _join_network(self) -> None:
         net = networks.ensure_network(self.cfg, self.engine, self.user.name)
@@ -493,6 +504,7 @@ class HubstackSpawner(DockerSpawner):
                 await self.docker("inspect_image", image)
             except docker.errors.ImageNotFound:
                 await self._in_pool(self._pull_quietly, image)
+            await self._remember_tag(image, ref)
             spec = spark_cluster.ClusterSpec(
                 server=self.container_name,
                 user=self.user.name,
@@ -555,6 +567,7 @@ class HubstackSpawner(DockerSpawner):
         version = self._version()
         self.chosen_version = version if versions.is_release(version) else ""
         self.image = await self._resolve_digest(ref)
+        self._tag_ref = ref
         progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
         own_image = await self._user_image(profile, tag)
         self.image = own_image or self.image

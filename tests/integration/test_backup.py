@@ -21,6 +21,7 @@ from hubstack.ci.promote import record_promotion, releases_dir, stable_tag
 from hubstack.config import load_config
 from hubstack.engine import created_container
 from hubstack.hub.container_spec import USER_LABEL
+from hubstack.networks import network_name
 from hubstack.stack import local_images
 from tests.integration.conftest import ANALYSTS
 from tests.integration.hubstack_e2e import HubClient, hubstack, remove_platform, write_config
@@ -124,7 +125,7 @@ def test_backup_of_a_running_hub_restores_into_a_second_platform(
         (container,) = [
             c
             for c in docker_client.containers.list(filters={"label": f"{USER_LABEL}=alice"})
-            if cfg2.hub.network in c.attrs["NetworkSettings"]["Networks"]
+            if network_name(cfg2, "alice") in c.attrs["NetworkSettings"]["Networks"]
         ]
         out = container.exec_run(["sh", "-c", "id -u; id -g; cat ~/backup-marker.txt"])
         assert out.output.decode().split("\n")[:3] == [

@@ -71,26 +71,32 @@ def test_notebook_cell_prints_the_analysts_uid(hub_stack, browser):
                 (By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')
             )
         )
-        card.click()
-        editor = wait.until(
-            EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content"))
-        )
-        # Typing before the kernel is attached would "run" the cell with no kernel: wait for Idle.
-        wait.until(lambda b: "| Idle" in b.find_element(By.ID, "jp-main-statusbar").text)
-        editor.click()
-        editor.send_keys("import os; print('UID', os.getuid())")
-        editor.send_keys(Keys.SHIFT, Keys.ENTER)
-        out = wait.until(
-            lambda b: next(
-                (
-                    e.text
-                    for e in b.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
-                    if "UID" in e.text
-                ),
-                None,
-            )
-        )
-        assert out.strip() == f"UID {uid}"
+        assert uid_printed_by_a_new_notebook(wait, card) == f"UID {uid}"
     finally:
         browser.save_screenshot(str(ARTIFACTS / "browser-notebook-uid.png"))
         stop_servers(logged_in_clients(cfg, {name: ANALYSTS[name]}))
+
+
+def uid_printed_by_a_new_notebook(wait: WebDriverWait, card) -> str:
+    """Open a notebook from the launcher CARD, run `print('UID', os.getuid())` in it, and
+    return what the cell printed."""
+    card.click()
+    editor = wait.until(
+        EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content"))
+    )
+    # Typing before the kernel is attached would "run" the cell with no kernel: wait for Idle.
+    wait.until(lambda b: "| Idle" in b.find_element(By.ID, "jp-main-statusbar").text)
+    editor.click()
+    editor.send_keys("import os; print('UID', os.getuid())")
+    editor.send_keys(Keys.SHIFT, Keys.ENTER)
+    out = wait.until(
+        lambda b: next(
+            (
+                e.text
+                for e in b.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
+                if "UID" in e.text
+            ),
+            None,
+        )
+    )
+    return out.strip()

@@ -18,6 +18,7 @@ import pytest
 
 from hubstack.engine import project_name, service_container
 from hubstack.hub.container_spec import USER_LABEL
+from hubstack.networks import network_name
 from tests.integration.hubstack_e2e import (
     REPO,
     HubClient,
@@ -41,7 +42,7 @@ def _server_container(docker_client, cfg, user: str):
     found = [
         c
         for c in docker_client.containers.list(filters={"label": f"{USER_LABEL}={user}"})
-        if cfg.hub.network in c.attrs["NetworkSettings"]["Networks"]
+        if network_name(cfg, user) in c.attrs["NetworkSettings"]["Networks"]
     ]
     return found[0] if found else None
 
@@ -122,15 +123,16 @@ def test_killed_notebook_is_noticed_and_the_next_start_is_fresh(hub_stack, clien
 
 
 def test_registry_down_spawns_from_the_node_or_says_why(hub_stack, clients, docker_client):
-    """Fault: the registry is stopped. A spawn whose image this node already holds works;
-    one whose image it does not hold fails with a message that names the registry."""
+    """Fault: the registry the hub pulls from (the read-only instance) is stopped. A spawn
+    whose image this node already holds works; one whose image it does not hold fails with a
+    message that names that registry."""
     cfg, _, _ = hub_stack
     alice = clients["alice"]
     if alice.running():
         alice.stop()
     alice.start()  # with the registry up: this node now records the image's digest
     alice.stop()
-    registry = service_container(cfg, docker_client, "registry")
+    registry = service_container(cfg, docker_client, "registry-pull")
     registry.stop(timeout=10)
     try:
         events = alice.start()
@@ -140,7 +142,7 @@ def test_registry_down_spawns_from_the_node_or_says_why(hub_stack, clients, dock
 
         forget_local_digest(docker_client, cfg, "notebook")
         message = _spawn_failure(alice)
-        assert f"the registry {cfg.registry.address} cannot give image" in message, message
+        assert f"the registry {cfg.registry.pull_address} cannot give image" in message, message
         assert "no copy" in message
     finally:
         registry.start()

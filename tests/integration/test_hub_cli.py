@@ -27,6 +27,8 @@ def test_up_without_images_names_the_missing_images_and_keeps_secrets(tmp_path, 
         "jupyterhub-crypt-key",
         "proxy-token",
         "registry-credentials.json",
+        "registry-pull-credentials.json",  # the hub's pull-only account (registry roles)
+        "registry-pull.htpasswd",
         "registry.htpasswd",
     ]
     before = {p.name: p.read_text() for p in cfg.secrets_dir.iterdir()}

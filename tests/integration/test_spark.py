@@ -66,15 +66,20 @@ except Exception as e:
 """
 
 WORK_DIR_JOB = r"""
-import json, os, stat
+import json, os, stat, uuid
 from pyspark.sql import SparkSession
 sc = SparkSession.builder.getOrCreate().sparkContext
+# Application ids are only unique per master (two masters can hand out the same id
+# in the same second), so each executor leaves a marker unique to this run in its
+# working folder, the app's folder under /tmp/spark/work.
+marker = "probe-" + uuid.uuid4().hex
 def look(_):
+    open(marker, "w").close()
     st = os.stat("/tmp/spark/work")
     return {"uid": os.getuid(), "owner": st.st_uid, "mode": oct(stat.S_IMODE(st.st_mode)),
             "apps": sorted(os.listdir("/tmp/spark/work"))}
 seen = sc.parallelize(range(4), 4).map(look).collect()
-print("RESULT " + json.dumps({"app": sc.applicationId, "seen": seen}))
+print("RESULT " + json.dumps({"app": sc.applicationId, "marker": marker, "seen": seen}))
 """
 
 
@@ -177,11 +182,16 @@ def test_executors_work_folders_are_the_analysts_alone(clusters, drivers):
     for seen in r["seen"]:
         assert seen["uid"] == seen["owner"] == alice.uid and seen["mode"] == "0o700"
         assert r["app"] in seen["apps"]
-    # bob's work folder lives in bob's containers: none of alice's executors lists his apps.
-    bob_apps = set()
-    for w in clusters["bob"].containers("worker"):
-        bob_apps |= set(w.exec_run(["ls", "/tmp/spark/work"]).output.decode().split())
-    assert bob_apps and not bob_apps & {a for s in r["seen"] for a in s["apps"]}
+    # What alice's executors wrote is in alice's workers only, never in bob's.
+    def markers(cluster):
+        found = ""
+        for w in cluster.containers("worker"):
+            cmd = ["find", "/tmp/spark/work", "-name", r["marker"]]
+            found += w.exec_run(cmd, user=str(cluster.uid)).output.decode()
+        return found
+
+    assert r["marker"] in markers(alice)
+    assert r["marker"] not in markers(clusters["bob"])
 
 
 def test_no_session_without_the_secret_nor_on_another_analysts_master(clusters, drivers):

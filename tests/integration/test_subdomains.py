@@ -13,13 +13,16 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.integration.conftest import ANALYSTS
 from tests.integration.hubstack_e2e import hub_config_changed, stop_servers
-from tests.integration.test_browser import ARTIFACTS, CHROMIUM_FLAGS
+from tests.integration.test_browser import (
+    ARTIFACTS,
+    CHROMIUM_FLAGS,
+    uid_printed_by_a_new_notebook,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,25 +83,7 @@ def test_jupyterlab_runs_code_on_the_analysts_own_subdomain(subdomain_host, clie
         assert browser.current_url.startswith(
             f"{server_origin(subdomain_host, name)}/user/{name}/lab"
         ), browser.current_url
-        card.click()
-        editor = wait.until(
-            EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content"))
-        )
-        wait.until(lambda b: "| Idle" in b.find_element(By.ID, "jp-main-statusbar").text)
-        editor.click()
-        editor.send_keys("import os; print('UID', os.getuid())")
-        editor.send_keys(Keys.SHIFT, Keys.ENTER)
-        out = wait.until(
-            lambda b: next(
-                (
-                    e.text
-                    for e in b.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
-                    if "UID" in e.text
-                ),
-                None,
-            )
-        )
-        assert out.strip() == f"UID {uid}"
+        assert uid_printed_by_a_new_notebook(wait, card) == f"UID {uid}"
     finally:
         browser.save_screenshot(str(ARTIFACTS / "subdomain-notebook-uid.png"))
     # The hub's REST answers name the server by its own origin, too.

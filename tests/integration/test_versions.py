@@ -9,6 +9,7 @@ import io
 
 import pytest
 
+from hubstack import spark, spark_cluster
 from hubstack.ci.promote import STABLE, ensure_local, promote, releases_dir
 from hubstack.ci.release import release, retire
 from hubstack.engine import platform_containers
@@ -30,7 +31,12 @@ USER 1000:100
 
 
 def _image_of(cfg, docker_client, user: str) -> str:
-    (server,) = platform_containers(cfg, docker_client, f"{USER_LABEL}={user}", False)
+    """The image of USER's notebook server (their Spark containers carry their label too)."""
+    (server,) = [
+        c
+        for c in platform_containers(cfg, docker_client, f"{USER_LABEL}={user}", False)
+        if spark_cluster.CLUSTER_LABEL not in c.labels
+    ]
     return server.attrs["Config"]["Image"]
 
 
@@ -135,10 +141,16 @@ def test_releases_on_the_spawn_page_kept_per_analyst_promoted_and_retired(
         bob.start()
         assert _image_of(cfg, docker_client, "bob") == f"{pulled}@{new}"
         bob.stop()
-        r = bob.api(
-            "POST", "/hub/api/users/bob/server", json={"profile": "spark", "version": "9.1.0"}
-        )
-        assert r.status_code == 409 and "Spark" in r.json()["message"], r.text
+
+        # A release on the Spark profile: the analyst's own cluster runs that release too.
+        alice.start(profile="spark", version="9.1.0")
+        assert _image_of(cfg, docker_client, "alice") == f"{pulled}@{new}"
+        executor = registry.digest(spark.EXECUTOR_IMAGE, "9.1.0")
+        cluster = platform_containers(cfg, docker_client, f"{USER_LABEL}=alice", False)
+        assert {
+            c.attrs["Config"]["Image"] for c in cluster if spark_cluster.CLUSTER_LABEL in c.labels
+        } == {f"{cfg.pull_repository(spark.EXECUTOR_IMAGE)}@{executor}"}
+        alice.stop()
 
         retire(cfg, "9.0.0")
         assert "9.0.0 (released" not in alice.http.get(f"{alice.base}/hub/spawn", timeout=30).text

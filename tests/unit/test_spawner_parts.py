@@ -9,8 +9,9 @@ from traitlets.config import Config
 
 from hubstack.config import parse_config
 from hubstack.hub import setup
+from hubstack.hub.container_spec import merge_account_file, passwd_entries
 from hubstack.hub.progress import PullProgress, SpawnProgress
-from hubstack.hub.spawner import HubstackSpawner, merge_account_file, passwd_entries
+from hubstack.hub.spawner import HubstackSpawner
 from hubstack.stack import compose_env, hub_config
 
 IMAGE_PASSWD = "root:x:0:0:root:/root:/bin/bash\njovyan:x:1000:100::/home/jovyan:/bin/bash\n"
