@@ -498,8 +498,10 @@ class HubstackSpawner(DockerSpawner):
         """Resolve, pull and start the analyst's cluster, from their per-user image (IMAGE)
         or the spark-executor image of the same tag as their server."""
         try:
+            ref = ""  # a per-user image is found by its hash, never by a remembered tag
             if image is None:
-                image = await self._resolve_digest(self.cfg.image_ref(spark.EXECUTOR_IMAGE, tag))
+                ref = self.cfg.image_ref(spark.EXECUTOR_IMAGE, tag)
+                image = await self._resolve_digest(ref)
             try:
                 await self.docker("inspect_image", image)
             except docker.errors.ImageNotFound:

@@ -29,6 +29,8 @@ def test_up_without_images_names_the_missing_images_and_keeps_secrets(tmp_path, 
         "registry-credentials.json",
         "registry-pull-credentials.json",  # the hub's pull-only account (registry roles)
         "registry-pull.htpasswd",
+        "registry-users-credentials.json",  # the hub's account for per-user images
+        "registry-users.htpasswd",
         "registry.htpasswd",
     ]
     before = {p.name: p.read_text() for p in cfg.secrets_dir.iterdir()}

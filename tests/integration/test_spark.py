@@ -182,6 +182,7 @@ def test_executors_work_folders_are_the_analysts_alone(clusters, drivers):
     for seen in r["seen"]:
         assert seen["uid"] == seen["owner"] == alice.uid and seen["mode"] == "0o700"
         assert r["app"] in seen["apps"]
+
     # What alice's executors wrote is in alice's workers only, never in bob's.
     def markers(cluster):
         found = ""
