@@ -178,7 +178,11 @@ def test_the_repositorys_locks_are_fresh_and_installed_with_hashes():
     cfg = parse_config({"source_dir": str(ROOT)})
     graph = ImageGraph.from_config(cfg)
     names = lockable(graph)
-    assert {"python", "spark"} <= set(names)
+    assert {"python", "spark", "gpu", "hub"} <= set(names)
+    # No image installs Python packages from outside a lock (gpu's torch and nvidia-* too).
+    for name in graph.order():
+        if "pip install" in graph[name].dockerfile.read_text():
+            assert name in names and (graph[name].path / "requirements.in").is_file(), name
     for name in names:
         assert stale_reason(graph, name) is None, "run `hubstack images lock` and commit"
         if (graph[name].path / "requirements.in").is_file():
@@ -263,7 +267,7 @@ def test_apt_pin_fails_clearly_when_the_mirror_lost_a_locked_version(tmp_path):
     assert not (tmp_path / "prefs").exists()
 
 
-@pytest.mark.parametrize("image", ["python", "spark"])
+@pytest.mark.parametrize("image", ["python", "spark", "gpu"])
 def test_locked_images_keep_the_single_venv_and_the_lock_step_last(image):
     text = (ROOT / "images" / image / "Dockerfile").read_text()
     last_run = text[text.rindex("RUN ") :]
