@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from hubstack.hub.users import NAME_RE
+
 CONFIG_ENV = "HUBSTACK_CONFIG"
 DEFAULT_CONFIG_PATHS = (Path("hubstack.yaml"), Path("/etc/hubstack/hubstack.yaml"))
 
@@ -272,6 +274,92 @@ def _default_profiles() -> list[ProfileConfig]:
     ]
 
 
+def host_cores() -> int:
+    """CPUs this process may run on (its affinity, which a container's cpuset narrows)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class SpawnConfig(_Section):
+    """How the hub paces a burst of spawns (many analysts logging in at once)."""
+
+    concurrent_starts: int | None = Field(None, ge=1)
+    """Notebook servers started at once, from creating the container until the server
+    answers; more spawns wait their turn in a queue and the spawn page shows their place.
+    Unset: the CPUs of the hub's machine (a start is CPU-bound, so more at once only makes
+    every one of them slower)."""
+    max_pending: int = Field(100, ge=1)
+    """Spawns the hub takes at once, queued and starting together (JupyterHub's
+    concurrent_spawn_limit): one more is answered 429 "Too many users trying to log in right
+    now". A safety valve far above concurrent_starts: a burst queues instead of failing."""
+
+    @model_validator(mode="after")
+    def _valve_above_queue(self) -> SpawnConfig:
+        if self.concurrent_starts is not None and self.max_pending < self.concurrent_starts:
+            raise ValueError(
+                f"max_pending ({self.max_pending}) is below concurrent_starts "
+                f"({self.concurrent_starts}): spawns past max_pending are refused (429) "
+                "instead of queued, so it must be at least concurrent_starts"
+            )
+        return self
+
+    @property
+    def starts_at_once(self) -> int:
+        """concurrent_starts, or the CPUs of the machine this runs on (the hub's)."""
+        return self.concurrent_starts or host_cores()
+
+
+class CullConfig(_Section):
+    """Idle culling (jupyterhub-idle-culler as a hub service): a server nobody used for
+    idle_timeout seconds is stopped; its home stays, its GPU and Spark cluster are freed."""
+
+    idle_timeout: int = Field(3600, ge=0)
+    """Seconds without activity (browser traffic, kernels, terminals) before a server is
+    stopped; 0: never cull."""
+    every: int | None = Field(None, ge=1)
+    """Seconds between the culler's checks; unset: a quarter of idle_timeout, at most 600."""
+    exempt: list[str] = []
+    """Analysts whose servers are never culled (user names)."""
+
+    @field_validator("exempt")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        bad = [name for name in v if not NAME_RE.match(name)]
+        if bad:
+            raise ValueError(
+                f"not user names (lowercase letters, digits, '_', '-'): {', '.join(map(repr, bad))}"
+            )
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _every_within_timeout(self) -> CullConfig:
+        if self.idle_timeout and self.every is not None and self.every > self.idle_timeout:
+            raise ValueError(
+                f"every ({self.every}) is above idle_timeout ({self.idle_timeout}): an idle "
+                "server would run up to every + idle_timeout seconds; check at most every "
+                "idle_timeout seconds"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.idle_timeout > 0
+
+    @property
+    def check_every(self) -> int:
+        """Seconds between the culler's checks."""
+        return self.every or min(max(self.idle_timeout // 4, 1), 600)
+
+    @property
+    def activity_interval(self) -> int:
+        """How often servers report activity and the hub reads the proxy's: well inside
+        idle_timeout, so a working analyst's activity is seen before their server is culled
+        (JupyterHub's 300 s default would be longer than a short timeout)."""
+        return min(max(self.idle_timeout // 4, 5), 300)
+
+
 class HubConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -295,6 +383,9 @@ class HubConfig(_Section):
     releases_offered: int = Field(5, ge=0)
     """Newest releases (`hubstack ci release`) the spawn form offers beside stable; 0: none."""
     start_timeout: int = Field(300, gt=0)
+    """Seconds a spawn may take, its wait in the start queue (hub.spawn) included."""
+    spawn: SpawnConfig = SpawnConfig()
+    cull: CullConfig = CullConfig()
     network: str = "hubstack"
     """The platform's own Docker network (hub and registry); also the prefix of container
     and per-analyst network names. Analysts' servers are never on it."""

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from hubstack.config import PlatformConfig
-from hubstack.hub import versions
+from hubstack.hub import cull, versions
 from hubstack.hub.announce import read_announcement
 
 ENV_REPORT_SERVICE = "env-report"
@@ -72,6 +72,9 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     # Refusals come sooner (a profile needing GPUs where there are none), so they answer
     # the request itself with their message.
     c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 1}
+    # A burst queues in the spawner (hub.spawn.concurrent_starts, hubstack.hub.start_queue);
+    # JupyterHub's own limit, which answers 429, stays a safety valve far above it.
+    c.JupyterHub.concurrent_spawn_limit = cfg.hub.spawn.max_pending
     # `hubstack env report` as a page for admins: a managed service behind the hub's login.
     # Only the admin role holds access:services, so analysts are refused by the hub itself.
     command = [sys.executable, "-m", "hubstack"] + (["-c", str(cfg.path)] if cfg.path else [])
@@ -84,6 +87,7 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
             "oauth_no_confirm": True,
         }
     ]
+    configure_culling(c, cfg)
 
     # `hubstack announce`: read on each page render, so no restart is needed.
     # The home page adds a notice for an analyst whose kept release is older than stable.
@@ -96,3 +100,18 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
         "announcement": read_announcement,
         "announcement_home": home_banner,
     }
+
+
+def configure_culling(c, cfg: PlatformConfig) -> None:
+    """hub.cull: the idle culler as a managed service with a token of its own scopes, and
+    activity reported often enough that a working analyst is never taken for idle."""
+    service = cull.culler_service(cfg)
+    if service is None:
+        return
+    c.JupyterHub.services.append(service)
+    c.JupyterHub.load_roles = [cull.culler_role()]
+    # Activity reaches the hub from the proxy's routes (read every last_activity_interval)
+    # and from each server's own reports (JUPYTERHUB_ACTIVITY_INTERVAL); both default to 300 s.
+    interval = cfg.hub.cull.activity_interval
+    c.JupyterHub.last_activity_interval = interval
+    c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": str(interval)}

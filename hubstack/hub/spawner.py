@@ -17,6 +17,8 @@ What it adds to stock DockerSpawner:
   image, looked up in the registry or built first with its progress on the spawn page; in
   a Spark profile their cluster runs the same image; `plain: true` starts without it;
 - real progress on the spawn page (pull share, create, start, wait);
+- a burst of spawns queues for hub.spawn.concurrent_starts start slots
+  (hubstack.hub.start_queue), each told its place, instead of all slowing down together;
 - Docker calls run on a pool, not on stock DockerSpawner's single class-wide thread,
   so one analyst's slow pull does not hold up another's spawn.
 """
@@ -31,6 +33,7 @@ from html import escape
 
 import docker
 from dockerspawner import DockerSpawner
+from jupyterhub.utils import url_path_join, wait_for_http_server
 from tornado import web
 from traitlets import Dict, Instance, Int, Unicode, default
 
@@ -41,6 +44,7 @@ from hubstack.engine import PLATFORM_LABEL, repo_digest
 from hubstack.hub import container_spec, gpu, versions
 from hubstack.hub.progress import PullProgress, SpawnProgress
 from hubstack.hub.spawn_options import SpawnOptions, SpawnOptionsError, parse_spawn_options
+from hubstack.hub.start_queue import StartQueue
 from hubstack.hub.users import check_id, lookup_user
 from hubstack.images import user as user_images
 from hubstack.registry import auth_config, role_of
@@ -353,11 +357,14 @@ class HubstackSpawner(DockerSpawner):
                         f"Pulling image: {pull.describe()}",
                     )
 
+        if image == self._pulled:
+            return  # pulled before the start slot (_start_server); DockerSpawner asks again
         if self.pull_policy.lower() != "always":
             try:
                 await self.docker("inspect_image", image)
                 progress.emit(70, "Image already on this node")
                 await self._remember_tag(image, getattr(self, "_tag_ref", ""))
+                self._pulled = image
                 return
             except docker.errors.ImageNotFound:
                 if self.pull_policy.lower() == "never":
@@ -368,6 +375,7 @@ class HubstackSpawner(DockerSpawner):
         await asyncio.wrap_future(self.executor.submit(run))
         progress.emit(70, "Image ready")
         await self._remember_tag(image, getattr(self, "_tag_ref", ""))
+        self._pulled = image
 
     async def _remember_tag(self, image: str, ref: str) -> None:
         """Tag IMAGE (REPO@digest) with REF (REPO:tag), the tag it was resolved from: when the
@@ -552,6 +560,7 @@ class HubstackSpawner(DockerSpawner):
 
     async def start(self):
         self._spawn_progress = SpawnProgress()
+        self._pulled = ""
         progress = self.spawn_progress
         profile = self._profile()
         self._profile_cfg = profile
@@ -602,7 +611,7 @@ class HubstackSpawner(DockerSpawner):
                 await self.stop(now=True)
                 message = e.log_message if isinstance(e, web.HTTPError) else str(e)
                 raise web.HTTPError(500, message) from None
-        progress.emit(90, "Container started; waiting for the notebook server to answer")
+        progress.emit(95, "Your server is up")
         return result
 
     # --- the analyst's own packages (hubstack.images.user) ------------------------------
@@ -666,23 +675,68 @@ class HubstackSpawner(DockerSpawner):
             return  # the engine's other chatter stays in the build log
         self.spawn_progress.emit(self._build_pct, text[:200])
 
+    # --- the start queue (hubstack.hub.start_queue) --------------------------------------
+    _start_queue: StartQueue | None = None
+    _pulled = ""
+    """The image pulled (or found) for this start, so DockerSpawner's own pull_image call
+    inside the start slot asks the engine nothing again."""
+
+    def _queue(self) -> StartQueue:
+        """The hub's one start queue, sized by hub.spawn (made at the first spawn)."""
+        cls = HubstackSpawner
+        if cls._start_queue is None:
+            cls._start_queue = StartQueue(self.cfg.hub.spawn.starts_at_once)
+        return cls._start_queue
+
+    def _tell_place(self, place: int) -> None:
+        slots = self._queue().slots
+        at_once = "one server starts" if slots == 1 else f"{slots} servers start"
+        self.spawn_progress.emit(
+            71, f"You are number {place} in the queue: {at_once} at a time on this hub"
+        )
+
     async def _start_server(self, profile, gpus):
-        if gpus:
-            # Pull first: a long pull must not hold the GPU lock, so other GPU spawns are
-            # answered at once instead of waiting behind it.
-            await self.pull_image(self.image)
-            try:
-                async with gpus.reserve(
-                    owner=self.user.name, count=profile.gpus, profile_name=profile.name
-                ) as grant:
-                    self._extra_gpu = {"labels": grant.labels, "host_config": grant.host_config}
-                    self._extra_env.update(grant.environment)
-                    result = await super().start()
-            except gpu.GPUUnavailable as e:
-                raise web.HTTPError(409, str(e)) from None
-        else:
-            result = await super().start()
+        # Pull before taking a start slot: a pull waits on the network, not on this host's
+        # CPUs, and a long one must not hold up the queue (nor the GPU lock below).
+        await self.pull_image(self.image)
+        queue = self._queue()
+        queued = queue.starting >= queue.slots or queue.waiting > 0
+        async with queue.slot(self._tell_place):
+            if queued:
+                self.spawn_progress.emit(72, "Your turn: starting your server")
+            if gpus:
+                try:
+                    async with gpus.reserve(
+                        owner=self.user.name, count=profile.gpus, profile_name=profile.name
+                    ) as grant:
+                        self._extra_gpu = {
+                            "labels": grant.labels,
+                            "host_config": grant.host_config,
+                        }
+                        self._extra_env.update(grant.environment)
+                        result = await super().start()
+                except gpu.GPUUnavailable as e:
+                    raise web.HTTPError(409, str(e)) from None
+            else:
+                result = await super().start()
+            # The slot is held until the server answers: that boot is the CPU-heavy part.
+            await self._until_answering(result)
         return result
+
+    async def _until_answering(self, ip_port) -> None:
+        """Wait until the new server answers HTTP, as JupyterHub does next. A server that
+        does not answer in http_timeout is left to JupyterHub's own wait, which reports it."""
+        self.spawn_progress.emit(80, "Container started; waiting for the notebook server to answer")
+        ip, port = ip_port
+        base_url = self.server.base_url if self.server is not None else self.user.url
+        try:
+            await wait_for_http_server(
+                url_path_join(f"http://{ip}:{port}", base_url), timeout=self.http_timeout
+            )
+        except TimeoutError:
+            self.log.warning(
+                "%s's server did not answer in %s s", self.user.name, self.http_timeout
+            )
 
     async def stop(self, now=False):
         await super().stop(now=now)
