@@ -217,6 +217,33 @@ def parse_env(cfg: PlatformConfig, data: object) -> UserEnv:
     return UserEnv(tuple(sorted(pip.values())), tuple(sorted(apt)))
 
 
+# --- the spawn form's text area (user_images.form) -------------------------------------
+FORM_APT_PREFIX = "apt:"
+MAX_FORM_CHARS = 20_000
+
+
+def form_text(env: UserEnv) -> str:
+    """ENV as the spawn form shows it: one entry per line, Debian packages as apt:NAME."""
+    return "\n".join([*env.pip, *(FORM_APT_PREFIX + a for a in env.apt)])
+
+
+def parse_form_text(cfg: PlatformConfig, text: str) -> UserEnv:
+    """The form's text area (one entry per line; blank lines and surrounding spaces ignored;
+    apt:NAME for a Debian package) as a UserEnv, or EnvSpecError naming every problem."""
+    if len(text) > MAX_FORM_CHARS:
+        raise EnvSpecError([f"the package list is longer than {MAX_FORM_CHARS} characters"])
+    data: dict[str, list[str]] = {"pip": [], "apt": []}
+    # Only \n (and the \r\n a browser sends) ends a line: other Unicode breaks stay in
+    # the entry, which refuses them as non-ASCII.
+    for line in text.split("\n"):
+        entry = line.removesuffix("\r").strip(" \t")
+        if entry.startswith(FORM_APT_PREFIX):
+            data["apt"].append(entry[len(FORM_APT_PREFIX) :].strip())
+        elif entry:
+            data["pip"].append(entry)
+    return parse_env(cfg, data)
+
+
 # --- storage beside the users file -----------------------------------------------------
 def env_file(cfg: PlatformConfig, name: str) -> Path:
     return cfg.user_envs_dir / f"{validate_name(name)}.yaml"
