@@ -679,6 +679,10 @@ class HubstackSpawner(DockerSpawner):
         except user_images.UserImageError as e:
             raise web.HTTPError(500, f"{e}. {PLAIN_HINT}") from None
         self.spawn_progress.emit(60, f"Your image: {resolved.ref}")
+        try:  # for `hubstack images users` and prune-users --older-than
+            await self._in_pool(user_images.record_use, self.cfg, self.user.name, p.hash)
+        except OSError as e:
+            self.log.warning("could not record the use of %s: %s", resolved.ref, e)
         return resolved.image
 
     def _keep_packages(self, env) -> None:

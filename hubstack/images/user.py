@@ -285,6 +285,26 @@ def clear_env(cfg: PlatformConfig, name: str) -> bool:
         return False
 
 
+def used_marker(cfg: PlatformConfig, user: str, image_hash: str) -> Path:
+    """The file whose mtime says when USER's image IMAGE_HASH last started a server."""
+    return cfg.user_envs_dir / ".used" / f"{validate_name(user)}.{image_hash}"
+
+
+def record_use(cfg: PlatformConfig, user: str, image_hash: str) -> None:
+    """Mark USER's image as used now (the hub, at each start on it)."""
+    marker = used_marker(cfg, user, image_hash)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+def last_used(cfg: PlatformConfig, user: str, image_hash: str) -> datetime | None:
+    try:
+        mtime = used_marker(cfg, user, image_hash).stat().st_mtime
+    except (FileNotFoundError, ValueError):
+        return None
+    return datetime.fromtimestamp(mtime, UTC)
+
+
 # --- what is built ---------------------------------------------------------------------
 def template_context(cfg: PlatformConfig) -> ImageContext:
     path = cfg.user_image_template
@@ -567,6 +587,14 @@ class UserImageRecord:
     in_use: bool
     newest: bool = False
     """The analyst's most recently built image (what their next start most likely hits)."""
+    used: datetime | None = None
+    """When a server last started on it (None: never, or before the hub recorded it)."""
+
+    @property
+    def last_activity(self) -> datetime | None:
+        """Built or last used, whichever is later: what --older-than measures from."""
+        known = [t for t in (self.built, self.used) if t is not None]
+        return max(known) if known else None
 
 
 def list_user_images(
@@ -598,6 +626,7 @@ def list_user_images(
                     size=registry.image_size(name, digest),
                     built=built,
                     in_use=f"{cfg.user_image_repository(name)}@{digest}" in in_use,
+                    used=last_used(cfg, name.removeprefix(REPOSITORY_PREFIX), tag),
                 )
             )
         if records:
@@ -614,9 +643,9 @@ def prune_user_images(
     progress: Callable[[str], None] = print,
 ) -> list[UserImageRecord]:
     """Delete per-user images no container uses: without OLDER_THAN_DAYS those that are not
-    their analyst's newest; with it, every one built longer ago than that (an analyst whose
-    image went is rebuilt at their next start). Through prune_repository, the one prune path,
-    then the users instance's garbage collection. Returns what was removed."""
+    their analyst's newest; with it, every one neither built nor used for that long (an
+    analyst whose image went is rebuilt at their next start). Through prune_repository, the
+    one prune path, then the users instance's garbage collection. Returns what was removed."""
     registry = RegistryClient(cfg, role=USERS)
     records = list_user_images(cfg, client, registry)
     now = datetime.now(UTC)
@@ -624,7 +653,8 @@ def prune_user_images(
     def doomed(r: UserImageRecord) -> bool:
         if older_than_days is None:
             return not r.newest
-        return r.built is None or (now - r.built).total_seconds() > older_than_days * 86400
+        since = r.last_activity
+        return since is None or (now - since).total_seconds() > older_than_days * 86400
 
     in_use = images_in_use(client)
     removed: list[UserImageRecord] = []

@@ -95,6 +95,9 @@ def test_own_package_imports_in_the_kernel_and_the_second_start_builds_nothing(
     assert registry.tags("user/alice") == tags
     assert server_image(cfg, docker_client, "alice") == image
     alice.stop()
+    # `hubstack images users` says when it was last used: by these starts.
+    (record,) = [r for r in ui.list_user_images(cfg, docker_client) if r.user == "alice"]
+    assert record.used is not None and record.used >= record.built
 
 
 def test_spark_executors_import_the_analysts_package(hub_stack, clients, packages):

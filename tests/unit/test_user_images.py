@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -206,3 +207,15 @@ def test_the_form_sets_the_list_and_refuses_the_corpus_writing_nothing(cfg):
     assert ui.load_env(cfg, "alice") == ui.UserEnv(pip=("polars==1.*",), apt=("graphviz",))
     asyncio.run(s._in_pool(s._keep_packages, ui.parse_form_text(cfg, "")))
     assert not ui.env_file(cfg, "alice").exists()
+
+
+def test_last_use_is_recorded_and_counts_for_older_than(cfg):
+    assert ui.last_used(cfg, "alice", "a" * 32) is None
+    ui.record_use(cfg, "alice", "a" * 32)
+    used = ui.last_used(cfg, "alice", "a" * 32)
+    assert used is not None and datetime.now(UTC) - used < timedelta(minutes=1)
+    old = datetime.now(UTC) - timedelta(days=40)
+    record = ui.UserImageRecord("alice", "a" * 32, "sha256:x", 1, built=old, in_use=False)
+    assert record.last_activity == old
+    record.used = used
+    assert record.last_activity == used  # built 40 days ago, used today: not 30 days idle
