@@ -15,6 +15,7 @@ notebook image's build; the new layers hold the package plus at most 1 MB.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -51,19 +52,26 @@ def main() -> None:
     built = images.resolve(p)
     build_s = time.monotonic() - t
 
-    hits = []
-    for _ in range(5):
+    def hit_seconds() -> float:
         t = time.monotonic()
         hit = ui.UserImages(cfg, client).resolve(
             ui.plan(cfg, p.user, ident, env, "notebook", parent)
         )
-        hits.append(time.monotonic() - t)
         assert not hit.built
+        return time.monotonic() - t
+
+    # On the host that built it (its engine holds the tag), then as a host that never saw
+    # it (tag removed: the registry is asked).
+    local_hit_s = statistics.median(hit_seconds() for _ in range(5))
+    repo = built.ref.rsplit(":", 1)[0]
+    client.api.tag(built.image, repo, "bench-keep")  # keeps the image while its tag goes
+    client.images.remove(built.ref)
+    registry_hit_s = statistics.median(hit_seconds() for _ in range(5))
 
     bench_tag = "bench-user-images"
     builder = ImageBuilder(cfg, client, nocache=True, progress=lambda _line: None)
     t = time.monotonic()
-    own = builder.build("notebook", tag=bench_tag, parent_tag=cfg.hub.notebook_image_tag)
+    own = builder.build("notebook", tag=bench_tag, parent_tag=cfg.images.tag)  # local
     notebook_own_s = time.monotonic() - t
     assert own.ok, own.error
     t = time.monotonic()
@@ -88,8 +96,8 @@ def main() -> None:
         network_mode="none",
     )
     package_bytes = int(files.decode().strip())
-    hit_s = sorted(hits)[len(hits) // 2]
-    print(f"cache hit (plan + registry lookup), median of 5: {hit_s:.3f} s (target <= 0.2 s)")
+    print(f"cache hit on the building host, median of 5: {local_hit_s:.3f} s (target <= 0.2 s)")
+    print(f"cache hit from the registry, median of 5: {registry_hit_s:.3f} s (target <= 0.2 s)")
     print(f"fresh build of {args.package} on a warm parent, incl. push: {build_s:.1f} s")
     print(f"notebook image, full build (base to notebook, no cache): {notebook_s:.1f} s")
     print(f"ratio build / full notebook build: {build_s / notebook_s:.1%} (target < 10 %)")
@@ -101,7 +109,7 @@ def main() -> None:
     )
     for r in chain:
         client.images.remove(r.ref)
-    client.images.remove(built.ref, force=True)  # the throwaway analyst's image, locally
+    client.images.remove(f"{repo}:bench-keep")  # the throwaway analyst's image, locally
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from packaging.utils import canonicalize_name
 
 from hubstack.ci.retention import garbage_collect, images_in_use, prune_repository
 from hubstack.config import PlatformConfig
+from hubstack.engine import repo_digest
 from hubstack.errors import CommandError
 from hubstack.hub.container_spec import passwd_entries
 from hubstack.hub.users import validate_name
@@ -423,10 +424,17 @@ class UserImages:
         return f"{self.cfg.user_image_repository(repository_name(p.user))}:{p.hash}"
 
     def lookup(self, p: UserImagePlan) -> str | None:
-        """REPOSITORY@DIGEST when the registry has the image (asked through the engine, as
-        every pull is); None when it has not."""
+        """REPOSITORY@DIGEST when this engine pushed the image under its tag (the host that
+        built it: a local call, no registry round trip) or the registry has it (asked
+        through the engine, as every pull is); None when neither has."""
         ref = self.ref(p)
         repo = ref.rsplit(":", 1)[0]
+        try:  # content-addressed: the tag names these bits wherever they are
+            local = repo_digest(self.client.api.inspect_image(ref), repo)
+        except docker.errors.ImageNotFound:
+            local = None
+        if local:
+            return local
         try:
             info = self.client.api.inspect_distribution(
                 ref, auth_config=auth_config(self.cfg, USERS)
