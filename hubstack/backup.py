@@ -189,6 +189,12 @@ def backup(cfg: PlatformConfig, dest: Path, homes: bool = False, registry: bool 
         if releases.is_dir():
             shutil.copytree(releases, work / "releases")
             _say(f"releases: {sum(1 for _ in releases.glob('*.json'))} records")
+        specs = sorted(cfg.user_envs_dir.glob("*.yaml")) if cfg.user_envs_dir.is_dir() else []
+        for spec in specs:  # the images are rebuilt from these at the next start
+            (work / "envs").mkdir(exist_ok=True)
+            shutil.copy2(spec, work / "envs" / spec.name)
+        if specs:
+            _say(f"analysts' packages: {len(specs)} specs")
         if homes:
             _say(f"homes: archiving {cfg.home_root}")
             with tarfile.open(work / "homes.tar.gz", "w:gz") as tar:
@@ -314,6 +320,10 @@ def restore(cfg: PlatformConfig, src: Path) -> dict:
     _say(f"users and secrets: {cfg.users_file}, {cfg.secrets_dir}")
     for rel in (r for r in manifest["files"] if r.startswith("releases/")):
         target = releases_dir(cfg) / Path(rel).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, target)
+    for rel in (r for r in manifest["files"] if r.startswith("envs/")):
+        target = cfg.user_envs_dir / Path(rel).name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, target)
     db = io.BytesIO()

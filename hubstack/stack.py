@@ -192,7 +192,7 @@ def render_env(cfg: PlatformConfig) -> Path:
         path = container_config_file(cfg, service)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(GENERATED + "\n" + yaml.safe_dump(data, sort_keys=False))
-    cfg.users_file.parent.mkdir(parents=True, exist_ok=True)
+    cfg.user_envs_dir.mkdir(parents=True, exist_ok=True)  # also makes the users folder
     releases_dir(cfg).mkdir(parents=True, exist_ok=True)
     cfg.home_root.mkdir(parents=True, exist_ok=True, mode=0o755)
     text = "\n".join([GENERATED, *(f"{k}={v}" for k, v in compose_env(cfg).items())]) + "\n"

@@ -1,8 +1,12 @@
-"""Per-user images: cache hit vs fresh one-package build vs the notebook image's own build,
+"""Per-user images: cache hit vs fresh one-package build vs building the notebook image,
 all in one run against the platform of CONFIG (its registry running, the hierarchy pushed
 under hub.notebook_image_tag), plus the bytes the new layers hold beyond the package.
 
-    python benchmarks/user-images/run.py -c hubstack.yaml [--package cowsay==6.1]
+    .venv/bin/python benchmarks/user-images/run.py [-c hubstack.yaml] [--package cowsay==6.1]
+
+Baselines, both without the layer cache: the full notebook image (base, python, spark,
+notebook: what an analyst's environment would cost without per-user images), and the
+notebook image's own steps on its warm parents.
 
 Targets (issue 12): a hit adds <= 0.2 s to a spawn; a one-package build < 10 % of the
 notebook image's build; the new layers hold the package plus at most 1 MB.
@@ -11,9 +15,14 @@ notebook image's build; the new layers hold the package plus at most 1 MB.
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import docker
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from hubstack.config import load_config
 from hubstack.images import user as ui
@@ -43,26 +52,37 @@ def main() -> None:
     built = images.resolve(p)
     build_s = time.monotonic() - t
 
-    hits = []
-    for _ in range(5):
+    def hit_seconds() -> float:
         t = time.monotonic()
         hit = ui.UserImages(cfg, client).resolve(
             ui.plan(cfg, p.user, ident, env, "notebook", parent)
         )
-        hits.append(time.monotonic() - t)
         assert not hit.built
+        return time.monotonic() - t
 
+    # On the host that built it (its engine holds the tag), then as a host that never saw
+    # it (tag removed: the registry is asked).
+    local_hit_s = statistics.median(hit_seconds() for _ in range(5))
+    repo = built.ref.rsplit(":", 1)[0]
+    client.api.tag(built.image, repo, "bench-keep")  # keeps the image while its tag goes
+    client.images.remove(built.ref)
+    registry_hit_s = statistics.median(hit_seconds() for _ in range(5))
+
+    bench_tag = "bench-user-images"
+    builder = ImageBuilder(cfg, client, nocache=True, progress=lambda _line: None)
     t = time.monotonic()
-    nb = ImageBuilder(cfg, client, nocache=True, progress=lambda _line: None).build(
-        "notebook", tag="bench-user-images"
-    )
+    own = builder.build("notebook", tag=bench_tag, parent_tag=cfg.images.tag)  # local
+    notebook_own_s = time.monotonic() - t
+    assert own.ok, own.error
+    t = time.monotonic()
+    chain = builder.build_many(["notebook"], tag=bench_tag)
     notebook_s = time.monotonic() - t
-    assert nb.ok, nb.error
+    assert all(r.ok for r in chain), [r.error for r in chain if not r.ok]
 
     history = client.api.history(built.image)
     parent_layers = {h["Id"] for h in client.api.history(parent)}
     new_bytes = sum(h["Size"] for h in history if h["Id"] not in parent_layers)
-    own = client.containers.run(
+    files = client.containers.run(
         built.image,
         [
             "python",
@@ -75,17 +95,21 @@ def main() -> None:
         remove=True,
         network_mode="none",
     )
-    package_bytes = int(own.decode().strip())
-    hit_s = sorted(hits)[len(hits) // 2]
-    print(f"cache hit (plan + registry lookup), median of 5: {hit_s:.3f} s (target <= 0.2 s)")
+    package_bytes = int(files.decode().strip())
+    print(f"cache hit on the building host, median of 5: {local_hit_s:.3f} s (target <= 0.2 s)")
+    print(f"cache hit from the registry, median of 5: {registry_hit_s:.3f} s (target <= 0.2 s)")
     print(f"fresh build of {args.package} on a warm parent, incl. push: {build_s:.1f} s")
-    print(f"notebook image's own build (no cache): {notebook_s:.1f} s")
-    print(f"ratio build / notebook build: {build_s / notebook_s:.1%} (target < 10 %)")
+    print(f"notebook image, full build (base to notebook, no cache): {notebook_s:.1f} s")
+    print(f"ratio build / full notebook build: {build_s / notebook_s:.1%} (target < 10 %)")
+    print(f"notebook image's own steps on warm parents (no cache): {notebook_own_s:.1f} s")
+    print(f"ratio build / notebook's own steps: {build_s / notebook_own_s:.1%}")
     print(
         f"new layers: {new_bytes / 1e6:.2f} MB; package files {package_bytes / 1e6:.2f} MB; "
         f"beyond the package: {(new_bytes - package_bytes) / 1e6:.2f} MB (target <= 1 MB)"
     )
-    client.images.remove(cfg.image_ref("notebook", "bench-user-images"))
+    for r in chain:
+        client.images.remove(r.ref)
+    client.images.remove(f"{repo}:bench-keep")  # the throwaway analyst's image, locally
 
 
 if __name__ == "__main__":

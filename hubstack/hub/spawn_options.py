@@ -1,11 +1,12 @@
 """What a start request may ask for (`user_options`, from the spawn form or the REST API),
 declared once and checked before anything starts.
 
-Three options exist: `profile`, the name of a profile in the platform config (default: the
+Four options exist: `profile`, the name of a profile in the platform config (default: the
 first the analyst may use), and `version`: `stable` (the default, the promoted and tested
 images), `preview` (the last build CI tested, for those `hub.preview` names) or a release
-X.Y.Z (see hubstack.hub.versions); and `plain: true`, which starts without the analyst's
-own packages (hubstack.images.user). Anything else
+X.Y.Z (see hubstack.hub.versions); `plain: true`, which starts without the analyst's
+own packages (hubstack.images.user); and `packages`, the spawn form's text area that sets
+those packages, where `user_images.form` is on. Anything else
 is refused with the names of the unknown keys; a wrong type, an unknown profile or version
 is refused with what is accepted. The hub answers these refusals with 400.
 """
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from hubstack.ci.tags import Version
 from hubstack.config import PlatformConfig
+from hubstack.images import user as user_images
 
 
 class SpawnOptionsError(ValueError):
@@ -35,6 +37,9 @@ class SpawnOptions(BaseModel):
     plain: bool | None = None
     """True: start on the profile's own image, without the analyst's packages (their
     per-user image, hubstack.images.user); the way out when those fail to build."""
+    packages: str | None = None
+    """The analyst's own packages, one per line (apt:NAME for a Debian package), replacing
+    what they had; only where user_images.form is on. None: keep them as they are."""
 
     @field_validator("version")
     @classmethod
@@ -65,6 +70,17 @@ def parse_spawn_options(cfg: PlatformConfig, options: object) -> SpawnOptions:
             f"{'.'.join(map(str, err['loc']))}: {err['msg'].lower()}" for err in e.errors()
         )
         raise SpawnOptionsError(f"invalid server options: {problems}") from None
+    if parsed.packages is not None:
+        if not cfg.user_images.enabled or not cfg.user_images.form:
+            raise SpawnOptionsError(
+                "packages cannot be set at start on this platform (user_images.form is off): "
+                "ask an admin to set them with `hubstack users env`"
+            )
+        try:
+            user_images.parse_form_text(cfg, parsed.packages)
+        except user_images.EnvSpecError as e:
+            refused = f"your packages are refused, nothing was changed: {e}"
+            raise SpawnOptionsError(refused) from None
     if parsed.profile is not None:
         names = [p.name for p in cfg.profiles]
         if parsed.profile not in names:

@@ -155,6 +155,11 @@ class HubstackSpawner(DockerSpawner):
 
     @default("options_form")
     def _default_form(self):
+        # A callable, which JupyterHub calls at each visit of the spawn page: a string would be
+        # computed once per spawner and go stale (new releases, the analyst's packages).
+        return HubstackSpawner._render_form
+
+    def _render_form(self) -> str:
         rows = []
         offered = [p for p in gpu.offered_profiles(self.cfg, gpu.scan_root()) if self._may_use(p)]
         for i, p in enumerate(offered):
@@ -169,6 +174,8 @@ class HubstackSpawner(DockerSpawner):
         offers = versions.version_offers(self.cfg, image, self._may_preview())
         if len(offers) > 1:
             rows.append(versions.form_rows(offers, self._kept_version() or versions.STABLE))
+        if self.cfg.user_images.enabled and self.cfg.user_images.form:
+            rows.append(self._packages_row())
         if self.cfg.user_images.enabled:
             rows.append(
                 '<label class="form-check"><input class="form-check-input" type="checkbox" '
@@ -176,11 +183,34 @@ class HubstackSpawner(DockerSpawner):
             )
         return "\n".join(rows)
 
+    def _packages_row(self) -> str:
+        """The text area holding the analyst's own packages (user_images.form)."""
+        try:
+            current = user_images.form_text(user_images.load_env(self.cfg, self.user.name))
+        except user_images.EnvSpecError as e:
+            current = ""
+            self.log.warning("%s's packages no longer pass: %s", self.user.name, e)
+        apt = self.cfg.user_images.apt_allowlist
+        apt_help = (
+            f"; Debian packages as apt:NAME, from: {', '.join(apt)}"
+            if apt
+            else "; no Debian package is offered"
+        )
+        return (
+            '<label for="hubstack-packages" class="form-label">Your own packages</label> '
+            f"<small>one per line: a pip name and version such as polars==1.*{escape(apt_help)}. "
+            "Built into an image of your own at this start, then cached.</small>"
+            '<textarea class="form-control" id="hubstack-packages" name="packages" rows="4" '
+            f'spellcheck="false">{escape(current)}</textarea>'
+        )
+
     def options_from_form(self, formdata):
         chosen = {key: (formdata.get(key) or [""])[0] for key in ("profile", "version")}
         options: dict = {key: value for key, value in chosen.items() if value}
         if (formdata.get("plain") or [""])[0]:
             options["plain"] = True
+        if "packages" in formdata:  # the text area is shown: what it holds is the list
+            options["packages"] = (formdata.get("packages") or [""])[0]
         return options
 
     @default("apply_user_options")
@@ -623,7 +653,11 @@ class HubstackSpawner(DockerSpawner):
         plain one: a registry hit, or a build (one per hash in this hub) whose steps show on
         the spawn page. In a Spark profile it is built FROM spark-executor, so the server
         and the executors run it. None: the profile's own image."""
-        if not self.cfg.user_images.enabled or self._options().plain:
+        options = self._options()
+        if options.packages is not None:  # checked already (spawn_options); written now
+            env = user_images.parse_form_text(self.cfg, options.packages)
+            await self._in_pool(self._keep_packages, env)
+        if not self.cfg.user_images.enabled or options.plain:
             return None
         try:
             env = await self._in_pool(user_images.load_env, self.cfg, self.user.name)
@@ -654,7 +688,19 @@ class HubstackSpawner(DockerSpawner):
         except user_images.UserImageError as e:
             raise web.HTTPError(500, f"{e}. {PLAIN_HINT}") from None
         self.spawn_progress.emit(60, f"Your image: {resolved.ref}")
+        try:  # for `hubstack images users` and prune-users --older-than
+            await self._in_pool(user_images.record_use, self.cfg, self.user.name, p.hash)
+        except OSError as e:
+            self.log.warning("could not record the use of %s: %s", resolved.ref, e)
         return resolved.image
+
+    def _keep_packages(self, env) -> None:
+        """The form's list becomes the analyst's spec, the file `hubstack users env` edits."""
+        if env.empty:
+            user_images.clear_env(self.cfg, self.user.name)
+        else:
+            user_images.save_env(self.cfg, self.user.name, env)
+        self.log.info("%s set their packages: %s", self.user.name, env.describe())
 
     def _built(self, line: str) -> None:
         """One line of the per-user build as a progress event: step N of M, the package

@@ -108,12 +108,12 @@ def cmd_users(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     if not records:
         print("no per-user images in the registry")
         return 0
-    print(f"{'ANALYST':16} {'HASH':32} {'SIZE':>9}  {'BUILT':16}  IN USE")
+    print(f"{'ANALYST':16} {'HASH':32} {'SIZE':>9}  {'BUILT':16}  {'LAST USED':16}  IN USE")
     for r in records:
-        built = r.built.strftime("%Y-%m-%d %H:%M") if r.built else "-"
+        built, used = (t.strftime("%Y-%m-%d %H:%M") if t else "-" for t in (r.built, r.used))
         note = "yes" if r.in_use else "no"
         note += "" if r.newest else "  (superseded)"
-        print(f"{r.user:16} {r.tag:32} {_size(r.size):>9}  {built:16}  {note}")
+        print(f"{r.user:16} {r.tag:32} {_size(r.size):>9}  {built:16}  {used:16}  {note}")
     return 0
 
 
@@ -181,11 +181,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "prune-users",
         help="delete per-user images no server uses, then run the registry's GC",
         description="Without --older-than: delete each analyst's superseded per-user images "
-        "(all but their newest). With --older-than DAYS: delete every per-user image built "
-        "more than DAYS ago; the analyst's next start rebuilds it. Never an image a "
-        "container uses. Deletes through the registry API, then runs its garbage collection.",
+        "(all but their newest). With --older-than DAYS: delete every per-user image neither "
+        "built nor used for a server start in DAYS; the analyst's next start rebuilds it. "
+        "Never an image a container uses. Deletes through the registry API, then runs its "
+        "garbage collection.",
     )
-    p.add_argument("--older-than", type=float, metavar="DAYS", help="age in days (built)")
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="days since built or last used")
     p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
     p.set_defaults(func=cmd_prune_users)
 

@@ -45,6 +45,7 @@ from packaging.utils import canonicalize_name
 
 from hubstack.ci.retention import garbage_collect, images_in_use, prune_repository
 from hubstack.config import PlatformConfig
+from hubstack.engine import repo_digest
 from hubstack.errors import CommandError
 from hubstack.hub.container_spec import passwd_entries
 from hubstack.hub.users import validate_name
@@ -217,6 +218,33 @@ def parse_env(cfg: PlatformConfig, data: object) -> UserEnv:
     return UserEnv(tuple(sorted(pip.values())), tuple(sorted(apt)))
 
 
+# --- the spawn form's text area (user_images.form) -------------------------------------
+FORM_APT_PREFIX = "apt:"
+MAX_FORM_CHARS = 20_000
+
+
+def form_text(env: UserEnv) -> str:
+    """ENV as the spawn form shows it: one entry per line, Debian packages as apt:NAME."""
+    return "\n".join([*env.pip, *(FORM_APT_PREFIX + a for a in env.apt)])
+
+
+def parse_form_text(cfg: PlatformConfig, text: str) -> UserEnv:
+    """The form's text area (one entry per line; blank lines and surrounding spaces ignored;
+    apt:NAME for a Debian package) as a UserEnv, or EnvSpecError naming every problem."""
+    if len(text) > MAX_FORM_CHARS:
+        raise EnvSpecError([f"the package list is longer than {MAX_FORM_CHARS} characters"])
+    data: dict[str, list[str]] = {"pip": [], "apt": []}
+    # Only \n (and the \r\n a browser sends) ends a line: other Unicode breaks stay in
+    # the entry, which refuses them as non-ASCII.
+    for line in text.split("\n"):
+        entry = line.removesuffix("\r").strip(" \t")
+        if entry.startswith(FORM_APT_PREFIX):
+            data["apt"].append(entry[len(FORM_APT_PREFIX) :].strip())
+        elif entry:
+            data["pip"].append(entry)
+    return parse_env(cfg, data)
+
+
 # --- storage beside the users file -----------------------------------------------------
 def env_file(cfg: PlatformConfig, name: str) -> Path:
     return cfg.user_envs_dir / f"{validate_name(name)}.yaml"
@@ -256,6 +284,26 @@ def clear_env(cfg: PlatformConfig, name: str) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def used_marker(cfg: PlatformConfig, user: str, image_hash: str) -> Path:
+    """The file whose mtime says when USER's image IMAGE_HASH last started a server."""
+    return cfg.user_envs_dir / ".used" / f"{validate_name(user)}.{image_hash}"
+
+
+def record_use(cfg: PlatformConfig, user: str, image_hash: str) -> None:
+    """Mark USER's image as used now (the hub, at each start on it)."""
+    marker = used_marker(cfg, user, image_hash)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+def last_used(cfg: PlatformConfig, user: str, image_hash: str) -> datetime | None:
+    try:
+        mtime = used_marker(cfg, user, image_hash).stat().st_mtime
+    except (FileNotFoundError, ValueError):
+        return None
+    return datetime.fromtimestamp(mtime, UTC)
 
 
 # --- what is built ---------------------------------------------------------------------
@@ -376,10 +424,17 @@ class UserImages:
         return f"{self.cfg.user_image_repository(repository_name(p.user))}:{p.hash}"
 
     def lookup(self, p: UserImagePlan) -> str | None:
-        """REPOSITORY@DIGEST when the registry has the image (asked through the engine, as
-        every pull is); None when it has not."""
+        """REPOSITORY@DIGEST when this engine pushed the image under its tag (the host that
+        built it: a local call, no registry round trip) or the registry has it (asked
+        through the engine, as every pull is); None when neither has."""
         ref = self.ref(p)
         repo = ref.rsplit(":", 1)[0]
+        try:  # content-addressed: the tag names these bits wherever they are
+            local = repo_digest(self.client.api.inspect_image(ref), repo)
+        except docker.errors.ImageNotFound:
+            local = None
+        if local:
+            return local
         try:
             info = self.client.api.inspect_distribution(
                 ref, auth_config=auth_config(self.cfg, USERS)
@@ -540,6 +595,14 @@ class UserImageRecord:
     in_use: bool
     newest: bool = False
     """The analyst's most recently built image (what their next start most likely hits)."""
+    used: datetime | None = None
+    """When a server last started on it (None: never, or before the hub recorded it)."""
+
+    @property
+    def last_activity(self) -> datetime | None:
+        """Built or last used, whichever is later: what --older-than measures from."""
+        known = [t for t in (self.built, self.used) if t is not None]
+        return max(known) if known else None
 
 
 def list_user_images(
@@ -571,6 +634,7 @@ def list_user_images(
                     size=registry.image_size(name, digest),
                     built=built,
                     in_use=f"{cfg.user_image_repository(name)}@{digest}" in in_use,
+                    used=last_used(cfg, name.removeprefix(REPOSITORY_PREFIX), tag),
                 )
             )
         if records:
@@ -587,9 +651,9 @@ def prune_user_images(
     progress: Callable[[str], None] = print,
 ) -> list[UserImageRecord]:
     """Delete per-user images no container uses: without OLDER_THAN_DAYS those that are not
-    their analyst's newest; with it, every one built longer ago than that (an analyst whose
-    image went is rebuilt at their next start). Through prune_repository, the one prune path,
-    then the users instance's garbage collection. Returns what was removed."""
+    their analyst's newest; with it, every one neither built nor used for that long (an
+    analyst whose image went is rebuilt at their next start). Through prune_repository, the
+    one prune path, then the users instance's garbage collection. Returns what was removed."""
     registry = RegistryClient(cfg, role=USERS)
     records = list_user_images(cfg, client, registry)
     now = datetime.now(UTC)
@@ -597,7 +661,8 @@ def prune_user_images(
     def doomed(r: UserImageRecord) -> bool:
         if older_than_days is None:
             return not r.newest
-        return r.built is None or (now - r.built).total_seconds() > older_than_days * 86400
+        since = r.last_activity
+        return since is None or (now - since).total_seconds() > older_than_days * 86400
 
     in_use = images_in_use(client)
     removed: list[UserImageRecord] = []

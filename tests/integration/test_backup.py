@@ -21,6 +21,7 @@ from hubstack.ci.promote import record_promotion, releases_dir, stable_tag
 from hubstack.config import load_config
 from hubstack.engine import created_container
 from hubstack.hub.container_spec import USER_LABEL
+from hubstack.images import user as ui
 from hubstack.networks import network_name
 from hubstack.stack import local_images
 from tests.integration.conftest import ANALYSTS
@@ -68,6 +69,9 @@ def test_backup_of_a_running_hub_restores_into_a_second_platform(
     alice = clients["alice"]
     marker = _write_marker(cfg, "alice", "saved before the backup\n")
     record_promotion(cfg, "0123456789ab")  # platform state the spawn page reads
+    # bob's own packages (he does not start here, so nothing is built).
+    ui.save_env(cfg, "bob", ui.UserEnv(pip=("cowsay==6.1",)))
+    spec = ui.env_file(cfg, "bob").read_bytes()
 
     # Backup while the hub runs.
     dest = tmp_path / "backup"
@@ -81,8 +85,10 @@ def test_backup_of_a_running_hub_restores_into_a_second_platform(
         "homes.tar.gz",
         "registry.tar.gz",
         "releases/stable.json",
+        "envs/bob.yaml",
     } <= set(manifest["files"])
     (releases_dir(cfg) / "stable.json").unlink()
+    ui.clear_env(cfg, "bob")
     secrets = [dest / rel for rel in manifest["files"] if rel.startswith("secrets/")]
     assert {p.name for p in secrets} >= {"jupyterhub-crypt-key", "registry-credentials.json"}
     for path in secrets:
@@ -102,6 +108,7 @@ def test_backup_of_a_running_hub_restores_into_a_second_platform(
     assert r.returncode == 0, r.stdout + r.stderr
     assert (cfg2.home_root / "alice" / marker.name).stat().st_uid == ANALYSTS["alice"][1]
     assert stable_tag(cfg2) == "0123456789ab"
+    assert ui.env_file(cfg2, "bob").read_bytes() == spec
     volumes = {volume_name(cfg2, "registry-data"): {"bind": "/r", "mode": "ro"}}
     with created_container(docker_client, cfg2.base.image, volumes=volumes) as storage:
         # The registry's storage came back: the notebook's tag is there before any push.

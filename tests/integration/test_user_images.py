@@ -83,11 +83,20 @@ def test_a_spec_is_built_once_and_then_found_in_the_registry(
     assert labels[ui.LABEL_USER] == "ualice" and labels[ui.LABEL_HASH] == p.hash
     assert labels[ui.LABEL_PARENT] == parent
 
-    # A fresh process (a restarted hub, another host): a registry hit, no build.
+    # A fresh process (a restarted hub): this engine's tag answers, no build.
     again = ui.UserImages(cfg, docker_client)
     second = again.resolve(_plan(cfg, "ualice", ALICE, [PACKAGE], parent))
     assert not second.built and again.builds_run == 0
     assert second.image == first.image
+    # Another host, whose engine never saw it (the tag removed here): a registry hit.
+    repo = first.ref.rsplit(":", 1)[0]
+    docker_client.api.tag(first.image, repo, "kept-by-test")  # the image outlives its tag
+    made.append(f"{repo}:kept-by-test")
+    docker_client.images.remove(first.ref)
+    third = ui.UserImages(cfg, docker_client).resolve(
+        _plan(cfg, "ualice", ALICE, [PACKAGE], parent)
+    )
+    assert not third.built and third.image == first.image
     assert users_registry.tags("user/ualice") == [p.hash]
 
 

@@ -1,17 +1,19 @@
 """Per-user images through the real hub: an analyst's own package imports in their kernel
 and on their Spark executors, the second start builds nothing, a package that does not
 exist fails the spawn with pip's message and the plain image still starts, and a refused
-spec builds nothing."""
+spec builds nothing; the spawn form's package box (user_images.form) shows, refuses and
+sets the list."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from hubstack.images import user as ui
 from hubstack.registry import USERS, RegistryClient
-from tests.integration.hubstack_e2e import hubstack
+from tests.integration.hubstack_e2e import hub_config_changed, hubstack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -93,6 +95,9 @@ def test_own_package_imports_in_the_kernel_and_the_second_start_builds_nothing(
     assert registry.tags("user/alice") == tags
     assert server_image(cfg, docker_client, "alice") == image
     alice.stop()
+    # `hubstack images users` says when it was last used: by these starts.
+    (record,) = [r for r in ui.list_user_images(cfg, docker_client) if r.user == "alice"]
+    assert record.used is not None and record.used >= record.built
 
 
 def test_spark_executors_import_the_analysts_package(hub_stack, clients, packages):
@@ -149,3 +154,45 @@ def test_a_refused_spec_is_refused_at_start_and_builds_nothing(hub_stack, client
         assert not bob.running()
     finally:
         ui.clear_env(cfg, "bob")
+
+
+def test_the_spawn_forms_package_box_shows_refuses_and_sets_the_list(
+    hub_stack, clients, docker_client, packages
+):
+    """user_images.form on (the hub restarts with it for this test): the box holds the
+    analyst's list; a hostile line is refused on the form's page with nothing written; an
+    emptied box clears the list, and the server starts on the plain image."""
+    cfg, _, _ = hub_stack
+    alice = clients["alice"]
+    packages("alice", f"--pip={PACKAGE}")
+    before = ui.env_file(cfg, "alice").read_bytes()
+
+    def form_on(data: dict) -> None:
+        data.setdefault("user_images", {})["form"] = True
+
+    spawn_page = f"{alice.base}/hub/spawn/alice"
+    with hub_config_changed(cfg, docker_client, form_on):
+        page = alice.http.get(spawn_page, timeout=30)
+        assert f">{PACKAGE}</textarea>" in page.text
+        hostile = f"{PACKAGE}\r\n--index-url https://evil.example/simple"
+        form = {"profile": "default", "packages": hostile, "_xsrf": alice._xsrf()}
+        r = alice.http.post(spawn_page, data=form, timeout=60)
+        assert r.status_code == 400, r.status_code
+        assert "nothing was changed" in r.text and "pip options" in r.text
+        assert ui.env_file(cfg, "alice").read_bytes() == before
+        assert not alice.running()
+
+        form["packages"] = ""
+        r = alice.http.post(spawn_page, data=form, timeout=60, allow_redirects=False)
+        assert r.status_code == 302, (r.status_code, r.text[-500:])
+        assert not ui.env_file(cfg, "alice").exists()
+        deadline = time.monotonic() + 300
+        while (
+            not alice.api("GET", "/hub/api/users/alice").json()["servers"].get("", {}).get("ready")
+        ):
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(2)
+        assert f"/{cfg.images.namespace}/notebook@sha256:" in server_image(
+            cfg, docker_client, "alice"
+        )
+        alice.stop()

@@ -114,8 +114,8 @@ def test_a_profile_is_offered_and_started_only_for_those_it_allows():
         return None
 
     bob, alice, carol = spawner("bob", []), spawner("alice", ["gpu"]), spawner("carol", [])
-    assert 'value="team"' not in bob.options_form and 'value="solo"' not in bob.options_form
-    assert 'value="team"' in alice.options_form and 'value="solo"' in carol.options_form
+    assert 'value="team"' not in bob._render_form() and 'value="solo"' not in bob._render_form()
+    assert 'value="team"' in alice._render_form() and 'value="solo"' in carol._render_form()
     error = refused(bob, {"profile": "team"})
     assert error is not None and error.status_code == 403
     assert "only for group gpu" in (error.log_message or "")
@@ -148,7 +148,7 @@ def test_stable_by_default_and_preview_only_for_those_named():
     for name, groups, offered in (("alice", ["early"], True), ("bob", [], False)):
         form = HubstackSpawner(platform=cfg)
         form.user = SimpleNamespace(name=name, groups=[SimpleNamespace(name=g) for g in groups])
-        assert ('value="preview"' in form.options_form) is offered
+        assert ('value="preview"' in form._render_form()) is offered
 
 
 def test_the_hub_serves_servers_on_subdomains_only_when_configured(tmp_path, monkeypatch):

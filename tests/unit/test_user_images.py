@@ -7,13 +7,19 @@ test_user_images.py shows a refused spec builds nothing on the real stack)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from hubstack.cli import main
 from hubstack.config import load_config, parse_config
+from hubstack.hub.spawn_options import SpawnOptionsError, parse_spawn_options
+from hubstack.hub.spawner import HubstackSpawner
 from hubstack.hub.users import UsersFile
 from hubstack.images import user as ui
 from hubstack.images.graph import ImageGraph
@@ -148,3 +154,68 @@ def test_build_failure_message_is_pips_own_error():
     msg = ui.build_failure(log, "The command returned a non-zero code: 1")
     assert "No matching distribution found for no-such-pkg-hs12" in msg
     assert "non-zero code" not in msg
+
+
+def form_spawner(cfg, name: str = "alice"):
+    s = HubstackSpawner(platform=cfg)
+    s.user = SimpleNamespace(name=name, groups=[])
+    return s
+
+
+def test_the_spawn_form_shows_the_packages_box_only_where_the_config_enables_it(cfg):
+    ui.save_env(cfg, "alice", ui.UserEnv(pip=("tqdm",), apt=("graphviz",)))
+    assert 'name="packages"' not in form_spawner(cfg)._render_form()
+    with_form = cfg.model_copy(
+        update={"user_images": cfg.user_images.model_copy(update={"form": True})}
+    )
+    page = form_spawner(with_form)._render_form()
+    assert 'name="packages"' in page
+    assert ">tqdm\napt:graphviz</textarea>" in page  # the current list, ready to edit
+    # Off: the REST option is refused too, naming the setting.
+    with pytest.raises(SpawnOptionsError, match=r"user_images.form is off"):
+        parse_spawn_options(cfg, {"packages": "cowsay"})
+
+
+def test_the_form_sets_the_list_and_refuses_the_corpus_writing_nothing(cfg):
+    cfg = cfg.model_copy(update={"user_images": cfg.user_images.model_copy(update={"form": True})})
+    s = form_spawner(cfg)
+    ui.save_env(cfg, "alice", ui.UserEnv(pip=("tqdm",)))
+    before = ui.env_file(cfg, "alice").read_bytes()
+    specs = [*CORPUS["specs"], {"pip": [f"pkg{i}" for i in range(CORPUS["flood"])]}]
+    for spec in specs:
+        if not isinstance(spec, dict) or set(spec) - {"pip", "apt"}:
+            continue
+        lines = []
+        for key in ("pip", "apt"):
+            entries = spec.get(key)
+            for entry in entries if isinstance(entries, list) else []:
+                if isinstance(entry, str) and "\n" not in entry and entry.strip():
+                    lines.append(("apt:" if key == "apt" else "") + entry)
+        if not lines:
+            continue  # a blank line or a line break is no entry in a text area
+        text = "\n".join(lines)
+        options = s.options_from_form({"packages": [text]})
+        with pytest.raises(SpawnOptionsError, match="nothing was changed"):
+            parse_spawn_options(cfg, options)
+    assert ui.env_file(cfg, "alice").read_bytes() == before
+    # A valid list replaces the spec, through the same file `hubstack users env` edits;
+    # an empty box clears it.
+    s.user_options = s.options_from_form({"packages": ["  Polars==1.*\n\napt:graphviz\n"]})
+    s.log = logging.getLogger("test")
+    env = ui.parse_form_text(cfg, s._options().packages)
+    asyncio.run(s._in_pool(s._keep_packages, env))
+    assert ui.load_env(cfg, "alice") == ui.UserEnv(pip=("polars==1.*",), apt=("graphviz",))
+    asyncio.run(s._in_pool(s._keep_packages, ui.parse_form_text(cfg, "")))
+    assert not ui.env_file(cfg, "alice").exists()
+
+
+def test_last_use_is_recorded_and_counts_for_older_than(cfg):
+    assert ui.last_used(cfg, "alice", "a" * 32) is None
+    ui.record_use(cfg, "alice", "a" * 32)
+    used = ui.last_used(cfg, "alice", "a" * 32)
+    assert used is not None and datetime.now(UTC) - used < timedelta(minutes=1)
+    old = datetime.now(UTC) - timedelta(days=40)
+    record = ui.UserImageRecord("alice", "a" * 32, "sha256:x", 1, built=old, in_use=False)
+    assert record.last_activity == old
+    record.used = used
+    assert record.last_activity == used  # built 40 days ago, used today: not 30 days idle
