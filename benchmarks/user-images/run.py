@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from hubstack.config import load_config
 from hubstack.images import user as ui
 from hubstack.images.build import ImageBuilder
-from hubstack.registry import auth_config
+from hubstack.registry import USERS, RegistryClient, auth_config
 
 
 def main() -> None:
@@ -109,7 +109,12 @@ def main() -> None:
     )
     for r in chain:
         client.images.remove(r.ref)
-    client.images.remove(f"{repo}:bench-keep")  # the throwaway analyst's image, locally
+    # The throwaway analyst's image: locally, and its manifest in the users registry (the
+    # next `hubstack images prune-users` garbage collection frees its blobs).
+    client.images.remove(f"{repo}:bench-keep")
+    registry = RegistryClient(cfg, role=USERS)
+    name = ui.repository_name(p.user)
+    registry.delete_manifest(name, registry.tag_digests(name)[p.hash])
 
 
 if __name__ == "__main__":
