@@ -108,17 +108,21 @@ class HubClient:
         body = {"profile": profile, **options}
         r = self.api("POST", f"/hub/api/users/{self.name}/server", json=body)
         assert r.status_code in (201, 202), r.text
+        events = self.progress(timeout)
+        assert events and events[-1].get("ready"), f"spawn failed: {events[-3:]}"
+        return events
+
+    def progress(self, timeout: float = 300) -> list[dict]:
+        """The server's progress events, followed until it is ready or failed."""
         events = []
         with self.api(
             "GET", f"/hub/api/users/{self.name}/server/progress", stream=True, timeout=timeout
         ) as s:
             for line in s.iter_lines(decode_unicode=True):
                 if line and line.startswith("data:"):
-                    ev = json.loads(line[5:])
-                    events.append(ev)
-                    if ev.get("ready") or ev.get("failed"):
+                    events.append(json.loads(line[5:]))
+                    if events[-1].get("ready") or events[-1].get("failed"):
                         break
-        assert events and events[-1].get("ready"), f"spawn failed: {events[-3:]}"
         return events
 
     def running(self) -> bool:

@@ -11,7 +11,6 @@ the culler are real.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import stat
 import subprocess
@@ -63,16 +62,7 @@ def follow(client: HubClient, out: dict, timeout: float = 400, body: dict | None
         if r.status_code not in (201, 202):
             out["error"] = r.text
             return
-        events = []
-        with client.api(
-            "GET", f"/hub/api/users/{client.name}/server/progress", stream=True, timeout=timeout
-        ) as s:
-            for line in s.iter_lines(decode_unicode=True):
-                if line and line.startswith("data:"):
-                    events.append(json.loads(line[5:]))
-                    if events[-1].get("ready") or events[-1].get("failed"):
-                        break
-        out["events"] = events
+        out["events"] = client.progress(timeout)
         out["ready_at"] = time.monotonic()
     except Exception as e:  # reported by the test, not lost in the thread
         out["error"] = repr(e)

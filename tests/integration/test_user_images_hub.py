@@ -6,7 +6,6 @@ sets the list."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -28,17 +27,7 @@ def spawn_events(client, timeout: float = 600, **body) -> list[dict]:
     assert r.status_code in (201, 202, 400, 500), r.text
     if r.status_code in (400, 500):
         return [{"failed": True, "message": r.text, "status": r.status_code}]
-    events = []
-    with client.api(
-        "GET", f"/hub/api/users/{client.name}/server/progress", stream=True, timeout=timeout
-    ) as s:
-        for line in s.iter_lines(decode_unicode=True):
-            if line and line.startswith("data:"):
-                ev = json.loads(line[5:])
-                events.append(ev)
-                if ev.get("ready") or ev.get("failed"):
-                    break
-    return events
+    return client.progress(timeout)
 
 
 def server_image(cfg, docker_client, name: str) -> str:
