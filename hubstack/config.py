@@ -30,9 +30,11 @@ from pydantic import (
     model_validator,
 )
 
-from hubstack.hub.users import NAME_RE
-
 CONFIG_ENV = "HUBSTACK_CONFIG"
+# An analyst's user name: POSIX-portable, lowercase (JupyterHub lowercases login names), at
+# most 32 characters like useradd. Here, at the bottom, for the config's lists of names and
+# for the users file (hubstack.hub.users).
+NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 DEFAULT_CONFIG_PATHS = (Path("hubstack.yaml"), Path("/etc/hubstack/hubstack.yaml"))
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")

@@ -24,7 +24,6 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 import secrets
 import tempfile
 from collections.abc import Iterator
@@ -33,10 +32,10 @@ from pathlib import Path
 
 import yaml
 
+from hubstack.config import NAME_RE
+
 log = logging.getLogger(__name__)
 
-# POSIX-portable, lowercase (JupyterHub lowercases login names), max 32 chars like useradd.
-NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 # Names that belong to the system or to images; an analyst must never map onto them.
 RESERVED_NAMES = frozenset(
