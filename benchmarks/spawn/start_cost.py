@@ -89,8 +89,24 @@ def cpu_seconds(container) -> float:
     return stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
 
 
-def start_once(client, image: str, importtime: bool = False) -> tuple[float, float, str]:
-    """(CPU-s at ready, wall-s to ready, the server's log) of one start of IMAGE."""
+SINGLEUSER = ["jupyterhub-singleuser"]
+"""What the spawner starts."""
+PLAIN_LAB = [
+    "jupyter",
+    "lab",
+    "--ip=0.0.0.0",
+    "--port=8888",
+    "--no-browser",
+    f"--ServerApp.base_url={PREFIX}",
+    "--IdentityProvider.token=",
+]
+"""The baseline: plain JupyterLab in the same image, no hub extension, no auth."""
+
+
+def start_once(
+    client, image: str, importtime: bool = False, command: list[str] = SINGLEUSER
+) -> tuple[float, float, str]:
+    """(CPU-s at ready, wall-s to ready, the server's log) of one start of COMMAND in IMAGE."""
     tag = f"hubstack-startcost-{uuid.uuid4().hex[:8]}"
     hub = client.containers.run(
         image,
@@ -110,7 +126,7 @@ def start_once(client, image: str, importtime: bool = False) -> tuple[float, flo
         t0 = time.perf_counter()
         server = client.containers.create(
             image,
-            ["jupyterhub-singleuser"],
+            command,
             name=tag,
             user="23456:23456",
             working_dir="/tmp",
