@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from hubstack.engine import project_name, service_container
 from hubstack.hub.container_spec import USER_LABEL
@@ -48,8 +49,15 @@ def _server_container(docker_client, cfg, user: str):
 
 
 def _wait(condition, timeout: float, what: str) -> None:
+    """Until CONDITION holds. While the platform recovers, the hub may answer with the
+    proxy's error page or not at all: that is "not yet", not a failure."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        try:
+            if condition():
+                return
+        except (requests.RequestException, ValueError):
+            pass
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} within {timeout:.0f}s")
         time.sleep(2)
