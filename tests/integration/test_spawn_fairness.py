@@ -57,7 +57,8 @@ def three(hub_stack, clients):
 def follow(client: HubClient, out: dict, timeout: float = 400, body: dict | None = None) -> None:
     """Start CLIENT's server and record its answer and progress events in OUT."""
     try:
-        r = client.api("POST", f"/hub/api/users/{client.name}/server", json=body or {})
+        body = body or {"profile": "default"}  # never the GPU profile a group may be offered
+        r = client.api("POST", f"/hub/api/users/{client.name}/server", json=body)
         out["status"] = r.status_code
         if r.status_code not in (201, 202):
             out["error"] = r.text
