@@ -147,16 +147,20 @@ class HubClient:
             raise PermissionError(f"{r.status_code}: {r.text[:200]}")
         kernel = r.json()["id"]
         url = self.base.replace("http", "ws", 1) + f"{prefix}/kernels/{kernel}/channels"
+
         # Short socket timeouts, so the deadline holds even while the server's websocket pings
         # keep the connection busy.
-        ws = websocket.create_connection(
-            url, header=[f"Authorization: token {self.token}"], timeout=5
-        )
+        def connect() -> websocket.WebSocket:
+            return websocket.create_connection(
+                url, header=[f"Authorization: token {self.token}"], timeout=5
+            )
+
+        conn = {"ws": connect(), "since": time.monotonic()}
         session, deadline = uuid.uuid4().hex, time.monotonic() + timeout
 
         def send(msg_type: str, content: dict) -> str:
             msg_id = uuid.uuid4().hex
-            ws.send(
+            conn["ws"].send(
                 json.dumps(
                     {
                         "header": {
@@ -180,7 +184,7 @@ class HubClient:
             quiet_until = min(deadline, time.monotonic() + wait)
             while time.monotonic() < quiet_until:
                 try:
-                    msg = json.loads(ws.recv())
+                    msg = json.loads(conn["ws"].recv())
                 except websocket.WebSocketTimeoutException:
                     continue
                 if msg.get("parent_header", {}).get("msg_id") == msg_id:
@@ -196,6 +200,11 @@ class HubClient:
             ):
                 if time.monotonic() > deadline:
                     raise AssertionError("kernel did not answer kernel_info_request")
+                if time.monotonic() - conn["since"] > 20:
+                    # Seen twice in the full suite, never alone: a channels socket that stays
+                    # silent. Jupyter's own clients reconnect; so does this one.
+                    conn["ws"].close()
+                    conn["ws"], conn["since"] = connect(), time.monotonic()
             msg_id = send(
                 "execute_request",
                 {
@@ -217,7 +226,7 @@ class HubClient:
                     return "".join(out)
             raise AssertionError("kernel did not finish")
         finally:
-            ws.close()
+            conn["ws"].close()
             self.api("DELETE", f"{prefix}/kernels/{kernel}")
 
 
