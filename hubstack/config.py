@@ -562,7 +562,7 @@ class GPUConfig(_Section):
     """Let several analysts hold the same GPU at once."""
 
 
-_APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]{1,62}$")
+APT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.\-]{1,62}$")
 
 
 class UserImagesConfig(_Section):
@@ -587,7 +587,7 @@ class UserImagesConfig(_Section):
     @field_validator("apt_allowlist")
     @classmethod
     def _apt_names(cls, v: list[str]) -> list[str]:
-        bad = [name for name in v if not _APT_NAME.match(name)]
+        bad = [name for name in v if not APT_NAME_RE.match(name)]
         if bad:
             raise ValueError(f"not Debian package names: {', '.join(map(repr, bad))}")
         return sorted(set(v))

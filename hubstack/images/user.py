@@ -44,7 +44,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from hubstack.ci.retention import garbage_collect, images_in_use, prune_repository
-from hubstack.config import PlatformConfig
+from hubstack.config import APT_NAME_RE, PlatformConfig
 from hubstack.engine import repo_digest
 from hubstack.errors import CommandError
 from hubstack.hub.container_spec import passwd_entries
@@ -65,7 +65,6 @@ MAX_PROBLEMS_SHOWN = 12
 
 # Characters a name, extras and version specifiers need; everything else is refused.
 _PIP_CHARS = re.compile(r"^[A-Za-z0-9._\-\[\],<>=!~* ]+$")
-_APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]{1,62}$")
 _SHELL = set(";|&$`'\"(){}\\#?\n\r\t")
 
 
@@ -162,7 +161,7 @@ def check_pip_name(entry: str) -> str:
 def check_apt_entry(cfg: PlatformConfig, entry: object) -> str:
     if not isinstance(entry, str):
         raise ValueError(f"must be a string, not {type(entry).__name__}")
-    if not entry.isascii() or not _APT_NAME.match(entry):
+    if not entry.isascii() or not APT_NAME_RE.match(entry):
         raise ValueError("is not a Debian package name (lowercase letters, digits, + - .)")
     allowed = cfg.user_images.apt_allowlist
     if entry not in allowed:
