@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import docker
+import requests
 
 from hubstack.ci.plan import Plan, make_plan
 from hubstack.ci.sandbox import run_image_tests
@@ -292,7 +293,10 @@ class Rebuilder:
             push=self.push,
             started=timestamp(),
         )
-        outcomes = {i.name: ImageOutcome(i.name, i.reason) for i in plan.items}
+        unbuilt = self._unbuilt_on_demand(plan, graph)
+        outcomes = {
+            i.name: ImageOutcome(i.name, i.reason) for i in plan.items if i.name not in unbuilt
+        }
         report.images = list(outcomes.values())
         in_plan = set(outcomes)
 
@@ -355,6 +359,38 @@ class Rebuilder:
             self._tag_the_rest(graph, in_plan | set(outside), tag)
         report.finished = timestamp()
         return report
+
+    def _unbuilt_on_demand(self, plan: Plan, graph: ImageGraph) -> set[str]:
+        """On-demand images (images.on_demand: the GPU image's CUDA wheels weigh GBs) that
+        nobody has built yet, with their descendants: a parent's change does not build them.
+        A change to their own context does (outside a full build), so it gets tested."""
+        names = {i.name for i in plan.items}
+        changed = {i.name for i in plan.items if i.changed and plan.since}
+        unbuilt: set[str] = set()
+        for name in graph.order(names):
+            if name in self.cfg.images.on_demand and name not in changed:
+                if not self._has_latest(name):
+                    unbuilt.add(name)
+            elif name not in changed and set(graph.ancestors(name)) & unbuilt:
+                unbuilt.add(name)
+        for name in graph.order(unbuilt):
+            self.out(
+                f"[ci] {name}: not built: on demand and never built here; "
+                f"`hubstack images build {name}` builds it, and CI keeps it current from then on"
+            )
+        return unbuilt
+
+    def _has_latest(self, name: str) -> bool:
+        try:
+            self.client.images.get(self.cfg.image_ref(name, self.cfg.images.tag))
+            return True
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            return RegistryClient(self.cfg).digest(name, self.cfg.images.tag) is not None
+        except (CommandError, requests.RequestException):
+            # Registry unreachable: build it, as before, rather than guess.
+            return True
 
     def _tag_the_rest(self, graph: ImageGraph, handled: set[str], tag: str) -> None:
         """Give the commit tag to every other image whose `latest` was built from this very

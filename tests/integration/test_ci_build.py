@@ -15,6 +15,7 @@ import pytest
 from hubstack.ci.rebuild import Rebuilder, commit_tag, reports_dir
 from hubstack.cli import main
 from tests.ci_support import (
+    PARENTS,
     break_dockerfile,
     change,
     commit,
@@ -198,6 +199,44 @@ def test_missing_parents_are_built_first_on_a_fresh_registry(env, docker_client)
         )
     finally:
         for n in ("root", "mid", "leaf"):
+            for img in docker_client.images.list(name=fresh.image_repository(n)):
+                for t in img.tags:
+                    docker_client.images.remove(t)
+
+
+def test_on_demand_image_is_built_for_its_own_change_not_for_a_parents(env, docker_client):
+    # images.on_demand (the GPU image: GBs of CUDA wheels) is built when someone asks for it;
+    # a parent's change must not download it for a site that never did. Its own change is
+    # built, so that CI tests it; from then on it follows its parents like any image.
+    cfg, repo, _ = env
+    lines: list[str] = []
+    fresh = cfg.model_copy(
+        update={
+            "images": cfg.images.model_copy(update={"namespace": "citestod", "on_demand": ["side"]})
+        }
+    )
+    try:
+        change(repo, "root", "on-demand-parent")
+        report = Rebuilder(fresh, docker_client, push=True, out=lines.append).run("HEAD~1")
+        assert [(i.name, i.status) for i in report.images] == [
+            ("root", "ok"),
+            ("mid", "ok"),
+            ("leaf", "ok"),
+        ]
+        assert report.ok
+        assert manifest_digest(fresh, "side", "latest") is None
+        assert any(line.startswith("[ci] side: not built: on demand") for line in lines), lines
+
+        change(repo, "side", "on-demand-own")
+        report = Rebuilder(fresh, docker_client, push=True, out=lines.append).run("HEAD~1")
+        assert [(i.name, i.status) for i in report.images] == [("side", "ok")]
+
+        change(repo, "root", "on-demand-parent-again")
+        report = Rebuilder(fresh, docker_client, push=True, out=lines.append).run("HEAD~1")
+        assert {i.name for i in report.images} == {"root", "mid", "side", "leaf"}
+        assert "on-demand-parent-again" in cat(docker_client, fresh, "side", "root")
+    finally:
+        for n in PARENTS:
             for img in docker_client.images.list(name=fresh.image_repository(n)):
                 for t in img.tags:
                     docker_client.images.remove(t)
