@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import threading
 import shutil
 import subprocess
 import time
@@ -88,9 +89,21 @@ def _free_subnets(cfg: PlatformConfig, client):
             yield subnet
 
 
+# One creation at a time in this process: spawns in a burst (hub.spawn.concurrent_starts on
+# the spawner's thread pool) would otherwise all pick the same first free subnet and clash
+# (30 analysts at once: 6 failed spawns). Creating a network takes milliseconds.
+_CREATING = threading.Lock()
+
+
 def ensure_network(cfg: PlatformConfig, client, user: str):
     """The analyst's network, made when missing (from a free subnet of the pool)."""
+    with _CREATING:
+        return _ensure_network(cfg, client, user)
+
+
+def _ensure_network(cfg: PlatformConfig, client, user: str):
     name = network_name(cfg, user)
+    # Another process (a CLI command, a second hub in tests) may still race: look again.
     for _attempt in range(5):
         try:
             return client.networks.get(name)
@@ -118,7 +131,7 @@ def ensure_network(cfg: PlatformConfig, client, user: str):
                 check_duplicate=True,
             )
         except docker.errors.APIError as e:
-            # Another spawn took the subnet (or made this very network) meanwhile: look again.
+            # Another process took the subnet (or made this very network) meanwhile.
             if "overlap" not in str(e).lower() and "already exists" not in str(e).lower():
                 raise NetworkError(f"cannot create the network {name}: {e}") from None
             time.sleep(0.2)

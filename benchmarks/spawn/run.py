@@ -41,7 +41,7 @@ def try_login_to_ready(base: str, name: str, password: str) -> float | None:
     try:
         return login_to_ready(base, name, password)
     except Exception as e:
-        print(f"{name}: spawn failed: {str(e)[:200]}", file=sys.stderr)
+        print(f"{name}: spawn failed: ...{str(e)[-600:]}", file=sys.stderr)
         return None
 
 
