@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import threading
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
