@@ -21,7 +21,7 @@ from hubstack.hub.users import FileUserSource, UserRecord, UsersFile
 
 class LoginRefused(web.HTTPError):
     """A login the source recognised and refuses, with a message the person can act on.
-    JupyterHub shows it on the login form (and as the REST API's error message)."""
+    JupyterHub shows it on the login form, with its status (403, 503)."""
 
     def __init__(self, status_code: int, message: str):
         super().__init__(status_code, "%s", message)
