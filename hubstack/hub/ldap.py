@@ -75,8 +75,11 @@ def rdn_value(dn: str) -> str:
 
 
 def _one(attrs: dict[str, Any], key: str) -> Any:
-    """An attribute's single value (entry_attributes_as_dict gives lists), or None."""
+    """An attribute's single value (entry_attributes_as_dict gives lists), or None. LDAP
+    attribute names are case-insensitive: uidnumber finds the server's uidNumber."""
     values = attrs.get(key)
+    if values is None:
+        values = next((v for k, v in attrs.items() if k.lower() == key.lower()), None)
     if isinstance(values, (list, tuple)):
         return values[0] if len(values) == 1 else None
     return values

@@ -228,6 +228,11 @@ def test_numbers_may_come_as_text():
     assert (rec.uid, rec.gid) == (30002, 30003)
 
 
+def test_attribute_names_are_case_insensitive_as_in_ldap():
+    rec = record_from_entry("carol", entry(), uid_attribute="uidnumber", gid_attribute="GIDNUMBER")
+    assert (rec.uid, rec.gid) == (30001, 30001)
+
+
 @pytest.mark.parametrize(
     "attrs, words",
     [
@@ -456,6 +461,15 @@ def test_a_directory_that_is_not_listening_is_reported_down():
         port = s.getsockname()[1]  # closed again: nothing listens there
     with pytest.raises(DirectoryUnavailable):
         asyncio.run(ldap_source(port).verify("carol", "pw"))
+
+
+def test_a_directory_name_that_does_not_resolve_is_reported_down():
+    c = Config()
+    c.HubstackLDAPAuthenticator.server_address = "directory.invalid"
+    c.HubstackLDAPAuthenticator.bind_dn_template = [TEMPLATE]
+    with pytest.raises(DirectoryUnavailable) as e:
+        asyncio.run(LDAPSource(config=c).verify("carol", "pw"))
+    assert "directory.invalid:389" in e.value.get_message()
 
 
 def test_names_and_passwords_the_directory_is_never_asked_about():
