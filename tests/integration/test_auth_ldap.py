@@ -17,6 +17,7 @@ import asyncio
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import docker
@@ -63,6 +64,23 @@ def recreate_hub(cfg) -> None:
     stack.wait_for_hub(cfg)
 
 
+def remove_hub_users(cfg, names: list[str]) -> None:
+    """Stop NAMES' servers and delete them from the hub, as the users-file admin."""
+    ops = HubClient(url(cfg), OPS[0])
+    if ops.login(OPS[1]).status_code != 302:
+        return
+    ops.make_token()
+    for name in names:
+        ops.api("DELETE", f"/hub/api/users/{name}/server")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            user = ops.api("GET", f"/hub/api/users/{name}")
+            if user.status_code != 200 or not user.json()["servers"]:
+                break
+            time.sleep(1)
+        ops.api("DELETE", f"/hub/api/users/{name}")
+
+
 @pytest.fixture(scope="module")
 def ldap_hub(hub_stack, docker_client):
     cfg, config, _ = hub_stack
@@ -105,13 +123,7 @@ def ldap_hub(hub_stack, docker_client):
         yield ldap_cfg, config, container
     finally:
         Path(config).write_text(original)
-        ops = HubClient(url(cfg), OPS[0])
-        if ops.login(OPS[1]).status_code == 302:
-            ops.make_token()
-            for name in (CAROL.name, DAVE.name):  # the shared hub goes back without them
-                ops.api("DELETE", f"/hub/api/users/{name}/server")
-                ops.api("DELETE", f"/hub/api/users/{name}")
-            ops.api("DELETE", f"/hub/api/users/{OPS[0]}")
+        remove_hub_users(cfg, [CAROL.name, DAVE.name])  # the shared hub goes back without them
         users_file_for(cfg).remove(OPS[0])
         recreate_hub(cfg)
         if container is not None:
