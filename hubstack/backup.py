@@ -6,6 +6,7 @@ A backup is a folder:
     hub/jupyterhub.sqlite  the hub database, copied with SQLite's backup API (consistent
                            while the hub runs and writes)
     users.yaml             the analysts: names, UIDs, GIDs, groups, password hashes
+    accounts.yaml          directory (LDAP) accounts as their last login recorded them
     config/hubstack.yaml   the platform config the backup was taken with (if it had a file)
     secrets/               cookie secret, proxy token, crypt key (auth state is encrypted
                            with it), registry credentials and htpasswd; mode 0600
@@ -195,6 +196,8 @@ def backup(cfg: PlatformConfig, dest: Path, homes: bool = False, registry: bool 
             shutil.copy2(spec, work / "envs" / spec.name)
         if specs:
             _say(f"analysts' packages: {len(specs)} specs")
+        if cfg.accounts_file.is_file():  # directory accounts seen at login (users list)
+            write_private(work / "accounts.yaml", cfg.accounts_file.read_text())
         if homes:
             _say(f"homes: archiving {cfg.home_root}")
             with tarfile.open(work / "homes.tar.gz", "w:gz") as tar:
@@ -326,6 +329,8 @@ def restore(cfg: PlatformConfig, src: Path) -> dict:
         target = cfg.user_envs_dir / Path(rel).name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, target)
+    if "accounts.yaml" in manifest["files"]:
+        write_private(cfg.accounts_file, (src / "accounts.yaml").read_text())
     db = io.BytesIO()
     with tarfile.open(fileobj=db, mode="w") as tar:
         tar.add(src / "hub" / HUB_DB, arcname=f"{Path(HUB_DB_DIR).name}/{HUB_DB}")

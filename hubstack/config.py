@@ -616,6 +616,147 @@ class CIConfig(_Section):
     every image a container uses are kept whatever their age."""
 
 
+AUTH_SOURCES = ("file", "ldap", "oidc")
+"""Where accounts come from: hubstack's users file, an LDAP directory, an OpenID Connect
+provider. auth.sources lists them in the order a login tries them."""
+
+# An LDAP attribute name (RFC 4512 descriptor) or a DN's parts: no filter syntax.
+_LDAP_ATTRIBUTE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+
+
+def _check_attribute(value: str) -> str:
+    if not _LDAP_ATTRIBUTE.match(value):
+        raise ValueError(f"must be an LDAP attribute name such as uidNumber, got {value!r}")
+    return value
+
+
+LDAPAttribute = Annotated[str, AfterValidator(_check_attribute)]
+
+
+class LDAPAttributes(_Section):
+    """Which attributes of a user's entry hold their POSIX identity (RFC 2307 names)."""
+
+    uid_number: LDAPAttribute = "uidNumber"
+    gid_number: LDAPAttribute = "gidNumber"
+    home_directory: LDAPAttribute = "homeDirectory"
+    """Read only with use_home_directory."""
+
+
+class LDAPConfig(_Section):
+    """Login against an LDAP directory (jupyterhub-ldapauthenticator): bind as the user with
+    their password, their UID/GID from uidNumber/gidNumber, their supplementary groups from
+    the posixGroups that list them (memberUid)."""
+
+    server: str
+    """Host name (or address) of the directory server, as its certificate names it."""
+    port: int | None = Field(None, ge=1, le=65535)
+    """Unset: 636 for ldaps, 389 for starttls and plain."""
+    tls: Literal["ldaps", "starttls", "plain"] = "ldaps"
+    """ldaps: TLS from the first byte; starttls: upgraded before any password is sent; plain:
+    no TLS at all (passwords in clear text), only with insecure_plain."""
+    insecure_plain: bool = False
+    """Allow tls: plain (a directory on a trusted loopback or test network only)."""
+    ca_file: Path | None = None
+    """PEM file of the CA(s) that signed the directory's certificate; unset: the hub's
+    system trust store. The certificate must also name `server`."""
+    bind_dn_templates: list[str] = []
+    """DNs to bind as, `{username}` standing for the login name, tried in order, e.g.
+    uid={username},ou=people,dc=example,dc=org. Either these or lookup_dn."""
+    lookup_dn: bool = False
+    """Search-then-bind: find the user's entry under user_search_base by user_attribute
+    (as search_user_dn, or anonymously), then bind as that entry with their password."""
+    search_user_dn: str | None = None
+    """The account lookup_dn searches as; unset: an anonymous search."""
+    search_password_file: Path | None = None
+    """File holding search_user_dn's password (one line, mode 0600); never the password
+    itself in this config. The hub gets it as a compose secret."""
+    user_search_base: str | None = None
+    """Where users' entries are (needed by lookup_dn)."""
+    user_attribute: LDAPAttribute = "uid"
+    """The attribute holding the login name (memberUid in posixGroups holds it too)."""
+    allowed_groups: list[str] = []
+    """DNs of groups whose members may log in (member, uniqueMember or memberUid); empty:
+    everyone the directory lets bind. Others are refused with a page that says so."""
+    group_search_base: str | None = None
+    """Where the posixGroups are: each one whose memberUid lists the user gives them its
+    gidNumber as a supplementary group and its cn as a JupyterHub group. Unset: none."""
+    attributes: LDAPAttributes = LDAPAttributes()
+    use_home_directory: bool = False
+    """Use the entry's homeDirectory as the home path inside the server (the host folder is
+    still home_root/NAME); off: /home/NAME."""
+    timeout: float = Field(10, gt=0, le=120)
+    """Seconds a login waits for the directory before it says the directory is down."""
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, v: str) -> str:
+        if not v or not re.match(r"^[A-Za-z0-9.\-:\[\]]+$", v):
+            raise ValueError(f"must be a host name or address, got {v!r}")
+        return v
+
+    @field_validator("bind_dn_templates")
+    @classmethod
+    def _templates(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if "{username}" not in t:
+                raise ValueError(f"{t!r} has no {{username}} for the login name")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LDAPConfig:
+        if self.tls == "plain" and not self.insecure_plain:
+            raise ValueError(
+                "tls: plain sends passwords in clear text; use ldaps or starttls, or set "
+                "insecure_plain: true for a directory on a trusted network"
+            )
+        if bool(self.bind_dn_templates) == self.lookup_dn:
+            raise ValueError(
+                "set either bind_dn_templates (bind as a DN made from the login name) or "
+                "lookup_dn: true (search for the user's entry, then bind), not both or neither"
+            )
+        if self.lookup_dn and not self.user_search_base:
+            raise ValueError("lookup_dn needs user_search_base (where to search for users)")
+        if (self.search_user_dn is None) != (self.search_password_file is None):
+            raise ValueError(
+                "search_user_dn and search_password_file go together (unset both: an "
+                "anonymous search)"
+            )
+        return self
+
+    @property
+    def server_port(self) -> int:
+        return self.port or (636 if self.tls == "ldaps" else 389)
+
+
+class AuthConfig(_Section):
+    """Who may log in, and where their account (UID, GID, groups) comes from."""
+
+    sources: list[Literal["file", "ldap", "oidc"]] = ["file"]
+    """Tried in this order at each password login; the first source that holds the name
+    answers. The users file keeps local admins and service accounts beside a directory."""
+    ldap: LDAPConfig | None = None
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(f"must list at least one of {', '.join(AUTH_SOURCES)}")
+        twice = sorted({s for s in v if v.count(s) > 1})
+        if twice:
+            raise ValueError(f"lists {', '.join(twice)} more than once")
+        return v
+
+    @model_validator(mode="after")
+    def _configured(self) -> AuthConfig:
+        for source in self.sources:
+            if source != "file" and getattr(self, source, None) is None:
+                raise ValueError(
+                    f"sources lists {source} but auth.{source} is not set (see "
+                    "hubstack.example.yaml)"
+                )
+        return self
+
+
 class PlatformConfig(_Section):
     state_dir: Path = Path("/var/lib/hubstack")
     """Secrets, users file, homes, build reports: all outside the repository."""
@@ -632,6 +773,7 @@ class PlatformConfig(_Section):
     gpu: GPUConfig = GPUConfig()
     ci: CIConfig = CIConfig()
     user_images: UserImagesConfig = UserImagesConfig()
+    auth: AuthConfig = AuthConfig()
 
     # Where the file came from, for error messages; not a key.
     path: Path | None = Field(None, exclude=True)
@@ -695,6 +837,12 @@ class PlatformConfig(_Section):
     @property
     def user_image_template(self) -> Path:
         return self.user_images.template or self.source_root / "images" / "user"
+
+    @property
+    def accounts_file(self) -> Path:
+        """The table of accounts from a directory (LDAP, OIDC), beside the users file: the
+        hub records each one at login (hubstack.hub.accounts)."""
+        return self.users_file.parent / "accounts" / "accounts.yaml"
 
     @property
     def user_envs_dir(self) -> Path:
@@ -770,6 +918,10 @@ def _resolve_paths(data: dict, base: Path) -> None:
     fix(data.get("ci"), "webhook_secret_file")
     fix(data.get("ci"), "token_file")
     fix(data.get("user_images"), "template")
+    auth = data.get("auth")
+    if isinstance(auth, dict):
+        fix(auth.get("ldap"), "ca_file")
+        fix(auth.get("ldap"), "search_password_file")
 
 
 def _format_errors(path: Path | str, err: ValidationError) -> str:
@@ -791,6 +943,35 @@ def _check_files(cfg: PlatformConfig, path: Path | str) -> None:
         text = ca.read_text(errors="replace")
         if "-----BEGIN CERTIFICATE-----" not in text:
             raise ConfigError(f"{path}: base.extra_ca_bundle: {ca} holds no PEM certificate")
+    ldap = cfg.auth.ldap
+    if ldap is not None:
+        _check_ldap_files(ldap, path)
+
+
+def _check_ldap_files(ldap: LDAPConfig, path: Path | str) -> None:
+    if ldap.ca_file is not None:
+        key = f"{path}: auth.ldap.ca_file"
+        if not ldap.ca_file.is_file():
+            raise ConfigError(f"{key}: file {ldap.ca_file} does not exist")
+        if "-----BEGIN CERTIFICATE-----" not in ldap.ca_file.read_text(errors="replace"):
+            raise ConfigError(f"{key}: {ldap.ca_file} holds no PEM certificate")
+    secret = ldap.search_password_file
+    if secret is not None:
+        key = f"{path}: auth.ldap.search_password_file"
+        try:
+            st = secret.stat()
+            empty = not secret.read_text().strip()
+        except FileNotFoundError:
+            raise ConfigError(f"{key}: file {secret} does not exist") from None
+        except OSError as e:
+            raise ConfigError(f"{key}: cannot read {secret}: {e.strerror}") from None
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"{key}: {secret} is readable by others (mode {st.st_mode & 0o777:o}); "
+                f"it holds a password: chmod 600 {secret}"
+            )
+        if empty:
+            raise ConfigError(f"{key}: {secret} is empty (it must hold the password)")
 
 
 def parse_config(data: dict | None, path: Path | str = "<config>") -> PlatformConfig:

@@ -38,6 +38,8 @@ HUB_USER_IMAGE_TEMPLATE = "/usr/share/hubstack/user-image"
 CI_SOURCE_DIR = "/srv/hubstack"
 GENERATED = "# Written by `hubstack up` from the platform config; edit that instead."
 CI_EXTRA_CA = "/etc/hubstack/extra-ca.pem"
+HUB_LDAP_CA = "/etc/hubstack/ldap-ca.pem"
+HUB_LDAP_SEARCH_PASSWORD = "/run/secrets/ldap_search_password"
 # The registry as a container on the platform network reaches it: compose/compose.yaml's
 # service name and the server's own port inside its container.
 PLATFORM_REGISTRY_ADDRESS = "registry:5000"
@@ -81,6 +83,13 @@ def hub_config(cfg: PlatformConfig) -> dict:
     data["ci"]["token_file"] = None
     data["gpu"]["driver_dir"] = str(cfg.gpu.driver_dir)
     data["user_images"]["template"] = HUB_USER_IMAGE_TEMPLATE  # baked into the hub image
+    ldap = data.get("auth", {}).get("ldap")
+    if ldap:
+        # compose/compose.yaml mounts them there (compose_env: HUBSTACK_LDAP_*).
+        if ldap.get("ca_file"):
+            ldap["ca_file"] = HUB_LDAP_CA
+        if ldap.get("search_password_file"):
+            ldap["search_password_file"] = HUB_LDAP_SEARCH_PASSWORD
     return data
 
 
@@ -155,6 +164,7 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
             "registry.address and registry.pull_address (the per-user images' instance "
             "listens on its own port)"
         )
+    ldap = cfg.auth.ldap
     env = {
         "COMPOSE_PROJECT_NAME": project_name(cfg),
         "HUBSTACK_NETWORK": cfg.hub.network,
@@ -182,6 +192,9 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
         "HUBSTACK_CI_NETWORK_MODE": ci_network_mode(cfg),
         "HUBSTACK_CI_HEALTH_URL": ci_health_url(cfg),
         "HUBSTACK_EXTRA_CA": str(cfg.base.extra_ca_bundle or "/dev/null"),
+        # auth.ldap's CA and search password, mounted read-only into the hub (hub_config)
+        "HUBSTACK_LDAP_CA": str((ldap and ldap.ca_file) or "/dev/null"),
+        "HUBSTACK_LDAP_SEARCH_PASSWORD": str((ldap and ldap.search_password_file) or "/dev/null"),
     }
     return env
 
@@ -193,6 +206,7 @@ def render_env(cfg: PlatformConfig) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(GENERATED + "\n" + yaml.safe_dump(data, sort_keys=False))
     cfg.user_envs_dir.mkdir(parents=True, exist_ok=True)  # also makes the users folder
+    cfg.accounts_file.parent.mkdir(exist_ok=True, mode=0o700)  # the hub writes logins there
     releases_dir(cfg).mkdir(parents=True, exist_ok=True)
     cfg.home_root.mkdir(parents=True, exist_ok=True, mode=0o755)
     text = "\n".join([GENERATED, *(f"{k}={v}" for k, v in compose_env(cfg).items())]) + "\n"

@@ -1,32 +1,68 @@
-"""JupyterHub authenticator backed by a hubstack `UserSource` (the users file by default).
+"""JupyterHub authenticator: the password form, answered by hubstack's account sources.
 
 Works for the normal login form and for REST token requests
 (``POST /hub/api/users/NAME/tokens`` with ``{"auth": {"username", "password"}}``).
-The source is consulted at every login, so users added, changed or removed take
-effect at their next login without restarting the hub.
+`sources` (auth.sources) names the sources (hubstack.hub.sources) a login asks, in order:
+``file`` (the users file, re-read at every login, so users added, changed or removed take
+effect at their next login without restarting the hub) and ``ldap`` (hubstack.hub.ldap).
+A name the users file holds is the file's alone: no directory account can take over a
+local admin or service account. Other names go to the directory sources in order; the
+first that accepts the password answers. A source's refusal with a reason (not in an
+allowed group, directory down) is shown on the login page.
+
+Each login stores the identity the spawner needs (uid, gid, groups, home, source) in
+JupyterHub's encrypted auth_state, and a directory account's also in the accounts table
+(hubstack.hub.accounts): a spawn never asks the directory.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.auth import Authenticator
 from tornado import web
-from traitlets import Bool, Integer, Unicode, default
+from traitlets import Bool, Dict, Integer, List, Type, Unicode, default
 
-from hubstack.hub.users import FileUserSource, UserRecord, UsersFile, UserSource
+from hubstack.hub.accounts import AccountsTable
+from hubstack.hub.ldap import LDAPSource
+from hubstack.hub.sources import FileSource, LoginRefused, PasswordSource
+from hubstack.hub.users import UserRecord
 
 
 def auth_state_for(rec: UserRecord) -> dict:
     """The identity the spawner needs, as stored in JupyterHub's auth_state."""
-    return {"uid": rec.uid, "gid": rec.gid, "groups": list(rec.groups), "home": rec.home}
+    return {
+        "uid": rec.uid,
+        "gid": rec.gid,
+        "groups": list(rec.groups),
+        "home": rec.home,
+        "source": rec.source,
+        "group_names": list(rec.group_names),
+    }
 
 
 class HubstackAuthenticator(Authenticator):
-    """Password login against the hubstack users file; only users in the file may log in."""
+    """Password login against hubstack's sources (the users file by default)."""
+
+    sources = List(
+        Unicode(),
+        ["file"],
+        help="Account sources a password login asks, in order (platform key auth.sources).",
+    ).tag(config=True)
+    source_classes = Dict(
+        value_trait=Type(klass=PasswordSource),
+        default_value={"file": FileSource, "ldap": LDAPSource},
+        help="The class of each source name.",
+    ).tag(config=True)
 
     users_file = Unicode(
         "/var/lib/hubstack/users.yaml",
         help="Path of the hubstack users file (YAML, managed with `hubstack users`).",
+    ).tag(config=True)
+    accounts_file = Unicode(
+        "",
+        help="The table of directory accounts (hubstack.hub.accounts); empty: not kept.",
     ).tag(config=True)
 
     min_uid = Integer(
@@ -38,7 +74,7 @@ class HubstackAuthenticator(Authenticator):
         help="Accept 65534 (nobody/nogroup) in the users file (platform key hub.allow_nobody_id).",
     ).tag(config=True)
 
-    # Everyone the source knows may log in; the source itself is the allow list.
+    # Everyone the sources know may log in; the sources themselves are the allow list.
     @default("allow_all")
     def _allow_all_default(self):
         return True
@@ -52,6 +88,24 @@ class HubstackAuthenticator(Authenticator):
             **kwargs,
         )
 
+    _made: dict[str, PasswordSource] | None = None
+
+    def source(self, name: str) -> PasswordSource:
+        """The configured instance of source NAME (made once; config reaches it as its parent)."""
+        if self._made is None:
+            self._made = {}
+        if name not in self._made:
+            if name not in self.source_classes:
+                raise ValueError(f"unknown account source {name!r}")
+            common: dict[str, object] = {
+                "min_uid": self.min_uid,
+                "allow_nobody_id": self.allow_nobody_id,
+            }
+            if name == "file":
+                common["users_file"] = self.users_file
+            self._made[name] = self.source_classes[name](parent=self, log=self.log, **common)
+        return self._made[name]
+
     def normalize_username(self, username):
         # The REST API hands over whatever JSON held (`{"usernames": [0.0]}`); the stock
         # method calls .lower() on it and the hub answers 500. A user name is text: 400.
@@ -59,17 +113,69 @@ class HubstackAuthenticator(Authenticator):
             raise web.HTTPError(400, f"a user name must be a string, not {type(username).__name__}")
         return super().normalize_username(username)
 
-    def user_source(self) -> UserSource:
-        """The identity source; override for LDAP/OIDC-backed variants."""
-        return FileUserSource(UsersFile(self.users_file, self.min_uid, self.allow_nobody_id))
+    def _owner(self, name: str) -> PasswordSource | None:
+        """The source that holds NAME without a password (the users file's accounts)."""
+        for source_name in self.sources:
+            source = self.source(source_name)
+            if source.holds(name):
+                return source
+        return None
 
-    def _verify(self, name: str, password: str) -> UserRecord | None:
+    async def verify(self, name: str, password: str) -> UserRecord | None:
+        """NAME's record from the first source that accepts the password; None when none
+        does; a source's LoginRefused when one refused with a reason and none accepted."""
+        owner = await asyncio.to_thread(self._owner, name)
+        if owner is not None:
+            return await owner.verify(name, password)
+        refused: LoginRefused | None = None
+        for source_name in self.sources:
+            try:
+                rec = await self.source(source_name).verify(name, password)
+            except LoginRefused as e:
+                refused = refused or e
+                continue
+            if rec is not None:
+                await asyncio.to_thread(self._check_uid_free, rec)
+                return rec
+        if refused is not None:
+            raise refused
+        return None
+
+    def _check_uid_free(self, rec: UserRecord) -> None:
+        """A directory account's UID must not be a users-file account's: files on shared
+        storage would belong to two people."""
+        if "file" not in self.sources:
+            return
+        file_source = self.source("file")
+        assert isinstance(file_source, FileSource)
         try:
-            return self.user_source().verify(name, password)
-        except ValueError as e:
-            # An invalid users file refuses every login, loudly, rather than guessing.
-            self.log.error("Login refused for %r: %s", name, e)
-            return None
+            records = file_source.records()
+        except ValueError:
+            return  # the file's own errors are reported where it is used
+        for other in records.values():
+            if other.uid == rec.uid and other.name != rec.name:
+                self.log.error(
+                    "%s login of %r refused: UID %d is the users file's account %r",
+                    rec.source,
+                    rec.name,
+                    rec.uid,
+                    other.name,
+                )
+                raise LoginRefused(
+                    403,
+                    f"{rec.name}: your directory account's UID {rec.uid} is already the UID of "
+                    "another account on this hub, so your files could not be told apart. "
+                    "Tell the platform team.",
+                )
+
+    def _remember(self, rec: UserRecord) -> None:
+        if rec.source != "file" and self.accounts_file:
+            try:
+                AccountsTable(self.accounts_file, self.min_uid, self.allow_nobody_id).record(rec)
+            except OSError as e:
+                # The table serves `users list` and spawns without a login state; a login
+                # does not fail for it.
+                self.log.error("Cannot record %r in %s: %s", rec.name, self.accounts_file, e)
 
     async def authenticate(self, handler, data):
         if not isinstance(data, dict):
@@ -78,11 +184,20 @@ class HubstackAuthenticator(Authenticator):
         password = data.get("password") or ""
         if not name or not isinstance(password, str):
             return None
-        rec = self._verify(name, password)
+        rec = await self.verify(name, password)
         if rec is None:
             self.log.warning("Failed login for %r", name)
             return None
-        return {"name": rec.name, "admin": rec.admin, "auth_state": auth_state_for(rec)}
+        await asyncio.to_thread(self._remember, rec)
+        return {
+            "name": rec.name,
+            # Admins are the users file's; a directory account is never one by its login.
+            "admin": rec.admin,
+            # Directory accounts' groups become their JupyterHub groups (manage_groups);
+            # None leaves a users-file account's groups to the admins.
+            "groups": list(rec.group_names) if rec.source != "file" else None,
+            "auth_state": auth_state_for(rec),
+        }
 
     async def run_post_auth_hook(self, handler, auth_model):
         auth_model = await super().run_post_auth_hook(handler, auth_model)
@@ -95,13 +210,21 @@ class HubstackAuthenticator(Authenticator):
         return auth_model
 
     async def refresh_user(self, user, handler=None):
-        """Drop sessions of users removed from the file (checked every auth_refresh_age)."""
-        try:
-            rec = self.user_source().get(user.name)
-        except ValueError as e:
-            self.log.error("Cannot refresh %r: %s", user.name, e)
-            return True  # keep sessions when the file is broken; logins are refused anyway
-        if rec is None:
-            self.log.info("User %r is no longer in the users file; ending their session", user.name)
-            return False
-        return {"admin": rec.admin, "auth_state": auth_state_for(rec)}
+        """Drop sessions of users removed from the file (checked every auth_refresh_age).
+
+        A directory account is kept as its last login left it: a refresh never asks the
+        directory, so an outage ends no session and stops no server. The directory decides
+        again at the account's next login."""
+        if "file" in self.sources:
+            try:
+                rec = self.source("file").lookup(user.name)
+            except ValueError as e:
+                self.log.error("Cannot refresh %r: %s", user.name, e)
+                return True  # keep sessions when the file is broken; logins are refused anyway
+            if rec is not None:
+                return {"admin": rec.admin, "groups": None, "auth_state": auth_state_for(rec)}
+        state = await user.get_auth_state() or {}
+        if state.get("source") in self.sources and state.get("source") != "file":
+            return True
+        self.log.info("User %r is no longer in the users file; ending their session", user.name)
+        return False

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from hubstack.config import PlatformConfig
-from hubstack.hub import cull, versions
+from hubstack.hub import cull, ldap, versions
 from hubstack.hub.announce import read_announcement
 
 ENV_REPORT_SERVICE = "env-report"
@@ -56,10 +56,7 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     # which JupyterHub stores encrypted with this key.
     os.environ.setdefault("JUPYTERHUB_CRYPT_KEY", _secret("crypt_key"))
     c.Authenticator.enable_auth_state = True
-    c.JupyterHub.authenticator_class = "hubstack.hub.auth.HubstackAuthenticator"
-    c.HubstackAuthenticator.users_file = str(cfg.users_file)
-    c.HubstackAuthenticator.min_uid = cfg.hub.min_uid
-    c.HubstackAuthenticator.allow_nobody_id = cfg.hub.allow_nobody_id
+    configure_auth(c, cfg)
 
     c.JupyterHub.spawner_class = "hubstack.hub.spawner.HubstackSpawner"
     c.HubstackSpawner.platform = cfg
@@ -100,6 +97,28 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
         "announcement": read_announcement,
         "announcement_home": home_banner,
     }
+
+
+def configure_auth(c, cfg: PlatformConfig) -> None:
+    """auth: the password form asks auth.sources in order (hubstack.hub.auth)."""
+    c.JupyterHub.authenticator_class = "hubstack.hub.auth.HubstackAuthenticator"
+    c.HubstackAuthenticator.sources = list(cfg.auth.sources)
+    c.HubstackAuthenticator.users_file = str(cfg.users_file)
+    c.HubstackAuthenticator.accounts_file = str(cfg.accounts_file)
+    c.HubstackAuthenticator.min_uid = cfg.hub.min_uid
+    c.HubstackAuthenticator.allow_nobody_id = cfg.hub.allow_nobody_id
+    ldap_cfg = cfg.auth.ldap
+    if "ldap" in cfg.auth.sources and ldap_cfg is not None:
+        # A directory account's groups are its JupyterHub groups, so profile access by
+        # group (profiles[].allow.groups) follows the directory.
+        c.HubstackAuthenticator.manage_groups = True
+        for key, value in ldap.authenticator_settings(ldap_cfg).items():
+            setattr(c.HubstackLDAPAuthenticator, key, value)
+        c.LDAPSource.uid_attribute = ldap_cfg.attributes.uid_number
+        c.LDAPSource.gid_attribute = ldap_cfg.attributes.gid_number
+        c.LDAPSource.home_attribute = ldap_cfg.attributes.home_directory
+        c.LDAPSource.use_home_directory = ldap_cfg.use_home_directory
+        c.LDAPSource.timeout = ldap_cfg.timeout
 
 
 def configure_culling(c, cfg: PlatformConfig) -> None:

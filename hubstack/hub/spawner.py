@@ -42,10 +42,12 @@ from hubstack.ci.release import load_release
 from hubstack.config import PlatformConfig
 from hubstack.engine import PLATFORM_LABEL, repo_digest
 from hubstack.hub import container_spec, gpu, versions
+from hubstack.hub.accounts import lookup_account
+from hubstack.hub.ldap import check_home
 from hubstack.hub.progress import PullProgress, SpawnProgress
 from hubstack.hub.spawn_options import SpawnOptions, SpawnOptionsError, parse_spawn_options
 from hubstack.hub.start_queue import StartQueue
-from hubstack.hub.users import check_id, lookup_user
+from hubstack.hub.users import check_id
 from hubstack.images import user as user_images
 from hubstack.registry import auth_config, role_of
 
@@ -299,21 +301,28 @@ class HubstackSpawner(DockerSpawner):
 
     # --- identity --------------------------------------------------------------------
     async def _identity(self) -> dict:
-        """UID, GID and groups: from the login's auth state, else from the users file (an
-        account an admin created through the REST API has never logged in)."""
+        """UID, GID, groups and home: from the login's auth state, else from the users file or
+        the table of directory accounts (an account an admin created through the REST API
+        has never logged in). Never from the directory itself: a spawn does not wait on it."""
         state = await self.user.get_auth_state() or {}
         if "uid" not in state or "gid" not in state:
             record = await asyncio.get_running_loop().run_in_executor(
-                self.executor, lookup_user, self.cfg, self.user.name
+                self.executor, lookup_account, self.cfg, self.user.name
             )
             if record is None:
                 raise web.HTTPError(
                     409,
-                    f"user {self.user.name} has no UID/GID: they are not in the users file. "
+                    f"user {self.user.name} has no UID/GID: they are not in the users file, "
+                    "and have not logged in from a directory. "
                     f"An admin adds them with `hubstack users add {self.user.name} --uid UID "
                     "--gid GID`; then start the server again",
                 )
-            state = {"uid": record.uid, "gid": record.gid, "groups": list(record.groups)}
+            state = {
+                "uid": record.uid,
+                "gid": record.gid,
+                "groups": list(record.groups),
+                "home": record.home,
+            }
         try:
             hub = self.cfg.hub
             uid = check_id(state["uid"], "uid", hub.min_uid, hub.allow_nobody_id)
@@ -322,9 +331,12 @@ class HubstackSpawner(DockerSpawner):
                 check_id(g, "groups", hub.min_uid, hub.allow_nobody_id)
                 for g in state.get("groups") or []
             ]
+            home = f"/home/{self.user.name}"
+            if state.get("home") and state["home"] != home:
+                home = check_home(state["home"])  # a directory's homeDirectory
         except ValueError as e:
             raise web.HTTPError(403, f"user {self.user.name}: {e}") from None
-        return {"uid": uid, "gid": gid, "groups": groups, "home": f"/home/{self.user.name}"}
+        return {"uid": uid, "gid": gid, "groups": groups, "home": home}
 
     def _ensure_home(self, uid: int, gid: int) -> str:
         """Create CONFIG home_root/<name> owned uid:gid, mode 0700 (runs in the hub, as root)."""
@@ -470,7 +482,7 @@ class HubstackSpawner(DockerSpawner):
     def get_env(self):
         env = super().get_env()
         env.update(
-            HOME=f"/home/{self.user.name}",
+            HOME=(getattr(self, "_ident", None) or {}).get("home") or f"/home/{self.user.name}",
             USER=self.user.name,
             NB_USER=self.user.name,
             SHELL="/bin/bash",

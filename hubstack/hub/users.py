@@ -163,7 +163,11 @@ def verify_password(password: str, stored: str) -> bool:
 
 @dataclass(frozen=True)
 class UserRecord:
-    """One analyst: POSIX identity plus hub admin flag and password hash."""
+    """One analyst: POSIX identity plus hub admin flag and password hash.
+
+    ``source`` says where the account comes from (``file``: the users file; ``ldap``,
+    ``oidc``: a directory, whose accounts also carry their groups' names, which become
+    JupyterHub groups, and may carry a home path of their own)."""
 
     name: str
     uid: int
@@ -171,10 +175,14 @@ class UserRecord:
     groups: tuple[int, ...] = ()
     admin: bool = False
     password_hash: str = field(default="", repr=False)
+    source: str = "file"
+    group_names: tuple[str, ...] = ()
+    home_directory: str | None = None
 
     @property
     def home(self) -> str:
-        return f"/home/{self.name}"
+        """The home path inside the server: the directory's, when it gives one."""
+        return self.home_directory or f"/home/{self.name}"
 
     def to_yaml(self) -> dict:
         return {

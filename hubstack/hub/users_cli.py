@@ -9,6 +9,7 @@ import sys
 
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
+from hubstack.hub.accounts import AccountsTableError, accounts_table_for, lookup_account
 from hubstack.hub.users import PasswordHashError, UsersFileError, check_hash, users_file_for
 from hubstack.images import user as user_images
 
@@ -55,7 +56,7 @@ def _change(action):
     """Run a users-file change; its refusal becomes one clear CLI error."""
     try:
         return action()
-    except UsersFileError as e:
+    except (UsersFileError, AccountsTableError) as e:
         raise CommandError(f"{e}; nothing changed") from None
 
 
@@ -94,32 +95,50 @@ def cmd_passwd(cfg: PlatformConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_list(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """The users file's accounts and the directory accounts the hub has seen log in, each
+    with its SOURCE (file, ldap, oidc)."""
     try:
         records = users_file_for(cfg).load()
     except UsersFileError as e:
         raise CommandError(str(e)) from None
-    if not records:
+    try:
+        directory = accounts_table_for(cfg).load()
+    except AccountsTableError as e:
+        raise CommandError(str(e)) from None
+    if not records and not directory:
         print("no users (the first `hubstack up` creates an admin)")
         return 0
-    print(f"{'NAME':16} {'UID':>6} {'GID':>6} {'ADMIN':5}  GROUPS")
-    for rec in sorted(records.values(), key=lambda r: r.name):
-        note = ""
-        try:
-            check_hash(rec.password_hash)
-        except PasswordHashError as e:
-            note = f"  (cannot log in: {e})"
+    print(f"{'NAME':16} {'SOURCE':6} {'UID':>6} {'GID':>6} {'ADMIN':5}  GROUPS")
+    rows = [(rec, "") for rec in records.values()]
+    # A name the file holds is the file's (hubstack.hub.auth): a directory entry under it is
+    # a stale one from before the file took the name.
+    rows += [(rec, seen) for name, (rec, seen) in directory.items() if name not in records]
+    for rec, seen in sorted(rows, key=lambda row: row[0].name):
+        note = f"  (last login {seen[:16].replace('T', ' ')} UTC)" if seen else ""
+        if rec.source == "file":
+            try:
+                check_hash(rec.password_hash)
+            except PasswordHashError as e:
+                note = f"  (cannot log in: {e})"
+        elif rec.source not in cfg.auth.sources:
+            note += f"  (cannot log in: {rec.source} is not in auth.sources)"
         groups = ",".join(map(str, rec.groups)) or "-"
+        if rec.group_names:
+            groups += f" ({','.join(rec.group_names)})"
         print(
-            f"{rec.name:16} {rec.uid:>6} {rec.gid:>6} {'yes' if rec.admin else 'no':5}  "
-            f"{groups}{note}"
+            f"{rec.name:16} {rec.source:6} {rec.uid:>6} {rec.gid:>6} "
+            f"{'yes' if rec.admin else 'no':5}  {groups}{note}"
         )
     return 0
 
 
 def cmd_env(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     """Show, add to or clear an analyst's packages (their per-user image's spec)."""
-    if _change(lambda: users_file_for(cfg).get(args.name)) is None:
-        raise CommandError(f"{cfg.users_file}: no user {args.name!r}; nothing changed")
+    if _change(lambda: lookup_account(cfg, args.name)) is None:
+        raise CommandError(
+            f"{cfg.users_file}: no user {args.name!r} (nor a directory account that has "
+            "logged in); nothing changed"
+        )
     try:
         current = user_images.load_env(cfg, args.name)
     except user_images.EnvSpecError as e:
@@ -207,7 +226,9 @@ def register(subparsers) -> None:
     )
     pw.set_defaults(func=cmd_passwd)
 
-    ls = sub.add_parser("list", help="list users")
+    ls = sub.add_parser(
+        "list", help="list users: the users file's, and directory accounts that logged in"
+    )
     ls.set_defaults(func=cmd_list)
 
     env = sub.add_parser(

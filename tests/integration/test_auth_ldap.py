@@ -1,0 +1,281 @@
+"""LDAP login on the real stack, against a real slapd (Debian's, LDAPS with a CA made here).
+
+For this module the shared platform runs with `auth.sources: [file, ldap]` and
+`auth.ldap` pointing at the directory (search-then-bind with a search account whose
+password is a 0600 file, the CA from the config, allowed group `analysts`, posixGroups
+under ou=groups): the config is changed the way a platform engineer would, compose/.env
+and the hub's config rewritten by `render_env`, and the hub recreated; afterwards it goes
+back as it was. Checked as an analyst sees it: carol (directory) logs in in Chromium and
+over the REST API, starts a server, and a notebook prints the directory's UID, GID and
+groups; a users-file admin still logs in; a wrong password, dave (outside the allowed
+groups) and a stopped slapd each get their own answer; with slapd stopped, carol's running
+server and session keep working."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+from traitlets.config import Config
+
+from hubstack import stack
+from hubstack.config import load_config
+from hubstack.hub.ldap import DirectoryUnavailable, LDAPSource, authenticator_settings
+from hubstack.hub.users import users_file_for
+from tests.conftest import SESSION_ID
+from tests.integration import ldap_directory as directory
+from tests.integration.hubstack_e2e import HubClient, hubstack, url
+from tests.integration.test_browser import (
+    ARTIFACTS,
+    CHROMIUM_FLAGS,
+    uid_printed_by_a_new_notebook,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HOST = "directory.hubtest.org"
+CAROL = directory.Person("carol", "carol-pw-91c4", 24001, 24001)
+DAVE = directory.Person("dave", "dave-pw-2e7a", 24002, 24002)
+GROUPS = {
+    "analysts": (24500, ["carol"]),
+    "spark-users": (24501, ["carol", "dave"]),
+    "staff": (24600, ["dave"]),
+}
+OPS = ("ldapops", "ldapops-pw-6b03", 23900)  # a users-file admin beside the directory
+
+
+def recreate_hub(cfg) -> None:
+    """What `hubstack up` does for a changed config, for the hub alone: its config copy and
+    compose/.env rewritten, the container recreated (running servers are untouched)."""
+    stack.render_env(cfg)
+    stack.compose(cfg, "up", "-d", "--no-deps", "--force-recreate", "--wait", "hub", capture=True)
+    stack.wait_for_hub(cfg)
+
+
+def remove_hub_users(cfg, names: list[str]) -> None:
+    """Stop NAMES' servers and delete them from the hub, as the users-file admin."""
+    ops = HubClient(url(cfg), OPS[0])
+    if ops.login(OPS[1]).status_code != 302:
+        return
+    ops.make_token()
+    for name in names:
+        ops.api("DELETE", f"/hub/api/users/{name}/server")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            user = ops.api("GET", f"/hub/api/users/{name}")
+            if user.status_code != 200 or not user.json()["servers"]:
+                break
+            time.sleep(1)
+        ops.api("DELETE", f"/hub/api/users/{name}")
+
+
+@pytest.fixture(scope="module")
+def ldap_hub(hub_stack, docker_client):
+    cfg, config, _ = hub_stack
+    tmp = Path(tempfile.mkdtemp(prefix="hubtest-ldap-"))
+    image = f"hubtest-ldap-slapd:{SESSION_ID}"
+    container_name = f"hubtest-ldap-{SESSION_ID}"
+    ca, cert, key = directory.make_ca_and_server_cert(HOST)
+    (tmp / "ca.pem").write_bytes(ca)
+    secret = tmp / "search-password"
+    secret.write_text(directory.SEARCH_PW + "\n")
+    secret.chmod(0o600)
+    original = Path(config).read_text()
+    data = yaml.safe_load(original)
+    data["auth"] = {
+        "sources": ["file", "ldap"],
+        "ldap": {
+            "server": HOST,
+            "tls": "ldaps",
+            "ca_file": str(tmp / "ca.pem"),
+            "lookup_dn": True,
+            "search_user_dn": directory.SEARCH_DN,
+            "search_password_file": str(secret),
+            "user_search_base": directory.PEOPLE,
+            "allowed_groups": [f"cn=analysts,{directory.GROUPS}"],
+            "group_search_base": directory.GROUPS,
+            "timeout": 10,
+        },
+    }
+    users_file_for(cfg).add(OPS[0], OPS[2], OPS[2], admin=True, password=OPS[1])
+    container = None
+    try:
+        directory.build_image(docker_client, cfg.image_ref("base"), image)
+        container = directory.start_directory(
+            docker_client, image, container_name, cfg.hub.network, HOST, ca, cert, key,
+            directory.tree([CAROL, DAVE], GROUPS),
+        )  # fmt: skip
+        Path(config).write_text(yaml.safe_dump(data, sort_keys=False))
+        ldap_cfg = load_config(config)
+        recreate_hub(ldap_cfg)
+        yield ldap_cfg, config, container
+    finally:
+        Path(config).write_text(original)
+        remove_hub_users(cfg, [CAROL.name, DAVE.name])  # the shared hub goes back without them
+        users_file_for(cfg).remove(OPS[0])
+        recreate_hub(cfg)
+        if container is not None:
+            container.remove(force=True)
+        try:
+            docker_client.images.remove(image, force=True)
+        except docker.errors.APIError:
+            pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "install Debian's chromium and chromium-driver"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        opts.add_argument(flag)
+    b = webdriver.Chrome(service=Service(driver), options=opts)
+    yield b
+    b.quit()
+
+
+def browser_login(browser, cfg, name: str, password: str) -> None:
+    browser.get(f"{url(cfg)}/hub/login")
+    browser.find_element(By.ID, "username_input").send_keys(name)
+    browser.find_element(By.ID, "password_input").send_keys(password)
+    browser.find_element(By.ID, "login_submit").click()
+
+
+def test_in_chromium_a_directory_analyst_logs_in_and_a_notebook_runs_as_their_uid(
+    ldap_hub, browser
+):
+    cfg, _, _ = ldap_hub
+    ARTIFACTS.mkdir(exist_ok=True)
+    wait = WebDriverWait(browser, 240)
+    try:
+        # dave's password is right, but he is not in `analysts`: the page says so.
+        browser_login(browser, cfg, DAVE.name, DAVE.password)
+        error = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".login_error")))
+        assert "not in a group allowed to use this hub (analysts)" in error.text
+        browser.save_screenshot(str(ARTIFACTS / "ldap-not-in-allowed-group.png"))
+
+        browser_login(browser, cfg, CAROL.name, CAROL.password)
+        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#spawn_form")))
+        browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
+        card = wait.until(
+            EC.element_to_be_clickable(
+                (By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')
+            )
+        )
+        assert uid_printed_by_a_new_notebook(wait, card) == f"UID {CAROL.uid}"
+    finally:
+        browser.save_screenshot(str(ARTIFACTS / "ldap-notebook-uid.png"))
+
+
+@pytest.fixture(scope="module")
+def carol(ldap_hub) -> HubClient:
+    cfg, _, _ = ldap_hub
+    client = HubClient(url(cfg), CAROL.name)
+    assert client.login(CAROL.password).status_code == 302
+    client.make_token()
+    return client
+
+
+def test_the_server_has_the_directorys_uid_gid_and_groups(ldap_hub, carol):
+    cfg, config, _ = ldap_hub
+    if not carol.running():  # the browser test started it; alone, start it here
+        carol.start()
+    out = carol.run_code(
+        "import os, pwd; print(os.getuid(), os.getgid(), sorted(os.getgroups()), "
+        "pwd.getpwuid(os.getuid()).pw_name, os.environ['HOME'])"
+    ).strip()
+    uid, gid, rest = out.split(" ", 2)
+    assert (int(uid), int(gid)) == (CAROL.uid, CAROL.gid)
+    groups = json.loads(rest.split("]")[0] + "]")
+    assert {24500, 24501} <= set(groups) and 24600 not in groups, out
+    assert out.endswith("carol /home/carol"), out
+
+    # The directory's group names are carol's JupyterHub groups (profile access by group).
+    ops = HubClient(url(cfg), OPS[0])
+    assert ops.login(OPS[1]).status_code == 302, "a users-file admin logs in beside LDAP"
+    ops.make_token()
+    model = ops.api("GET", f"/hub/api/users/{CAROL.name}").json()
+    assert sorted(model["groups"]) == ["analysts", "spark-users"]
+    assert model["admin"] is False
+
+    listing = hubstack(Path(config), "users", "list")
+    assert listing.returncode == 0, listing.stderr
+    rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines()[1:]}
+    assert rows[CAROL.name][1:4] == ["ldap", str(CAROL.uid), str(CAROL.gid)]
+    assert rows[OPS[0]][1:5] == ["file", str(OPS[2]), str(OPS[2]), "yes"]
+    assert rows["alice"][1] == "file"
+    assert DAVE.name not in rows, "a refused login is not recorded"
+
+
+def test_the_directorys_certificate_must_name_the_server(ldap_hub, docker_client):
+    """The same directory, CA and password, reached by its address instead of the name its
+    certificate holds: the TLS check refuses it (the hub would say the directory is down)."""
+    cfg, _, container = ldap_hub
+    container.reload()
+    address = container.attrs["NetworkSettings"]["Networks"][cfg.hub.network]["IPAddress"]
+    settings = authenticator_settings(cfg.auth.ldap)
+    settings.update(server_address=address, tls_kwargs={**settings["tls_kwargs"], "sni": address})
+    c = Config()
+    for key, value in settings.items():
+        setattr(c.HubstackLDAPAuthenticator, key, value)
+    with pytest.raises(DirectoryUnavailable):
+        asyncio.run(LDAPSource(config=c).verify(CAROL.name, CAROL.password))
+
+
+def test_each_refusal_has_its_own_answer(ldap_hub):
+    cfg, _, _ = ldap_hub
+    wrong = HubClient(url(cfg), CAROL.name).login("not-her-password")
+    assert wrong.status_code == 403 and "Invalid username or password" in wrong.text
+    unknown = HubClient(url(cfg), "nobody-here").login("pw")
+    assert unknown.status_code == 403 and "Invalid username or password" in unknown.text
+    outside = HubClient(url(cfg), DAVE.name).login(DAVE.password)
+    assert outside.status_code == 403
+    assert "not in a group allowed to use this hub" in outside.text
+    # A token request with the password in its body is refused too (JupyterHub's token API
+    # answers every failed authentication with a bare 403, whatever the reason).
+    token = HubClient(url(cfg), DAVE.name).http.post(
+        f"{url(cfg)}/hub/api/users/{DAVE.name}/tokens",
+        json={"auth": {"username": DAVE.name, "password": DAVE.password}},
+        timeout=60,
+    )
+    assert token.status_code == 403
+
+
+def test_with_the_directory_down_running_servers_and_sessions_keep_working(
+    ldap_hub, carol, browser
+):
+    cfg, _, container = ldap_hub
+    if not carol.running():
+        carol.start()
+    container.stop(timeout=5)
+    try:
+        down = HubClient(url(cfg), CAROL.name).login(CAROL.password)
+        assert down.status_code == 503, down.status_code
+        assert f"The directory ({HOST}:636) cannot be reached right now" in down.text
+        # What she had keeps working: her server, her token, her browser session.
+        assert carol.running()
+        assert carol.run_code("import os; print(os.getuid())").strip() == str(CAROL.uid)
+        browser.get(f"{url(cfg)}/hub/home")
+        WebDriverWait(browser, 60).until(
+            EC.presence_of_element_located((By.ID, "start"))
+        )  # the home page's server button: still logged in, not sent to the login form
+        assert "/hub/login" not in browser.current_url
+        # Users-file accounts never needed the directory.
+        assert HubClient(url(cfg), OPS[0]).login(OPS[1]).status_code == 302
+    finally:
+        browser.save_screenshot(str(ARTIFACTS / "ldap-directory-down.png"))
+        container.start()
