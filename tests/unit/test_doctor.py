@@ -155,7 +155,9 @@ def test_registry_port_ours_when_v2_answers_401_else_fail(tmp_path):
 
 
 def test_hub_host_that_is_not_here_fails(tmp_path):
-    check = doctor.check_hub_port(make_cfg(tmp_path, hub={"host": "192.0.2.1"}), Context())
+    # Off loopback the hub serves TLS (or the config is refused, test_tls.py).
+    hub = {"host": "192.0.2.1", "tls": {"mode": "self-signed"}}
+    check = doctor.check_hub_port(make_cfg(tmp_path, hub=hub), Context())
     assert check.verdict == FAIL
     assert "192.0.2.1 is not an address of this machine" in check.found
     assert "hub.host" in (check.fix or "")
