@@ -64,10 +64,12 @@ def add_user(cfg, name: str, password: str, uid: int, gid: int, groups: list[int
 class HubClient:
     """One analyst's browser-like session: cookies, XSRF, and an API token."""
 
-    def __init__(self, base: str, name: str):
+    def __init__(self, base: str, name: str, verify: bool | str = True):
         self.base = base.rstrip("/")
         self.name = name
         self.http = requests.Session()
+        # For an https hub: the CA bundle (a path) that its certificate chains to.
+        self.verify = self.http.verify = verify
         self.token: str | None = None
 
     def _xsrf(self) -> str:
@@ -100,7 +102,12 @@ class HubClient:
         headers = kw.pop("headers", {})
         headers["Authorization"] = f"token {self.token}"
         return requests.request(
-            method, f"{self.base}{path}", headers=headers, timeout=kw.pop("timeout", 60), **kw
+            method,
+            f"{self.base}{path}",
+            headers=headers,
+            timeout=kw.pop("timeout", 60),
+            verify=self.verify,
+            **kw,
         )
 
     def start(self, profile: str = "default", timeout: float = 300, **options) -> list[dict]:
