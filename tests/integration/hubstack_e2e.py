@@ -68,15 +68,16 @@ class HubClient:
         self.base = base.rstrip("/")
         self.name = name
         self.http = requests.Session()
-        # For an https hub: the CA bundle (a path) that its certificate chains to.
-        self.verify = self.http.verify = verify
+        # For an https hub: the CA bundle (a path) that its certificate chains to. Passed with
+        # each request: requests lets REQUESTS_CA_BUNDLE override a session's own verify.
+        self.verify = verify
         self.token: str | None = None
 
     def _xsrf(self) -> str:
         return self.http.cookies.get("_xsrf", path="/hub/") or self.http.cookies.get("_xsrf") or ""
 
     def login(self, password: str) -> requests.Response:
-        page = self.http.get(f"{self.base}/hub/login", timeout=30)
+        page = self.http.get(f"{self.base}/hub/login", timeout=30, verify=self.verify)
         page.raise_for_status()
         m = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text)
         assert m, "the login form carries an XSRF token"
@@ -85,6 +86,7 @@ class HubClient:
             data={"username": self.name, "password": password, "_xsrf": m.group(1)},
             allow_redirects=False,
             timeout=60,
+            verify=self.verify,
         )
 
     def make_token(self) -> str:
@@ -93,6 +95,7 @@ class HubClient:
             json={"note": "e2e", "expires_in": 3600},
             headers={"X-XSRFToken": self._xsrf()},
             timeout=30,
+            verify=self.verify,
         )
         r.raise_for_status()
         self.token = r.json()["token"]

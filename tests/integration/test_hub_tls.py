@@ -134,7 +134,9 @@ def test_login_cookies_are_secure_and_no_hsts_while_self_signed(tls_stack, alice
     assert not insecure, f"cookies without Secure: {insecure}"
     set_cookie = alice.login_response.headers["Set-Cookie"]
     assert "jupyterhub-hub-login=" in set_cookie and "Secure" in set_cookie
-    home = alice.http.get(f"{alice.base}/hub/home", allow_redirects=False, timeout=30)
+    home = alice.http.get(
+        f"{alice.base}/hub/home", allow_redirects=False, timeout=30, verify=alice.verify
+    )
     assert home.status_code == 200, "the cookie logs alice in"
     assert HSTS not in home.headers and HSTS not in alice.login_response.headers
 
@@ -210,8 +212,10 @@ def test_files_mode_serves_the_sites_certificate_keeps_the_session_sends_hsts(tl
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(f"{base(cfg)}/hub/login", verify=str(cfg.tls_ca_cert_file), timeout=30)
     # alice's browser session (her cookie) holds across the hub's restart.
-    alice.http.verify = str(site_ca.cert_file)
-    home = alice.http.get(f"{alice.base}/hub/home", allow_redirects=False, timeout=30)
+    alice.verify = str(site_ca.cert_file)
+    home = alice.http.get(
+        f"{alice.base}/hub/home", allow_redirects=False, timeout=30, verify=alice.verify
+    )
     assert home.status_code == 200, f"session lost: {home.status_code} {home.headers}"
     assert home.headers[HSTS] == "max-age=31536000"
     login = requests.get(f"{base(cfg)}/hub/login", verify=str(site_ca.cert_file), timeout=30)
