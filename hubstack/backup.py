@@ -9,7 +9,10 @@ A backup is a folder:
     accounts.yaml          directory (LDAP) accounts as their last login recorded them
     config/hubstack.yaml   the platform config the backup was taken with (if it had a file)
     secrets/               cookie secret, proxy token, crypt key (auth state is encrypted
-                           with it), registry credentials and htpasswd; mode 0600
+                           with it), registry credentials and htpasswd, the platform CA's
+                           key and the hub's TLS key (hub.tls self-signed); mode 0600
+    tls/                   the platform CA's certificate (what clients trust) and the
+                           hub's, so a restored platform keeps the CA everyone trusts
     releases/              release records and notes, and which tag stable was promoted to
                            (what the spawn page's version choice reads)
     homes.tar.gz           with --homes: the analysts' homes, numeric owners and modes kept
@@ -186,6 +189,12 @@ def backup(cfg: PlatformConfig, dest: Path, homes: bool = False, registry: bool 
             f"secrets: {len(secrets)} files in {dest}/secrets (mode 0600): they are SECRETS, "
             "keep the backup where only the platform's operators can read it"
         )
+        certs = sorted(cfg.tls_dir.glob("[!.]*.pem")) if cfg.tls_dir.is_dir() else []
+        for cert in certs:
+            (work / "tls").mkdir(exist_ok=True)
+            shutil.copy2(cert, work / "tls" / cert.name)
+        if certs:
+            _say(f"certificates: {', '.join(c.name for c in certs)} (the platform CA's)")
         releases = releases_dir(cfg)
         if releases.is_dir():
             shutil.copytree(releases, work / "releases")
@@ -275,6 +284,8 @@ def _refuse_to_overwrite(cfg: PlatformConfig, client, manifest: dict) -> None:
     for path in (cfg.users_file, cfg.secrets_dir):
         if path.exists():
             problems.append(f"{path} exists")
+    if any(r.startswith("tls/") for r in manifest["files"]) and any(cfg.tls_dir.glob("*.pem")):
+        problems.append(f"{cfg.tls_dir} holds certificates")
     volumes = ["hub-data"] + (["registry-data"] if "registry.tar.gz" in manifest["files"] else [])
     for volume in volumes:
         if _volume(client, volume_name(cfg, volume)) is not None:
@@ -321,6 +332,10 @@ def restore(cfg: PlatformConfig, src: Path) -> dict:
         )
         write_private(target, secret.read_text())
     _say(f"users and secrets: {cfg.users_file}, {cfg.secrets_dir}")
+    for rel in (r for r in manifest["files"] if r.startswith("tls/")):
+        target = cfg.tls_dir / Path(rel).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, target)
     for rel in (r for r in manifest["files"] if r.startswith("releases/")):
         target = releases_dir(cfg) / Path(rel).name
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -362,9 +362,108 @@ class CullConfig(_Section):
         return min(max(self.idle_timeout // 4, 5), 300)
 
 
+LOOPBACK_NAMES = ("localhost",)
+HSTS_MAX_AGE = 31536000
+"""Seconds browsers keep to https once they saw the hub's HSTS header (a year)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether HOST (an address the hub binds, or `localhost`) is reachable from this
+    machine only."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TLSConfig(_Section):
+    """HTTPS at the hub: the proxy in the hub container serves TLS on hub.port
+    (hubstack.tls makes the certificate in self-signed mode)."""
+
+    mode: Literal["off", "self-signed", "files"] = "off"
+    """off: plain HTTP (only for a loopback hub.host, or behind a TLS terminator with
+    insecure_ok); self-signed: a certificate from the platform's own CA, made once under
+    STATE_DIR (trust STATE_DIR/tls/ca.pem); files: the certificate chain and key in `cert`
+    and `key` (your site's, or certbot's)."""
+    names: list[str] = []
+    """Extra DNS names and IP addresses the self-signed certificate holds, besides hub.host,
+    localhost, 127.0.0.1 and subdomain_host's names: the names people type to reach the hub."""
+    cert: Path | None = None
+    """files mode: PEM certificate chain, the server's own certificate first (certbot's
+    fullchain.pem). Read at each `hubstack up`: a renewed file is served from then on."""
+    key: Path | None = None
+    """files mode: the PEM private key of that certificate, without a passphrase (certbot's
+    privkey.pem); given to the hub as a compose secret, never copied into an image."""
+    http_port: int | None = Field(None, ge=1, le=65535)
+    """Port on hub.host where plain HTTP is answered with a redirect to https (the proxy
+    cannot speak both on one port). Unset: 80 when hub.port is 443, else hub.port + 1."""
+    insecure_ok: bool = False
+    """Allow mode off on a hub.host other than loopback: passwords and session cookies then
+    cross the network in clear text. Set it only when a TLS terminator on this machine
+    (nginx, Traefik, an ingress) is what clients reach."""
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        out = []
+        for name in v:
+            try:
+                out.append(check_certificate_name(name))
+            except ValueError as e:
+                raise ValueError(str(e)) from None
+        return list(dict.fromkeys(out))
+
+    @model_validator(mode="after")
+    def _files(self) -> TLSConfig:
+        if self.mode == "files":
+            missing = [k for k in ("cert", "key") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(
+                    f"mode files needs {' and '.join(missing)}: the paths of the certificate "
+                    "chain (PEM, server certificate first) and of its key"
+                )
+        else:
+            given = [k for k in ("cert", "key") if getattr(self, k) is not None]
+            if given:
+                verb = "are" if len(given) > 1 else "is"
+                raise ValueError(
+                    f"{' and '.join(given)} {verb} read only in mode files (mode is "
+                    f"{self.mode}); set mode: files, or remove them"
+                )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+
+_CERT_DNS_NAME = re.compile(
+    r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
+def check_certificate_name(name: str) -> str:
+    """A name a certificate can hold: an IP address, or a DNS name (`*.` allowed as the first
+    label); returned lowercase, an IP address as Python writes it."""
+    value = str(name).strip().lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not value or len(value) > 253 or not _CERT_DNS_NAME.match(value):
+        raise ValueError(
+            f"{name!r} is neither an IP address nor a DNS name (letters, digits, '-' between "
+            "dots; '*.' only as the first label)"
+        )
+    return value
+
+
 class HubConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    tls: TLSConfig = Field(TLSConfig(), validate_default=True)
     min_uid: int = Field(1000, ge=1, le=4294967294)
     """UIDs and GIDs below this are refused (system accounts); UID 0 always is, and so is
     any ID above 4294967294 (4294967295 is (uid_t)-1)."""
@@ -395,7 +494,23 @@ class HubConfig(_Section):
     """`http(s)://HOST[:PORT]`: the hub is served there and each analyst's server on its own
     origin, NAME.HOST (JupyterHub's subdomain_host), so one analyst's page scripts cannot act
     on another's server or on the hub. Needs wildcard DNS (*.HOST), and for https a wildcard
-    certificate on the TLS terminator in front; unset: every server shares the hub's origin."""
+    certificate: hub.tls self-signed adds *.HOST to its certificate, files mode needs one
+    that holds it, and with tls off the TLS terminator in front serves it; unset: every
+    server shares the hub's origin."""
+
+    @field_validator("tls")
+    @classmethod
+    def _clear_text_off_loopback(cls, v: TLSConfig, info: ValidationInfo) -> TLSConfig:
+        host = info.data.get("host")
+        if host is not None and v.mode == "off" and not v.insecure_ok and not is_loopback(host):
+            raise ValueError(
+                f"mode is off and hub.host {host} is not a loopback address: passwords and "
+                "session cookies would cross the network in clear text. Set hub.tls.mode: "
+                "self-signed (a certificate from the platform's own CA) or files (your "
+                "certificate and key in hub.tls.cert and hub.tls.key); or, only when a TLS "
+                "terminator on this machine is what clients reach, hub.tls.insecure_ok: true"
+            )
+        return v
 
     @field_validator("subdomain_host")
     @classmethod
@@ -404,23 +519,64 @@ class HubConfig(_Section):
 
     @model_validator(mode="after")
     def _subdomain_port(self) -> HubConfig:
-        # Browsers reach an http URL's port directly, and the hub is published on hub.port.
-        # An https URL is a TLS terminator's (hubstack serves no TLS), which forwards to
-        # hub.host:hub.port from whatever port it listens on.
-        if self.subdomain_host and self.subdomain_host.startswith("http://"):
-            port = urlsplit(self.subdomain_host).port or 80
+        # Browsers reach the URL's port directly when the hub serves it: http always, and
+        # https when hub.tls is on (the proxy serves TLS on hub.port). With tls off an https
+        # URL is a TLS terminator's, which forwards to hub.host:hub.port from its own port.
+        if not self.subdomain_host:
+            return self
+        scheme = urlsplit(self.subdomain_host).scheme
+        if self.tls.enabled and scheme != "https":
+            raise ValueError(
+                f"subdomain_host {self.subdomain_host} is http, but hub.tls.mode is "
+                f"{self.tls.mode}: the hub serves https, so write https://"
+            )
+        if scheme == "http" or self.tls.enabled:
+            port = urlsplit(self.subdomain_host).port or (443 if scheme == "https" else 80)
             if port != self.port:
                 raise ValueError(
                     f"subdomain_host {self.subdomain_host} has port {port}, not hub.port "
-                    f"{self.port}: browsers reach an http URL's port directly, and the hub is "
-                    "published on hub.port (for https, a TLS terminator forwards to hub.port)"
+                    f"{self.port}: browsers reach that port directly, and the hub is "
+                    "published on hub.port (with hub.tls off, a TLS terminator in front may "
+                    "listen on another port for https)"
                 )
         return self
 
+    @model_validator(mode="after")
+    def _redirect_port(self) -> HubConfig:
+        if self.tls.enabled and self.redirect_port in (None, self.port):
+            raise ValueError(
+                f"tls.http_port: must be a port other than hub.port ({self.port}), where plain "
+                "HTTP is redirected to https"
+            )
+        return self
+
+    @property
+    def redirect_port(self) -> int | None:
+        """Where plain HTTP is answered with a redirect to https: tls.http_port, else 80 for
+        a hub on 443, else hub.port + 1; None with tls off."""
+        if not self.tls.enabled:
+            return None
+        if self.tls.http_port is not None:
+            return self.tls.http_port
+        if self.port == 443:
+            return 80
+        return self.port + 1 if self.port < 65535 else None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls.enabled else "http"
+
     @property
     def public_url(self) -> str:
-        """Where people open the hub: subdomain_host when set, else hub.host:hub.port."""
-        return f"{self.subdomain_host}/" if self.subdomain_host else local_hub_url(self)
+        """Where people open the hub: subdomain_host when set, else hub.host:hub.port (with
+        TLS on a wildcard address, the certificate's first name in tls.names)."""
+        if self.subdomain_host:
+            return f"{self.subdomain_host}/"
+        if self.tls.enabled and self.tls.names and self.host in ("0.0.0.0", "::"):
+            name = self.tls.names[0]
+            host = f"[{name}]" if ":" in name else name
+            return f"https://{host}/" if self.port == 443 else f"https://{host}:{self.port}/"
+        return local_hub_url(self)
 
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -464,7 +620,8 @@ def check_subdomain_host(value: str) -> str:
 
 def local_hub_url(hub: HubConfig) -> str:
     """The hub where it is published on this host (hub.host:hub.port)."""
-    return f"http://{hub.host}:{hub.port}/"
+    host = f"[{hub.host}]" if ":" in hub.host else hub.host
+    return f"{hub.scheme}://{host}:{hub.port}/"
 
 
 class SparkConfig(_Section):
@@ -810,6 +967,30 @@ class PlatformConfig(_Section):
         )
 
     @property
+    def tls_dir(self) -> Path:
+        """Certificates (public): the platform CA's, and the hub's in self-signed mode."""
+        return self.state_dir / "tls"
+
+    @property
+    def tls_ca_cert_file(self) -> Path:
+        """The platform CA's certificate: what browsers, the OS and curl are told to trust."""
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def tls_ca_key_file(self) -> Path:
+        return self.secrets_dir / "tls-ca-key.pem"
+
+    @property
+    def hub_tls_cert_file(self) -> Path:
+        """The chain the hub's proxy serves: hub.tls.cert in files mode, else the one the
+        platform CA issued."""
+        return self.hub.tls.cert or self.tls_dir / "hub.pem"
+
+    @property
+    def hub_tls_key_file(self) -> Path:
+        return self.hub.tls.key or self.secrets_dir / "tls-hub-key.pem"
+
+    @property
     def users_file(self) -> Path:
         return self.hub.users_file or self.state_dir / "users.yaml"
 
@@ -913,6 +1094,10 @@ def _resolve_paths(data: dict, base: Path) -> None:
     fix(data.get("registry"), "users_credentials_file")
     fix(data.get("base"), "extra_ca_bundle")
     fix(data.get("hub"), "users_file")
+    hub = data.get("hub")
+    if isinstance(hub, dict):
+        fix(hub.get("tls"), "cert")
+        fix(hub.get("tls"), "key")
     fix(data.get("hub"), "home_root")
     fix(data.get("gpu"), "driver_dir")
     fix(data.get("ci"), "webhook_secret_file")

@@ -266,12 +266,22 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def http_status(url: str, auth: tuple[str, str] | None = None) -> int | None:
-    """The HTTP status URL answers with, None when nothing answers (no proxy: local only)."""
+def http_status(
+    url: str, auth: tuple[str, str] | None = None, verify: bool = True, redirects: bool = True
+) -> int | None:
+    """The HTTP status URL answers with, None when nothing answers (no proxy: local only).
+    verify=False: only whether our own service answers on a local port, whatever its
+    certificate names."""
     with requests.Session() as session:
         session.trust_env = False
         try:
-            return session.get(url, auth=auth, timeout=LOCAL_HTTP_TIMEOUT).status_code
+            return session.get(
+                url,
+                auth=auth,
+                timeout=LOCAL_HTTP_TIMEOUT,
+                verify=verify,
+                allow_redirects=redirects,
+            ).status_code
         except requests.RequestException:
             return None
 
@@ -316,14 +326,31 @@ def _port_check(
 
 def check_hub_port(cfg: PlatformConfig, ctx: Context) -> Check:
     host, port = cfg.hub.host, cfg.hub.port
-    url = f"http://{_url_host(host)}:{port}/hub/health"
+    url = f"{cfg.hub.scheme}://{_url_host(host)}:{port}/hub/health"
     return _port_check(
         "hub port",
         host,
         port,
         ("hub.host", "hub.port"),
-        lambda: http_status(url) == 200,
+        lambda: http_status(url, verify=False) == 200,
         f"the hub is already running on {host}:{port}",
+    )
+
+
+def check_hub_http_port(cfg: PlatformConfig, ctx: Context) -> Check:
+    """hub.tls on: the port where plain HTTP is redirected to https."""
+    port = cfg.hub.redirect_port
+    if port is None:
+        return Check("hub http port", OK, "hub.tls is off: no redirect port")
+    host = cfg.hub.host
+    url = f"http://{_url_host(host)}:{port}/hub/health"
+    return _port_check(
+        "hub http port",
+        host,
+        port,
+        ("hub.host", "hub.tls.http_port"),
+        lambda: http_status(url, redirects=False) == 301,
+        f"the hub already redirects plain HTTP on {host}:{port}",
     )
 
 
@@ -653,6 +680,7 @@ CHECKS: dict[str, CheckFn] = {
     "compose": check_compose,
     "disk": check_disk,
     "hub port": check_hub_port,
+    "hub http port": check_hub_http_port,
     "registry port": check_registry_port,
     "registry pull port": check_registry_pull_port,
     "registry users port": check_registry_users_port,
@@ -671,6 +699,7 @@ cheap_checks = (
     "compose",
     "disk",
     "hub port",
+    "hub http port",
     "registry port",
     "registry pull port",
     "registry users port",

@@ -8,20 +8,26 @@ by render_env) lets plain `docker compose -f compose/compose.yaml up -d` work af
 
 from __future__ import annotations
 
+import hashlib
+import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import docker
 import yaml
+from cryptography import x509
 
-from hubstack import doctor, networks, spark, spark_cluster
+from hubstack import doctor, networks, spark, spark_cluster, tls
 from hubstack.ci.promote import STABLE, adopt_first_build, ensure_local, releases_dir
-from hubstack.config import NO_CA, PYPI, PlatformConfig, local_hub_url
+from hubstack.config import NO_CA, PYPI, PlatformConfig, check_certificate_name, local_hub_url
 from hubstack.engine import docker_client, platform_containers, project_name
 from hubstack.errors import CommandError
 from hubstack.hub import gpu
@@ -49,6 +55,15 @@ def compose_file(cfg: PlatformConfig) -> Path:
     return cfg.source_root / "compose" / "compose.yaml"
 
 
+def compose_files(cfg: PlatformConfig) -> list[Path]:
+    """compose.yaml, and with hub.tls on compose/tls.yaml: the hub's certificate and key as
+    compose secrets and the plain-HTTP redirect port (a port compose cannot leave out)."""
+    files = [compose_file(cfg)]
+    if cfg.hub.tls.enabled:
+        files.append(compose_file(cfg).parent / "tls.yaml")
+    return files
+
+
 # --- secrets -------------------------------------------------------------------------
 def ensure_secrets(cfg: PlatformConfig) -> None:
     """Cookie secret, proxy token, crypt key and the three registry accounts: made once,
@@ -58,6 +73,113 @@ def ensure_secrets(cfg: PlatformConfig) -> None:
         generated_secret(cfg.secrets_dir / name)
     for role in (PUSH, PULL, USERS):
         htpasswd_file(cfg, role)  # each instance's one account and its htpasswd
+
+
+# --- HTTPS ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HubCertificate:
+    """What the hub's proxy serves (hub.tls), as `up` prints it."""
+
+    cert_file: Path
+    key_file: Path
+    leaf: x509.Certificate
+    ca: tls.CertificateAuthority | None
+    """The platform CA (self-signed mode); None for a site's own certificate."""
+    note: str
+
+    @property
+    def fingerprint(self) -> str:
+        return tls.fingerprint(self.leaf)
+
+
+def hub_certificate_names(cfg: PlatformConfig) -> list[str]:
+    """What the self-signed certificate holds: hub.tls.names, hub.host (or, bound to every
+    address, this machine's host names), localhost and 127.0.0.1, subdomain_host's host and
+    *.HOST (analysts' servers)."""
+    names = list(cfg.hub.tls.names)
+    if cfg.hub.host in ("0.0.0.0", "::"):
+        names += [socket.gethostname(), socket.getfqdn()]
+    else:
+        names.append(cfg.hub.host)
+    names += ["localhost", "127.0.0.1"]
+    if cfg.hub.subdomain_host:
+        host = urlsplit(cfg.hub.subdomain_host).hostname or ""
+        names += [host, f"*.{host}"]
+    out = []
+    for name in names:
+        try:
+            out.append(check_certificate_name(name))
+        except ValueError:
+            continue  # a host name no certificate can hold (e.g. with '_'): left out
+    return list(dict.fromkeys(out))
+
+
+def ensure_hub_certificate(cfg: PlatformConfig) -> HubCertificate | None:
+    """The certificate and key the hub's proxy serves, checked (files mode) or issued by
+    the platform CA when missing, no longer matching the names, or near expiry
+    (self-signed); None with hub.tls off."""
+    mode = cfg.hub.tls.mode
+    where = cfg.path or "the config"
+    try:
+        if mode == "files":
+            chain = tls.check_served_files(cfg.hub_tls_cert_file, cfg.hub_tls_key_file)
+            leaf = chain[0]
+            key_mode = cfg.hub_tls_key_file.stat().st_mode & 0o777
+            note = f"{cfg.hub_tls_cert_file}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}"
+            if key_mode & 0o077:
+                note += f"; WARNING: {cfg.hub_tls_key_file} is mode {key_mode:o}, chmod 600 it"
+            return HubCertificate(cfg.hub_tls_cert_file, cfg.hub_tls_key_file, leaf, None, note)
+        if mode == "self-signed":
+            ca = tls.CertificateAuthority.ensure(
+                cfg.tls_ca_cert_file,
+                cfg.tls_ca_key_file,
+                f"hubstack CA ({socket.gethostname()}:{cfg.state_dir})"[:64],
+            )
+            issued = ca.ensure_server_certificate(
+                hub_certificate_names(cfg), cfg.hub_tls_cert_file, cfg.hub_tls_key_file
+            )
+            note = (
+                f"issued ({issued.reason})"
+                if issued.reissued
+                else f"kept (valid until {issued.not_after:%Y-%m-%d})"
+            )
+            return HubCertificate(issued.cert_file, issued.key_file, issued.certificate, ca, note)
+    except tls.CertificateError as e:
+        key = "hub.tls.cert / hub.tls.key" if mode == "files" else "hub.tls (self-signed)"
+        raise CommandError(f"{where}: {key}: {e}") from None
+    return None
+
+
+def https_lines(cfg: PlatformConfig, cert: HubCertificate) -> list[str]:
+    """What `up` says about HTTPS: what is served, and how to trust the platform CA."""
+    names = ", ".join(sorted(tls.certificate_names(cert.leaf))) or "(no names)"
+    redirect = f"http://{cfg.hub.host}:{cfg.hub.redirect_port}/ redirects to https"
+    if cert.ca is None:
+        return [
+            f"HTTPS: your certificate ({cert.note}) for {names}; HSTS on; {redirect}",
+            f"  SHA-256 fingerprint {cert.fingerprint}",
+        ]
+    ca = cert.ca.cert_file
+    return [
+        f"HTTPS: certificate from the platform's own CA, {cert.note}, for {names}; {redirect}",
+        f"  CA certificate: {ca}",
+        f"  CA SHA-256 fingerprint: {cert.ca.fingerprint}",
+        "  trust it once on each client (compare the fingerprint when you copy it):",
+        f"    curl --cacert {ca} {cfg.hub.public_url}",
+        "    browser: import ca.pem as an authority (Chrome: Settings > Privacy and security >"
+        " Security > Manage certificates > Authorities; Firefox: Settings > Privacy &"
+        " Security > View Certificates > Authorities)",
+        "    OS (Debian/Ubuntu): cp ca.pem /usr/local/share/ca-certificates/hubstack.crt &&"
+        " update-ca-certificates; macOS: security add-trusted-cert -d -r trustRoot -k"
+        " /Library/Keychains/System.keychain ca.pem; Windows: certutil -addstore Root ca.pem",
+    ]
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
 
 
 # --- compose -------------------------------------------------------------------------
@@ -196,6 +318,16 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
         "HUBSTACK_LDAP_CA": str((ldap and ldap.ca_file) or "/dev/null"),
         "HUBSTACK_LDAP_SEARCH_PASSWORD": str((ldap and ldap.search_password_file) or "/dev/null"),
     }
+    if cfg.hub.tls.enabled:
+        # compose/tls.yaml. The certificate's digest is in the hub's environment so that a
+        # renewed certificate recreates the container at the next `up` (the proxy reads its
+        # files once, at start); sessions survive it (cookie secret and database are kept).
+        env |= {
+            "HUBSTACK_HUB_HTTP_PORT": str(cfg.hub.redirect_port),
+            "HUBSTACK_TLS_CERT": str(cfg.hub_tls_cert_file),
+            "HUBSTACK_TLS_KEY": str(cfg.hub_tls_key_file),
+            "HUBSTACK_TLS_CERT_SHA256": _file_sha256(cfg.hub_tls_cert_file),
+        }
     return env
 
 
@@ -232,8 +364,7 @@ def compose(
     cmd = [
         "docker",
         "compose",
-        "-f",
-        str(compose_file(cfg)),
+        *(arg for f in compose_files(cfg) for arg in ("-f", str(f))),
         "--env-file",
         str(env_file(cfg)),
         "-p",
@@ -346,21 +477,39 @@ def hub_url(cfg: PlatformConfig) -> str:
 
 
 def wait_for_hub(cfg: PlatformConfig, timeout: float = 180) -> None:
+    """Until the hub answers /hub/health where it is published. With TLS, also that the
+    proxy serves the certificate in hub_tls_cert_file (a liveness check of our own port,
+    unverified: clients check the names they reach the hub by)."""
     url = hub_url(cfg) + "hub/health"
+    context = None
+    if cfg.hub.tls.enabled:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:
+            with urllib.request.urlopen(url, timeout=5, context=context) as r:
                 if r.status == 200:
-                    return
+                    break
         except (urllib.error.URLError, OSError) as e:
             last = str(e)
         time.sleep(1)
-    raise CommandError(
-        f"the hub did not answer on {url} within {timeout:.0f}s ({last}); "
-        "see `docker compose logs hub`"
-    )
+    else:
+        raise CommandError(
+            f"the hub did not answer on {url} within {timeout:.0f}s ({last}); "
+            "see `docker compose logs hub`"
+        )
+    if cfg.hub.tls.enabled:
+        pem = ssl.get_server_certificate((cfg.hub.host, cfg.hub.port), timeout=10)
+        served = tls.fingerprint(x509.load_pem_x509_certificate(pem.encode()))
+        expected = tls.fingerprint(tls.load_chain(cfg.hub_tls_cert_file)[0])
+        if served != expected:
+            raise CommandError(
+                f"the hub on {url} serves a certificate with SHA-256 {served}, not the one "
+                f"in {cfg.hub_tls_cert_file} ({expected}); `hubstack up` recreates the hub"
+            )
 
 
 # --- commands ------------------------------------------------------------------------
@@ -414,6 +563,7 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
     stage("checks", f"{doctor.format_summary(checks)} ({engine})")
     client = docker_client()
     ensure_secrets(cfg)
+    certificate = ensure_hub_certificate(cfg)
     render_env(cfg)
     stage("secrets", f"state, secrets and compose/.env under {cfg.state_dir}")
     # The roots first: every build starts FROM the base image, and `up` on a fresh
@@ -457,6 +607,8 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
     stage("health", f"waiting for {hub_url(cfg)}hub/health")
     wait_for_hub(cfg)
     print(f"\nhubstack is up in {stage.total()}: {cfg.hub.public_url}")
+    if certificate is not None:
+        print("\n".join(https_lines(cfg, certificate)))
     admin = ensure_initial_admin(cfg)
     if admin:
         name, password = admin

@@ -4,7 +4,8 @@ Paths inside the hub container (set by compose/compose.yaml):
 - /srv/jupyterhub: the hub database (volume hub-data)
 - /run/jupyterhub: a tmpfs, empty at every start of the container
 - /run/secrets/{cookie_secret,proxy_token,crypt_key,registry_pull_credentials,
-  registry_users_credentials}: compose secrets
+  registry_users_credentials}: compose secrets; with hub.tls on also tls_cert and tls_key
+  (compose/tls.yaml)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from hubstack.config import PlatformConfig
+from hubstack.config import HSTS_MAX_AGE, PlatformConfig
 from hubstack.hub import cull, ldap, versions
 from hubstack.hub.announce import read_announcement
 
@@ -23,6 +24,9 @@ ENV_REPORT_PORT = 10101
 """Where the hub runs `hubstack env serve` (hubstack.envreport), the admins' report page."""
 
 SECRETS = Path(os.environ.get("HUBSTACK_SECRETS", "/run/secrets"))
+PROXY_REDIRECT_PORT = 8080
+"""Inside the hub container: where the proxy answers plain HTTP with a redirect to https
+(compose/tls.yaml publishes it on hub.host:hub.tls.http_port)."""
 
 
 def _secret(name: str) -> str:
@@ -69,6 +73,7 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     # Refusals come sooner (a profile needing GPUs where there are none), so they answer
     # the request itself with their message.
     c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 1}
+    configure_tls(c, cfg)
     # A burst queues in the spawner (hub.spawn.concurrent_starts, hubstack.hub.start_queue);
     # JupyterHub's own limit, which answers 429, stays a safety valve far above it.
     c.JupyterHub.concurrent_spawn_limit = cfg.hub.spawn.max_pending
@@ -119,6 +124,33 @@ def configure_auth(c, cfg: PlatformConfig) -> None:
         c.LDAPSource.home_attribute = ldap_cfg.attributes.home_directory
         c.LDAPSource.use_home_directory = ldap_cfg.use_home_directory
         c.LDAPSource.timeout = ldap_cfg.timeout
+
+
+def configure_tls(c, cfg: PlatformConfig) -> None:
+    """hub.tls: the proxy serves HTTPS on the public port with the certificate and key
+    compose gives as secrets, and redirects plain HTTP from a second port; cookies are
+    Secure; HSTS only for a certificate browsers trust without being told (files mode),
+    since a self-signed one pinned by HSTS leaves no way past a certificate warning."""
+    if not cfg.hub.tls.enabled:
+        return
+    c.JupyterHub.ssl_cert = str(SECRETS / "tls_cert")
+    c.JupyterHub.ssl_key = str(SECRETS / "tls_key")
+    c.JupyterHub.bind_url = "https://0.0.0.0:8000"
+    c.ConfigurableHTTPProxy.command = [
+        "configurable-http-proxy",
+        "--redirect-port",
+        str(PROXY_REDIRECT_PORT),
+        # The port browsers reach, which compose maps to 8000 inside.
+        "--redirect-to",
+        str(cfg.hub.port),
+    ]
+    settings = c.JupyterHub.tornado_settings
+    # JupyterHub marks its cookies Secure when the request came over https (the proxy's
+    # X-Forwarded-Proto); said here too, so no cookie goes out without it. JupyterHub also
+    # hands these options to each server (JUPYTERHUB_COOKIE_OPTIONS) for its own cookie.
+    settings["cookie_options"] = {"secure": True}
+    if cfg.hub.tls.mode == "files":
+        settings["headers"] = {"Strict-Transport-Security": f"max-age={HSTS_MAX_AGE}"}
 
 
 def configure_culling(c, cfg: PlatformConfig) -> None:

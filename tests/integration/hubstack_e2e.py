@@ -64,17 +64,20 @@ def add_user(cfg, name: str, password: str, uid: int, gid: int, groups: list[int
 class HubClient:
     """One analyst's browser-like session: cookies, XSRF, and an API token."""
 
-    def __init__(self, base: str, name: str):
+    def __init__(self, base: str, name: str, verify: bool | str = True):
         self.base = base.rstrip("/")
         self.name = name
         self.http = requests.Session()
+        # For an https hub: the CA bundle (a path) that its certificate chains to. Passed with
+        # each request: requests lets REQUESTS_CA_BUNDLE override a session's own verify.
+        self.verify = verify
         self.token: str | None = None
 
     def _xsrf(self) -> str:
         return self.http.cookies.get("_xsrf", path="/hub/") or self.http.cookies.get("_xsrf") or ""
 
     def login(self, password: str) -> requests.Response:
-        page = self.http.get(f"{self.base}/hub/login", timeout=30)
+        page = self.http.get(f"{self.base}/hub/login", timeout=30, verify=self.verify)
         page.raise_for_status()
         m = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text)
         assert m, "the login form carries an XSRF token"
@@ -83,6 +86,7 @@ class HubClient:
             data={"username": self.name, "password": password, "_xsrf": m.group(1)},
             allow_redirects=False,
             timeout=60,
+            verify=self.verify,
         )
 
     def make_token(self) -> str:
@@ -91,6 +95,7 @@ class HubClient:
             json={"note": "e2e", "expires_in": 3600},
             headers={"X-XSRFToken": self._xsrf()},
             timeout=30,
+            verify=self.verify,
         )
         r.raise_for_status()
         self.token = r.json()["token"]
@@ -100,7 +105,12 @@ class HubClient:
         headers = kw.pop("headers", {})
         headers["Authorization"] = f"token {self.token}"
         return requests.request(
-            method, f"{self.base}{path}", headers=headers, timeout=kw.pop("timeout", 60), **kw
+            method,
+            f"{self.base}{path}",
+            headers=headers,
+            timeout=kw.pop("timeout", 60),
+            verify=self.verify,
+            **kw,
         )
 
     def start(self, profile: str = "default", timeout: float = 300, **options) -> list[dict]:

@@ -144,6 +144,24 @@ def test_our_running_hub_on_the_port_is_ok(tmp_path):
     assert (check.verdict, check.found) == (OK, f"the hub is already running on 127.0.0.1:{port}")
 
 
+def test_the_https_redirect_port_is_checked_when_tls_is_on(tmp_path):
+    off = doctor.check_hub_http_port(make_cfg(tmp_path), Context())
+    assert (off.verdict, off.found) == (OK, "hub.tls is off: no redirect port")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        tls = {"mode": "self-signed", "http_port": port}
+        check = doctor.check_hub_http_port(make_cfg(tmp_path, hub={"tls": tls}), Context())
+    assert check.verdict == FAIL
+    assert f"127.0.0.1:{port} is in use by another program" in check.found
+    assert "hub.tls.http_port" in (check.fix or "")
+    # Our own hub answers there with its redirect.
+    with http_server(lambda path, auth: 301) as port:
+        tls = {"mode": "self-signed", "http_port": port}
+        check = doctor.check_hub_http_port(make_cfg(tmp_path, hub={"tls": tls}), Context())
+    assert check.verdict == OK and "already redirects" in check.found
+
+
 def test_registry_port_ours_when_v2_answers_401_else_fail(tmp_path):
     with http_server(lambda path, auth: 401 if path == "/v2/" else 404) as port:
         cfg = make_cfg(tmp_path, registry={"address": f"127.0.0.1:{port}"})
@@ -155,7 +173,9 @@ def test_registry_port_ours_when_v2_answers_401_else_fail(tmp_path):
 
 
 def test_hub_host_that_is_not_here_fails(tmp_path):
-    check = doctor.check_hub_port(make_cfg(tmp_path, hub={"host": "192.0.2.1"}), Context())
+    # Off loopback the hub serves TLS (or the config is refused, test_tls.py).
+    hub = {"host": "192.0.2.1", "tls": {"mode": "self-signed"}}
+    check = doctor.check_hub_port(make_cfg(tmp_path, hub=hub), Context())
     assert check.verdict == FAIL
     assert "192.0.2.1 is not an address of this machine" in check.found
     assert "hub.host" in (check.fix or "")
