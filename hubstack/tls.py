@@ -135,6 +135,28 @@ def _cert_pem(*certs: x509.Certificate) -> str:
     return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
 
 
+def _key_usage(signs_certificates: bool) -> x509.KeyUsage:
+    """Signatures (ECDSA handshakes), and for a CA also certificates and CRLs."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _write_public(path: Path, pem: str) -> None:
+    """A certificate file: readable by all (it is public), its folder made when missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(pem)
+    path.chmod(0o644)
+
+
 def _same_key(cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes) -> bool:
     def spki(k) -> bytes:
         return k.public_bytes(
@@ -233,29 +255,14 @@ class CertificateAuthority:
             .not_valid_before(now - _BACKDATE)
             .not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(signs_certificates=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
         # Key first: a crash in between leaves a key without a certificate, which ensure()
         # reports, never a certificate nobody can sign with.
         write_private(self.key_file, _key_pem(key))
-        self.cert_file.parent.mkdir(parents=True, exist_ok=True)
-        self.cert_file.write_text(_cert_pem(cert))
-        self.cert_file.chmod(0o644)
+        _write_public(self.cert_file, _cert_pem(cert))
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -311,20 +318,7 @@ class CertificateAuthority:
             .not_valid_after(not_after)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(signs_certificates=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .add_extension(
@@ -333,10 +327,8 @@ class CertificateAuthority:
             .sign(ca_key, hashes.SHA256())
         )
         write_private(key_file, _key_pem(key))
-        Path(cert_file).parent.mkdir(parents=True, exist_ok=True)
         # The chain a server sends: its own certificate, then the CA's.
-        Path(cert_file).write_text(_cert_pem(cert, ca_cert))
-        Path(cert_file).chmod(0o644)
+        _write_public(Path(cert_file), _cert_pem(cert, ca_cert))
         return cert
 
     def reissue_reason(
