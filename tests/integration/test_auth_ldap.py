@@ -23,8 +23,6 @@ from pathlib import Path
 import docker
 import pytest
 import yaml
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
@@ -39,7 +37,8 @@ from tests.integration import ldap_directory as directory
 from tests.integration.hubstack_e2e import HubClient, hubstack, url
 from tests.integration.test_browser import (
     ARTIFACTS,
-    CHROMIUM_FLAGS,
+    log_in,
+    start_chromium,
     uid_printed_by_a_new_notebook,
 )
 
@@ -137,22 +136,9 @@ def ldap_hub(hub_stack, docker_client):
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "install Debian's chromium and chromium-driver"
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        opts.add_argument(flag)
-    b = webdriver.Chrome(service=Service(driver), options=opts)
+    b = start_chromium()
     yield b
     b.quit()
-
-
-def browser_login(browser, cfg, name: str, password: str) -> None:
-    browser.get(f"{url(cfg)}/hub/login")
-    browser.find_element(By.ID, "username_input").send_keys(name)
-    browser.find_element(By.ID, "password_input").send_keys(password)
-    browser.find_element(By.ID, "login_submit").click()
 
 
 def test_in_chromium_a_directory_analyst_logs_in_and_a_notebook_runs_as_their_uid(
@@ -163,12 +149,12 @@ def test_in_chromium_a_directory_analyst_logs_in_and_a_notebook_runs_as_their_ui
     wait = WebDriverWait(browser, 240)
     try:
         # dave's password is right, but he is not in `analysts`: the page says so.
-        browser_login(browser, cfg, DAVE.name, DAVE.password)
+        log_in(browser, url(cfg), DAVE.name, DAVE.password)
         error = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".login_error")))
         assert "not in a group allowed to use this hub (analysts)" in error.text
         browser.save_screenshot(str(ARTIFACTS / "ldap-not-in-allowed-group.png"))
 
-        browser_login(browser, cfg, CAROL.name, CAROL.password)
+        log_in(browser, url(cfg), CAROL.name, CAROL.password)
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#spawn_form")))
         browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
         card = wait.until(

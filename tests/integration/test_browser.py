@@ -33,8 +33,8 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture
-def browser():
+def start_chromium(*extra_flags: str) -> webdriver.Chrome:
+    """Debian's Chromium, headless, driven by its chromedriver (the suite's one browser)."""
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     assert chromium and driver, (
         "install Debian's chromium and chromium-driver (apt-get install -y chromium "
@@ -42,9 +42,22 @@ def browser():
     )
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
+    for flag in [*CHROMIUM_FLAGS, *extra_flags]:
         opts.add_argument(flag)
-    b = webdriver.Chrome(service=Service(driver), options=opts)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def log_in(browser: webdriver.Chrome, hub_url: str, name: str, password: str) -> None:
+    """Fill in and send the hub's login form at HUB_URL (scheme://host:port)."""
+    browser.get(f"{hub_url}/hub/login")
+    browser.find_element(By.ID, "username_input").send_keys(name)
+    browser.find_element(By.ID, "password_input").send_keys(password)
+    browser.find_element(By.ID, "login_submit").click()
+
+
+@pytest.fixture
+def browser():
+    b = start_chromium()
     yield b
     b.quit()
 
@@ -56,10 +69,7 @@ def test_notebook_cell_prints_the_analysts_uid(hub_stack, browser):
     ARTIFACTS.mkdir(exist_ok=True)
     wait = WebDriverWait(browser, 240)
     try:
-        browser.get(f"http://{cfg.hub.host}:{cfg.hub.port}/hub/login")
-        browser.find_element(By.ID, "username_input").send_keys(name)
-        browser.find_element(By.ID, "password_input").send_keys(password)
-        browser.find_element(By.ID, "login_submit").click()
+        log_in(browser, f"http://{cfg.hub.host}:{cfg.hub.port}", name, password)
         # Either the spawn form (profiles) or straight to a server already running.
         wait.until(lambda b: "/hub/spawn" in b.current_url or "/user/" in b.current_url)
         if "/hub/spawn" in browser.current_url and browser.find_elements(

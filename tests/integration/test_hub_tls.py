@@ -19,8 +19,6 @@ import pytest
 import requests
 import yaml
 from cryptography import x509
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
@@ -38,7 +36,8 @@ from tests.integration.hubstack_e2e import (
 )
 from tests.integration.test_browser import (
     ARTIFACTS,
-    CHROMIUM_FLAGS,
+    log_in,
+    start_chromium,
     uid_printed_by_a_new_notebook,
 )
 
@@ -146,14 +145,8 @@ def browser(tls_stack):
     """Chromium that trusts the platform CA's key, and nothing beyond the usual: the flag
     names one SPKI hash (the CA's, which the hub sends in its chain), not every error."""
     cfg, _, _, _ = tls_stack
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "install Debian's chromium and chromium-driver"
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
     ca = tls.CertificateAuthority(cfg.tls_ca_cert_file, cfg.tls_ca_key_file)
-    for flag in [*CHROMIUM_FLAGS, f"--ignore-certificate-errors-spki-list={ca.spki_sha256}"]:
-        opts.add_argument(flag)
-    b = webdriver.Chrome(service=Service(driver), options=opts)
+    b = start_chromium(f"--ignore-certificate-errors-spki-list={ca.spki_sha256}")
     yield b
     b.quit()
 
@@ -165,10 +158,7 @@ def test_chromium_logs_in_over_https_and_a_cell_prints_the_uid(tls_stack, browse
     wait = WebDriverWait(browser, 240)
     ARTIFACTS.mkdir(exist_ok=True)
     try:
-        browser.get(f"{base(cfg)}/hub/login")
-        browser.find_element(By.ID, "username_input").send_keys(name)
-        browser.find_element(By.ID, "password_input").send_keys(password)
-        browser.find_element(By.ID, "login_submit").click()
+        log_in(browser, base(cfg), name, password)
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#spawn_form")))
         session = [c for c in browser.get_cookies() if c["name"] == "jupyterhub-hub-login"]
         assert session and session[0]["secure"], browser.get_cookies()

@@ -7,11 +7,7 @@ which are now other origins. Screenshots are kept under artifacts/."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
@@ -20,7 +16,8 @@ from tests.integration.conftest import ANALYSTS
 from tests.integration.hubstack_e2e import hub_config_changed, stop_servers
 from tests.integration.test_browser import (
     ARTIFACTS,
-    CHROMIUM_FLAGS,
+    log_in,
+    start_chromium,
     uid_printed_by_a_new_notebook,
 )
 
@@ -46,13 +43,7 @@ def subdomain_host(hub_stack, clients, docker_client):
 @pytest.fixture(scope="module")
 def browser():
     """One browser for the module: the second test reads the page the first one opened."""
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "install Debian's chromium and chromium-driver"
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        opts.add_argument(flag)
-    b = webdriver.Chrome(service=Service(driver), options=opts)
+    b = start_chromium()
     b.set_script_timeout(60)
     yield b
     b.quit()
@@ -69,10 +60,7 @@ def test_jupyterlab_runs_code_on_the_analysts_own_subdomain(subdomain_host, clie
     wait = WebDriverWait(browser, 240)
     ARTIFACTS.mkdir(exist_ok=True)
     try:
-        browser.get(f"{subdomain_host}/hub/login")
-        browser.find_element(By.ID, "username_input").send_keys(name)
-        browser.find_element(By.ID, "password_input").send_keys(password)
-        browser.find_element(By.ID, "login_submit").click()
+        log_in(browser, subdomain_host, name, password)
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#spawn_form")))
         browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
         card = wait.until(
