@@ -7,17 +7,16 @@ into the image; the image only installs slapd and ldap-utils."""
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from hubstack.tls import CertificateAuthority
 
 SUFFIX = "dc=hubtest,dc=org"
 ADMIN_DN, ADMIN_PW = f"cn=admin,{SUFFIX}", "admin-pw-5d1e"
@@ -121,58 +120,15 @@ def tree(people: list[Person], groups: dict[str, tuple[int, list[str]]]) -> str:
 
 
 def make_ca_and_server_cert(host: str) -> tuple[bytes, bytes, bytes]:
-    """(CA certificate, server certificate for HOST, server key), PEM: a CA of the test's own."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hubstack test directory CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )  # fmt: skip
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+    """(CA certificate, server certificate chain for HOST, server key), PEM: a CA of the
+    test's own, made with the product's CA module (hubstack.tls)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        ca = CertificateAuthority.ensure(
+            folder / "ca.pem", folder / "ca.key", "hubstack test directory CA", days=2
         )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return ca.public_bytes(pem), cert.public_bytes(pem), key_pem
+        ca.issue([host], folder / "server.pem", folder / "server.key", days=2)
+        return tuple((folder / f).read_bytes() for f in ("ca.pem", "server.pem", "server.key"))
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
