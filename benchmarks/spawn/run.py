@@ -327,12 +327,13 @@ def main() -> int:
             check=True,
             capture_output=True,
         )
-        time.sleep(3)
+        stack.wait_for_hub(cfg)  # the proxy routes to the new hub only once it is up
         more, stock = run_round(cfg, users, client, "stock DockerSpawner", serial_n, bursts)
         lines += more
         for label, figures in ours.items():
             lines += ratios(label, bursts, figures, stock)
     finally:
+        print("\n".join(lines), flush=True)  # what was measured, even when a round failed
         hubstack(config, "down")
         subprocess.run([*compose, "down", "-v"], capture_output=True)
         for n in ("hub", "notebook", "spark-executor"):
@@ -341,7 +342,6 @@ def main() -> int:
             except docker.errors.APIError:
                 pass
         shutil.rmtree(tmp, ignore_errors=True)
-    print("\n".join(lines))
     return 0
 
 
