@@ -288,8 +288,9 @@ class SpawnConfig(_Section):
     """How the hub paces a burst of spawns (many analysts logging in at once)."""
 
     concurrent_starts: int | None = Field(None, ge=1)
-    """Notebook servers started at once, from creating the container until the server
-    answers; more spawns wait their turn in a queue and the spawn page shows their place.
+    """Notebook servers started at once, from starting the container until the server
+    answers; more spawns wait their turn in a queue (their containers are created while they
+    wait) and the spawn page shows their place.
     Unset: the CPUs of the hub's machine (a start is CPU-bound, so more at once only makes
     every one of them slower)."""
     max_pending: int = Field(100, ge=1)

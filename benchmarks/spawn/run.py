@@ -7,6 +7,14 @@ the floor, CPU-seconds to ready of the image's jupyterhub-singleuser and of plai
 
     PYTHONPATH=$PWD python benchmarks/spawn/run.py [--users 10] [--bursts 10,30]
         [--config FILE] [--hub-image REF] [--notebook-image REF] [--executor-image REF]
+        [--bursts-only] [--slots N,M]
+
+--bursts-only skips the one-after-another round, the idle figures and the no-hub floor (a
+quick look at bursts: `--bursts-only --bursts 10,10,10` repeats the burst of ten); --slots
+runs hubstack's round once per hub.spawn.concurrent_starts given (the hub restarted on
+each; default: one round, unset, which is the hub's cores). Each burst also
+reports the host's CPU busy during it and, for hubstack, where each start's time went (the
+spawner's log line per start: queued, container created and started, server answering).
 
 It starts a throwaway platform of its own (own ports, network, state dir), prints a table,
 and removes the platform (not the homes' parent images) at the end.
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -33,7 +42,14 @@ sys.path.insert(0, str(HERE.parents[1]))
 from benchmarks.spawn.start_cost import PLAIN_LAB, start_once  # noqa: E402
 from hubstack import stack  # noqa: E402
 from hubstack.config import load_config  # noqa: E402
-from tests.integration.hubstack_e2e import HubClient, add_user, hubstack, write_config  # noqa: E402
+from hubstack.engine import service_container  # noqa: E402
+from tests.integration.hubstack_e2e import (  # noqa: E402
+    HubClient,
+    add_user,
+    hub_config_changed,
+    hubstack,
+    write_config,
+)
 
 
 def try_login_to_ready(base: str, name: str, password: str) -> float | None:
@@ -102,25 +118,106 @@ def burst_summary(label: str, values: list[float | None]) -> str:
     return f"{summary(label, ready)}  failures {failed}"
 
 
-def run_round(cfg, users: dict, client, label: str, serial_n: int, bursts: list[int]) -> list[str]:
+def host_cpu() -> tuple[float, float]:
+    """(busy, all) CPU-seconds of this machine since boot, all cores (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle, iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    return (total - idle) / tick, total / tick
+
+
+# The spawner's line per start (hubstack.hub.spawner.start_phases).
+START_LINE = re.compile(
+    r"(\S+)'s start: ([\d.]+) s queued, ([\d.]+) s creating the container, "
+    r"([\d.]+) s starting it, ([\d.]+) s until the server answered"
+)
+PHASES = ("queued", "creating", "starting", "answering")
+
+
+def start_phases(hub: str, since: float) -> list[str]:
+    """Median and max of the hubstack spawner's start phases, from the hub's log since
+    SINCE."""
+    logs = subprocess.run(
+        ["docker", "logs", "--since", f"{since:.3f}", hub], capture_output=True, text=True
+    )
+    found = [m.groups()[1:] for m in START_LINE.finditer(logs.stdout + logs.stderr)]
+    if not found:
+        return []
+    figures = ", ".join(
+        f"{name} {statistics.median(v):.2f}/{max(v):.2f}"
+        for i, name in enumerate(PHASES)
+        for v in [[float(f[i]) for f in found]]
+    )
+    return [f"{'  per start, median/max (s)':<34} {figures}"]
+
+
+def run_round(
+    cfg, users: dict, client, label: str, serial_n: int, bursts: list[int], hub: str = ""
+) -> tuple[list[str], dict[int, list]]:
     base = f"http://{cfg.hub.host}:{cfg.hub.port}"
     lines = []
-    first = dict(list(users.items())[:serial_n])
-    serial = [login_to_ready(base, n, pw) for n, pw in first.items()]
-    lines.append(summary(f"{label}: {serial_n} one after another (s)", serial))
-    time.sleep(10)  # let the servers go idle
-    mem, cpu = container_figures(client, cfg.hub.network)
-    lines.append(
-        f"{label + ': idle container memory (MiB)':<34} median {statistics.median(mem):6.1f}"
-    )
-    lines.append(f"{label + ': CPU-seconds to start':<34} median {statistics.median(cpu):6.2f}")
-    stop_all(base, first)
-    for n in bursts:
+    if serial_n:
+        first = dict(list(users.items())[:serial_n])
+        serial = [login_to_ready(base, n, pw) for n, pw in first.items()]
+        lines.append(summary(f"{label}: {serial_n} one after another (s)", serial))
+        time.sleep(10)  # let the servers go idle
+        mem, cpu = container_figures(client, cfg.hub.network)
+        lines.append(
+            f"{label + ': idle container memory (MiB)':<34} median {statistics.median(mem):6.1f}"
+        )
+        lines.append(f"{label + ': CPU-seconds to start':<34} median {statistics.median(cpu):6.2f}")
+        stop_all(base, first)
+    results: dict[int, list] = {}
+    for i, n in enumerate(bursts):
         crowd = list(users.items())[:n]
+        since = time.time()
+        busy0, all0 = host_cpu()
+        t0 = time.perf_counter()
         with ThreadPoolExecutor(n) as pool:
             at_once = list(pool.map(lambda kv: try_login_to_ready(base, *kv), crowd))
+        wall = time.perf_counter() - t0
+        busy1, all1 = host_cpu()
+        results[i] = at_once
         lines.append(burst_summary(f"{label}: {n} at once (s)", at_once))
+        cores = (all1 - all0) / wall
+        lines.append(
+            f"{'  host CPU during the burst':<34} {busy1 - busy0:5.1f} CPU-s in {wall:5.1f} s "
+            f"= {100 * (busy1 - busy0) / (all1 - all0):3.0f} % of {cores:.0f} cores"
+        )
+        if hub:
+            lines += start_phases(hub, since)
         stop_all(base, dict(crowd))
+    return lines, results
+
+
+def with_slots(n: int | None):
+    """A change to the hub's config: N start slots (None: the setting unset)."""
+
+    def change(data: dict) -> None:
+        spawn = data.setdefault("hub", {}).setdefault("spawn", {})
+        if n is None:
+            spawn.pop("concurrent_starts", None)
+        else:
+            spawn["concurrent_starts"] = n
+
+    return change
+
+
+def ratios(
+    label: str, bursts: list[int], ours: dict[int, list], stock: dict[int, list]
+) -> list[str]:
+    """LABEL ÷ stock for each burst's p50, p95 and max (below 1: hubstack is ahead)."""
+    lines = []
+    for i, n in enumerate(bursts):
+        a = [v for v in ours[i] if v is not None]
+        b = [v for v in stock[i] if v is not None]
+        if not a or not b:
+            continue
+        lines.append(
+            f"{f'{label} ÷ stock: {n} at once':<34} p50 {pct(a, 50) / pct(b, 50):6.2f}  "
+            f"p95 {pct(a, 95) / pct(b, 95):6.2f}  max {max(a) / max(b):6.2f}"
+        )
     return lines
 
 
@@ -150,12 +247,27 @@ def main() -> int:
     ap.add_argument(
         "--executor-image", help="Spark executor image (the stack includes the Spark cluster)"
     )
+    ap.add_argument(
+        "--bursts-only",
+        action="store_true",
+        help="only the bursts: no one-after-another round, idle figures or no-hub floor",
+    )
+    ap.add_argument(
+        "--slots",
+        default="",
+        help="hub.spawn.concurrent_starts for hubstack's rounds, comma-separated: one round "
+        "each (default: one round with the setting unset)",
+    )
     args = ap.parse_args()
     try:
         bursts = [int(n) for n in args.bursts.split(",") if n.strip()]
     except ValueError:
         ap.error(f"--bursts must be numbers separated by commas, got {args.bursts!r}")
-    if args.users < 1 or not bursts or min(bursts) < 1:
+    try:
+        slots = [int(n) for n in args.slots.split(",") if n.strip()] or [None]
+    except ValueError:
+        ap.error(f"--slots must be numbers separated by commas, got {args.slots!r}")
+    if args.users < 1 or not bursts or min(bursts) < 1 or min(n or 1 for n in slots) < 1:
         ap.error("--users and every burst must be at least 1")
     src = load_config(args.config)
     hub_image = args.hub_image or src.image_ref(src.hub.image)
@@ -192,8 +304,21 @@ def main() -> int:
             print(r.stdout, r.stderr, file=sys.stderr)
             return 1
         # Warm: the image is in the engine already (pushed from it); one spawn resolves it.
-        lines += floor_figures(client, cfg.image_ref("notebook"))
-        lines += run_round(cfg, users, client, "hubstack", args.users, bursts)
+        serial_n = 0 if args.bursts_only else args.users
+        if not args.bursts_only:
+            lines += floor_figures(client, cfg.image_ref("notebook"))
+        else:  # the first spawn after `up` resolves and tags the image: not part of a burst
+            first, pw = next(iter(users.items()))
+            login_to_ready(f"http://{cfg.hub.host}:{cfg.hub.port}", first, pw)
+            stop_all(f"http://{cfg.hub.host}:{cfg.hub.port}", {first: pw})
+        hub = service_container(cfg, client, "hub").name
+        ours = {}
+        for n in slots:
+            label = "hubstack" if n is None else f"hubstack, {n} slots"
+            with hub_config_changed(cfg, client, with_slots(n)):
+                more, ours[label] = run_round(cfg, users, client, label, serial_n, bursts, hub)
+            lines += more
+            serial_n = 0  # the one-after-another round does not depend on the slots
 
         stock_env = dict(os.environ, BENCH_IMAGE=cfg.image_ref("notebook"), BENCH_DIR=str(HERE))
         subprocess.run(
@@ -202,9 +327,13 @@ def main() -> int:
             check=True,
             capture_output=True,
         )
-        time.sleep(3)
-        lines += run_round(cfg, users, client, "stock DockerSpawner", args.users, bursts)
+        stack.wait_for_hub(cfg)  # the proxy routes to the new hub only once it is up
+        more, stock = run_round(cfg, users, client, "stock DockerSpawner", serial_n, bursts)
+        lines += more
+        for label, figures in ours.items():
+            lines += ratios(label, bursts, figures, stock)
     finally:
+        print("\n".join(lines), flush=True)  # what was measured, even when a round failed
         hubstack(config, "down")
         subprocess.run([*compose, "down", "-v"], capture_output=True)
         for n in ("hub", "notebook", "spark-executor"):
@@ -213,7 +342,6 @@ def main() -> int:
             except docker.errors.APIError:
                 pass
         shutil.rmtree(tmp, ignore_errors=True)
-    print("\n".join(lines))
     return 0
 
 

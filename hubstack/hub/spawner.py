@@ -26,6 +26,7 @@ What it adds to stock DockerSpawner:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,7 @@ import docker
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import url_path_join, wait_for_http_server
 from tornado import web
-from traitlets import Dict, Instance, Int, Unicode, default
+from traitlets import Dict, Float, Instance, Int, Unicode, default
 
 from hubstack import networks, spark, spark_cluster
 from hubstack.ci.release import load_release
@@ -62,6 +63,31 @@ PLAIN_HINT = (
 )
 
 
+async def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether HOST:PORT accepts a TCP connection now."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def start_phases(marks: dict[str, float]) -> str:
+    """One start's phases from its marks (begin, queued, turn, starting, started, answered),
+    for the hub's log: what an operator reads to see where a slow start's time went."""
+    # Created while queued, or (a GPU start) queued, then created: either way, what is not
+    # queueing before the start is creating.
+    created = marks["starting"] - marks["begin"] - (marks["turn"] - marks["queued"])
+    return (
+        f"{marks['turn'] - marks['queued']:.2f} s queued, {created:.2f} s creating the "
+        f"container, {marks['started'] - marks['starting']:.2f} s starting it, "
+        f"{marks['answered'] - marks['started']:.2f} s until the server answered"
+    )
+
+
 class HubstackSpawner(DockerSpawner):
     """Spawner for hubstack profiles; configured from the platform config."""
 
@@ -76,6 +102,12 @@ class HubstackSpawner(DockerSpawner):
         help="Most processes one notebook container may run.",
     )
     extra_labels = Dict(config=True, help="More labels for notebook containers.")
+    answer_poll_interval = Float(
+        0.1,
+        config=True,
+        help="Seconds between tries to reach a starting server's port. Its start slot is "
+        "held until it answers, so a late look keeps the next analyst waiting.",
+    )
     platform = Instance(
         PlatformConfig,
         config=True,
@@ -446,7 +478,7 @@ class HubstackSpawner(DockerSpawner):
     async def create_object(self):
         ident = self._ident
         profile = self._profile_cfg
-        self.spawn_progress.emit(75, "Creating the container")
+        self.spawn_progress.emit(72, "Creating the container")
         host_home = await asyncio.get_running_loop().run_in_executor(
             self.executor, self._ensure_home, ident["uid"], ident["gid"]
         )
@@ -750,19 +782,53 @@ class HubstackSpawner(DockerSpawner):
         slots = self._queue().slots
         at_once = "one server starts" if slots == 1 else f"{slots} servers start"
         self.spawn_progress.emit(
-            71, f"You are number {place} in the queue: {at_once} at a time on this hub"
+            74, f"You are number {place} in the queue: {at_once} at a time on this hub"
         )
+
+    _turn: contextlib.AsyncExitStack | None = None
+    """The start slot this spawn holds, from its turn until its server answers."""
+    _marks: dict[str, float] = {}
+
+    def _mark(self, what: str) -> None:
+        self._marks[what] = asyncio.get_running_loop().time()
+
+    async def _take_turn(self) -> None:
+        """Wait in the start queue (told the place), then hold a slot until _end_turn."""
+        queue = self._queue()
+        queued = queue.starting >= queue.slots or queue.waiting > 0
+        self._mark("queued")
+        turn = contextlib.AsyncExitStack()
+        await turn.enter_async_context(queue.slot(self._tell_place))
+        self._turn = turn
+        self._mark("turn")
+        if queued:
+            self.spawn_progress.emit(76, "Your turn: starting your server")
+
+    async def _end_turn(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            await turn.aclose()
+
+    async def start_object(self):
+        # DockerSpawner.start() creates the container, then starts it here. So a queued
+        # spawn has its container made while it waits (engine work, not the server's boot),
+        # and its turn covers only what loads the CPU: the start and the server's imports.
+        if self._turn is None:
+            await self._take_turn()
+        self._mark("starting")
+        await super().start_object()
 
     async def _start_server(self, profile, gpus):
         # Pull before taking a start slot: a pull waits on the network, not on this host's
         # CPUs, and a long one must not hold up the queue (nor the GPU lock below).
         await self.pull_image(self.image)
-        queue = self._queue()
-        queued = queue.starting >= queue.slots or queue.waiting > 0
-        async with queue.slot(self._tell_place):
-            if queued:
-                self.spawn_progress.emit(72, "Your turn: starting your server")
+        self._marks = {}
+        self._mark("begin")
+        try:
             if gpus:
+                # The GPU lock is held from the reservation until the container exists: the
+                # turn comes first, so a spawn waiting in the queue never holds that lock.
+                await self._take_turn()
                 try:
                     async with gpus.reserve(
                         owner=self.user.name, count=profile.gpus, profile_name=profile.name
@@ -777,8 +843,13 @@ class HubstackSpawner(DockerSpawner):
                     raise web.HTTPError(409, str(e)) from None
             else:
                 result = await super().start()
+            self._mark("started")
             # The slot is held until the server answers: that boot is the CPU-heavy part.
             await self._until_answering(result)
+            self._mark("answered")
+        finally:
+            await self._end_turn()
+        self.log.info("%s's start: %s", self.user.name, start_phases(self._marks))
         return result
 
     async def _until_answering(self, ip_port) -> None:
@@ -787,9 +858,22 @@ class HubstackSpawner(DockerSpawner):
         self.spawn_progress.emit(80, "Container started; waiting for the notebook server to answer")
         ip, port = ip_port
         base_url = self.server.base_url if self.server is not None else self.user.url
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.http_timeout
+        # Not JupyterHub's wait alone: it sleeps up to 5 s between tries, doubling, so a
+        # server up after 2 s went unnoticed for about a second more, its slot held idle.
+        # Until the port opens, try every answer_poll_interval (a refused connect is cheap).
+        while not await port_open(ip, port):
+            if loop.time() >= deadline:
+                self.log.warning(
+                    "%s's server did not answer in %s s", self.user.name, self.http_timeout
+                )
+                return
+            await asyncio.sleep(self.answer_poll_interval)
         try:
             await wait_for_http_server(
-                url_path_join(f"http://{ip}:{port}", base_url), timeout=self.http_timeout
+                url_path_join(f"http://{ip}:{port}", base_url),
+                timeout=max(deadline - loop.time(), 1),
             )
         except TimeoutError:
             self.log.warning(

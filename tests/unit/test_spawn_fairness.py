@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
+from dockerspawner import DockerSpawner
 from jupyterhub_idle_culler import default_cull_arbiter
 from traitlets.config import Config
 
 from hubstack.config import ConfigError, host_cores, parse_config
 from hubstack.hub import cull, setup
+from hubstack.hub.spawner import HubstackSpawner, port_open, start_phases
 from hubstack.hub.start_queue import StartQueue
 
 
@@ -141,6 +145,105 @@ def test_a_spawn_cancelled_in_the_queue_gives_up_its_place():
 def test_a_start_queue_needs_a_slot():
     with pytest.raises(ValueError, match="at least one slot"):
         StartQueue(0)
+
+
+# --- the spawner's turn --------------------------------------------------------------------
+def analyst(name: str) -> HubstackSpawner:
+    s = HubstackSpawner(platform=parse_config({}))
+    s.user = SimpleNamespace(name=name, url=f"/user/{name}/", groups=[])
+    return s
+
+
+def test_a_spawns_turn_begins_when_its_container_starts_and_ends_when_it_is_released(
+    monkeypatch,
+):
+    """DockerSpawner.start() creates the container, then calls start_object: a queued
+    analyst's container is made while they wait, and only the start waits for the turn."""
+    started: list[str] = []
+
+    async def engine_start(self):  # the engine's `docker start`, which this test leaves out
+        started.append(self.user.name)
+
+    monkeypatch.setattr(DockerSpawner, "start_object", engine_start)
+    monkeypatch.setattr(HubstackSpawner, "_start_queue", StartQueue(1))
+
+    async def main():
+        ann, ben = analyst("ann"), analyst("ben")
+        ann._marks = ben._marks = {}
+        await ann.start_object()
+        waiting = asyncio.create_task(ben.start_object())
+        await asyncio.sleep(0.05)
+        # Ben's container exists (created before start_object); his start waits for Ann's
+        # server, and his spawn page says where he stands.
+        assert started == ["ann"] and not waiting.done()
+        assert [e["message"] for e in ben.spawn_progress._events] == [
+            "You are number 1 in the queue: one server starts at a time on this hub"
+        ]
+        await ann._end_turn()
+        await asyncio.wait_for(waiting, 5)
+        assert started == ["ann", "ben"]
+        assert ben.spawn_progress._events[-1]["message"] == "Your turn: starting your server"
+        await ben._end_turn()
+        return HubstackSpawner._start_queue
+
+    queue = asyncio.run(main())
+    assert (queue.starting, queue.waiting) == (0, 0)
+
+
+def test_a_starting_server_is_noticed_as_soon_as_it_answers():
+    """JupyterHub's own wait sleeps up to 5 s between tries, doubling; the slot is held until
+    the server is noticed, so it must be noticed within a poll interval."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def answer(reader, writer):
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:  # the spawner's port probe
+            writer.close()
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> float:
+        spawner = analyst("ann")
+        spawner.answer_poll_interval = 0.05
+        assert not await port_open("127.0.0.1", port)
+        waiting = asyncio.create_task(spawner._until_answering(("127.0.0.1", port)))
+        await asyncio.sleep(2)  # JupyterHub's wait would be sleeping up to 1.6 or 3.2 s now
+        server = await asyncio.start_server(answer, "127.0.0.1", port)
+        up = asyncio.get_running_loop().time()
+        async with server:
+            await asyncio.wait_for(waiting, 10)
+            return asyncio.get_running_loop().time() - up
+
+    assert asyncio.run(main()) < 0.5
+
+
+def test_a_servers_answer_is_awaited_at_most_its_http_timeout():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def main() -> float:
+        spawner = analyst("ann")
+        spawner.http_timeout = 1
+        t0 = asyncio.get_running_loop().time()
+        await spawner._until_answering(("127.0.0.1", port))  # nobody listens: a warning
+        return asyncio.get_running_loop().time() - t0
+
+    assert 1 <= asyncio.run(main()) < 3
+
+
+def test_each_start_logs_where_its_time_went():
+    marks = {"begin": 0.0, "queued": 0.5, "turn": 3.5, "starting": 3.6, "started": 4.0}
+    marks["answered"] = 5.9
+    assert start_phases(marks) == (
+        "3.00 s queued, 0.60 s creating the container, 0.40 s starting it, "
+        "1.90 s until the server answered"
+    )
 
 
 # --- the hub's settings ------------------------------------------------------------------
