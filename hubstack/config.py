@@ -991,6 +991,16 @@ class PlatformConfig(_Section):
         return self.hub.tls.key or self.secrets_dir / "tls-hub-key.pem"
 
     @property
+    def registry_tls_cert_file(self) -> Path:
+        """The chain the read-only registry instance serves over TLS (issued by the platform
+        CA for the host of registry.pull_address), for nodes other than this host."""
+        return self.tls_dir / "registry.pem"
+
+    @property
+    def registry_tls_key_file(self) -> Path:
+        return self.secrets_dir / "tls-registry-key.pem"
+
+    @property
     def users_file(self) -> Path:
         return self.hub.users_file or self.state_dir / "users.yaml"
 

@@ -130,11 +130,7 @@ def ensure_hub_certificate(cfg: PlatformConfig) -> HubCertificate | None:
                 note += f"; WARNING: {cfg.hub_tls_key_file} is mode {key_mode:o}, chmod 600 it"
             return HubCertificate(cfg.hub_tls_cert_file, cfg.hub_tls_key_file, leaf, None, note)
         if mode == "self-signed":
-            ca = tls.CertificateAuthority.ensure(
-                cfg.tls_ca_cert_file,
-                cfg.tls_ca_key_file,
-                f"hubstack CA ({socket.gethostname()}:{cfg.state_dir})"[:64],
-            )
+            ca = tls.platform_ca(cfg)
             issued = ca.ensure_server_certificate(
                 hub_certificate_names(cfg), cfg.hub_tls_cert_file, cfg.hub_tls_key_file
             )
