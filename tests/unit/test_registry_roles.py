@@ -26,8 +26,8 @@ from hubstack.registry import (
     registry_container_spec,
     role_of,
 )
-from hubstack.tls import certificate_names, platform_ca
 from hubstack.stack import compose_env, ensure_secrets, hub_config
+from hubstack.tls import certificate_names, platform_ca
 
 
 def make_cfg(tmp_path, **registry):
