@@ -541,6 +541,14 @@ class Stages:
 
 
 def cmd_up(cfg: PlatformConfig, args) -> int:
+    if cfg.cluster.mode == "swarm":
+        # Refused before anything is built or started: a single-host platform brought up
+        # by a config that asks for a swarm would look like success and place nothing.
+        raise CommandError(
+            f"{cfg.path or 'the config'}: cluster.mode: swarm: `hubstack up` does not deploy "
+            "a swarm stack yet (docs/multi-node.md says what works today); use "
+            "cluster.mode: single"
+        )
     stage = Stages("up", UP_STAGES)
     # The cheap checks of `hubstack doctor` first: a busy port or a missing compose plugin
     # is one line now rather than a failure after minutes of building.
