@@ -16,6 +16,10 @@ import docker
 import pytest
 from docker.types import EndpointSpec, Resources, ServiceMode
 
+from hubstack.cli import main
+from hubstack.config import parse_config
+from hubstack.hub.container_spec import USER_LABEL
+from hubstack.nodes import format_nodes, node_rows
 from tests.conftest import SESSION_ID
 from tests.integration.swarm_nodes import GPU_RESOURCE, LABEL_GPU, LABEL_SPARK
 
@@ -96,7 +100,7 @@ def test_placement_by_node_label_and_by_a_free_gpu(swarm, swarm_registry):
     hostname = {n.node_id: n.name for n in swarm.nodes}
     created = []
 
-    def service(name, **kw):
+    def service(name, analyst, **kw):
         svc = manager.services.create(
             swarm_registry.image,
             command=["sleep", "infinity"],
@@ -104,6 +108,7 @@ def test_placement_by_node_label_and_by_a_free_gpu(swarm, swarm_registry):
             name=f"hubtest-{SESSION_ID}-{name}",
             mode=ServiceMode("replicated", 1),
             endpoint_spec=EndpointSpec(mode="dnsrr"),
+            container_labels={USER_LABEL: analyst},
             **kw,
         )
         created.append(svc)
@@ -112,10 +117,10 @@ def test_placement_by_node_label_and_by_a_free_gpu(swarm, swarm_registry):
     try:
         gpu_reservation = Resources(generic_resources={GPU_RESOURCE: 1})
         spark_task = _wait_task(
-            manager, service("spark", constraints=[f"node.labels.{LABEL_SPARK}==true"])
+            manager, service("spark", "bob", constraints=[f"node.labels.{LABEL_SPARK}==true"])
         )
-        first = _wait_task(manager, service("gpu-1", resources=gpu_reservation))
-        second = _wait_task(manager, service("gpu-2", resources=gpu_reservation))
+        first = _wait_task(manager, service("gpu-1", "alice", resources=gpu_reservation))
+        second = _wait_task(manager, service("gpu-2", "carol", resources=gpu_reservation))
 
         assert spark_task["Status"]["State"] == "running"
         assert hostname[spark_task["NodeID"]] == "spark"
@@ -129,6 +134,38 @@ def test_placement_by_node_label_and_by_a_free_gpu(swarm, swarm_registry):
         # One GPU, two asks: the second waits, and the scheduler says why.
         assert second["Status"]["State"] == "pending"
         assert "insufficient resources" in second["Status"]["Err"]
+
+        # `hubstack nodes` shows the same: the GPU taken and by whom, the waiting one nowhere.
+        rows = {r.name: r for r in node_rows(parse_config({}), manager)}
+        assert (rows["gpu"].gpus_total, rows["gpu"].gpus_used) == (1, 1)
+        assert rows["gpu"].analysts == ["alice"] and rows["spark"].analysts == ["bob"]
+        table = format_nodes(list(rows.values()))
+        assert table[0].split() == [
+            *("NODE", "ROLE", "STATE", "AVAILABILITY", "ADDRESS", "GPUS", "LABELS", "ANALYSTS")
+        ]
+        gpu_line = next(line for line in table if line.startswith("gpu "))
+        assert "0 free of 1" in gpu_line and "hubstack.gpu=true" in gpu_line
     finally:
         for svc in created:
             svc.remove()
+
+
+def test_hubstack_nodes_labels_a_node_and_lists_it(swarm, monkeypatch, capsys):
+    monkeypatch.setenv("DOCKER_HOST", swarm.manager.socket)
+    assert main(["nodes", "label", "spark", "site.room=lab2"]) == 0
+    assert "spark: labels hubstack.spark=true, site.room=lab2" in capsys.readouterr().out
+    try:
+        assert main(["nodes"]) == 0
+        out = capsys.readouterr().out
+        spark_line = next(line for line in out.splitlines() if line.startswith("spark "))
+        assert "worker" in spark_line and swarm.node("spark").address in spark_line
+        assert "hubstack.spark=true,site.room=lab2" in spark_line
+        # Mistakes are named, and change nothing.
+        assert main(["nodes", "label", "nosuch", "a=b"]) == 2
+        assert "no node 'nosuch' in this swarm (nodes: gpu, spark)" in capsys.readouterr().err
+        assert main(["nodes", "label", "spark", "Bad Key=1"]) == 2
+        assert "node label 'Bad Key'" in capsys.readouterr().err
+    finally:
+        assert main(["nodes", "label", "spark", "--remove", "site.room"]) == 0
+    labels = swarm.manager.client.nodes.get(swarm.node("spark").node_id).attrs["Spec"]["Labels"]
+    assert labels == {LABEL_SPARK: "true"}
