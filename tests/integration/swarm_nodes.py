@@ -212,7 +212,12 @@ def swarm_cluster(specs: list[tuple[str, dict[str, str], list[str]]]) -> Iterato
             _run("ip", "-n", netns, "link", "set", "eth0", "up")
             _run("ip", "-n", netns, "link", "set", "lo", "up")
             _run("ip", "-n", netns, "route", "add", "default", "via", swarm.host_address)
-            daemon = {"node-generic-resources": resources} if resources else {}
+            # As docs/multi-node.md sets up a node: Swarm services cannot ask for
+            # no-new-privileges (the 1.41 service spec has no such field), so the engine
+            # gives it to every container.
+            daemon: dict = {"no-new-privileges": True}
+            if resources:
+                daemon["node-generic-resources"] = resources
             (root / "etc-docker" / "daemon.json").write_text(json.dumps(daemon))
             if any(r.startswith(f"{GPU_RESOURCE}=") for r in resources):
                 _sim_gpu(root / "dev")

@@ -131,6 +131,10 @@ def test_placement_by_node_label_and_by_a_free_gpu(swarm, swarm_registry):
             first["Status"]["ContainerStatus"]["ContainerID"]
         )
         assert f"DOCKER_RESOURCE_{GPU_RESOURCE}=GPU-sim-0" in container.attrs["Config"]["Env"]
+        # The node's engine adds no-new-privileges to every container (its daemon.json):
+        # a service cannot ask for it itself.
+        status = container.exec_run(["cat", "/proc/self/status"]).output.decode()
+        assert "NoNewPrivs:\t1" in status
         # One GPU, two asks: the second waits, and the scheduler says why.
         assert second["Status"]["State"] == "pending"
         assert "insufficient resources" in second["Status"]["Err"]
