@@ -174,14 +174,24 @@ def _client(node_root: Path, proc: subprocess.Popen, timeout: float = 60) -> doc
             time.sleep(0.3)
 
 
+def _free_segment(seed: int) -> str:
+    """A /24 of the benchmarking range 198.19.0.0/16 that no route of the host uses yet
+    (another session's swarm), starting from SEED."""
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    for i in range(250):
+        net = f"198.19.{(seed + i) % 250 + 1}"
+        if f"{net}.0/24" not in routes:
+            return net
+    raise RuntimeError("no free 198.19.X.0/24 segment for the swarm's nodes")
+
+
 @contextlib.contextmanager
 def swarm_cluster(specs: list[tuple[str, dict[str, str], list[str]]]) -> Iterator[Swarm]:
     """Nodes (name, node labels, generic resources) joined into one swarm, the first one
     the manager (and a worker too: managers run tasks by default). Everything made here
     (namespaces, links, engines, their data) is removed afterwards, even after a failure."""
     prefix = f"hsw{SESSION_ID}"  # 11 characters: interface names may have 15
-    subnet = int(SESSION_ID, 16) % 250 + 1
-    net = f"198.19.{subnet}"
+    net = _free_segment(int(SESSION_ID, 16))
     switch, host_link, uplink = f"{prefix}sw", f"{prefix}h", f"{prefix}u"
     top = Path(tempfile.mkdtemp(prefix="hs-swarm-"))  # short: unix socket paths are too
     swarm = Swarm(host_address=f"{net}.1")
