@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 
 import docker
 
+from hubstack import tls
 from hubstack.config import PlatformConfig, check_node_label
 from hubstack.engine import docker_client
 from hubstack.errors import CommandError
 from hubstack.hub.container_spec import USER_LABEL
+from hubstack.registry import PULL, node_ca_path
 
 
 @dataclass
@@ -140,7 +142,43 @@ def label_node(
     return labels
 
 
+def join_script(cfg: PlatformConfig, client: docker.DockerClient, manager: bool = False) -> str:
+    """What to run, as root, on a machine that joins this swarm: the platform CA where its
+    engine looks for the registry's, then `docker swarm join` to a manager."""
+    _manager_api(client)
+    swarm = client.swarm
+    swarm.reload()
+    token = swarm.attrs["JoinTokens"]["Manager" if manager else "Worker"]
+    managers = [m["Addr"] for m in client.info()["Swarm"].get("RemoteManagers") or []]
+    if not managers:
+        raise CommandError("the swarm lists no manager address; is this engine a manager?")
+    ca_file = node_ca_path(cfg, PULL)
+    ca = tls.platform_ca(cfg).certificate_pem()
+    return "\n".join(
+        [
+            "#!/bin/sh",
+            "# Join this machine to the hubstack swarm. Run as root on the new node, which",
+            "# needs a Docker engine, and ports 2377/tcp, 7946/tcp+udp, 4789/udp open to the",
+            '# other nodes. Its /etc/docker/daemon.json should hold "no-new-privileges": true',
+            '# (and on a GPU node its GPUs: "node-generic-resources": ["NVIDIA-GPU=<uuid>"]),',
+            "# with the engine restarted after a change: see docs/multi-node.md.",
+            "set -eu",
+            "# The platform CA: the engine trusts the registry's certificate through it.",
+            f"mkdir -p '{ca_file.rsplit('/', 1)[0]}'",
+            f"cat > '{ca_file}' <<'HUBSTACK_CA'",
+            ca.rstrip("\n"),
+            "HUBSTACK_CA",
+            f"docker swarm join --token '{token}' '{managers[0]}'",
+            "# Then, on a manager: hubstack nodes label NODE hubstack.gpu=true (or .spark)",
+            "",
+        ]
+    )
+
+
 def cmd_nodes(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    if args.nodes_command == "join-command":
+        print(join_script(cfg, docker_client(), manager=args.manager), end="")
+        return 0
     if args.nodes_command == "label":
         add = parse_assignments(args.labels)
         if not add and not args.remove:
@@ -174,3 +212,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("labels", nargs="*", metavar="KEY=VALUE")
     label.add_argument("--remove", action="append", default=[], metavar="KEY")
     label.set_defaults(func=cmd_nodes)
+    join = sub.add_parser(
+        "join-command",
+        help="print the script that joins a new node (the registry's CA, then swarm join)",
+    )
+    join.add_argument("--manager", action="store_true", help="join as a manager, not a worker")
+    join.set_defaults(func=cmd_nodes)

@@ -291,6 +291,10 @@ class CertificateAuthority:
     def spki_sha256(self) -> str:
         return spki_sha256(self.certificate)
 
+    def certificate_pem(self) -> str:
+        """The CA's certificate, PEM: what clients and nodes are given to trust."""
+        return _cert_pem(self.certificate)
+
     @property
     def common_name(self) -> str:
         return str(self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)

@@ -115,7 +115,15 @@ class SwarmNode:
 class Swarm:
     host_address: str
     """The host's address on the nodes' segment: what the host engine publishes for nodes."""
+    top: Path
+    """The folder every node's root is in."""
+    prefix: str
+    """What this session's namespaces and links are named with."""
+    switch: str
+    """The namespace holding the segment's bridge (br0)."""
     nodes: list[SwarmNode] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    _made: int = 0
 
     @property
     def manager(self) -> SwarmNode:
@@ -126,6 +134,72 @@ class Swarm:
             if n.name == name:
                 return n
         raise KeyError(name)
+
+    def start_node(self, name: str, labels: dict[str, str], resources: list[str]) -> SwarmNode:
+        """A new engine on the segment (not in the swarm yet), added to `nodes`."""
+        self._made += 1
+        n = self._made
+        netns, root = f"{self.prefix}n{n}", self.top / name
+        (root / "etc-docker").mkdir(parents=True)
+        address = f"{self.host_address.rsplit('.', 1)[0]}.{10 + n}"
+        _run("ip", "netns", "add", netns)
+        self.namespaces.append(netns)
+        _run(
+            *("ip", "-n", self.switch, "link", "add", f"p{n}", "type", "veth"),
+            *("peer", "name", "eth0", "netns", netns),
+        )
+        _run("ip", "-n", self.switch, "link", "set", f"p{n}", "master", "br0", "up")
+        _run("ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
+        _run("ip", "-n", netns, "link", "set", "eth0", "up")
+        _run("ip", "-n", netns, "link", "set", "lo", "up")
+        _run("ip", "-n", netns, "route", "add", "default", "via", self.host_address)
+        # As docs/multi-node.md sets up a node: Swarm services cannot ask for
+        # no-new-privileges (the 1.41 service spec has no such field), so the engine
+        # gives it to every container.
+        daemon: dict = {"no-new-privileges": True}
+        if resources:
+            daemon["node-generic-resources"] = resources
+        (root / "etc-docker" / "daemon.json").write_text(json.dumps(daemon))
+        if any(r.startswith(f"{GPU_RESOURCE}=") for r in resources):
+            _sim_gpu(root / "dev")
+        proc = _start_engine(root, netns, name)
+        node = SwarmNode(name, address, root, labels, resources, None, proc)  # type: ignore[arg-type]
+        self.nodes.append(node)
+        node.client = _client(root, proc)
+        return node
+
+    def stop_node(self, node: SwarmNode) -> None:
+        """Stop NODE's engine and remove its namespace and folder (not its swarm entry)."""
+        if node.client is not None:
+            node.client.close()
+        node.process.terminate()
+        try:
+            node.process.wait(60)
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait()
+        self.nodes.remove(node)
+        with open("/proc/mounts") as mounts:
+            inside = [m.split()[1] for m in mounts if m.split()[1].startswith(f"{node.root}/")]
+        for mountpoint in sorted(inside, reverse=True):
+            subprocess.run(["umount", "-l", mountpoint], check=False)
+        # Its namespace goes in swarm_cluster's teardown, with the switch's links.
+        shutil.rmtree(node.root, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def extra_node(self, name: str) -> Iterator[SwarmNode]:
+        """A further engine on the segment for one test, to join the swarm as the test
+        wants; afterwards it leaves, the manager forgets it, and its engine is stopped."""
+        node = self.start_node(name, {}, [])
+        try:
+            yield node
+        finally:
+            with contextlib.suppress(docker.errors.APIError):
+                node.client.swarm.leave(force=True)
+            for entry in self.manager.client.nodes.list(filters={"name": name}):
+                with contextlib.suppress(docker.errors.APIError):
+                    entry.remove(force=True)
+            self.stop_node(node)
 
 
 def _run(*cmd: str) -> None:
@@ -192,14 +266,13 @@ def swarm_cluster(specs: list[tuple[str, dict[str, str], list[str]]]) -> Iterato
     (namespaces, links, engines, their data) is removed afterwards, even after a failure."""
     prefix = f"hsw{SESSION_ID}"  # 11 characters: interface names may have 15
     net = _free_segment(int(SESSION_ID, 16))
-    switch, host_link, uplink = f"{prefix}sw", f"{prefix}h", f"{prefix}u"
+    host_link, uplink = f"{prefix}h", f"{prefix}u"
     top = Path(tempfile.mkdtemp(prefix="hs-swarm-"))  # short: unix socket paths are too
-    swarm = Swarm(host_address=f"{net}.1")
-    namespaces: list[str] = []
-    processes: list[subprocess.Popen] = []
+    swarm = Swarm(host_address=f"{net}.1", top=top, prefix=prefix, switch=f"{prefix}sw")
+    switch = swarm.switch
     try:
         _run("ip", "netns", "add", switch)
-        namespaces.append(switch)
+        swarm.namespaces.append(switch)
         _run("ip", "-n", switch, "link", "add", "br0", "type", "bridge")
         _run("ip", "-n", switch, "link", "set", "br0", "up")
         _run("ip", "link", "add", host_link, "type", "veth", "peer", "name", uplink)
@@ -207,35 +280,8 @@ def swarm_cluster(specs: list[tuple[str, dict[str, str], list[str]]]) -> Iterato
         _run("ip", "-n", switch, "link", "set", uplink, "master", "br0", "up")
         _run("ip", "addr", "add", f"{swarm.host_address}/24", "dev", host_link)
         _run("ip", "link", "set", host_link, "up")
-        for n, (name, labels, resources) in enumerate(specs, start=1):
-            netns, root = f"{prefix}n{n}", top / name
-            (root / "etc-docker").mkdir(parents=True)
-            address = f"{net}.{10 + n}"
-            _run("ip", "netns", "add", netns)
-            namespaces.append(netns)
-            _run(
-                *("ip", "-n", switch, "link", "add", f"p{n}", "type", "veth"),
-                *("peer", "name", "eth0", "netns", netns),
-            )
-            _run("ip", "-n", switch, "link", "set", f"p{n}", "master", "br0", "up")
-            _run("ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
-            _run("ip", "-n", netns, "link", "set", "eth0", "up")
-            _run("ip", "-n", netns, "link", "set", "lo", "up")
-            _run("ip", "-n", netns, "route", "add", "default", "via", swarm.host_address)
-            # As docs/multi-node.md sets up a node: Swarm services cannot ask for
-            # no-new-privileges (the 1.41 service spec has no such field), so the engine
-            # gives it to every container.
-            daemon: dict = {"no-new-privileges": True}
-            if resources:
-                daemon["node-generic-resources"] = resources
-            (root / "etc-docker" / "daemon.json").write_text(json.dumps(daemon))
-            if any(r.startswith(f"{GPU_RESOURCE}=") for r in resources):
-                _sim_gpu(root / "dev")
-            proc = _start_engine(root, netns, name)
-            processes.append(proc)
-            swarm.nodes.append(
-                SwarmNode(name, address, root, labels, resources, _client(root, proc), proc)
-            )
+        for name, labels, resources in specs:
+            swarm.start_node(name, labels, resources)
         manager = swarm.manager
         manager.client.swarm.init(advertise_addr=manager.address, listen_addr=manager.address)
         token = manager.client.swarm.attrs["JoinTokens"]["Worker"]
@@ -255,23 +301,11 @@ def swarm_cluster(specs: list[tuple[str, dict[str, str], list[str]]]) -> Iterato
         _wait_ready(swarm)
         yield swarm
     finally:
-        for node in swarm.nodes:
-            node.client.close()
-        for proc in processes:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for netns in reversed(namespaces):
+        for node in reversed(list(swarm.nodes)):
+            swarm.stop_node(node)
+        for netns in reversed(swarm.namespaces):
             subprocess.run(["ip", "netns", "del", netns], capture_output=True)
         subprocess.run(["ip", "link", "del", host_link], capture_output=True)
-        # Whatever an engine left mounted under its root (its netns files under exec/).
-        with open("/proc/mounts") as mounts:
-            inside = [m.split()[1] for m in mounts if m.split()[1].startswith(f"{top}/")]
-        for mountpoint in sorted(inside, reverse=True):
-            subprocess.run(["umount", "-l", mountpoint], check=False)
         shutil.rmtree(top, ignore_errors=True)
 
 

@@ -9,7 +9,9 @@ daemon.json's node-generic-resources; no device is handed to any container here.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import time
 
 import docker
@@ -173,3 +175,30 @@ def test_hubstack_nodes_labels_a_node_and_lists_it(swarm, monkeypatch, capsys):
         assert main(["nodes", "label", "spark", "--remove", "site.room"]) == 0
     labels = swarm.manager.client.nodes.get(swarm.node("spark").node_id).attrs["Spec"]["Labels"]
     assert labels == {LABEL_SPARK: "true"}
+
+
+def test_join_command_joins_a_new_node_that_then_pulls_with_the_platform_ca(
+    swarm, swarm_registry, monkeypatch, capsys
+):
+    monkeypatch.setenv("DOCKER_HOST", swarm.manager.socket)
+    assert main(["-c", str(swarm_registry.cfg.path), "nodes", "join-command"]) == 0
+    script = capsys.readouterr().out
+    with swarm.extra_node("late") as node:
+        # Run as root on the new node: in its mount namespace (its own /etc/docker), with
+        # the docker CLI talking to its engine.
+        ran = subprocess.run(
+            ["nsenter", "-t", str(node.process.pid), "-m", "-n", "-u", "sh", "-s"],
+            input=script,
+            env={**os.environ, "DOCKER_HOST": node.socket},
+            capture_output=True,
+            text=True,
+        )
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "This node joined a swarm as a worker" in ran.stdout
+        assert node.client.info()["Swarm"]["LocalNodeState"] == "active"
+        ca = node.etc_docker / "certs.d" / swarm_registry.pull_address / "ca.crt"
+        assert ca.read_text() == swarm_registry.ca_file.read_text()
+        image = node.client.images.pull(swarm_registry.image, auth_config=swarm_registry.pull_auth)
+        assert image.labels["io.hubstack.test"] == "swarm-tiny"
+    names = [n.attrs["Description"]["Hostname"] for n in swarm.manager.client.nodes.list()]
+    assert sorted(names) == ["gpu", "spark"]  # gone again, for the tests after this one
