@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "hubstack.images.cli",
     "hubstack.hub.users_cli",
     "hubstack.hub.gpus_cli",
+    "hubstack.nodes",
     "hubstack.hub.announce_cli",
     "hubstack.stack",
     "hubstack.envreport",

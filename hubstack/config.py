@@ -241,6 +241,60 @@ class AccessList(_Section):
         return ", ".join(who) or "nobody"
 
 
+NODE_LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9.\-]*[a-z0-9])?$")
+NODE_LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def check_node_label(key: str, value: str | None = None) -> None:
+    """A node label a Swarm placement constraint can name: a lowercase dotted key (not
+    Docker's own com.docker.*), and a value without spaces, commas or operators."""
+    if not NODE_LABEL_KEY.match(key) or ".." in key:
+        raise ValueError(
+            f"node label {key!r}: must be lowercase letters, digits, '.' and '-' "
+            "(e.g. hubstack.gpu)"
+        )
+    if key.startswith(("com.docker.", "io.docker.", "org.dockerproject.")):
+        raise ValueError(f"node label {key!r}: that namespace is Docker's own")
+    if value is not None and not NODE_LABEL_VALUE.match(value):
+        raise ValueError(
+            f"node label {key}={value!r}: the value must be letters, digits, '_', '.' or '-'"
+        )
+
+
+class NodeLabelsConfig(_Section):
+    """The node labels that mark what a node offers (`hubstack nodes label NODE KEY=true`)."""
+
+    gpu: str = "hubstack.gpu"
+    """Nodes with GPUs: profiles with gpus > 0 go only there."""
+    spark: str = "hubstack.spark"
+    """Nodes for Spark: the Spark profile's server and cluster go only there."""
+
+    @field_validator("gpu", "spark")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        check_node_label(v)
+        return v
+
+
+class ClusterConfig(_Section):
+    """Where notebooks run: this host's engine, or the nodes of a Docker Swarm."""
+
+    mode: Literal["single", "swarm"] = "single"
+    """single: one engine, this host. swarm: notebooks and Spark as Swarm services, placed
+    on nodes by their labels (docs/multi-node.md)."""
+    node_labels: NodeLabelsConfig = NodeLabelsConfig()
+    gpu_resource: str = "NVIDIA-GPU"
+    """The Swarm generic resource GPU nodes advertise (node-generic-resources in their
+    daemon.json); a GPU profile reserves `gpus` of it, so two analysts never share one."""
+
+    @field_validator("gpu_resource")
+    @classmethod
+    def _resource(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_\-]*$", v):
+            raise ValueError(f"must be a resource kind such as NVIDIA-GPU, got {v!r}")
+        return v
+
+
 class ProfileConfig(_Section):
     name: str
     display_name: str
@@ -253,6 +307,17 @@ class ProfileConfig(_Section):
     mem_limit: MemorySize | None = None
     gpus: int = Field(0, ge=0)
     spark: bool = False
+    placement: dict[str, str] | None = None
+    """Swarm mode: node labels (KEY: VALUE) a node must carry to run this profile's servers.
+    Unset: cluster.node_labels.gpu=true for a profile with gpus, .spark=true for a Spark
+    profile, else any node (PlatformConfig.placement)."""
+
+    @field_validator("placement")
+    @classmethod
+    def _placement(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for key, value in (v or {}).items():
+            check_node_label(key, str(value))
+        return v
 
     @field_validator("name")
     @classmethod
@@ -929,6 +994,7 @@ class PlatformConfig(_Section):
     spark: SparkConfig = SparkConfig()
     network: NetworkConfig = NetworkConfig()
     gpu: GPUConfig = GPUConfig()
+    cluster: ClusterConfig = ClusterConfig()
     ci: CIConfig = CIConfig()
     user_images: UserImagesConfig = UserImagesConfig()
     auth: AuthConfig = AuthConfig()
@@ -990,6 +1056,16 @@ class PlatformConfig(_Section):
     @property
     def hub_tls_key_file(self) -> Path:
         return self.hub.tls.key or self.secrets_dir / "tls-hub-key.pem"
+
+    @property
+    def registry_tls_cert_file(self) -> Path:
+        """The chain the read-only registry instance serves over TLS (issued by the platform
+        CA for the host of registry.pull_address), for nodes other than this host."""
+        return self.tls_dir / "registry.pem"
+
+    @property
+    def registry_tls_key_file(self) -> Path:
+        return self.secrets_dir / "tls-registry-key.pem"
 
     @property
     def users_file(self) -> Path:
@@ -1063,6 +1139,23 @@ class PlatformConfig(_Section):
         """USERS_ADDRESS/NAMESPACE/NAME: a per-user image's repository (NAME: user/ANALYST),
         in the users instance, never in the blessed images' registry."""
         return f"{self.registry.users_address}/{self.repository_path(name)}"
+
+    def placement(self, profile: ProfileConfig) -> dict[str, str]:
+        """The node labels PROFILE's servers need in swarm mode: its own `placement`, else
+        the GPU label for a profile with GPUs and the Spark label for a Spark profile."""
+        if profile.placement is not None:
+            return dict(profile.placement)
+        labels = self.cluster.node_labels
+        out = {}
+        if profile.gpus:
+            out[labels.gpu] = "true"
+        if profile.spark:
+            out[labels.spark] = "true"
+        return out
+
+    def placement_constraints(self, profile: ProfileConfig) -> list[str]:
+        """PROFILE's placement as Swarm constraints (`docker service create --constraint`)."""
+        return [f"node.labels.{k}=={v}" for k, v in sorted(self.placement(profile).items())]
 
     def profile(self, name: str) -> ProfileConfig:
         for p in self.profiles:

@@ -23,6 +23,7 @@ repr and errors name the user and the address only.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import time
@@ -33,6 +34,7 @@ from typing import Literal
 import bcrypt
 import requests
 
+from hubstack import tls
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
 from hubstack.secretfiles import write_private
@@ -330,6 +332,44 @@ PULL_INSTANCE_ENV = {
 }
 
 
+NODE_CERTS_DIR = "/etc/docker/certs.d"
+"""Where a Docker engine looks for a registry's CA: NODE_CERTS_DIR/HOST:PORT/ca.crt, read at
+each pull (no engine restart), so a node trusts the registry without insecure-registries."""
+
+
+def node_ca_path(cfg: PlatformConfig, role: Role = PULL) -> str:
+    """The path on every node where the platform CA must be, for ROLE's address."""
+    return f"{NODE_CERTS_DIR}/{registry_address(cfg, role)}/ca.crt"
+
+
+def registry_certificate(cfg: PlatformConfig, role: Role = PULL) -> tls.Issued:
+    """The certificate ROLE's instance serves to nodes (for the host of its address), issued
+    by the platform CA (hubstack.tls.platform_ca) and issued again only when it no longer
+    fits. Loopback needs none: Docker allows plain HTTP to 127.0.0.0/8."""
+    host = registry_address(cfg, role).rsplit(":", 1)[0]
+    try:
+        return tls.platform_ca(cfg).ensure_server_certificate(
+            [host], cfg.registry_tls_cert_file, cfg.registry_tls_key_file
+        )
+    except tls.CertificateError as e:
+        raise CommandError(f"registry TLS for {registry_address(cfg, role)}: {e}") from None
+
+
+def _bind_host(address: str) -> str:
+    """The host address to publish an instance on: the address's own IP, or every address
+    when it names the host by a DNS name."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return "0.0.0.0"
+
+
+# Inside the registry container: where registry_container_spec mounts the served chain and key.
+_TLS_CERT = "/etc/docker/registry/tls/registry.pem"
+_TLS_KEY = "/etc/docker/registry/tls/registry-key.pem"
+
+
 CONTAINER_LABELS: dict[Role, str] = {
     PUSH: "registry",
     PULL: "registry-pull",
@@ -338,23 +378,40 @@ CONTAINER_LABELS: dict[Role, str] = {
 """io.hubstack.role of each instance's container, and its compose service's name."""
 
 
-def registry_container_spec(cfg: PlatformConfig, name: str, volume: str, role: Role = PUSH) -> dict:
+def registry_container_spec(
+    cfg: PlatformConfig,
+    name: str,
+    volume: str,
+    role: Role = PUSH,
+    certificate: tls.Issued | None = None,
+) -> dict:
     """How to run ROLE's registry instance outside compose (tests, bootstrap): docker-py run()
-    kwargs. Push and pull share VOLUME, which the pull instance mounts read-only; the users
-    instance gets a VOLUME of its own."""
+    kwargs, published on the host of ROLE's address. Push and pull share VOLUME, which the
+    pull instance mounts read-only; the users instance gets a VOLUME of its own. With a
+    CERTIFICATE (registry_certificate()) it serves HTTPS only, for nodes other than this host."""
     config_file = cfg.source_root / "registry" / "config.yml"
-    port = int(registry_address(cfg, role).rsplit(":", 1)[1])
+    address = registry_address(cfg, role)
+    port = int(address.rsplit(":", 1)[1])
+    environment = dict(PULL_INSTANCE_ENV) if role == PULL else {}
+    volumes = {
+        str(config_file): {"bind": "/etc/docker/registry/config.yml", "mode": "ro"},
+        str(htpasswd_file(cfg, role)): {"bind": "/auth/htpasswd", "mode": "ro"},
+        volume: {"bind": "/var/lib/registry", "mode": "ro" if role == PULL else "rw"},
+    }
+    if certificate is not None:
+        # distribution's environment overrides of http.tls (registry/config.yml stays the
+        # one declaration of everything else).
+        environment["REGISTRY_HTTP_TLS_CERTIFICATE"] = _TLS_CERT
+        environment["REGISTRY_HTTP_TLS_KEY"] = _TLS_KEY
+        volumes[str(certificate.cert_file)] = {"bind": _TLS_CERT, "mode": "ro"}
+        volumes[str(certificate.key_file)] = {"bind": _TLS_KEY, "mode": "ro"}
     return dict(
         image=cfg.registry.image,
         name=name,
         detach=True,
-        ports={"5000/tcp": ("127.0.0.1", port)},
-        environment=PULL_INSTANCE_ENV if role == PULL else {},
-        volumes={
-            str(config_file): {"bind": "/etc/docker/registry/config.yml", "mode": "ro"},
-            str(htpasswd_file(cfg, role)): {"bind": "/auth/htpasswd", "mode": "ro"},
-            volume: {"bind": "/var/lib/registry", "mode": "ro" if role == PULL else "rw"},
-        },
+        ports={"5000/tcp": (_bind_host(address), port)},
+        environment=environment,
+        volumes=volumes,
         labels={"io.hubstack.role": CONTAINER_LABELS[role]},
         restart_policy={"Name": "unless-stopped"},
     )

@@ -130,11 +130,7 @@ def ensure_hub_certificate(cfg: PlatformConfig) -> HubCertificate | None:
                 note += f"; WARNING: {cfg.hub_tls_key_file} is mode {key_mode:o}, chmod 600 it"
             return HubCertificate(cfg.hub_tls_cert_file, cfg.hub_tls_key_file, leaf, None, note)
         if mode == "self-signed":
-            ca = tls.CertificateAuthority.ensure(
-                cfg.tls_ca_cert_file,
-                cfg.tls_ca_key_file,
-                f"hubstack CA ({socket.gethostname()}:{cfg.state_dir})"[:64],
-            )
+            ca = tls.platform_ca(cfg)
             issued = ca.ensure_server_certificate(
                 hub_certificate_names(cfg), cfg.hub_tls_cert_file, cfg.hub_tls_key_file
             )
@@ -545,6 +541,14 @@ class Stages:
 
 
 def cmd_up(cfg: PlatformConfig, args) -> int:
+    if cfg.cluster.mode == "swarm":
+        # Refused before anything is built or started: a single-host platform brought up
+        # by a config that asks for a swarm would look like success and place nothing.
+        raise CommandError(
+            f"{cfg.path or 'the config'}: cluster.mode: swarm: `hubstack up` does not deploy "
+            "a swarm stack yet (docs/multi-node.md says what works today); use "
+            "cluster.mode: single"
+        )
     stage = Stages("up", UP_STAGES)
     # The cheap checks of `hubstack doctor` first: a busy port or a missing compose plugin
     # is one line now rather than a failure after minutes of building.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hubstack.config import check_certificate_name
+from hubstack.config import PlatformConfig, check_certificate_name
 from hubstack.secretfiles import write_private
 
 CA_DAYS = 3650
@@ -290,6 +291,10 @@ class CertificateAuthority:
     def spki_sha256(self) -> str:
         return spki_sha256(self.certificate)
 
+    def certificate_pem(self) -> str:
+        """The CA's certificate, PEM: what clients and nodes are given to trust."""
+        return _cert_pem(self.certificate)
+
     @property
     def common_name(self) -> str:
         return str(self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
@@ -410,3 +415,14 @@ def covers(cert: x509.Certificate, name: str) -> bool:
         return True
     first, _, rest = name.partition(".")
     return bool(rest) and f"*.{rest}" in have
+
+
+def platform_ca(cfg: PlatformConfig) -> CertificateAuthority:
+    """The platform's one CA (STATE_DIR/tls/ca.pem, its key in STATE_DIR/secrets): it issues
+    the hub's self-signed certificate and the registry's, so a browser and every node trust
+    one certificate. Made on first use."""
+    return CertificateAuthority.ensure(
+        cfg.tls_ca_cert_file,
+        cfg.tls_ca_key_file,
+        f"hubstack CA ({socket.gethostname()}:{cfg.state_dir})"[:64],
+    )

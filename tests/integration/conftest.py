@@ -72,3 +72,8 @@ def clients(hub_stack):
     stop_servers(out)
     yield out
     stop_servers(out)
+
+
+# The multi-node swarm (two real engines in namespaces of their own) and the platform
+# registry as its nodes see it: session fixtures any swarm test may ask for.
+from tests.integration.swarm_nodes import swarm, swarm_registry  # noqa: E402, F401

@@ -128,3 +128,55 @@ def test_subdomain_host_is_where_people_open_the_hub():
     # https is a TLS terminator's address: it forwards to hub.port from its own port.
     public = parse_config({"hub": {"subdomain_host": "https://Hub.Example.org"}})
     assert public.hub.public_url == "https://hub.example.org/"
+
+
+def test_cluster_defaults_to_one_host_and_places_profiles_by_what_they_need():
+    cfg = parse_config({})
+    assert cfg.cluster.mode == "single"
+    by_name = {p.name: cfg.placement_constraints(p) for p in cfg.profiles}
+    assert by_name == {
+        "default": [],
+        "spark": ["node.labels.hubstack.spark==true"],
+        "gpu": ["node.labels.hubstack.gpu==true"],
+    }
+
+
+def test_placement_follows_the_configured_labels_and_a_profile_may_say_its_own():
+    cfg = parse_config(
+        {
+            "cluster": {"mode": "swarm", "node_labels": {"gpu": "site.accel"}},
+            "profiles": [
+                {"name": "big", "display_name": "Big", "gpus": 2},
+                {
+                    "name": "lab2",
+                    "display_name": "Lab 2",
+                    "gpus": 1,
+                    "placement": {"site.room": "lab2", "hubstack.gpu": "true"},
+                },
+            ],
+        }
+    )
+    big, lab2 = cfg.profiles
+    assert cfg.placement_constraints(big) == ["node.labels.site.accel==true"]
+    assert cfg.placement_constraints(lab2) == [
+        "node.labels.hubstack.gpu==true",
+        "node.labels.site.room==lab2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"cluster": {"mode": "kubernetes"}}, "cluster.mode: Input should be 'single' or 'swarm'"),
+        ({"cluster": {"node_labels": {"gpu": "Has Space"}}}, "cluster.node_labels.gpu: "),
+        ({"cluster": {"node_labels": {"gpu": "com.docker.gpu"}}}, "Docker's own"),
+        ({"cluster": {"gpu_resource": "gpu=1"}}, "cluster.gpu_resource: "),
+        (
+            {"profiles": [{"name": "x", "display_name": "X", "placement": {"a": "x==y"}}]},
+            "profiles.0.placement: ",
+        ),
+    ],
+)
+def test_bad_cluster_settings_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        parse_config(data)

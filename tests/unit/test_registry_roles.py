@@ -21,10 +21,13 @@ from hubstack.registry import (
     auth_config,
     htpasswd_file,
     load_credentials,
+    node_ca_path,
+    registry_certificate,
     registry_container_spec,
     role_of,
 )
 from hubstack.stack import compose_env, ensure_secrets, hub_config
+from hubstack.tls import certificate_names, platform_ca
 
 
 def make_cfg(tmp_path, **registry):
@@ -225,3 +228,38 @@ def test_users_address_must_differ_from_the_other_instances(tmp_path):
             compose_env(cfg)
     with pytest.raises(ConfigError, match="registry.users_address: must be host:port"):
         make_cfg(tmp_path, users_address="nowhere")
+
+
+def test_nodes_get_a_tls_pull_instance_with_a_certificate_from_the_platform_ca(tmp_path):
+    cfg = make_cfg(tmp_path, pull_address="10.20.0.5:5001")
+    issued = registry_certificate(cfg)
+    assert issued.reissued and certificate_names(issued.certificate) == {"10.20.0.5"}
+    assert issued.certificate.issuer == platform_ca(cfg).certificate.subject
+    assert mode(issued.key_file) == 0o600 and issued.key_file.parent == cfg.secrets_dir
+    # Kept while it fits: nodes trust the CA, but a restart should not churn certificates.
+    assert not registry_certificate(cfg).reissued
+    assert node_ca_path(cfg) == "/etc/docker/certs.d/10.20.0.5:5001/ca.crt"
+
+    spec = registry_container_spec(cfg, "r-pull", "vol", PULL, certificate=issued)
+    # Published on the nodes' address itself, HTTPS only, with the chain and key read-only.
+    assert spec["ports"]["5000/tcp"] == ("10.20.0.5", 5001)
+    env = spec["environment"]
+    assert env["REGISTRY_HTTP_TLS_CERTIFICATE"].startswith("/etc/docker/registry/tls/")
+    assert spec["volumes"][str(issued.cert_file)] == {
+        "bind": env["REGISTRY_HTTP_TLS_CERTIFICATE"],
+        "mode": "ro",
+    }
+    assert spec["volumes"][str(issued.key_file)] == {
+        "bind": env["REGISTRY_HTTP_TLS_KEY"],
+        "mode": "ro",
+    }
+    assert PULL_INSTANCE_ENV.items() <= env.items()
+    # The module's constant is not changed by the TLS settings of one spec.
+    assert "REGISTRY_HTTP_TLS_KEY" not in PULL_INSTANCE_ENV
+
+
+def test_a_registry_named_by_dns_is_published_on_every_address(tmp_path):
+    cfg = make_cfg(tmp_path, pull_address="registry.example.org:5001")
+    spec = registry_container_spec(cfg, "r-pull", "vol", PULL)
+    assert spec["ports"]["5000/tcp"] == ("0.0.0.0", 5001)
+    assert certificate_names(registry_certificate(cfg).certificate) == {"registry.example.org"}
