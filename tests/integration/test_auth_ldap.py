@@ -1,15 +1,14 @@
 """LDAP login on the real stack, against a real slapd (Debian's, LDAPS with a CA made here).
 
-For this module the shared platform runs with `auth.sources: [file, ldap]` and
-`auth.ldap` pointing at the directory (search-then-bind with a search account whose
-password is a 0600 file, the CA from the config, allowed group `analysts`, posixGroups
-under ou=groups): the config is changed the way a platform engineer would, compose/.env
-and the hub's config rewritten by `render_env`, and the hub recreated; afterwards it goes
-back as it was. Checked as an analyst sees it: carol (directory) logs in in Chromium and
-over the REST API, starts a server, and a notebook prints the directory's UID, GID and
-groups; a users-file admin still logs in; a wrong password, dave (outside the allowed
-groups) and a stopped slapd each get their own answer; with slapd stopped, carol's running
-server and session keep working."""
+For this module the shared platform serves HTTPS (hub.tls self-signed) and runs with
+`auth.sources: [file, ldap]` and `auth.ldap` pointing at the directory (search-then-bind
+with a search account whose password is a 0600 file, the CA from the config, allowed group
+`analysts`, posixGroups under ou=groups): the config is changed the way a platform engineer
+would and `hubstack up` run; afterwards it goes back as it was. Checked as an analyst sees
+it: carol (directory) logs in in Chromium over HTTPS and over the REST API, starts a
+server, and a notebook prints the directory's UID, GID and groups; a users-file admin still
+logs in; a wrong password, dave (outside the allowed groups) and a stopped slapd each get
+their own answer; with slapd stopped, carol's running server and session keep working."""
 
 from __future__ import annotations
 
@@ -22,23 +21,20 @@ from pathlib import Path
 
 import docker
 import pytest
-import yaml
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 from traitlets.config import Config
 
-from hubstack import stack
-from hubstack.config import load_config
 from hubstack.hub.ldap import DirectoryUnavailable, LDAPSource, authenticator_settings
 from hubstack.hub.users import users_file_for
-from tests.conftest import SESSION_ID
+from tests.conftest import SESSION_ID, free_port
 from tests.integration import ldap_directory as directory
-from tests.integration.hubstack_e2e import HubClient, hubstack, url
+from tests.integration.hubstack_e2e import HubClient, hubstack, reconfigured_stack, url
 from tests.integration.test_browser import (
     ARTIFACTS,
     log_in,
-    start_chromium,
+    start_chromium_trusting_platform_ca,
     uid_printed_by_a_new_notebook,
 )
 
@@ -55,17 +51,9 @@ GROUPS = {
 OPS = ("ldapops", "ldapops-pw-6b03", 23900)  # a users-file admin beside the directory
 
 
-def recreate_hub(cfg) -> None:
-    """What `hubstack up` does for a changed config, for the hub alone: its config copy and
-    compose/.env rewritten, the container recreated (running servers are untouched)."""
-    stack.render_env(cfg)
-    stack.compose(cfg, "up", "-d", "--no-deps", "--force-recreate", "--wait", "hub", capture=True)
-    stack.wait_for_hub(cfg)
-
-
 def remove_hub_users(cfg, names: list[str]) -> None:
     """Stop NAMES' servers and delete them from the hub, as the users-file admin."""
-    ops = HubClient(url(cfg), OPS[0])
+    ops = HubClient.at(cfg, OPS[0])
     if ops.login(OPS[1]).status_code != 302:
         return
     ops.make_token()
@@ -91,23 +79,25 @@ def ldap_hub(hub_stack, docker_client):
     secret = tmp / "search-password"
     secret.write_text(directory.SEARCH_PW + "\n")
     secret.chmod(0o600)
-    original = Path(config).read_text()
-    data = yaml.safe_load(original)
-    data["auth"] = {
-        "sources": ["file", "ldap"],
-        "ldap": {
-            "server": HOST,
-            "tls": "ldaps",
-            "ca_file": str(tmp / "ca.pem"),
-            "lookup_dn": True,
-            "search_user_dn": directory.SEARCH_DN,
-            "search_password_file": str(secret),
-            "user_search_base": directory.PEOPLE,
-            "allowed_groups": [f"cn=analysts,{directory.GROUPS}"],
-            "group_search_base": directory.GROUPS,
-            "timeout": 10,
-        },
-    }
+
+    def https_and_ldap(data: dict) -> None:
+        data["hub"]["tls"] = {"mode": "self-signed", "http_port": free_port()}
+        data["auth"] = {
+            "sources": ["file", "ldap"],
+            "ldap": {
+                "server": HOST,
+                "tls": "ldaps",
+                "ca_file": str(tmp / "ca.pem"),
+                "lookup_dn": True,
+                "search_user_dn": directory.SEARCH_DN,
+                "search_password_file": str(secret),
+                "user_search_base": directory.PEOPLE,
+                "allowed_groups": [f"cn=analysts,{directory.GROUPS}"],
+                "group_search_base": directory.GROUPS,
+                "timeout": 10,
+            },
+        }
+
     users_file_for(cfg).add(OPS[0], OPS[2], OPS[2], admin=True, password=OPS[1])
     container = None
     try:
@@ -116,15 +106,14 @@ def ldap_hub(hub_stack, docker_client):
             docker_client, image, container_name, cfg.hub.network, HOST, ca, cert, key,
             directory.tree([CAROL, DAVE], GROUPS),
         )  # fmt: skip
-        Path(config).write_text(yaml.safe_dump(data, sort_keys=False))
-        ldap_cfg = load_config(config)
-        recreate_hub(ldap_cfg)
-        yield ldap_cfg, config, container
+        with reconfigured_stack(Path(config), https_and_ldap) as (ldap_cfg, _):
+            try:
+                yield ldap_cfg, config, container
+            finally:
+                # the shared hub goes back without them
+                remove_hub_users(ldap_cfg, [CAROL.name, DAVE.name])
     finally:
-        Path(config).write_text(original)
-        remove_hub_users(cfg, [CAROL.name, DAVE.name])  # the shared hub goes back without them
         users_file_for(cfg).remove(OPS[0])
-        recreate_hub(cfg)
         if container is not None:
             container.remove(force=True)
         try:
@@ -135,8 +124,10 @@ def ldap_hub(hub_stack, docker_client):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    b = start_chromium()
+def browser(ldap_hub):
+    """Chromium trusting exactly the platform CA's key (the hub serves HTTPS)."""
+    cfg, _, _ = ldap_hub
+    b = start_chromium_trusting_platform_ca(cfg)
     yield b
     b.quit()
 
@@ -170,7 +161,7 @@ def test_in_chromium_a_directory_analyst_logs_in_and_a_notebook_runs_as_their_ui
 @pytest.fixture(scope="module")
 def carol(ldap_hub) -> HubClient:
     cfg, _, _ = ldap_hub
-    client = HubClient(url(cfg), CAROL.name)
+    client = HubClient.at(cfg, CAROL.name)
     assert client.login(CAROL.password).status_code == 302
     client.make_token()
     return client
@@ -191,7 +182,7 @@ def test_the_server_has_the_directorys_uid_gid_and_groups(ldap_hub, carol):
     assert out.endswith("carol /home/carol"), out
 
     # The directory's group names are carol's JupyterHub groups (profile access by group).
-    ops = HubClient(url(cfg), OPS[0])
+    ops = HubClient.at(cfg, OPS[0])
     assert ops.login(OPS[1]).status_code == 302, "a users-file admin logs in beside LDAP"
     ops.make_token()
     model = ops.api("GET", f"/hub/api/users/{CAROL.name}").json()
@@ -224,19 +215,21 @@ def test_the_directorys_certificate_must_name_the_server(ldap_hub, docker_client
 
 def test_each_refusal_has_its_own_answer(ldap_hub):
     cfg, _, _ = ldap_hub
-    wrong = HubClient(url(cfg), CAROL.name).login("not-her-password")
+    wrong = HubClient.at(cfg, CAROL.name).login("not-her-password")
     assert wrong.status_code == 403 and "Invalid username or password" in wrong.text
-    unknown = HubClient(url(cfg), "nobody-here").login("pw")
+    unknown = HubClient.at(cfg, "nobody-here").login("pw")
     assert unknown.status_code == 403 and "Invalid username or password" in unknown.text
-    outside = HubClient(url(cfg), DAVE.name).login(DAVE.password)
+    outside = HubClient.at(cfg, DAVE.name).login(DAVE.password)
     assert outside.status_code == 403
     assert "not in a group allowed to use this hub" in outside.text
     # A token request with the password in its body is refused too (JupyterHub's token API
     # answers every failed authentication with a bare 403, whatever the reason).
-    token = HubClient(url(cfg), DAVE.name).http.post(
-        f"{url(cfg)}/hub/api/users/{DAVE.name}/tokens",
+    dave = HubClient.at(cfg, DAVE.name)
+    token = dave.http.post(
+        f"{dave.base}/hub/api/users/{DAVE.name}/tokens",
         json={"auth": {"username": DAVE.name, "password": DAVE.password}},
         timeout=60,
+        verify=dave.verify,
     )
     assert token.status_code == 403
 
@@ -249,7 +242,7 @@ def test_with_the_directory_down_running_servers_and_sessions_keep_working(
         carol.start()
     container.stop(timeout=5)
     try:
-        down = HubClient(url(cfg), CAROL.name).login(CAROL.password)
+        down = HubClient.at(cfg, CAROL.name).login(CAROL.password)
         assert down.status_code == 503, down.status_code
         assert f"The directory ({HOST}:636) cannot be reached right now" in down.text
         # What she had keeps working: her server, her token, her browser session.
@@ -261,7 +254,7 @@ def test_with_the_directory_down_running_servers_and_sessions_keep_working(
         )  # the home page's server button: still logged in, not sent to the login form
         assert "/hub/login" not in browser.current_url
         # Users-file accounts never needed the directory.
-        assert HubClient(url(cfg), OPS[0]).login(OPS[1]).status_code == 302
+        assert HubClient.at(cfg, OPS[0]).login(OPS[1]).status_code == 302
     finally:
         browser.save_screenshot(str(ARTIFACTS / "ldap-directory-down.png"))
         container.start()
