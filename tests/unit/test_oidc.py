@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
+import yaml
 from jupyterhub._data import DATA_FILES_PATH
 from traitlets.config import Config
 
@@ -129,6 +130,22 @@ def test_files_are_relative_to_the_config_and_mounted_into_the_hub(tmp_path):
     # Without OIDC, compose mounts nothing real.
     plain = compose_env(parse_config({"state_dir": str(tmp_path / "s2")}))
     assert plain["HUBSTACK_OIDC_CLIENT_SECRET"] == plain["HUBSTACK_OIDC_CA"] == "/dev/null"
+
+
+def test_the_example_configs_oidc_block_is_a_working_config(tmp_path):
+    """hubstack.example.yaml documents auth.oidc commented out; uncommented, it loads and
+    shows the defaults."""
+    text = (Path(__file__).resolve().parents[2] / "hubstack.example.yaml").read_text()
+    lines = text.split("\nauth:", 1)[1].split("\ngpu:", 1)[0].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  # oidc:"))
+    block = [line.replace("  # ", "  ", 1) for line in lines[start:] if line.startswith("  #")]
+    auth = yaml.safe_load("auth:\n  sources: [file, oidc]\n" + "\n".join(block))["auth"]
+    data = oidc_config(tmp_path)
+    data["auth"] = auth
+    example = parse_config(data).auth.oidc
+    minimal = oidc_config(tmp_path, issuer=example.issuer, client_id=example.client_id)
+    defaults = parse_config(minimal).auth.oidc
+    assert example.model_dump() == defaults.model_dump(), "the example shows the defaults"
 
 
 # ---------------------------------------------------------------- hub settings
