@@ -326,13 +326,15 @@ def _port_check(
 
 def check_hub_port(cfg: PlatformConfig, ctx: Context) -> Check:
     host, port = cfg.hub.host, cfg.hub.port
-    url = f"{cfg.hub.scheme}://{_url_host(host)}:{port}/hub/health"
+    # Either scheme: the running hub may have been started before hub.tls was switched on
+    # or off, and the `up` that applies the change must not take it for a stranger.
+    urls = [f"{scheme}://{_url_host(host)}:{port}/hub/health" for scheme in ("https", "http")]
     return _port_check(
         "hub port",
         host,
         port,
         ("hub.host", "hub.port"),
-        lambda: http_status(url, verify=False) == 200,
+        lambda: any(http_status(url, verify=False) == 200 for url in urls),
         f"the hub is already running on {host}:{port}",
     )
 

@@ -141,7 +141,13 @@ def test_a_port_someone_holds_fails_and_names_the_key(tmp_path):
 def test_our_running_hub_on_the_port_is_ok(tmp_path):
     with http_server(lambda path, auth: 200 if path == "/hub/health" else 404) as port:
         check = doctor.check_hub_port(make_cfg(tmp_path, hub={"port": port}), Context())
+        # The `up` that switches hub.tls on finds the hub still serving plain HTTP.
+        tls = {"mode": "self-signed"}
+        switching = doctor.check_hub_port(
+            make_cfg(tmp_path, hub={"port": port, "tls": tls}), Context()
+        )
     assert (check.verdict, check.found) == (OK, f"the hub is already running on 127.0.0.1:{port}")
+    assert (switching.verdict, switching.found) == (OK, check.found)
 
 
 def test_the_https_redirect_port_is_checked_when_tls_is_on(tmp_path):
