@@ -196,8 +196,9 @@ class HubstackAuthenticator(Authenticator):
 
     def check_free_uid(self, rec: UserRecord) -> None:
         """A directory account's UID must be no other account's: files on shared storage
-        would belong to two people."""
-        held = self.uids_taken(rec.name).get(rec.uid)
+        would belong to two people. Within its own source the source is the authority (a
+        directory's rename keeps the UID), so only other sources' accounts count."""
+        held = self.uids_taken(rec.name, ignore_source=rec.source).get(rec.uid)
         if held is not None:
             self.log.error(
                 "%s login of %r refused: UID %d is %s", rec.source, rec.name, rec.uid, held

@@ -315,6 +315,8 @@ def test_an_ldap_login_with_an_oidc_persons_uid_is_refused(hub):
     with pytest.raises(LoginRefused, match="UID 70000 is already the UID of another account"):
         auth.check_free_uid(UserRecord("frank", 70000, 70000, source="ldap"))
     auth.check_free_uid(UserRecord("frank", 70009, 70009, source="ldap"))
+    # Within LDAP the directory decides: carol renamed at the directory keeps her UID.
+    auth.check_free_uid(UserRecord("carol2", 70002, 70002, source="ldap"))
 
 
 def test_refresh_keeps_an_oidc_session_without_asking_the_provider(hub):
