@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import websocket
 import yaml
 
 from hubstack import stack
+from hubstack.config import load_config
 from hubstack.engine import project_name, service_container
 from hubstack.hub.users import users_file_for
 from hubstack.stack import compose_file, env_file, local_images
@@ -72,6 +74,13 @@ class HubClient:
         # each request: requests lets REQUESTS_CA_BUNDLE override a session's own verify.
         self.verify = verify
         self.token: str | None = None
+
+    @classmethod
+    def at(cls, cfg, name: str) -> HubClient:
+        """NAME's session on CFG's hub, over https verifying with the platform CA when hub.tls
+        is self-signed."""
+        verify = str(cfg.tls_ca_cert_file) if cfg.hub.tls.mode == "self-signed" else True
+        return cls(url(cfg), name, verify=verify)
 
     def _xsrf(self) -> str:
         return self.http.cookies.get("_xsrf", path="/hub/") or self.http.cookies.get("_xsrf") or ""
@@ -162,7 +171,14 @@ class HubClient:
         # keep the connection busy.
         def connect() -> websocket.WebSocket:
             return websocket.create_connection(
-                url, header=[f"Authorization: token {self.token}"], timeout=5
+                url,
+                header=[f"Authorization: token {self.token}"],
+                timeout=5,
+                sslopt=(
+                    {"ca_certs": self.verify, "cert_reqs": ssl.CERT_REQUIRED}
+                    if isinstance(self.verify, str)
+                    else {}
+                ),
             )
 
         conn = {"ws": connect(), "since": time.monotonic()}
@@ -306,7 +322,8 @@ def remove_platform(cfg, client) -> None:
 
 
 def url(cfg) -> str:
-    return f"http://{cfg.hub.host}:{cfg.hub.port}"
+    """The hub where this host reaches it: https:// when hub.tls is on."""
+    return stack.hub_url(cfg).rstrip("/")
 
 
 def forget_local_digest(docker_client, cfg, image: str) -> None:
@@ -376,3 +393,24 @@ def hub_config_changed(cfg, docker_client, change):
         path.write_text(original)
         hub.restart(timeout=20)
         stack.wait_for_hub(cfg)
+
+
+@contextlib.contextmanager
+def reconfigured_stack(config: Path, change):
+    """The platform as a platform engineer reconfigures it: CHANGE(data) applied to the
+    platform config file and `hubstack up --no-build` run (the hub is recreated, running
+    servers stay); afterwards the original file and another `up`. Yields (cfg, up's stdout).
+    For a module that needs the shared stack with HTTPS or another login source, instead of
+    a stack of its own (an own registry means pushing every image again: minutes)."""
+    original = config.read_text()
+    data = yaml.safe_load(original)
+    change(data)
+    try:
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        r = hubstack(config, "up", "--no-build")
+        assert r.returncode == 0, f"hubstack up failed:\n{r.stdout}\n{r.stderr}"
+        yield load_config(config), r.stdout
+    finally:
+        config.write_text(original)
+        back = hubstack(config, "up", "--no-build")
+        assert back.returncode == 0, f"restoring: hubstack up failed:\n{back.stdout}\n{back.stderr}"

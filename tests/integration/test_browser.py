@@ -14,6 +14,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
+from hubstack import tls
 from tests.integration.conftest import ANALYSTS
 from tests.integration.hubstack_e2e import REPO, logged_in_clients, stop_servers
 
@@ -45,6 +46,14 @@ def start_chromium(*extra_flags: str) -> webdriver.Chrome:
     for flag in [*CHROMIUM_FLAGS, *extra_flags]:
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def start_chromium_trusting_platform_ca(cfg) -> webdriver.Chrome:
+    """Chromium for a hub with hub.tls self-signed: it trusts exactly the platform CA's key
+    (the flag names one SPKI hash, the CA's, which the hub sends in its chain), not every
+    certificate error."""
+    ca = tls.CertificateAuthority(cfg.tls_ca_cert_file, cfg.tls_ca_key_file)
+    return start_chromium(f"--ignore-certificate-errors-spki-list={ca.spki_sha256}")
 
 
 def log_in(browser: webdriver.Chrome, hub_url: str, name: str, password: str) -> None:

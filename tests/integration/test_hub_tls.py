@@ -1,5 +1,5 @@
-"""HTTPS at the hub on a real stack of its own (`hubstack up` with hub.tls.mode self-signed,
-its own ports and state dir, the session's images): the proxy serves a certificate from
+"""HTTPS at the hub on the shared stack, switched by `hubstack up` to hub.tls.mode
+self-signed for this module: the proxy serves a certificate from
 the platform's CA, which clients verify with STATE_DIR/tls/ca.pem and without it refuse;
 plain HTTP is redirected to https; the login cookies are Secure; no HSTS while the
 certificate is self-signed. Chromium, trusting exactly that CA's key, logs in over HTTPS
@@ -9,7 +9,6 @@ served, HSTS is sent, and the logged-in session still holds."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import ssl
 import tempfile
@@ -24,20 +23,13 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from hubstack import tls
-from hubstack.config import load_config
 from tests.conftest import free_port
 from tests.integration.conftest import ANALYSTS
-from tests.integration.hubstack_e2e import (
-    HubClient,
-    add_user,
-    hubstack,
-    remove_platform,
-    write_config,
-)
+from tests.integration.hubstack_e2e import HubClient, hubstack, reconfigured_stack
 from tests.integration.test_browser import (
     ARTIFACTS,
     log_in,
-    start_chromium,
+    start_chromium_trusting_platform_ca,
     uid_printed_by_a_new_notebook,
 )
 
@@ -47,27 +39,19 @@ HSTS = "Strict-Transport-Security"
 
 
 @pytest.fixture(scope="module")
-def tls_stack(hierarchy, docker_client):
-    """A platform of its own with hub.tls.mode self-signed, started by `hubstack up` from the
-    session's images (tagged for its registry: no build)."""
+def tls_stack(hub_stack, clients):
+    """The shared platform switched to hub.tls.mode self-signed by `hubstack up`, as its
+    engineer would, and back to plain HTTP after the module."""
+    _, config, _ = hub_stack
     tmp = Path(tempfile.mkdtemp(prefix="hubtest-tls-"))
-    name = f"hubtest-tls-{os.getpid()}"
-    config = write_config(tmp, name, image_ns=name)
-    data = yaml.safe_load(config.read_text())
-    data["hub"]["tls"] = {"mode": "self-signed", "http_port": free_port()}
-    config.write_text(yaml.safe_dump(data))
-    cfg = load_config(config)
-    for image_name in ("hub", "notebook", "spark-executor"):
-        docker_client.images.get(hierarchy[image_name]["ref"]).tag(cfg.image_ref(image_name))
-    for user, (pw, uid, gid, groups) in ANALYSTS.items():
-        add_user(cfg, user, pw, uid, gid, groups)
+
+    def self_signed(data: dict) -> None:
+        data["hub"]["tls"] = {"mode": "self-signed", "http_port": free_port()}
+
     try:
-        r = hubstack(config, "up", "--no-build")
-        assert r.returncode == 0, f"hubstack up failed:\n{r.stdout}\n{r.stderr}"
-        yield cfg, config, r.stdout, tmp
+        with reconfigured_stack(Path(config), self_signed) as (cfg, out):
+            yield cfg, Path(config), out, tmp
     finally:
-        hubstack(config, "down")
-        remove_platform(cfg, docker_client)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -145,8 +129,7 @@ def browser(tls_stack):
     """Chromium that trusts the platform CA's key, and nothing beyond the usual: the flag
     names one SPKI hash (the CA's, which the hub sends in its chain), not every error."""
     cfg, _, _, _ = tls_stack
-    ca = tls.CertificateAuthority(cfg.tls_ca_cert_file, cfg.tls_ca_key_file)
-    b = start_chromium(f"--ignore-certificate-errors-spki-list={ca.spki_sha256}")
+    b = start_chromium_trusting_platform_ca(cfg)
     yield b
     b.quit()
 
