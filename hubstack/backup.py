@@ -6,7 +6,8 @@ A backup is a folder:
     hub/jupyterhub.sqlite  the hub database, copied with SQLite's backup API (consistent
                            while the hub runs and writes)
     users.yaml             the analysts: names, UIDs, GIDs, groups, password hashes
-    accounts.yaml          directory (LDAP) accounts as their last login recorded them
+    accounts.yaml          directory (LDAP, OIDC) accounts as their last login recorded them
+    oidc-ids.yaml          the UID/GID each OpenID Connect person was given, by their `sub`
     config/hubstack.yaml   the platform config the backup was taken with (if it had a file)
     secrets/               cookie secret, proxy token, crypt key (auth state is encrypted
                            with it), registry credentials and htpasswd, the platform CA's
@@ -207,6 +208,8 @@ def backup(cfg: PlatformConfig, dest: Path, homes: bool = False, registry: bool 
             _say(f"analysts' packages: {len(specs)} specs")
         if cfg.accounts_file.is_file():  # directory accounts seen at login (users list)
             write_private(work / "accounts.yaml", cfg.accounts_file.read_text())
+        if cfg.oidc_ids_file.is_file():  # the UIDs OIDC people were given own their files
+            write_private(work / "oidc-ids.yaml", cfg.oidc_ids_file.read_text())
         if homes:
             _say(f"homes: archiving {cfg.home_root}")
             with tarfile.open(work / "homes.tar.gz", "w:gz") as tar:
@@ -346,6 +349,8 @@ def restore(cfg: PlatformConfig, src: Path) -> dict:
         shutil.copy2(src / rel, target)
     if "accounts.yaml" in manifest["files"]:
         write_private(cfg.accounts_file, (src / "accounts.yaml").read_text())
+    if "oidc-ids.yaml" in manifest["files"]:
+        write_private(cfg.oidc_ids_file, (src / "oidc-ids.yaml").read_text())
     db = io.BytesIO()
     with tarfile.open(fileobj=db, mode="w") as tar:
         tar.add(src / "hub" / HUB_DB, arcname=f"{Path(HUB_DB_DIR).name}/{HUB_DB}")

@@ -951,6 +951,103 @@ class LDAPConfig(_Section):
         return self.port or (636 if self.tls == "ldaps" else 389)
 
 
+class OIDCConfig(_Section):
+    """Login at an OpenID Connect provider (oauthenticator's GenericOAuthenticator): the login
+    page's "Sign in with LABEL" button; endpoints from ISSUER/.well-known/openid-configuration.
+    UID/GID from named claims when the provider has them, else allocated once from uid_range
+    and kept by the provider's `sub` (USERS_DIR/accounts/oidc-ids.yaml)."""
+
+    issuer: str
+    """The provider's issuer URL, exactly as its discovery document names it (e.g.
+    https://idp.example.org/realms/main). The browser and the hub both reach it there."""
+    insecure_http: bool = False
+    """Accept an http:// issuer: tokens and the client secret then cross the network in clear
+    text. Only for a provider on the same host or a test network."""
+    ca_file: Path | None = None
+    """PEM file of the CA(s) that signed the provider's certificate; unset: the hub's system
+    trust store."""
+    client_id: str
+    client_secret_file: Path | None = None
+    """File holding the client secret the provider issued (one line, mode 0600); never the
+    secret itself in this config. Default STATE_DIR/secrets/oidc-client-secret. The hub gets
+    it as a compose secret."""
+    scopes: list[str] = ["openid", "profile", "email"]
+    """Scopes asked for; many providers need one more (often `groups`) to send the groups."""
+    username_claim: str = "preferred_username"
+    """Claim holding the user name; it must already be a valid user name (lowercase letters,
+    digits, '_', '-'), or the login is refused with the reason."""
+    groups_claim: str = "groups"
+    """Claim listing the person's groups: checked against allowed_groups, and kept as their
+    JupyterHub groups (profile access by group)."""
+    uid_claim: str | None = None
+    """Claim holding the person's UID (e.g. uidNumber), when the provider has one; unset, or
+    absent for a person: a UID from uid_range, allocated once and kept."""
+    gid_claim: str | None = None
+    """Claim holding the person's primary GID; unset or absent: gid_policy."""
+    allowed_groups: list[str] = []
+    """Groups (of groups_claim) whose members may log in; empty: nobody, unless allow_all.
+    Others are refused with a page that says so."""
+    allow_all: bool = False
+    """Let everyone the provider authenticates log in (a provider of your own people only)."""
+    uid_range: tuple[int, int] = (100000, 199999)
+    """[first, last]: UIDs given to people without a UID claim, lowest free first, kept by the
+    provider's `sub`. Keep it apart from the users file's and the directory's UIDs; 65534 is
+    never given."""
+    gid_policy: Literal["uid"] | int = "uid"
+    """GID of a person without a GID claim: `uid`, a group of their own with GID = their UID;
+    or one GID number for all of them (a shared group)."""
+    button_label: str = "OpenID Connect"
+    """Shown on the login page as "Sign in with LABEL"."""
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        url = urlsplit(v)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"must be an https:// URL such as https://idp.example.org, got {v!r}")
+        if url.query or url.fragment or url.username or url.password:
+            raise ValueError(f"must have no query, fragment or login, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be the client ID the provider issued for this hub")
+        return v
+
+    @field_validator("gid_policy", mode="before")
+    @classmethod
+    def _gid_policy(cls, v: object) -> object:
+        if v == "uid" or (isinstance(v, int) and not isinstance(v, bool)):
+            return v
+        raise ValueError(f"must be `uid` (a group of their own) or a GID number, got {v!r}")
+
+    @field_validator("uid_range")
+    @classmethod
+    def _range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        first, last = v
+        if not 1 <= first <= last <= 4294967294:
+            raise ValueError(
+                f"must be [first, last] with 1 <= first <= last <= 4294967294, got {list(v)}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OIDCConfig:
+        if self.issuer.startswith("http://") and not self.insecure_http:
+            raise ValueError(
+                f"issuer {self.issuer} is plain http: tokens and the client secret would cross "
+                "the network in clear text; use https (or set insecure_http: true)"
+            )
+        if not self.allowed_groups and not self.allow_all:
+            raise ValueError(
+                "allowed_groups is empty: nobody could log in through OIDC; name the groups "
+                "whose members may (or set allow_all: true)"
+            )
+        return self
+
+
 class AuthConfig(_Section):
     """Who may log in, and where their account (UID, GID, groups) comes from."""
 
@@ -958,6 +1055,7 @@ class AuthConfig(_Section):
     """Tried in this order at each password login; the first source that holds the name
     answers. The users file keeps local admins and service accounts beside a directory."""
     ldap: LDAPConfig | None = None
+    oidc: OIDCConfig | None = None
 
     @field_validator("sources")
     @classmethod
@@ -1103,6 +1201,17 @@ class PlatformConfig(_Section):
         return self.users_file.parent / "accounts" / "accounts.yaml"
 
     @property
+    def oidc_client_secret_file(self) -> Path:
+        oidc = self.auth.oidc
+        return (oidc and oidc.client_secret_file) or self.secrets_dir / "oidc-client-secret"
+
+    @property
+    def oidc_ids_file(self) -> Path:
+        """The UID/GID each OIDC person got, by their `sub` (hubstack.hub.oidc_ids), beside
+        the accounts table; the hub writes it."""
+        return self.accounts_file.parent / "oidc-ids.yaml"
+
+    @property
     def user_envs_dir(self) -> Path:
         """Analysts' package specs, one NAME.yaml each, beside the users file."""
         return self.users_file.parent / "envs"
@@ -1201,6 +1310,8 @@ def _resolve_paths(data: dict, base: Path) -> None:
     if isinstance(auth, dict):
         fix(auth.get("ldap"), "ca_file")
         fix(auth.get("ldap"), "search_password_file")
+        fix(auth.get("oidc"), "ca_file")
+        fix(auth.get("oidc"), "client_secret_file")
 
 
 def _format_errors(path: Path | str, err: ValidationError) -> str:
@@ -1225,32 +1336,63 @@ def _check_files(cfg: PlatformConfig, path: Path | str) -> None:
     ldap = cfg.auth.ldap
     if ldap is not None:
         _check_ldap_files(ldap, path)
+    if "oidc" in cfg.auth.sources and cfg.auth.oidc is not None:
+        _check_oidc(cfg, path)
+
+
+def _check_ca_file(ca: Path, key: str) -> None:
+    if not ca.is_file():
+        raise ConfigError(f"{key}: file {ca} does not exist")
+    if "-----BEGIN CERTIFICATE-----" not in ca.read_text(errors="replace"):
+        raise ConfigError(f"{key}: {ca} holds no PEM certificate")
 
 
 def _check_ldap_files(ldap: LDAPConfig, path: Path | str) -> None:
     if ldap.ca_file is not None:
-        key = f"{path}: auth.ldap.ca_file"
-        if not ldap.ca_file.is_file():
-            raise ConfigError(f"{key}: file {ldap.ca_file} does not exist")
-        if "-----BEGIN CERTIFICATE-----" not in ldap.ca_file.read_text(errors="replace"):
-            raise ConfigError(f"{key}: {ldap.ca_file} holds no PEM certificate")
+        _check_ca_file(ldap.ca_file, f"{path}: auth.ldap.ca_file")
     secret = ldap.search_password_file
     if secret is not None:
-        key = f"{path}: auth.ldap.search_password_file"
-        try:
-            st = secret.stat()
-            empty = not secret.read_text().strip()
-        except FileNotFoundError:
-            raise ConfigError(f"{key}: file {secret} does not exist") from None
-        except OSError as e:
-            raise ConfigError(f"{key}: cannot read {secret}: {e.strerror}") from None
-        if st.st_mode & 0o077:
-            raise ConfigError(
-                f"{key}: {secret} is readable by others (mode {st.st_mode & 0o777:o}); "
-                f"it holds a password: chmod 600 {secret}"
-            )
-        if empty:
-            raise ConfigError(f"{key}: {secret} is empty (it must hold the password)")
+        _check_secret_file(secret, f"{path}: auth.ldap.search_password_file", "a password")
+
+
+def _check_oidc(cfg: PlatformConfig, path: Path | str) -> None:
+    """auth.oidc's files, and its IDs against hub.min_uid (two sections, checked together)."""
+    oidc, hub = cfg.auth.oidc, cfg.hub
+    assert oidc is not None
+    if oidc.ca_file is not None:
+        _check_ca_file(oidc.ca_file, f"{path}: auth.oidc.ca_file")
+    if oidc.uid_range[0] < hub.min_uid:
+        raise ConfigError(
+            f"{path}: auth.oidc.uid_range: starts at {oidc.uid_range[0]}, below hub.min_uid "
+            f"{hub.min_uid}"
+        )
+    if isinstance(oidc.gid_policy, int) and not hub.min_uid <= oidc.gid_policy <= 4294967294:
+        raise ConfigError(
+            f"{path}: auth.oidc.gid_policy: {oidc.gid_policy} is outside hub.min_uid "
+            f"({hub.min_uid}) to 4294967294"
+        )
+    key = f"{path}: auth.oidc.client_secret_file"
+    if oidc.client_secret_file is None:
+        key += f" (default {cfg.oidc_client_secret_file})"
+    _check_secret_file(cfg.oidc_client_secret_file, key, "the client secret")
+
+
+def _check_secret_file(secret: Path, key: str, what: str) -> None:
+    """A file holding WHAT: present, not empty, mode 0600 (no group or other bits)."""
+    try:
+        st = secret.stat()
+        empty = not secret.read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: file {secret} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {secret}: {e.strerror}") from None
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            f"{key}: {secret} is readable by others (mode {st.st_mode & 0o777:o}); "
+            f"it holds {what}: chmod 600 {secret}"
+        )
+    if empty:
+        raise ConfigError(f"{key}: {secret} is empty (it must hold {what})")
 
 
 def parse_config(data: dict | None, path: Path | str = "<config>") -> PlatformConfig:

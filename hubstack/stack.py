@@ -46,6 +46,8 @@ GENERATED = "# Written by `hubstack up` from the platform config; edit that inst
 CI_EXTRA_CA = "/etc/hubstack/extra-ca.pem"
 HUB_LDAP_CA = "/etc/hubstack/ldap-ca.pem"
 HUB_LDAP_SEARCH_PASSWORD = "/run/secrets/ldap_search_password"
+HUB_OIDC_CA = "/etc/hubstack/oidc-ca.pem"
+HUB_OIDC_CLIENT_SECRET = "/run/secrets/oidc_client_secret"
 # The registry as a container on the platform network reaches it: compose/compose.yaml's
 # service name and the server's own port inside its container.
 PLATFORM_REGISTRY_ADDRESS = "registry:5000"
@@ -208,6 +210,12 @@ def hub_config(cfg: PlatformConfig) -> dict:
             ldap["ca_file"] = HUB_LDAP_CA
         if ldap.get("search_password_file"):
             ldap["search_password_file"] = HUB_LDAP_SEARCH_PASSWORD
+    oidc = data.get("auth", {}).get("oidc")
+    if oidc:
+        # compose/compose.yaml mounts them there (compose_env: HUBSTACK_OIDC_*).
+        if oidc.get("ca_file"):
+            oidc["ca_file"] = HUB_OIDC_CA
+        oidc["client_secret_file"] = HUB_OIDC_CLIENT_SECRET
     return data
 
 
@@ -255,6 +263,8 @@ def hub_hidden_secrets(cfg: PlatformConfig) -> str:
             f"secrets folder {cfg.secrets_dir}, which the hub must not see; move it"
         )
     private = [cfg.registry_credentials_file, cfg.webhook_secret_file, cfg.ci_token_file]
+    if cfg.auth.oidc is not None:
+        private.append(cfg.oidc_client_secret_file)
     exposed = [
         f
         for f in private
@@ -282,7 +292,7 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
             "registry.address and registry.pull_address (the per-user images' instance "
             "listens on its own port)"
         )
-    ldap = cfg.auth.ldap
+    ldap, oidc = cfg.auth.ldap, cfg.auth.oidc
     env = {
         "COMPOSE_PROJECT_NAME": project_name(cfg),
         "HUBSTACK_NETWORK": cfg.hub.network,
@@ -313,6 +323,11 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
         # auth.ldap's CA and search password, mounted read-only into the hub (hub_config)
         "HUBSTACK_LDAP_CA": str((ldap and ldap.ca_file) or "/dev/null"),
         "HUBSTACK_LDAP_SEARCH_PASSWORD": str((ldap and ldap.search_password_file) or "/dev/null"),
+        # auth.oidc's provider CA and client secret, the same way
+        "HUBSTACK_OIDC_CA": str((oidc and oidc.ca_file) or "/dev/null"),
+        "HUBSTACK_OIDC_CLIENT_SECRET": str(
+            cfg.oidc_client_secret_file if oidc and "oidc" in cfg.auth.sources else "/dev/null"
+        ),
     }
     if cfg.hub.tls.enabled:
         # compose/tls.yaml. The certificate's digest is in the hub's environment so that a

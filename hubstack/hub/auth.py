@@ -4,11 +4,15 @@ Works for the normal login form and for REST token requests
 (``POST /hub/api/users/NAME/tokens`` with ``{"auth": {"username", "password"}}``).
 `sources` (auth.sources) names the sources (hubstack.hub.sources) a login asks, in order:
 ``file`` (the users file, re-read at every login, so users added, changed or removed take
-effect at their next login without restarting the hub) and ``ldap`` (hubstack.hub.ldap).
+effect at their next login without restarting the hub), ``ldap`` (hubstack.hub.ldap) and
+``oidc`` (hubstack.hub.oidc: no password; the login page's button and the provider's
+callback, which this authenticator mounts).
 A name the users file holds is the file's alone: no directory account can take over a
 local admin or service account. Other names go to the directory sources in order; the
 first that accepts the password answers. A source's refusal with a reason (not in an
-allowed group, directory down) is shown on the login page.
+allowed group, directory down) is shown on the login page. A directory account's name and
+UID must be no other account's (the users file's, another source's): files on shared
+storage must tell people apart.
 
 Each login stores the identity the spawner needs (uid, gid, groups, home, source) in
 JupyterHub's encrypted auth_state, and a directory account's also in the accounts table
@@ -26,20 +30,9 @@ from traitlets import Bool, Dict, Integer, List, Type, Unicode, default
 
 from hubstack.hub.accounts import AccountsTable
 from hubstack.hub.ldap import LDAPSource
-from hubstack.hub.sources import FileSource, LoginRefused, PasswordSource
+from hubstack.hub.oidc import OIDCSource
+from hubstack.hub.sources import FileSource, LoginRefused, PasswordSource, auth_state_for
 from hubstack.hub.users import UserRecord
-
-
-def auth_state_for(rec: UserRecord) -> dict:
-    """The identity the spawner needs, as stored in JupyterHub's auth_state."""
-    return {
-        "uid": rec.uid,
-        "gid": rec.gid,
-        "groups": list(rec.groups),
-        "home": rec.home,
-        "source": rec.source,
-        "group_names": list(rec.group_names),
-    }
 
 
 class HubstackAuthenticator(Authenticator):
@@ -52,7 +45,7 @@ class HubstackAuthenticator(Authenticator):
     ).tag(config=True)
     source_classes = Dict(
         value_trait=Type(klass=PasswordSource),
-        default_value={"file": FileSource, "ldap": LDAPSource},
+        default_value={"file": FileSource, "ldap": LDAPSource, "oidc": OIDCSource},
         help="The class of each source name.",
     ).tag(config=True)
 
@@ -135,43 +128,95 @@ class HubstackAuthenticator(Authenticator):
                 refused = refused or e
                 continue
             if rec is not None:
-                await asyncio.to_thread(self._check_uid_free, rec)
+                await asyncio.to_thread(self._check_free, rec)
                 return rec
         if refused is not None:
             raise refused
         return None
 
-    def _check_uid_free(self, rec: UserRecord) -> None:
-        """A directory account's UID must not be a users-file account's: files on shared
-        storage would belong to two people."""
-        if "file" not in self.sources:
-            return
-        file_source = self.source("file")
-        assert isinstance(file_source, FileSource)
-        try:
-            records = file_source.records()
-        except ValueError:
-            return  # the file's own errors are reported where it is used
-        for other in records.values():
-            if other.uid == rec.uid and other.name != rec.name:
-                self.log.error(
-                    "%s login of %r refused: UID %d is the users file's account %r",
-                    rec.source,
-                    rec.name,
-                    rec.uid,
-                    other.name,
-                )
-                raise LoginRefused(
-                    403,
-                    f"{rec.name}: your directory account's UID {rec.uid} is already the UID of "
-                    "another account on this hub, so your files could not be told apart. "
-                    "Tell the platform team.",
-                )
+    def _check_free(self, rec: UserRecord) -> None:
+        self.check_free_name(rec.name, rec.source)
+        self.check_free_uid(rec)
 
-    def _remember(self, rec: UserRecord) -> None:
-        if rec.source != "file" and self.accounts_file:
+    def get_handlers(self, app):
+        handlers = list(super().get_handlers(app))
+        for source_name in self.sources:
+            handlers.extend(self.source(source_name).handlers(app))
+        return handlers
+
+    def _accounts(self) -> AccountsTable | None:
+        if not self.accounts_file:
+            return None
+        return AccountsTable(self.accounts_file, self.min_uid, self.allow_nobody_id)
+
+    def uids_taken(self, name: str, ignore_source: str | None = None) -> dict[int, str]:
+        """UID -> who holds it, for every account but NAME: the sources' own (users file,
+        OIDC table) and the directory accounts the table recorded. IGNORE_SOURCE's are left
+        out (a source that keeps its own table checks it itself)."""
+        taken: dict[int, str] = {}
+        for source_name in self.sources:
+            if source_name == ignore_source:
+                continue
+            for uid, holder in self.source(source_name).uids_held().items():
+                if holder != name:
+                    taken.setdefault(uid, f"the {source_name} account {holder!r}")
+        table = self._accounts()
+        if table is not None:
             try:
-                AccountsTable(self.accounts_file, self.min_uid, self.allow_nobody_id).record(rec)
+                recorded = table.load()
+            except ValueError as e:
+                self.log.error("%s", e)
+                recorded = {}
+            for other, (rec, _seen) in recorded.items():
+                if other != name and rec.source != ignore_source:
+                    taken.setdefault(rec.uid, f"the {rec.source} account {other!r}")
+        return taken
+
+    def check_free_name(self, name: str, source: str) -> None:
+        """LoginRefused unless NAME is free for an account of SOURCE: not the users file's,
+        not another source's account as the table recorded it."""
+        holder = None
+        if "file" in self.sources and source != "file" and self.source("file").holds(name):
+            holder = "a local account of this hub (its users file)"
+        table = self._accounts()
+        if holder is None and table is not None:
+            try:
+                rec = table.get(name)
+            except ValueError:
+                rec = None
+            if rec is not None and rec.source != source and rec.source in self.sources:
+                holder = f"the {rec.source} account of that name"
+        if holder is not None:
+            self.log.error("%s login of %r refused: the name is %s", source, name, holder)
+            raise LoginRefused(
+                403,
+                f"{name}: this name is already {holder}, so it cannot log in through "
+                f"{source} too. Tell the platform team.",
+            )
+
+    def check_free_uid(self, rec: UserRecord) -> None:
+        """A directory account's UID must be no other account's: files on shared storage
+        would belong to two people. Within its own source the source is the authority (a
+        directory's rename keeps the UID), so only other sources' accounts count."""
+        held = self.uids_taken(rec.name, ignore_source=rec.source).get(rec.uid)
+        if held is not None:
+            self.log.error(
+                "%s login of %r refused: UID %d is %s", rec.source, rec.name, rec.uid, held
+            )
+            raise LoginRefused(
+                403,
+                f"{rec.name}: your directory account's UID {rec.uid} is already the UID of "
+                "another account on this hub, so your files could not be told apart. "
+                "Tell the platform team.",
+            )
+
+    def remember(self, rec: UserRecord) -> None:
+        """Record a directory account's login in the accounts table (`hubstack users list`,
+        spawns without a login state)."""
+        table = self._accounts()
+        if rec.source != "file" and table is not None:
+            try:
+                table.record(rec)
             except OSError as e:
                 # The table serves `users list` and spawns without a login state; a login
                 # does not fail for it.
@@ -188,7 +233,7 @@ class HubstackAuthenticator(Authenticator):
         if rec is None:
             self.log.warning("Failed login for %r", name)
             return None
-        await asyncio.to_thread(self._remember, rec)
+        await asyncio.to_thread(self.remember, rec)
         return {
             "name": rec.name,
             # Admins are the users file's; a directory account is never one by its login.

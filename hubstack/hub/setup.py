@@ -5,7 +5,7 @@ Paths inside the hub container (set by compose/compose.yaml):
 - /run/jupyterhub: a tmpfs, empty at every start of the container
 - /run/secrets/{cookie_secret,proxy_token,crypt_key,registry_pull_credentials,
   registry_users_credentials}: compose secrets; with hub.tls on also tls_cert and tls_key
-  (compose/tls.yaml)
+  (compose/tls.yaml); oidc_client_secret (auth.oidc; /dev/null without it)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from hubstack.config import HSTS_MAX_AGE, PlatformConfig
-from hubstack.hub import cull, ldap, versions
+from hubstack.hub import cull, ldap, oidc, versions
 from hubstack.hub.announce import read_announcement
 
 ENV_REPORT_SERVICE = "env-report"
@@ -24,6 +24,8 @@ ENV_REPORT_PORT = 10101
 """Where the hub runs `hubstack env serve` (hubstack.envreport), the admins' report page."""
 
 SECRETS = Path(os.environ.get("HUBSTACK_SECRETS", "/run/secrets"))
+TEMPLATES = Path(oidc.__file__).parent / "templates"
+"""The hub's own page templates (the login page's OIDC button), over JupyterHub's."""
 PROXY_REDIRECT_PORT = 8080
 """Inside the hub container: where the proxy answers plain HTTP with a redirect to https
 (compose/tls.yaml publishes it on hub.host:hub.tls.http_port)."""
@@ -101,6 +103,7 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     c.JupyterHub.template_vars = {
         "announcement": read_announcement,
         "announcement_home": home_banner,
+        **login_page_vars(cfg),
     }
 
 
@@ -124,6 +127,39 @@ def configure_auth(c, cfg: PlatformConfig) -> None:
         c.LDAPSource.home_attribute = ldap_cfg.attributes.home_directory
         c.LDAPSource.use_home_directory = ldap_cfg.use_home_directory
         c.LDAPSource.timeout = ldap_cfg.timeout
+    oidc_cfg = cfg.auth.oidc
+    if "oidc" in cfg.auth.sources and oidc_cfg is not None:
+        c.HubstackAuthenticator.manage_groups = True
+        ca = str(oidc_cfg.ca_file) if oidc_cfg.ca_file else None
+        settings = oidc.authenticator_settings(oidc_cfg, ca)
+        for key, value in settings.items():
+            setattr(c.OIDCAuthenticator, key, value)
+        c.OIDCAuthenticator.client_secret = cfg.oidc_client_secret_file.read_text().strip()
+        # The redirect URI registered at the provider: where people open the hub.
+        c.OIDCAuthenticator.oauth_callback_url = f"{cfg.hub.public_url}hub/oauth_callback"
+        c.OIDCSource.ids_file = str(cfg.oidc_ids_file)
+        c.OIDCSource.uid_claim = oidc_cfg.uid_claim
+        c.OIDCSource.gid_claim = oidc_cfg.gid_claim
+        c.OIDCSource.uid_range = tuple(oidc_cfg.uid_range)
+        c.OIDCSource.gid_policy = oidc_cfg.gid_policy
+        c.JupyterHub.template_paths = [str(TEMPLATES)]
+
+
+def login_page_vars(cfg: PlatformConfig) -> dict:
+    """What templates/login.html needs: the OIDC button's label, whether it comes before the
+    password form (auth.sources' order), and whether there is a password form at all."""
+    oidc_cfg = cfg.auth.oidc
+    if "oidc" not in cfg.auth.sources or oidc_cfg is None:
+        return {"hubstack_oidc": None}
+    sources = cfg.auth.sources
+    passwords = [s for s in sources if s != "oidc"]
+    return {
+        "hubstack_oidc": {
+            "label": oidc_cfg.button_label,
+            "first": not passwords or sources.index("oidc") < sources.index(passwords[0]),
+            "password": bool(passwords),
+        }
+    }
 
 
 def configure_tls(c, cfg: PlatformConfig) -> None:

@@ -4,8 +4,10 @@
 and asks them in turn. A source answers a login with the account's `UserRecord`, None
 (unknown name or wrong password: the form's usual "Invalid username or password"), or a
 `LoginRefused` that carries its own message for the login page (not in an allowed group,
-directory down). A new source (OIDC, another directory) is one more subclass registered in
-`HubstackAuthenticator.source_classes`.
+directory down). A new source (another directory) is one more subclass registered in
+`HubstackAuthenticator.source_classes`. A source that logs people in elsewhere (OIDC: at
+the provider, hubstack.hub.oidc) answers no password and adds its own pages (`handlers`)
+and a button to the login page (`login_button`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,18 @@ from traitlets import Bool, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from hubstack.hub.users import FileUserSource, UserRecord, UsersFile
+
+
+def auth_state_for(rec: UserRecord) -> dict:
+    """The identity the spawner needs, as stored in JupyterHub's auth_state."""
+    return {
+        "uid": rec.uid,
+        "gid": rec.gid,
+        "groups": list(rec.groups),
+        "home": rec.home,
+        "source": rec.source,
+        "group_names": list(rec.group_names),
+    }
 
 
 class LoginRefused(web.HTTPError):
@@ -53,6 +67,15 @@ class PasswordSource(LoggingConfigurable):
         """NAME's record as this source knows it without asking anyone (a refresh)."""
         return None
 
+    def uids_held(self) -> dict[int, str]:
+        """UID -> account name, for the accounts this source itself keeps (the users file,
+        the OIDC UID table): a UID one account holds is refused to every other."""
+        return {}
+
+    def handlers(self, app) -> list[tuple[str, type]]:
+        """Pages of the hub's own this source needs (OIDC: the redirect and its callback)."""
+        return []
+
 
 class FileSource(PasswordSource):
     """The hubstack users file: local admins, service accounts, analysts without a directory."""
@@ -79,6 +102,12 @@ class FileSource(PasswordSource):
     def lookup(self, name: str) -> UserRecord | None:
         """NAME's record, None when the file does not hold it; ValueError when unreadable."""
         return self._source().get(name)
+
+    def uids_held(self) -> dict[int, str]:
+        try:
+            return {rec.uid: name for name, rec in self.records().items()}
+        except ValueError:
+            return {}  # the file's own errors are reported where it is used
 
     def records(self) -> dict[str, UserRecord]:
         """Every account of the file; ValueError when unreadable."""

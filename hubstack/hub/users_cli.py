@@ -9,6 +9,7 @@ import sys
 
 from hubstack.config import PlatformConfig
 from hubstack.errors import CommandError
+from hubstack.hub import oidc_ids
 from hubstack.hub.accounts import AccountsTableError, accounts_table_for, lookup_account
 from hubstack.hub.users import PasswordHashError, UsersFileError, check_hash, users_file_for
 from hubstack.images import user as user_images
@@ -60,8 +61,30 @@ def _change(action):
         raise CommandError(f"{e}; nothing changed") from None
 
 
+def _uid_holder(cfg: PlatformConfig, uid: int) -> str | None:
+    """Who holds UID outside the users file: an OIDC person (the hub's UID table) or a
+    directory account as its last login recorded it."""
+    try:
+        held = oidc_ids.uid_holder(cfg, uid)
+    except oidc_ids.IdentityError as e:
+        raise CommandError(f"{e}; nothing changed") from None
+    if held is not None:
+        return f"{held.name!r}'s, who signs in with OpenID Connect (sub {held.sub!r})"
+    directory = _change(lambda: accounts_table_for(cfg).load())
+    for name, (rec, _seen) in directory.items():
+        if rec.uid == uid:
+            return f"{name!r}'s, a {rec.source} account"
+    return None
+
+
 def cmd_add(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     users = users_file_for(cfg)
+    held = _uid_holder(cfg, args.uid)
+    if held is not None:
+        raise CommandError(
+            f"{users.path}: users.{args.name}.uid: {args.uid} is already {held}: one UID must "
+            "be one person; choose another UID; nothing changed"
+        )
     password = _read_password(args)
     rec = _change(
         lambda: users.add(

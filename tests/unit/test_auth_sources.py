@@ -535,7 +535,8 @@ def test_the_example_configs_ldap_block_is_a_working_config(tmp_path):
     text = (Path(__file__).resolve().parents[2] / "hubstack.example.yaml").read_text()
     lines = text.split("\nauth:", 1)[1].split("\ngpu:", 1)[0].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("  # ldap:"))
-    block = [line.replace("  # ", "  ", 1) for line in lines[start:] if line.startswith("  #")]
+    end = next(i for i, line in enumerate(lines) if line.startswith("  # oidc:"))
+    block = [line.replace("  # ", "  ", 1) for line in lines[start:end] if line.startswith("  #")]
     auth = yaml.safe_load("auth:\n  sources: [file, ldap]\n" + "\n".join(block))["auth"]
     cfg = parse_config({"state_dir": str(tmp_path), "auth": auth})
     assert cfg.auth.ldap.bind_dn_templates == ["uid={username},ou=people,dc=example,dc=org"]
