@@ -34,6 +34,7 @@ from tests.integration.hubstack_e2e import HubClient, hubstack, reconfigured_sta
 from tests.integration.test_browser import (
     ARTIFACTS,
     log_in,
+    notebook_launcher_card,
     start_chromium_trusting_platform_ca,
     uid_printed_by_a_new_notebook,
 )
@@ -148,11 +149,7 @@ def test_in_chromium_a_directory_analyst_logs_in_and_a_notebook_runs_as_their_ui
         log_in(browser, url(cfg), CAROL.name, CAROL.password)
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#spawn_form")))
         browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
-        card = wait.until(
-            EC.element_to_be_clickable(
-                (By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')
-            )
-        )
+        card = notebook_launcher_card(browser, wait)
         assert uid_printed_by_a_new_notebook(wait, card) == f"UID {CAROL.uid}"
     finally:
         browser.save_screenshot(str(ARTIFACTS / "ldap-notebook-uid.png"))

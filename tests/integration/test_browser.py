@@ -85,15 +85,23 @@ def test_notebook_cell_prints_the_analysts_uid(hub_stack, browser):
             By.CSS_SELECTOR, "#spawn_form"
         ):
             browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
-        card = wait.until(
-            EC.element_to_be_clickable(
-                (By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')
-            )
-        )
+        card = notebook_launcher_card(browser, wait)
         assert uid_printed_by_a_new_notebook(wait, card) == f"UID {uid}"
     finally:
         browser.save_screenshot(str(ARTIFACTS / "browser-notebook-uid.png"))
         stop_servers(logged_in_clients(cfg, {name: ANALYSTS[name]}))
+
+
+def notebook_launcher_card(browser: webdriver.Chrome, wait: WebDriverWait):
+    """Once the server's JupyterLab opens: the launcher's Notebook card, on an empty
+    workspace. An analyst who used the browser before gets their last layout back (the
+    shared stack's analysts do, from earlier modules), and its open notebook asks for a
+    kernel in a dialog over the launcher."""
+    wait.until(lambda b: "/user/" in b.current_url and "/lab" in b.current_url)
+    browser.get(browser.current_url.split("/lab")[0] + "/lab?reset")
+    return wait.until(
+        EC.element_to_be_clickable((By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]'))
+    )
 
 
 def uid_printed_by_a_new_notebook(wait: WebDriverWait, card) -> str:

@@ -29,6 +29,7 @@ from tests.integration.hubstack_e2e import HubClient, hubstack, reconfigured_sta
 from tests.integration.test_browser import (
     ARTIFACTS,
     log_in,
+    notebook_launcher_card,
     start_chromium_trusting_platform_ca,
     uid_printed_by_a_new_notebook,
 )
@@ -146,11 +147,7 @@ def test_chromium_logs_in_over_https_and_a_cell_prints_the_uid(tls_stack, browse
         session = [c for c in browser.get_cookies() if c["name"] == "jupyterhub-hub-login"]
         assert session and session[0]["secure"], browser.get_cookies()
         browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
-        card = wait.until(
-            EC.element_to_be_clickable(
-                (By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')
-            )
-        )
+        card = notebook_launcher_card(browser, wait)
         assert browser.current_url.startswith(f"{base(cfg)}/user/{name}/lab")
         assert uid_printed_by_a_new_notebook(wait, card) == f"UID {uid}"
     finally:

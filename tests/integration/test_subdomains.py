@@ -17,6 +17,7 @@ from tests.integration.hubstack_e2e import hub_config_changed, stop_servers
 from tests.integration.test_browser import (
     ARTIFACTS,
     log_in,
+    notebook_launcher_card,
     start_chromium,
     uid_printed_by_a_new_notebook,
 )
@@ -63,11 +64,7 @@ def test_jupyterlab_runs_code_on_the_analysts_own_subdomain(subdomain_host, clie
         log_in(browser, subdomain_host, name, password)
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#spawn_form")))
         browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
-        card = wait.until(
-            EC.element_to_be_clickable(
-                (By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')
-            )
-        )
+        card = notebook_launcher_card(browser, wait)
         assert browser.current_url.startswith(
             f"{server_origin(subdomain_host, name)}/user/{name}/lab"
         ), browser.current_url
