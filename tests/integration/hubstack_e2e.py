@@ -157,6 +157,17 @@ class HubClient:
             time.sleep(1)
         raise AssertionError("server did not stop")
 
+    def remove_user(self, name: str) -> None:
+        """As an admin: stop NAME's server (up to 2 minutes) and delete NAME from the hub."""
+        self.api("DELETE", f"/hub/api/users/{name}/server")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            user = self.api("GET", f"/hub/api/users/{name}")
+            if user.status_code != 200 or not user.json()["servers"]:
+                break
+            time.sleep(1)
+        self.api("DELETE", f"/hub/api/users/{name}")
+
     def run_code(self, code: str, owner: str | None = None, timeout: float = 120) -> str:
         """Execute code in a new kernel on OWNER's server (default: own), return its stdout."""
         owner = owner or self.name

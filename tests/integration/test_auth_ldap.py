@@ -16,7 +16,6 @@ import asyncio
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import docker
@@ -59,14 +58,7 @@ def remove_hub_users(cfg, names: list[str]) -> None:
         return
     ops.make_token()
     for name in names:
-        ops.api("DELETE", f"/hub/api/users/{name}/server")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            user = ops.api("GET", f"/hub/api/users/{name}")
-            if user.status_code != 200 or not user.json()["servers"]:
-                break
-            time.sleep(1)
-        ops.api("DELETE", f"/hub/api/users/{name}")
+        ops.remove_user(name)
 
 
 @pytest.fixture(scope="module")

@@ -61,14 +61,7 @@ def forget_people(cfg) -> None:
     with contextlib.suppress(AssertionError, requests.RequestException):
         ops = admin_client(cfg)
         for name in PEOPLE:
-            ops.api("DELETE", f"/hub/api/users/{name}/server")
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                user = ops.api("GET", f"/hub/api/users/{name}")
-                if user.status_code != 200 or not user.json()["servers"]:
-                    break
-                time.sleep(1)
-            ops.api("DELETE", f"/hub/api/users/{name}")
+            ops.remove_user(name)
     if cfg.accounts_file.is_file():
         data = yaml.safe_load(cfg.accounts_file.read_text()) or {}
         accounts = data.get("accounts") or {}
