@@ -210,6 +210,9 @@ class ImagesConfig(_Section):
     """Build contexts (folders holding a Dockerfile), relative to source_dir; globs allowed."""
     on_demand: list[str] = ["gpu"]
     """Images left out of a plain `hubstack images build` (built only when named)."""
+    parallel_builds: int = Field(2, ge=1, le=16)
+    """Images built at once when neither is the other's ancestor (hub beside python, ...):
+    pip and dpkg keep one core busy each, so two builds use two cores."""
 
     @field_validator("namespace")
     @classmethod

@@ -18,6 +18,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -383,33 +384,46 @@ class ImageBuilder:
     def build_many(
         self, names: Iterable[str] | None = None, tag: str | None = None, with_parents: bool = True
     ) -> list[BuildResult]:
-        """Build NAMES (default: the graph's default targets) plus what they need, in order.
+        """Build NAMES (default: the graph's default targets) plus what they need, parents
+        first; results in build order.
 
-        Stops at the first failure: the descendants of a failed image are not built.
+        An image starts once its parents are built; images.parallel_builds of them at once
+        (siblings share no layer, and pip or dpkg keeps only one core busy). A failure stops
+        its branch only: the descendants of a failed image are not built.
         """
         names = list(names) if names else self.graph.default_targets(self.cfg)
         order = self.graph.with_ancestors(names) if with_parents else self.graph.order(names)
-        results: list[BuildResult] = []
-        failed: set[str] = set()
-        for i, name in enumerate(order, 1):
-            blocked = [p for p in self.graph[name].parents if p in failed]
-            if blocked:
-                self.progress(f"[{i}/{len(order)}] {name}: skipped, parent {blocked[0]} failed")
-                results.append(
-                    BuildResult(
-                        name,
-                        self.cfg.image_ref(name, tag),
-                        False,
-                        error=f"parent {blocked[0]} failed",
-                    )
-                )
-                failed.add(name)
-                continue
-            r = self.build(name, tag, position=f"{i}/{len(order)}")
-            results.append(r)
-            if not r.ok:
-                failed.add(name)
-        return results
+        position = {name: f"{i}/{len(order)}" for i, name in enumerate(order, 1)}
+        results: dict[str, BuildResult] = {}
+        waiting = list(order)
+        running: dict[Future[BuildResult], str] = {}
+        with ThreadPoolExecutor(self.cfg.images.parallel_builds) as pool:
+            while waiting or running:
+                for name in list(waiting):
+                    # A parent outside ORDER exists already (with_parents=False).
+                    parents = [p for p in self.graph[name].parents if p in position]
+                    failed = [p for p in parents if p in results and not results[p].ok]
+                    if failed:
+                        waiting.remove(name)
+                        why = f"parent {failed[0]} failed"
+                        self.progress(f"[{position[name]}] {name}: skipped, {why}")
+                        results[name] = BuildResult(
+                            name,
+                            self.cfg.image_ref(name, tag),
+                            False,
+                            error=why,
+                        )
+                    elif len(running) < self.cfg.images.parallel_builds and all(
+                        p in results for p in parents
+                    ):
+                        waiting.remove(name)
+                        job = pool.submit(self.build, name, tag, position=position[name])
+                        running[job] = name
+                if running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for job in done:
+                        results[running.pop(job)] = job.result()
+        return [results[name] for name in order]
 
 
 def push_image(

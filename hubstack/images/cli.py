@@ -49,7 +49,9 @@ def cmd_build(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     graph = _graph(cfg)
     client = docker_client()
     order = _targets(cfg, graph, args.names)
-    print(f"building {len(order)} image(s) in order: {' -> '.join(order)}")
+    at_once = cfg.images.parallel_builds
+    side_by_side = f" (siblings {at_once} at a time)" if at_once > 1 else ""
+    print(f"building {len(order)} image(s), parents first{side_by_side}: {' -> '.join(order)}")
     results = ImageBuilder(cfg, client, graph, verbose=args.verbose).build_many(order, tag=args.tag)
     failed = [r for r in results if not r.ok]
     if failed:

@@ -1,11 +1,14 @@
 """The build graph comes from the Dockerfiles' FROM lines; bad graphs get clear errors."""
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from hubstack.cli import main
 from hubstack.config import parse_config
+from hubstack.images.build import BuildResult, ImageBuilder
 from hubstack.images.graph import GraphError, ImageGraph
 
 CHILD = (
@@ -112,3 +115,64 @@ def test_the_real_hierarchy():
     for parent, child in [("base", "python"), ("python", "spark"), ("spark", "notebook")]:
         assert order.index(parent) < order.index(child)
         assert g[child].parent == parent
+
+
+class _TimedBuilder(ImageBuilder):
+    """Builds nothing: records when each image's build ran, and fails those named."""
+
+    def __init__(self, cfg, fail=()):
+        super().__init__(cfg, client=None, progress=lambda line: None)
+        self.fail, self.spans, self.lock = set(fail), {}, threading.Lock()
+
+    def build(self, name, tag=None, position="", **kw):
+        started = time.monotonic()
+        time.sleep(0.2)
+        with self.lock:
+            self.spans[name] = (started, time.monotonic())
+        failed = name in self.fail
+        return BuildResult(name, name, not failed, error="boom" if failed else None)
+
+
+def _tree(tmp_path, parallel: int):
+    cfg = make_tree(
+        tmp_path,
+        {
+            "root": ROOT_IMAGE,
+            "mid": CHILD.format(parent="root"),
+            "leaf": CHILD.format(parent="mid"),
+            "other": CHILD.format(parent="root"),
+            "third": CHILD.format(parent="root"),
+        },
+    )
+    images = cfg.images.model_copy(update={"parallel_builds": parallel})
+    return cfg.model_copy(update={"images": images})
+
+
+def test_siblings_build_side_by_side_and_children_after_their_parents(tmp_path):
+    builder = _TimedBuilder(_tree(tmp_path, parallel=2))
+    results = builder.build_many()
+    assert [r.name for r in results] == ["root", "mid", "leaf", "other", "third"]
+    assert all(r.ok for r in results)
+    spans = builder.spans
+    for child, parent in (("mid", "root"), ("leaf", "mid"), ("other", "root"), ("third", "root")):
+        assert spans[child][0] >= spans[parent][1], f"{child} started before {parent} was built"
+    # mid and other (the first two of root's children) overlap; never three at once.
+    assert spans["other"][0] < spans["mid"][1]
+    for t in (start for start, _ in spans.values()):
+        assert sum(1 for s, e in spans.values() if s <= t < e) <= 2
+
+
+def test_one_build_at_a_time_when_asked(tmp_path):
+    builder = _TimedBuilder(_tree(tmp_path, parallel=1))
+    builder.build_many()
+    ordered = sorted(builder.spans.values())
+    assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:], strict=False))
+
+
+def test_a_failed_image_stops_its_branch_only(tmp_path):
+    builder = _TimedBuilder(_tree(tmp_path, parallel=2), fail={"mid"})
+    results = {r.name: r for r in builder.build_many()}
+    assert not results["mid"].ok
+    assert not results["leaf"].ok and results["leaf"].error == "parent mid failed"
+    assert "leaf" not in builder.spans  # never started
+    assert results["other"].ok and results["third"].ok
