@@ -17,7 +17,9 @@ A backup is a folder:
     releases/              release records and notes, and which tag stable was promoted to
                            (what the spawn page's version choice reads)
     homes.tar.gz           with --homes: the analysts' homes, numeric owners and modes kept
-    registry.tar.gz        with --registry: the registry's storage (every pushed image)
+    registry.tar           with --registry: the registry's storage (every pushed image), not
+                           compressed again: its blobs are gzip already (older backups:
+                           registry.tar.gz, still restored)
 
 The folder is written under a temporary name and renamed when complete, so a failed or
 interrupted backup never looks like a good one. Restore checks every checksum first and
@@ -26,7 +28,6 @@ writes only into a state directory, volumes and home root that hold nothing yet.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -103,9 +104,19 @@ def _holding(client, image: str, volume: str, mount: str, **kwargs):
     )
 
 
+REGISTRY_ARCHIVE = "registry.tar"
+REGISTRY_ARCHIVE_GZ = "registry.tar.gz"  # what older backups hold; still restored
+
+
+def _registry_archive(manifest: dict) -> str | None:
+    """The backup's registry archive, if it has one."""
+    names = (REGISTRY_ARCHIVE, REGISTRY_ARCHIVE_GZ)
+    return next((n for n in names if n in manifest["files"]), None)
+
+
 def _archive_volume(client, image: str, volume: str, mount: str, dest: Path) -> None:
-    """Stream the volume's files, as the engine tars them, into DEST (gzip)."""
-    with _holding(client, image, volume, mount) as container, gzip.open(dest, "wb") as out:
+    """Stream the volume's files, as the engine tars them, into DEST (a plain tar)."""
+    with _holding(client, image, volume, mount) as container, dest.open("wb") as out:
         stream, _ = container.get_archive(mount)
         for chunk in stream:
             out.write(chunk)
@@ -222,9 +233,9 @@ def backup(cfg: PlatformConfig, dest: Path, homes: bool = False, registry: bool 
                 raise CommandError(f"no registry storage: volume {volume} does not exist")
             _say(f"registry: archiving volume {volume}")
             _archive_volume(
-                client, cfg.registry.image, volume, REGISTRY_DIR, work / "registry.tar.gz"
+                client, cfg.registry.image, volume, REGISTRY_DIR, work / REGISTRY_ARCHIVE
             )
-            _say(f"registry: {_size(work / 'registry.tar.gz')}")
+            _say(f"registry: {_size(work / REGISTRY_ARCHIVE)}")
         manifest = {
             "format": FORMAT,
             "hubstack": __version__,
@@ -289,7 +300,7 @@ def _refuse_to_overwrite(cfg: PlatformConfig, client, manifest: dict) -> None:
             problems.append(f"{path} exists")
     if any(r.startswith("tls/") for r in manifest["files"]) and any(cfg.tls_dir.glob("*.pem")):
         problems.append(f"{cfg.tls_dir} holds certificates")
-    volumes = ["hub-data"] + (["registry-data"] if "registry.tar.gz" in manifest["files"] else [])
+    volumes = ["hub-data"] + (["registry-data"] if _registry_archive(manifest) else [])
     for volume in volumes:
         if _volume(client, volume_name(cfg, volume)) is not None:
             problems.append(f"volume {volume_name(cfg, volume)} exists")
@@ -359,8 +370,9 @@ def restore(cfg: PlatformConfig, src: Path) -> dict:
     if "homes.tar.gz" in manifest["files"]:
         _restore_homes(cfg, src / "homes.tar.gz")
         _say(f"homes: {cfg.home_root}")
-    if "registry.tar.gz" in manifest["files"]:
-        with (src / "registry.tar.gz").open("rb") as data:  # streamed: it can be large
+    registry_archive = _registry_archive(manifest)
+    if registry_archive:
+        with (src / registry_archive).open("rb") as data:  # streamed: it can be large
             _fill_volume(cfg, client, "registry-data", REGISTRY_DIR, data)
         _say(f"registry storage: volume {volume_name(cfg, 'registry-data')}")
     if manifest.get("config"):

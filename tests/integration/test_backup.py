@@ -83,7 +83,7 @@ def test_backup_of_a_running_hub_restores_into_a_second_platform(
         "hub/jupyterhub.sqlite",
         "users.yaml",
         "homes.tar.gz",
-        "registry.tar.gz",
+        "registry.tar",
         "releases/stable.json",
         "envs/bob.yaml",
     } <= set(manifest["files"])

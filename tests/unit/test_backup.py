@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from hubstack.backup import FORMAT, MANIFEST, _restore_homes, backup, read_manifest, sha256
+from hubstack.backup import (
+    FORMAT,
+    MANIFEST,
+    _registry_archive,
+    _restore_homes,
+    backup,
+    read_manifest,
+    sha256,
+)
 from hubstack.config import parse_config
 from hubstack.errors import CommandError
 
@@ -72,3 +80,10 @@ def test_homes_that_would_leave_the_home_root_are_refused(tmp_path):
     with pytest.raises(CommandError, match="homes.tar.gz: refused: .*escaped.txt"):
         _restore_homes(cfg, archive)
     assert not (tmp_path / "state" / "escaped.txt").exists()
+
+
+def test_a_backup_taken_before_the_registry_was_stored_uncompressed_still_restores():
+    """registry.tar now (its blobs are gzip already); registry.tar.gz from older backups."""
+    assert _registry_archive({"files": {"registry.tar": "x"}}) == "registry.tar"
+    assert _registry_archive({"files": {"registry.tar.gz": "x"}}) == "registry.tar.gz"
+    assert _registry_archive({"files": {"homes.tar.gz": "x"}}) is None
