@@ -90,7 +90,7 @@ def test_killed_build_leaves_the_tag(tmp_path, docker_client):
     assert ImageBuilder(cfg, docker_client, progress=print).build("slow", tag="t").ok
     good = docker_client.images.get(ref).id
 
-    dockerfile.write_text(f"{head}RUN sleep 20 && echo v2-{SESSION_ID} > /v\n")
+    dockerfile.write_text(f"{head}RUN sleep 8 && echo v2-{SESSION_ID} > /v\n")
     build = subprocess.Popen(
         [sys.executable, "-m", "hubstack", "-c", str(tmp_path / "hubstack.yaml")]
         + ["images", "build", "slow", "--tag", "t"],
@@ -103,13 +103,13 @@ def test_killed_build_leaves_the_tag(tmp_path, docker_client):
     try:
         assert build.stdout is not None
         for line in build.stdout:
-            if "RUN sleep 20" in line:
+            if "RUN sleep 8" in line:
                 break
-        time.sleep(3)  # inside the RUN step
+        time.sleep(2)  # inside the RUN step
         os.kill(build.pid, signal.SIGKILL)
         build.wait(10)
         # Longer than the step would have taken: a build the engine kept would be tagged now.
-        time.sleep(25)
+        time.sleep(12)
         assert docker_client.images.get(ref).id == good, "a killed build moved the tag"
         out = docker_client.containers.run(ref, ["cat", "/v"], remove=True).decode().strip()
         assert out == f"v1-{SESSION_ID}"

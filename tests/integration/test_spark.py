@@ -33,7 +33,7 @@ while sc._jsc.sc().getExecutorMemoryStatus().size() < 3 and time.monotonic() < d
     time.sleep(0.5)
 print("JOB START", flush=True)
 def slow(x):
-    time.sleep(1)
+    time.sleep(0.5)
     return x
 total = sc.parallelize(range(60), 60).map(slow).sum()
 print("RESULT " + json.dumps({"sum": total}))
@@ -225,7 +225,7 @@ def test_job_survives_a_worker_killed_mid_job(clusters, drivers):
         assert d.container.reload() or d.container.status == "running", d.logs()[-3000:]
         assert time.monotonic() < deadline, d.logs()[-3000:]
         time.sleep(1)
-    time.sleep(5)  # tasks are running on both executors now
+    time.sleep(3)  # tasks are running on both executors now
     victim = alice.containers("worker")[-1]
     victim.kill()
     try:

@@ -158,12 +158,16 @@ def test_an_analyst_reaches_the_hub_and_nothing_else_of_the_platform(
     )
 
 
-UI_JOB = r"""
-import time
+UI_DONE = "/tmp/driver-ui-checked"
+# The session stays up (and its UI with it) until the test has looked, not a fixed time.
+UI_JOB = rf"""
+import os, time
 from pyspark.sql import SparkSession
 spark = SparkSession.builder.getOrCreate()
 spark.range(10).count()
-time.sleep(90)
+deadline = time.monotonic() + 240
+while not os.path.exists({UI_DONE!r}) and time.monotonic() < deadline:
+    time.sleep(0.5)
 spark.stop()
 """
 
@@ -192,6 +196,8 @@ def test_the_driver_ui_is_its_owners_through_their_server_only(hub_stack, client
         server = docker_client.containers.get(f"{cfg.hub.network}-nb-alice")
         assert not server.attrs["HostConfig"].get("PortBindings")
     finally:
+        server = docker_client.containers.get(f"{cfg.hub.network}-nb-alice")
+        server.exec_run(["touch", UI_DONE])
         session.join(timeout=300)
 
 
