@@ -18,7 +18,7 @@ disk_report() {
 # in "out of disk space" is then easy to tell from a bug.
 disk_report "before the tests"
 set +e
-python3 -m pytest -p no:cacheprovider --durations=25 "$@"
+python3 -m pytest -p no:cacheprovider --durations=25 --junitxml=artifacts/junit.xml "$@"
 rc=$?
 set -e
 disk_report "after the tests"
