@@ -835,11 +835,19 @@ class CIConfig(_Section):
     ci.host:ci.port itself. Off (default): it sits on the platform network with only
     ci.host:ci.port published, and reaches the registry API by its service name."""
     max_body_bytes: int = Field(1 << 20, gt=0)
-    concurrency: int = Field(2, ge=1)
-    """Independent branches of the image graph built at once."""
     keep_releases: int = Field(5, ge=1)
     """Releases (X.Y.Z tags) `hubstack ci prune` keeps, newest first; `stable`, `latest` and
     every image a container uses are kept whatever their age."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data):
+        if isinstance(data, dict) and "concurrency" in data:
+            raise ValueError(
+                "concurrency is no longer a setting here: images.parallel_builds says how "
+                "many images build at once, for CI and `hubstack images build` alike"
+            )
+        return data
 
 
 AUTH_SOURCES = ("file", "ldap", "oidc")

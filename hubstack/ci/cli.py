@@ -147,7 +147,10 @@ def register(subparsers) -> None:
         help="push NAME:<commit> and move NAME:latest after tests pass",
     )
     p.add_argument(
-        "--concurrency", type=int, metavar="N", help="images built at once (default ci.concurrency)"
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="images built at once (default images.parallel_builds)",
     )
     p.set_defaults(func=cmd_build)
 

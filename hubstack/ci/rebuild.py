@@ -1,7 +1,7 @@
 """Rebuild what a change made stale: build, test, tag by commit, and only then move `latest`.
 
 For each image of the plan, in build order (independent branches at once, up to
-``ci.concurrency``): build it as ``NAME:<commit>`` FROM its parents' ``<commit>``
+``images.parallel_builds``): build it as ``NAME:<commit>`` FROM its parents' ``<commit>``
 tags, run its own test module against the fresh image (in a sandbox:
 :mod:`hubstack.ci.sandbox`), and, with ``push``, push
 ``NAME:<commit>`` and move ``NAME:latest`` to it in the registry. An image whose
@@ -17,7 +17,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -137,7 +136,7 @@ class Rebuilder:
 
     PUSH: push NAME:<commit> and move NAME:latest in the registry when an image's tests
     pass. CONCURRENCY: images built at once (independent branches only); 0 takes the
-    platform config's ci.concurrency. RUN_TESTS: run each image's test_image.py against
+    platform config's images.parallel_builds. RUN_TESTS: run each image's test_image.py against
     the fresh image before tagging.
     """
 
@@ -334,27 +333,19 @@ class Rebuilder:
                         fail_descendants(n)
 
         report.images = [outcomes[n] for n in graph.order(in_plan)]
-        workers = self.concurrency or self.cfg.ci.concurrency
-        running: dict[Future, str] = {}
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ci-build") as pool:
-            while True:
-                for name in graph.order(in_plan):
-                    o = outcomes[name]
-                    if o.status != "pending" or name in running.values():
-                        continue
-                    if all(
-                        outcomes[p].status == "ok"
-                        for p in graph.images[name].parents
-                        if p in in_plan
-                    ):
-                        running[pool.submit(self._one, o, graph, builder, tag)] = name
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    name = running.pop(fut)
-                    if outcomes[name].status != "ok":
-                        fail_descendants(name)
+
+        def build(name: str) -> bool:
+            self._one(outcomes[name], graph, builder, tag)
+            return outcomes[name].status == "ok"
+
+        def skipped(name: str, parent: str) -> None:
+            o = outcomes[name]
+            o.status, o.stage, o.error = "skipped", "", f"parent {parent} failed"
+            self.out(f"[ci] {name}: skipped (parent {parent} failed)")
+
+        pending = [n for n in graph.order(in_plan) if outcomes[n].status == "pending"]
+        at_once = self.concurrency or self.cfg.images.parallel_builds
+        graph.run_parents_first(pending, build, at_once, skipped)
         if self.push:
             self._tag_the_rest(graph, in_plan | set(outside), tag)
         report.finished = timestamp()

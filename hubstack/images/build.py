@@ -18,7 +18,6 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -385,44 +384,24 @@ class ImageBuilder:
         self, names: Iterable[str] | None = None, tag: str | None = None, with_parents: bool = True
     ) -> list[BuildResult]:
         """Build NAMES (default: the graph's default targets) plus what they need, parents
-        first; results in build order.
-
-        An image starts once its parents are built; images.parallel_builds of them at once
-        (siblings share no layer, and pip or dpkg keeps only one core busy). A failure stops
-        its branch only: the descendants of a failed image are not built.
+        first, images.parallel_builds at once where neither is the other's ancestor; results
+        in build order. A failure stops its branch only: its descendants are not built.
         """
         names = list(names) if names else self.graph.default_targets(self.cfg)
         order = self.graph.with_ancestors(names) if with_parents else self.graph.order(names)
         position = {name: f"{i}/{len(order)}" for i, name in enumerate(order, 1)}
         results: dict[str, BuildResult] = {}
-        waiting = list(order)
-        running: dict[Future[BuildResult], str] = {}
-        with ThreadPoolExecutor(self.cfg.images.parallel_builds) as pool:
-            while waiting or running:
-                for name in list(waiting):
-                    # A parent outside ORDER exists already (with_parents=False).
-                    parents = [p for p in self.graph[name].parents if p in position]
-                    failed = [p for p in parents if p in results and not results[p].ok]
-                    if failed:
-                        waiting.remove(name)
-                        why = f"parent {failed[0]} failed"
-                        self.progress(f"[{position[name]}] {name}: skipped, {why}")
-                        results[name] = BuildResult(
-                            name,
-                            self.cfg.image_ref(name, tag),
-                            False,
-                            error=why,
-                        )
-                    elif len(running) < self.cfg.images.parallel_builds and all(
-                        p in results for p in parents
-                    ):
-                        waiting.remove(name)
-                        job = pool.submit(self.build, name, tag, position=position[name])
-                        running[job] = name
-                if running:
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for job in done:
-                        results[running.pop(job)] = job.result()
+
+        def build(name: str) -> bool:
+            results[name] = self.build(name, tag, position=position[name])
+            return results[name].ok
+
+        def skipped(name: str, parent: str) -> None:
+            why = f"parent {parent} failed"
+            self.progress(f"[{position[name]}] {name}: skipped, {why}")
+            results[name] = BuildResult(name, self.cfg.image_ref(name, tag), False, error=why)
+
+        self.graph.run_parents_first(order, build, self.cfg.images.parallel_builds, skipped)
         return [results[name] for name in order]
 
 

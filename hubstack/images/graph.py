@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import glob
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -293,6 +294,42 @@ class ImageGraph:
             need.add(self[n].name)
             need.update(self.ancestors(n))
         return self.order(need)
+
+    def run_parents_first(
+        self,
+        names: Iterable[str],
+        work: Callable[[str], bool],
+        at_once: int,
+        skipped: Callable[[str, str], None],
+    ) -> None:
+        """WORK(name) for each of NAMES once its parents among NAMES have succeeded, up to
+        AT_ONCE at a time (images neither of which is the other's ancestor: siblings share no
+        layer, and pip or dpkg keeps one core busy each). WORK says whether it succeeded; a
+        name below a failure is not run but reported, SKIPPED(name, the ancestor that
+        failed). The one scheduler of `images build`, `up` and CI's rebuild."""
+        order = self.order(names)
+        outcome: dict[str, bool] = {}
+        cause: dict[str, str] = {}  # skipped name -> the ancestor whose WORK failed
+        waiting = list(order)
+        running: dict[Future[bool], str] = {}
+        with ThreadPoolExecutor(at_once, thread_name_prefix="build") as pool:
+            while waiting or running:
+                for name in list(waiting):
+                    # A parent outside NAMES exists already.
+                    parents = [p for p in self.images[name].parents if p in order]
+                    failed = [p for p in parents if outcome.get(p) is False]
+                    if failed:
+                        waiting.remove(name)
+                        outcome[name] = False
+                        cause[name] = cause.get(failed[0], failed[0])
+                        skipped(name, cause[name])
+                    elif len(running) < at_once and all(outcome.get(p) for p in parents):
+                        waiting.remove(name)
+                        running[pool.submit(work, name)] = name
+                if running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for job in done:
+                        outcome[running.pop(job)] = job.result()
 
     def default_targets(self, cfg: PlatformConfig) -> list[str]:
         """What a plain `hubstack images build` builds: all but on-demand images and children."""

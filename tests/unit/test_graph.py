@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hubstack.cli import main
-from hubstack.config import parse_config
+from hubstack.config import ConfigError, parse_config
 from hubstack.images.build import BuildResult, ImageBuilder
 from hubstack.images.graph import GraphError, ImageGraph
 
@@ -176,3 +176,9 @@ def test_a_failed_image_stops_its_branch_only(tmp_path):
     assert not results["leaf"].ok and results["leaf"].error == "parent mid failed"
     assert "leaf" not in builder.spans  # never started
     assert results["other"].ok and results["third"].ok
+
+
+def test_ci_concurrency_moved_to_images_parallel_builds():
+    with pytest.raises(ConfigError, match=r"ci: concurrency .* images\.parallel_builds"):
+        parse_config({"ci": {"concurrency": 3}})
+    assert parse_config({}).images.parallel_builds == 2
