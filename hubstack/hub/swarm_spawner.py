@@ -14,8 +14,9 @@ inherited, not copied); what differs is where the server runs:
   its service removed: the analyst is not left waiting on a pending service.
 
 Not yet (docs/multi-node.md): the analyst's home (no mount: a local home would pin the
-analyst to one node; NFS homes are the plan), Spark clusters as services, per-user
-images, the start queue, and the hub joining the analyst's overlay network by itself
+analyst to one node; NFS homes are the plan), Spark clusters as services (a Spark profile
+is refused, naming it), per-user images (servers start on the profile's image), the
+start queue, and the hub joining the analyst's overlay network by itself
 (`service_networks` names networks the hub is already on).
 """
 
@@ -183,6 +184,14 @@ class HubstackSwarmSpawner(HubstackSpawner):
         self._spawn_progress = SpawnProgress()
         progress = self.spawn_progress
         profile = self._profile()
+        if profile.spark:
+            # Said before any work: a server without its cluster would look like it worked.
+            raise web.HTTPError(
+                409,
+                f"the profile {profile.display_name!r} ({profile.name}) needs a Spark cluster "
+                "of your own, which swarm mode cannot start yet (docs/multi-node.md); "
+                "choose another profile",
+            )
         self._profile_cfg = profile
         ident = await self._identity()
         self._ident = ident

@@ -1,12 +1,16 @@
 """The notebook server as a Swarm service (hubstack.hub.service_spec): each field of the spec
 the Swarm spawner sends, from the same container spec the single-host spawner uses."""
 
+import asyncio
 from types import SimpleNamespace
+
+import pytest
+from tornado import web
 
 from hubstack.config import parse_config
 from hubstack.hub.container_spec import PROFILE_LABEL, USER_LABEL
 from hubstack.hub.service_spec import ServiceRequest, account_configs, service_spec
-from hubstack.hub.swarm_spawner import refusal_message
+from hubstack.hub.swarm_spawner import HubstackSwarmSpawner, refusal_message
 
 IDENT = {"uid": 23456, "gid": 23456, "groups": [23456, 30000], "home": "/home/alice"}
 IMAGE = "10.0.0.5:5001/hubstack/notebook@sha256:" + "a" * 64
@@ -145,3 +149,16 @@ def test_a_refusal_names_the_profile_what_it_needs_and_why():
     err = "no suitable node (scheduling constraints not satisfied on 2 nodes)"
     message = refusal_message(plain, ["node.labels.site.room==lab2"], "NVIDIA-GPU", err)
     assert "no available node has the labels it needs" in message
+
+
+def test_the_swarm_spawner_refuses_a_spark_profile_before_any_work():
+    """No Spark cluster as services yet: a server without its cluster would look like it
+    worked, so the start is refused, naming the profile, before the engine is asked."""
+    s = HubstackSwarmSpawner(platform=parse_config({"cluster": {"mode": "swarm"}}))
+    s.user = SimpleNamespace(name="alice", url="/user/alice/", groups=[])
+    s.user_options = {"profile": "spark"}
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(s.start())
+    assert refused.value.status_code == 409
+    assert "the profile " in refused.value.log_message
+    assert "(spark) needs a Spark cluster" in refused.value.log_message
