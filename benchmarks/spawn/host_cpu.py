@@ -97,6 +97,7 @@ class Proc:
     reaped0: float
     reaped: float
     alive: bool = True
+    cmdline: str = ""
 
 
 def _read(pid: int) -> tuple[str, int, int, float, float] | None:
@@ -116,6 +117,14 @@ def _read(pid: int) -> tuple[str, int, int, float, float] | None:
     )
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+
+
 def _container_of(pid: int) -> str:
     try:
         text = Path(f"/proc/{pid}/cgroup").read_text()
@@ -130,6 +139,9 @@ class Report:
     wall: float
     busy: float
     by_kind: dict[str, float] = field(default_factory=dict)
+    largest_other: list[tuple[float, int, str]] = field(default_factory=list)
+    """(CPU-s, PID, command line) of the host processes outside the engine that used the
+    most: to tell another job's load from ours."""
 
     def lines(self, starts: int, label: str = "  host CPU-s per start") -> list[str]:
         """The kinds, largest first, as CPU-s per start (STARTS starts in the window)."""
@@ -142,6 +154,9 @@ class Report:
         out = [f"{label:<34} {self.busy / n:.2f} in all: " + ", ".join(parts[:6])]
         if parts[6:]:
             out.append(f"{'':<34} " + ", ".join(parts[6:]))
+        for cpu, pid, cmd in self.largest_other:
+            if cpu / n >= 0.05:
+                out.append(f"{'    other: ' + str(pid):<34} {cpu / n:.2f} {cmd}")
         return out
 
 
@@ -177,7 +192,9 @@ class HostCPU:
             if p is None:
                 # Born in the window: all of its CPU is the window's.
                 own0, reaped0 = (own, reaped) if first else (0.0, 0.0)
-                self.procs[key] = Proc(comm, ppid, _container_of(pid), own0, own, reaped0, reaped)
+                self.procs[key] = Proc(
+                    comm, ppid, _container_of(pid), own0, own, reaped0, reaped, _cmdline(pid)
+                )
             else:
                 p.own, p.reaped = own, reaped
         for key, p in self.procs.items():
@@ -230,6 +247,16 @@ class HostCPU:
             add(self._kind(p, pid, names), p.own - p.own0)
             if p.alive and pid != 1:
                 add(self._kind(p, pid, names, children=True), p.reaped - p.reaped0)
+        others = [
+            (
+                p.own - p.own0 + (p.reaped - p.reaped0 if p.alive else 0.0),
+                pid,
+                p.cmdline or (_cmdline(pid) if p.alive else "") or p.comm,
+            )
+            for (pid, _), p in self.procs.items()
+            if not p.container and pid != self._me and p.comm not in HOST_KINDS
+        ]
+        report.largest_other = sorted(others, reverse=True)[:3]
         other = "other host processes"
         for kind in [k for k in kinds if k.startswith(other + ": ")]:
             if kinds[kind] < 0.05 * self._starts_hint:
