@@ -238,21 +238,17 @@ class HostCPU:
                 add(names[cid], used - self.cgroups0.get(cid, 0.0))
         alive = {pid: p for (pid, _), p in self.procs.items() if p.alive}
         for (pid, _), p in self.procs.items():
-            parent = alive.get(p.ppid) if not p.alive and p.ppid > 1 else None
-            if parent is not None:
-                # Reaped by a parent still here: in the parent's reaped figure, whole
-                # lifetime included, so take out what it had used before the window.
+            parent = alive.get(p.ppid) if not p.alive else None
+            if parent is not None and self._reaps(parent, p.ppid):
+                # In the parent's reaped figure, whole lifetime included: take out what it
+                # had used before the window.
                 add(self._kind(parent, p.ppid, names, children=True), -(p.own0 + p.reaped0))
                 continue
             add(self._kind(p, pid, names), p.own - p.own0)
-            if p.alive and pid != 1:
+            if p.alive and self._reaps(p, pid):
                 add(self._kind(p, pid, names, children=True), p.reaped - p.reaped0)
         others = [
-            (
-                p.own - p.own0 + (p.reaped - p.reaped0 if p.alive else 0.0),
-                pid,
-                p.cmdline or (_cmdline(pid) if p.alive else "") or p.comm,
-            )
+            (p.own - p.own0, pid, p.cmdline or (_cmdline(pid) if p.alive else "") or p.comm)
             for (pid, _), p in self.procs.items()
             if not p.container and pid != self._me and p.comm not in HOST_KINDS
         ]
@@ -263,6 +259,15 @@ class HostCPU:
                 add(other, kinds.pop(kind))
         add("unattributed (irq, unsampled)", report.busy - sum(kinds.values()))
         return report
+
+    def _reaps(self, p: Proc, pid: int) -> bool:
+        """Whether P's reaped children are counted through it: the engine's daemons and
+        this process, whose children are short commands born in the window. Anything
+        else's reaped figure may hold a grandchild's whole lifetime (a job's shell reaping
+        a test run): those are counted by their own samples instead."""
+        if pid == self._me:
+            return True
+        return not p.container and HOST_KINDS.get(p.comm, "") in CHILDREN
 
     def _kind(self, p: Proc, pid: int, names: dict[str, str], children: bool = False) -> str:
         """What P's own CPU (or, CHILDREN, its reaped children's) counts as. Containers not
