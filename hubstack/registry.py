@@ -102,6 +102,13 @@ def load_credentials(cfg: PlatformConfig, create: bool = True, role: Role = PUSH
     return creds
 
 
+HTPASSWD_ROUNDS = 4
+"""bcrypt cost of the htpasswd hashes: the lowest. The registry checks the hash at every
+request, and at cost 10 a spawn's digest lookup cost the read-only registry about 0.25
+CPU-s on a 2-core node (benchmarks/spawn/run.py --host-cpu). The passwords are 192 random
+bits (token_urlsafe(24)), which no guessing reaches at any cost; the cost factor only
+slows guessing of weak passwords."""
+
 HTPASSWD_FILES: dict[Role, str] = {
     PUSH: "registry.htpasswd",
     PULL: "registry-pull.htpasswd",
@@ -123,7 +130,7 @@ def htpasswd_file(cfg: PlatformConfig, role: Role = PUSH) -> Path:
             and bcrypt.checkpw(creds.password.encode(), hashed.encode())
         ):
             return path
-    hashed = bcrypt.hashpw(creds.password.encode(), bcrypt.gensalt(rounds=10)).decode()
+    hashed = bcrypt.hashpw(creds.password.encode(), bcrypt.gensalt(rounds=HTPASSWD_ROUNDS)).decode()
     write_private(path, f"{creds.username}:{hashed}\n")
     return path
 

@@ -185,7 +185,9 @@ def start_cluster(
             cid = client.api.create_container(**kw)["Id"]
             ids.append(cid)
             files, dirs = secret_files(spec.ident, secret, defaults)
-            files.update(container_spec.account_files(client.api, cid, spec.user, spec.ident))
+            files.update(
+                container_spec.account_files(client.api, cid, spec.user, spec.ident, spec.image)
+            )
             container_spec.put_files(client.api, cid, files, dirs)
             client.api.start(cid)
         _wait_ready(client, ids[0], ids[1:])

@@ -7,7 +7,7 @@ the floor, CPU-seconds to ready of the image's jupyterhub-singleuser and of plai
 
     PYTHONPATH=$PWD python benchmarks/spawn/run.py [--users 10] [--bursts 10,30]
         [--config FILE] [--hub-image REF] [--notebook-image REF] [--executor-image REF]
-        [--bursts-only] [--slots N,M]
+        [--bursts-only] [--slots N,M] [--host-cpu]
 
 --bursts-only skips the one-after-another round, the idle figures and the no-hub floor (a
 quick look at bursts: `--bursts-only --bursts 10,10,10` repeats the burst of ten); --slots
@@ -15,6 +15,9 @@ runs hubstack's round once per hub.spawn.concurrent_starts given (the hub restar
 each; default: one round, unset, which is the hub's cores). Each burst also
 reports the host's CPU busy during it and, for hubstack, where each start's time went (the
 spawner's log line per start: queued, container created and started, server answering).
+--host-cpu adds, per burst, the host's CPU-s per start by process (host_cpu.py): the
+engine (dockerd, containerd, shims, runc, the iptables it runs), the hub's python and
+proxy, the notebook containers, other jobs.
 
 It starts a throwaway platform of its own (own ports, network, state dir), prints a table,
 and removes the platform (not the homes' parent images) at the end.
@@ -39,6 +42,7 @@ import docker
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
+from benchmarks.spawn.host_cpu import HostCPU  # noqa: E402
 from benchmarks.spawn.start_cost import PLAIN_LAB, start_once  # noqa: E402
 from hubstack import stack  # noqa: E402
 from hubstack.config import load_config  # noqa: E402
@@ -118,7 +122,7 @@ def burst_summary(label: str, values: list[float | None]) -> str:
     return f"{summary(label, ready)}  failures {failed}"
 
 
-def host_cpu() -> tuple[float, float]:
+def host_busy() -> tuple[float, float]:
     """(busy, all) CPU-seconds of this machine since boot, all cores (/proc/stat)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     tick = os.sysconf("SC_CLK_TCK")
@@ -152,8 +156,41 @@ def start_phases(hub: str, since: float) -> list[str]:
     return [f"{'  per start, median/max (s)':<34} {figures}"]
 
 
+def container_kinds(client, project: str):
+    """ID -> what the container is, for HostCPU: this platform's hub, its notebook
+    containers, its other services, or another job's container (the engine is shared)."""
+    known: dict[str, str] = {}
+
+    def kind(cid: str) -> str:
+        if cid not in known:
+            try:
+                c = client.api.inspect_container(cid)
+                labels, name = c["Config"]["Labels"] or {}, c["Name"].lstrip("/")
+            except docker.errors.APIError:
+                labels, name = {}, ""
+            if labels.get("com.docker.compose.project") == project:
+                service = labels.get("com.docker.compose.service", "")
+                known[cid] = "hub" if service == "hub" else f"platform's {service}"
+            elif name.startswith(project) and "io.hubstack.user" in labels:
+                known[cid] = "notebook containers"
+            elif name.startswith(project):
+                known[cid] = "platform's other containers"
+            else:
+                known[cid] = "other jobs' containers"
+        return known[cid]
+
+    return kind
+
+
 def run_round(
-    cfg, users: dict, client, label: str, serial_n: int, bursts: list[int], hub: str = ""
+    cfg,
+    users: dict,
+    client,
+    label: str,
+    serial_n: int,
+    bursts: list[int],
+    hub: str = "",
+    host_cpu: bool = False,
 ) -> tuple[list[str], dict[int, list]]:
     base = f"http://{cfg.hub.host}:{cfg.hub.port}"
     lines = []
@@ -172,12 +209,16 @@ def run_round(
     for i, n in enumerate(bursts):
         crowd = list(users.items())[:n]
         since = time.time()
-        busy0, all0 = host_cpu()
+        busy0, all0 = host_busy()
+        sampler = HostCPU(container_kinds(client, cfg.hub.network)) if host_cpu else None
+        if sampler is not None:
+            sampler.start()
         t0 = time.perf_counter()
         with ThreadPoolExecutor(n) as pool:
             at_once = list(pool.map(lambda kv: try_login_to_ready(base, *kv), crowd))
         wall = time.perf_counter() - t0
-        busy1, all1 = host_cpu()
+        report = sampler.stop(n) if sampler is not None else None
+        busy1, all1 = host_busy()
         results[i] = at_once
         lines.append(burst_summary(f"{label}: {n} at once (s)", at_once))
         cores = (all1 - all0) / wall
@@ -185,6 +226,8 @@ def run_round(
             f"{'  host CPU during the burst':<34} {busy1 - busy0:5.1f} CPU-s in {wall:5.1f} s "
             f"= {100 * (busy1 - busy0) / (all1 - all0):3.0f} % of {cores:.0f} cores"
         )
+        if report is not None:
+            lines += report.lines(n)
         if hub:
             lines += start_phases(hub, since)
         stop_all(base, dict(crowd))
@@ -258,6 +301,12 @@ def main() -> int:
         help="hub.spawn.concurrent_starts for hubstack's rounds, comma-separated: one round "
         "each (default: one round with the setting unset)",
     )
+    ap.add_argument(
+        "--host-cpu",
+        action="store_true",
+        help="also say where the host's CPU went in each burst, by process (engine, "
+        "iptables, hub, proxy, notebooks), as CPU-s per start",
+    )
     args = ap.parse_args()
     try:
         bursts = [int(n) for n in args.bursts.split(",") if n.strip()]
@@ -316,7 +365,9 @@ def main() -> int:
         for n in slots:
             label = "hubstack" if n is None else f"hubstack, {n} slots"
             with hub_config_changed(cfg, client, with_slots(n)):
-                more, ours[label] = run_round(cfg, users, client, label, serial_n, bursts, hub)
+                more, ours[label] = run_round(
+                    cfg, users, client, label, serial_n, bursts, hub, args.host_cpu
+                )
             lines += more
             serial_n = 0  # the one-after-another round does not depend on the slots
 
@@ -328,7 +379,9 @@ def main() -> int:
             capture_output=True,
         )
         stack.wait_for_hub(cfg)  # the proxy routes to the new hub only once it is up
-        more, stock = run_round(cfg, users, client, "stock DockerSpawner", serial_n, bursts)
+        more, stock = run_round(
+            cfg, users, client, "stock DockerSpawner", serial_n, bursts, host_cpu=args.host_cpu
+        )
         lines += more
         for label, figures in ours.items():
             lines += ratios(label, bursts, figures, stock)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import threading
 import time
 from dataclasses import dataclass
 
@@ -118,17 +119,46 @@ def read_file(client, container_id: str, path: str) -> str:
         return member.read().decode()
 
 
-def account_files(client, container_id: str, user_name: str, ident: dict) -> dict[str, File]:
+# The image's own /etc/passwd and /etc/group, by image digest (immutable): reading them
+# out of each new container costs the engine two archive exports (a mount of the
+# container's file system and a chrooted tar each) per start, the same bytes every time.
+_IMAGE_ACCOUNTS: dict[str, tuple[str, str]] = {}
+_IMAGE_ACCOUNTS_LOCK = threading.Lock()
+IMAGE_ACCOUNTS_KEPT = 64
+
+
+def image_account_files(client, container_id: str, image: str = "") -> tuple[str, str]:
+    """The image's /etc/passwd and /etc/group, read from a container created from it, or
+    remembered from an earlier container of the same IMAGE when it is a digest
+    (REPO@sha256:...)."""
+    cacheable = "@sha256:" in image
+    if cacheable:
+        with _IMAGE_ACCOUNTS_LOCK:
+            if image in _IMAGE_ACCOUNTS:
+                return _IMAGE_ACCOUNTS[image]
+    found = (
+        read_file(client, container_id, "/etc/passwd"),
+        read_file(client, container_id, "/etc/group"),
+    )
+    if cacheable:
+        with _IMAGE_ACCOUNTS_LOCK:
+            while len(_IMAGE_ACCOUNTS) >= IMAGE_ACCOUNTS_KEPT:
+                del _IMAGE_ACCOUNTS[next(iter(_IMAGE_ACCOUNTS))]  # the oldest
+            _IMAGE_ACCOUNTS[image] = found
+    return found
+
+
+def account_files(
+    client, container_id: str, user_name: str, ident: dict, image: str = ""
+) -> dict[str, File]:
     """The image's /etc/passwd and /etc/group plus the analyst's lines, so id, whoami, $HOME,
-    pwd.getpwuid(), Java's user.home and Hadoop's login see the analyst without root."""
+    pwd.getpwuid(), Java's user.home and Hadoop's login see the analyst without root. IMAGE
+    (the container's image, by digest) lets the image's files be read once per image."""
     passwd, group = passwd_entries(
         user_name, ident["uid"], ident["gid"], ident["groups"], ident["home"]
     )
+    image_passwd, image_group = image_account_files(client, container_id, image)
     return {
-        "/etc/passwd": File(
-            merge_account_file(read_file(client, container_id, "/etc/passwd"), passwd, 2).encode()
-        ),
-        "/etc/group": File(
-            merge_account_file(read_file(client, container_id, "/etc/group"), group, 2).encode()
-        ),
+        "/etc/passwd": File(merge_account_file(image_passwd, passwd, 2).encode()),
+        "/etc/group": File(merge_account_file(image_group, group, 2).encode()),
     }

@@ -527,7 +527,9 @@ class HubstackSpawner(DockerSpawner):
         container."""
 
         def run():
-            files = container_spec.account_files(self.client, container_id, self.user.name, ident)
+            files = container_spec.account_files(
+                self.client, container_id, self.user.name, ident, self.image
+            )
             container_spec.put_files(self.client, container_id, files, {})
 
         await self._in_pool(run)

@@ -292,6 +292,13 @@ def validate_users(
 # ---------------------------------------------------------------- the file
 
 
+# Parsed users files by (path, min_uid, allow_nobody), with the (inode, size, mtime) they
+# were parsed at: the hub looks users up at every login, spawn and session refresh (a new
+# UsersFile each time), and parsing the YAML costs milliseconds per analyst in the file;
+# a stat tells whether it changed (mutations replace the file: a new inode).
+_PARSED: dict[tuple[str, int, bool], tuple[tuple[int, int, int], dict[str, UserRecord]]] = {}
+
+
 class UsersFile:
     """The YAML users file at ``path``; load() validates, mutations write atomically."""
 
@@ -309,12 +316,20 @@ class UsersFile:
         """All users by name. A missing file means no users. Broken hashes are only
         reported by `broken_hashes()` / at login, so one bad entry can't lock out everyone."""
         try:
+            st = self.path.stat()
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            key = (str(self.path), self.min_uid, self.allow_nobody)
+            parsed = _PARSED.get(key)
+            if parsed is not None and parsed[0] == stamp:
+                return dict(parsed[1])
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return {}
         except OSError as e:
             raise UsersFileError(f"{self.path}: cannot read users file: {e.strerror}") from None
-        return self._parse(text)
+        users = self._parse(text)
+        _PARSED[key] = (stamp, users)
+        return dict(users)
 
     def _parse(self, text: str) -> dict[str, UserRecord]:
         where = str(self.path)

@@ -14,6 +14,7 @@ import yaml
 from hubstack.config import ConfigError, parse_config
 from hubstack.errors import CommandError
 from hubstack.registry import (
+    HTPASSWD_ROUNDS,
     PULL,
     PULL_INSTANCE_ENV,
     PUSH,
@@ -56,6 +57,8 @@ def test_first_run_makes_two_private_accounts_each_instance_knowing_only_its_own
         assert len(lines) == 1
         user, _, hashed = lines[0].partition(":")
         assert user == creds.username
+        # The cheapest bcrypt cost: the registry checks it at every request.
+        assert hashed.startswith(f"$2b${HTPASSWD_ROUNDS:02d}$"), hashed
         assert bcrypt.checkpw(creds.password.encode(), hashed.encode())
         assert user != other.username
 

@@ -1,6 +1,8 @@
 """The spawner's pure parts: account lines, pull progress, progress events, hub config."""
 
 import asyncio
+import io
+import tarfile
 import threading
 from types import SimpleNamespace
 
@@ -8,7 +10,7 @@ from tornado import web
 from traitlets.config import Config
 
 from hubstack.config import parse_config
-from hubstack.hub import setup
+from hubstack.hub import container_spec, setup
 from hubstack.hub.container_spec import merge_account_file, passwd_entries
 from hubstack.hub.progress import PullProgress, SpawnProgress
 from hubstack.hub.spawner import HubstackSpawner
@@ -24,6 +26,40 @@ def test_passwd_entry_replaces_clashing_uid_and_keeps_the_rest():
     assert not any(line.startswith("jovyan:") for line in merged.splitlines())
     assert merged.startswith("root:x:0:0")
     assert group.splitlines() == ["alice:x:1000:", "g2000:x:2000:alice"]
+
+
+class ArchiveEngine:
+    """The engine's archive export of a container's file, counted (what a start costs)."""
+
+    def __init__(self):
+        self.reads: list[tuple[str, str]] = []
+
+    def get_archive(self, container_id, path):
+        self.reads.append((container_id, path))
+        data = IMAGE_PASSWD.encode() if path == "/etc/passwd" else b"root:x:0:\n"
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            info = tarfile.TarInfo(path.rsplit("/", 1)[1])
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return [out.getvalue()], {}
+
+
+def test_the_images_account_files_are_read_once_per_image_digest():
+    engine = ArchiveEngine()
+    ident = {"uid": 3001, "gid": 3001, "groups": [], "home": "/home/alice"}
+    image = "reg/ns/notebook@sha256:" + "a" * 64
+    first = container_spec.account_files(engine, "c1", "alice", ident, image)
+    bob_ident = {**ident, "uid": 3002, "home": "/home/bob"}
+    again = container_spec.account_files(engine, "c2", "bob", bob_ident, image)
+    assert len(engine.reads) == 2  # passwd and group of c1; c2 of the same image asks nothing
+    assert "alice:x:3001:3001" in first["/etc/passwd"].data.decode()
+    bob = again["/etc/passwd"].data.decode()
+    assert "bob:x:3002:3001" in bob and "alice" not in bob and bob.startswith("root:x:0:0")
+    # A tag may move: read from the container itself every time.
+    container_spec.account_files(engine, "c3", "alice", ident, "reg/ns/notebook:stable")
+    container_spec.account_files(engine, "c4", "alice", ident, "reg/ns/notebook:stable")
+    assert [cid for cid, _ in engine.reads[2:]] == ["c3", "c3", "c4", "c4"]
 
 
 def test_pull_progress_counts_bytes_across_layers():

@@ -89,6 +89,27 @@ def test_add_and_load(users):
     assert FileUserSource(users).verify("bob", "alice-pw") is None
 
 
+def test_the_file_is_parsed_again_only_when_it_changed(users, monkeypatch):
+    parses = []
+    parse = UsersFile._parse
+    monkeypatch.setattr(
+        UsersFile, "_parse", lambda self, text: parses.append(1) or parse(self, text)
+    )
+    again = UsersFile(users.path, min_uid=1000)  # the hub makes a new one for each lookup
+    assert again.get("alice") is not None and again.load().keys() == {"alice"}
+    assert len(parses) <= 1  # at most once: `add` may have parsed it already
+    n = len(parses)
+    users.add("bob", uid=1002, gid=1002, groups=[], password="bob-pw")  # the CLI, meanwhile
+    assert UsersFile(users.path, min_uid=1000).get("bob") is not None
+    assert len(parses) > n
+    # An edit in place (same inode) is seen too (a size or mtime change).
+    text = users.path.read_text().replace("uid: 1002", "uid: 10020")
+    with open(users.path, "r+") as f:
+        f.write(text)
+        f.truncate()
+    assert UsersFile(users.path, min_uid=1000).get("bob").uid == 10020
+
+
 @pytest.mark.parametrize(
     "name,uid,gid,groups,problem",
     [
