@@ -313,7 +313,8 @@ class ProfileConfig(_Section):
     placement: dict[str, str] | None = None
     """Swarm mode: node labels (KEY: VALUE) a node must carry to run this profile's servers.
     Unset: cluster.node_labels.gpu=true for a profile with gpus, .spark=true for a Spark
-    profile, else any node (PlatformConfig.placement)."""
+    profile, else any node but a GPU node (PlatformConfig.placement_constraints); `{}`: any
+    node at all."""
 
     @field_validator("placement")
     @classmethod
@@ -1274,8 +1275,13 @@ class PlatformConfig(_Section):
         return out
 
     def placement_constraints(self, profile: ProfileConfig) -> list[str]:
-        """PROFILE's placement as Swarm constraints (`docker service create --constraint`)."""
-        return [f"node.labels.{k}=={v}" for k, v in sorted(self.placement(profile).items())]
+        """PROFILE's placement as Swarm constraints (`docker service create --constraint`).
+        A profile without GPUs and without a placement of its own also keeps off GPU nodes:
+        a CPU notebook must not take the memory and cores a GPU analyst needs there."""
+        out = [f"node.labels.{k}=={v}" for k, v in sorted(self.placement(profile).items())]
+        if profile.placement is None and not profile.gpus:
+            out.insert(0, f"node.labels.{self.cluster.node_labels.gpu}!=true")
+        return out
 
     def profile(self, name: str) -> ProfileConfig:
         for p in self.profiles:

@@ -135,8 +135,9 @@ def test_cluster_defaults_to_one_host_and_places_profiles_by_what_they_need():
     assert cfg.cluster.mode == "single"
     by_name = {p.name: cfg.placement_constraints(p) for p in cfg.profiles}
     assert by_name == {
-        "default": [],
-        "spark": ["node.labels.hubstack.spark==true"],
+        # Off GPU nodes unless it needs a GPU (a node without the label is not one).
+        "default": ["node.labels.hubstack.gpu!=true"],
+        "spark": ["node.labels.hubstack.gpu!=true", "node.labels.hubstack.spark==true"],
         "gpu": ["node.labels.hubstack.gpu==true"],
     }
 

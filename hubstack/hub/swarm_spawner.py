@@ -1,0 +1,310 @@
+"""HubstackSwarmSpawner: each analyst's server as a Swarm service (cluster.mode: swarm).
+
+The same analyst, profile, version and image as HubstackSpawner (it is one: the profile
+and access checks, the identity, the version choice and the digest resolution are
+inherited, not copied); what differs is where the server runs:
+- a replicated service of one task, from hubstack.hub.service_spec (the container spec as
+  a service: UID:GID, no capabilities, limits and reservations, placement constraints
+  from the profile, GPUs as the Swarm generic resource);
+- the pull account goes with the service (`--with-registry-auth`): the manager hands it
+  to the node the task lands on, and no node stores a registry password;
+- the analyst's /etc/passwd and /etc/group are Swarm configs named by content;
+- a task the scheduler cannot place ("no suitable node": no free GPU, no node with the
+  profile's labels, all drained) is refused at once with the profile and the reason, and
+  its service removed: the analyst is not left waiting on a pending service.
+
+Not yet (docs/multi-node.md): the analyst's home (no mount: a local home would pin the
+analyst to one node; NFS homes are the plan), Spark clusters as services (a Spark profile
+is refused, naming it), per-user images (servers start on the profile's image), the
+start queue, and the hub joining the analyst's overlay network by itself
+(`service_networks` names networks the hub is already on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pprint import pformat
+
+import docker
+from tornado import web
+from traitlets import Float, List, Unicode
+
+from hubstack.engine import PLATFORM_LABEL
+from hubstack.hub import container_spec, service_spec, versions
+from hubstack.hub.progress import SpawnProgress
+from hubstack.hub.spawner import HubstackSpawner
+
+# Task states on the way to running (Swarm's task lifecycle).
+STARTING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
+UNPLACEABLE = "no suitable node"
+NODE_STATE = "swarm_node"
+
+
+class SwarmRefusal(Exception):
+    """The scheduler cannot place a server now; the message says which profile and why."""
+
+
+def refusal_message(profile, constraints: list[str], gpu_resource: str, err: str) -> str:
+    """What the analyst reads when no node can take their server: the profile, what it needs,
+    and the scheduler's own words."""
+    needs = list(constraints)
+    if profile.gpus:
+        needs.append(f"{profile.gpus} free {gpu_resource}")
+    wanted = f" (it needs {' and '.join(needs)})" if needs else ""
+    why = "every node that could run it is busy or unavailable"
+    if profile.gpus and "insufficient resources" in err:
+        why = "every GPU is taken"
+    elif "constraint" in err:
+        why = "no available node has the labels it needs"
+    return (
+        f"the profile {profile.display_name!r} ({profile.name}) cannot start now: {why}{wanted}. "
+        f"The scheduler says: {err}. Try again later, or choose another profile"
+    )
+
+
+class HubstackSwarmSpawner(HubstackSpawner):
+    """HubstackSpawner whose servers are Swarm services, placed by node labels and GPUs."""
+
+    service_networks = List(
+        Unicode(),
+        config=True,
+        help="Overlay networks each server's service joins: the hub must be on one of them "
+        "to reach the server by its service name.",
+    )
+    reservation_fraction = Float(
+        0.25,
+        config=True,
+        help="Share of a profile's CPU and memory limits each server reserves, so Swarm "
+        "places it only on a node with that much unreserved (the limits stay the limits).",
+    )
+    unplaceable_grace = Float(
+        2.0,
+        config=True,
+        help="Seconds a task may stay pending with 'no suitable node' before the start is "
+        "refused: just after a stop, Swarm may not yet count a freed GPU as free.",
+    )
+    task_poll_interval = Float(0.25, config=True, help="Seconds between looks at the task.")
+
+    node_name = Unicode("", help="The node this analyst's server runs on (kept in state).")
+
+    _logged_in: set = set()
+    _image_accounts: dict = {}
+
+    # --- state ---------------------------------------------------------------------
+    def load_state(self, state):
+        super().load_state(state)
+        self.node_name = state.get(NODE_STATE, "")
+
+    def get_state(self):
+        state = super().get_state()
+        if self.node_name:
+            state[NODE_STATE] = self.node_name
+        return state
+
+    @property
+    def service_name(self) -> str:
+        return self.container_name
+
+    # --- what the service is made of ----------------------------------------------------
+    def _login(self, image: str) -> None:
+        """Log the manager's client in with the pull account, once: create_service then
+        sends it along (X-Registry-Auth), as `docker service create --with-registry-auth`."""
+        auth = self._auth(image)
+        if auth is None:  # not our registry's image: nothing to pass on
+            return
+        key = (id(self.client), auth["serveraddress"], auth["username"])
+        if key in HubstackSwarmSpawner._logged_in:
+            return
+        self.client.login(
+            username=auth["username"],
+            password=auth["password"],
+            registry=image.split("/", 1)[0],
+        )
+        HubstackSwarmSpawner._logged_in.add(key)
+
+    def _read_image_accounts(self, image: str) -> tuple[str, str]:
+        """The image's own /etc/passwd and /etc/group, read from a container created (never
+        started) on the manager's engine; once per digest."""
+        cached = HubstackSwarmSpawner._image_accounts.get(image)
+        if cached is not None:
+            return cached
+        try:
+            self.client.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            self._pull_quietly(image)
+        created = self.client.create_container(image, command=["true"], labels={PLATFORM_LABEL: ""})
+        try:
+            files = tuple(
+                container_spec.read_file(self.client, created["Id"], path)
+                for path in service_spec.ACCOUNT_FILES
+            )
+        finally:
+            self.client.remove_container(created["Id"], force=True)
+        HubstackSwarmSpawner._image_accounts[image] = files
+        return files  # type: ignore[return-value]
+
+    def _ensure_configs(
+        self, configs: list[service_spec.AccountConfig]
+    ) -> list[tuple[str, service_spec.AccountConfig]]:
+        """Each account config's ID, made now or found (the same content made before)."""
+        out = []
+        for config in configs:
+            found = self.client.configs(filters={"name": config.name})
+            exact = [c for c in found if c["Spec"]["Name"] == config.name]
+            if exact:
+                out.append((exact[0]["ID"], config))
+                continue
+            try:
+                made = self.client.create_config(config.name, config.data, labels=config.labels)
+            except docker.errors.APIError as e:
+                if e.status_code != 409:  # made by a start at the same moment: reuse it
+                    raise
+                made = {"ID": self.client.inspect_config(config.name)["ID"]}
+            out.append((made["ID"], config))
+        return out
+
+    def _remove_configs(self, keep: set[str] | None = None) -> None:
+        """This analyst's account configs no service uses any more (all but KEEP)."""
+        label = f"{container_spec.USER_LABEL}={self.user.name}"
+        for config in self.client.configs(filters={"label": label}):
+            if keep and config["ID"] in keep:
+                continue
+            if not config["Spec"]["Name"].startswith(f"{self.cfg.hub.network}-nb-"):
+                continue
+            with contextlib.suppress(docker.errors.APIError):
+                self.client.remove_config(config["ID"])
+
+    def _remove_service(self) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.remove_service(self.service_name)
+
+    # --- start -----------------------------------------------------------------------
+    async def start(self):
+        self._spawn_progress = SpawnProgress()
+        progress = self.spawn_progress
+        profile = self._profile()
+        if profile.spark:
+            # Said before any work: a server without its cluster would look like it worked.
+            raise web.HTTPError(
+                409,
+                f"the profile {profile.display_name!r} ({profile.name}) needs a Spark cluster "
+                "of your own, which swarm mode cannot start yet (docs/multi-node.md); "
+                "choose another profile",
+            )
+        self._profile_cfg = profile
+        ident = await self._identity()
+        self._ident = ident
+        self._extra_env = {}
+        tag = self._image_tag(profile)
+        ref = self.cfg.image_ref(profile.image, tag)
+        version = self._version()
+        self.chosen_version = version if versions.is_release(version) else ""
+        progress.emit(2, f"Looking up image {profile.image} in the registry")
+        self.image = await self._resolve_digest(ref)
+        progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
+
+        await self._in_pool(self._login, self.image)
+        image_passwd, image_group = await self._in_pool(self._read_image_accounts, self.image)
+        configs = service_spec.account_configs(
+            f"{self.cfg.hub.network}-nb", self.user.name, ident, image_passwd, image_group
+        )
+        accounts = await self._in_pool(self._ensure_configs, configs)
+        constraints = self.cfg.placement_constraints(profile)
+        request = service_spec.ServiceRequest(
+            name=self.service_name,
+            image=self.image,
+            user_name=self.user.name,
+            profile_name=profile.name,
+            ident=ident,
+            command=await self.get_command(),
+            env=self.get_env(),
+            labels={PLATFORM_LABEL: self.cfg.hub.network, **self.extra_labels},
+            cpu_limit=profile.cpu_limit or self.cfg.resources.cpu_limit,
+            mem_limit=profile.mem_limit or self.cfg.resources.mem_limit,
+            reservation_fraction=self.reservation_fraction,
+            pids_limit=self.pids_limit,
+            constraints=constraints,
+            gpus=profile.gpus,
+            gpu_resource=self.cfg.cluster.gpu_resource,
+            networks=list(self.service_networks),
+            accounts=accounts,
+        )
+        progress.emit(10, "Asking the swarm for a node")
+        await self._in_pool(self._remove_service)  # a service a crashed hub left behind
+        created = await self._in_pool(
+            lambda: self.client.create_service(**service_spec.service_spec(request))
+        )
+        self.object_id = created["ID"]
+        try:
+            task = await self._until_running(profile, constraints)
+        except BaseException:
+            await self._in_pool(self._remove_service)
+            await self._in_pool(self._remove_configs, None)
+            self.object_id = ""
+            raise
+        node = await self._in_pool(self.client.inspect_node, task["NodeID"])
+        self.node_name = node["Description"]["Hostname"]
+        self.log.info(
+            "%s's server (%s) runs on node %s", self.user.name, profile.name, self.node_name
+        )
+        progress.emit(90, f"Your server runs on node {self.node_name}")
+        return (self.service_name, self.port)
+
+    async def _until_running(self, profile, constraints: list[str]) -> dict:
+        """The service's task once it runs. A task Swarm cannot place is refused (409) after
+        unplaceable_grace; one that fails says why (500)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        unplaceable_since = None
+        said = ""
+        while True:
+            tasks = await self.docker("tasks", filters={"service": self.object_id})
+            task = max(tasks, key=lambda t: t.get("CreatedAt", ""), default=None)
+            status = (task or {}).get("Status") or {}
+            state, err = status.get("State", ""), status.get("Err", "")
+            if state == "running":
+                return task  # type: ignore[return-value]
+            if state == "pending" and UNPLACEABLE in err:
+                unplaceable_since = unplaceable_since or loop.time()
+                if loop.time() - unplaceable_since >= self.unplaceable_grace:
+                    message = refusal_message(
+                        profile, constraints, self.cfg.cluster.gpu_resource, err
+                    )
+                    self.log.warning("%s: %s", self.user.name, message)
+                    raise web.HTTPError(409, message)
+            else:
+                unplaceable_since = None
+            if task is not None and state not in STARTING:
+                raise web.HTTPError(
+                    500,
+                    f"your server's task on the swarm ended as {state}: {err or pformat(status)}",
+                )
+            if state and state != said:
+                self.spawn_progress.emit(20 if state == "preparing" else 15, f"Server: {state}")
+                said = state
+            if loop.time() > deadline:
+                raise web.HTTPError(
+                    500, f"your server did not start in {self.start_timeout} s (task: {state})"
+                )
+            await asyncio.sleep(self.task_poll_interval)
+
+    # --- poll and stop -----------------------------------------------------------------
+    async def poll(self):
+        try:
+            tasks = await self.docker(
+                "tasks", filters={"service": self.service_name, "desired-state": "running"}
+            )
+        except docker.errors.NotFound:
+            return 0
+        if not tasks:
+            return 0
+        state = tasks[0]["Status"]["State"]
+        return None if state == "running" or state in STARTING else pformat(tasks[0]["Status"])
+
+    async def stop(self, now=False):
+        await self._in_pool(self._remove_service)
+        await self._in_pool(self._remove_configs, None)
+        self.object_id = ""
+        self.node_name = ""
+        self._spawn_progress = None

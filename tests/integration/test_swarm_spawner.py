@@ -1,0 +1,190 @@
+"""The Swarm spawner (hubstack.hub.swarm_spawner) on the real two-node swarm of
+tests/integration/swarm_nodes.py: where analysts' servers land, the refusal when no GPU is
+free, and a drained node.
+
+How it is driven: the spawner class's own start/poll/stop, called as JupyterHub calls them,
+against the manager's engine, with the analyst's identity as a login's auth state would
+give it. There is no hub in this module: a hub reaching a server on another node needs the
+overlay network and the stack deployment, which are not built yet. So the server is the
+harness's tiny image (the platform's base root plus a label, pushed to the harness's TLS
+registry) running `sleep infinity`, not the notebook image: what is checked is where the
+task runs, as whom, and what the analyst is told; not a notebook answering.
+
+The GPU is SIMULATED: the `gpu` node advertises one NVIDIA-GPU generic resource
+(GPU-sim-0) in its daemon.json; no device is handed to any container here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import docker
+import pytest
+from tornado import web
+
+from hubstack.cli import main
+from hubstack.config import parse_config
+from hubstack.hub.container_spec import USER_LABEL
+from hubstack.hub.swarm_spawner import HubstackSwarmSpawner
+from hubstack.nodes import node_rows
+from tests.integration.swarm_nodes import TINY_IMAGE
+
+pytestmark = pytest.mark.integration
+
+IDENTS = {
+    "alice": {"uid": 23401, "gid": 23401, "groups": [23401], "home": "/home/alice"},
+    "bob": {"uid": 23402, "gid": 23402, "groups": [23402], "home": "/home/bob"},
+    "carol": {"uid": 23403, "gid": 23403, "groups": [23403], "home": "/home/carol"},
+}
+
+
+@pytest.fixture(scope="module")
+def hub_cfg(swarm_registry):
+    """The platform config as the hub sees it (hubstack.stack.hub_config): the registry is
+    the read-only TLS instance, its one account the pull account; two profiles on the tiny
+    image: default and GPU."""
+    cfg = swarm_registry.cfg
+    data = cfg.model_dump(mode="json", exclude={"path"})
+    data["registry"]["address"] = cfg.registry.pull_address
+    data["registry"]["credentials_file"] = str(cfg.registry_pull_credentials_file)
+    data["hub"]["notebook_image_tag"] = cfg.images.tag
+    data["cluster"]["mode"] = "swarm"
+    data["profiles"] = [
+        {"name": "default", "display_name": "Default", "image": TINY_IMAGE},
+        {"name": "gpu", "display_name": "GPU", "image": TINY_IMAGE, "gpus": 1},
+    ]
+    return parse_config(data)
+
+
+@pytest.fixture
+def spawners(swarm, hub_cfg, monkeypatch):
+    """spawn(name, profile) -> a started analyst's spawner; all are stopped afterwards, and
+    nothing of theirs (services, configs) is left on the swarm."""
+    api = docker.APIClient(base_url=swarm.manager.socket, version="auto", timeout=120)
+    monkeypatch.setattr(HubstackSwarmSpawner, "_client", api)
+    made: list[HubstackSwarmSpawner] = []
+
+    def make(name: str, profile: str) -> HubstackSwarmSpawner:
+        async def auth_state():
+            return IDENTS[name]
+
+        s = HubstackSwarmSpawner(platform=hub_cfg, cmd=["sleep", "infinity"])
+        s.user = SimpleNamespace(
+            name=name, url=f"/user/{name}/", groups=[], get_auth_state=auth_state, id=1
+        )
+        s.hub = SimpleNamespace(
+            api_url="http://hub:8081/hub/api",
+            base_url="/hub/",
+            url="http://hub:8081/hub/",
+            public_host="",
+        )
+        s.user_options = {"profile": profile}
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        _run(s.stop())
+    prefix = f"{hub_cfg.hub.network}-nb-"
+    deadline = time.monotonic() + 30
+    while True:
+        left = [x["Spec"]["Name"] for x in api.services() if x["Spec"]["Name"].startswith(prefix)]
+        left += [c["Spec"]["Name"] for c in api.configs() if c["Spec"]["Name"].startswith(prefix)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    api.close()
+    assert not left, f"left on the swarm: {left}"
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def _container(swarm, spawner) -> docker.models.containers.Container:
+    node = swarm.node(spawner.node_name).client
+    (found,) = node.containers.list(filters={"label": f"{USER_LABEL}={spawner.user.name}"})
+    return found
+
+
+def test_a_gpu_analyst_lands_on_the_gpu_node_a_default_one_does_not(swarm, spawners):
+    alice, bob = spawners("alice", "gpu"), spawners("bob", "default")
+    started = time.monotonic()
+    assert _run(alice.start()) == (alice.service_name, 8888)
+    assert _run(bob.start()) == (bob.service_name, 8888)
+    print(f"[swarm spawner] two starts in {time.monotonic() - started:.1f}s")
+    assert alice.node_name == "gpu"
+    assert bob.node_name == "spark"  # the default profile keeps off GPU nodes
+    assert _run(alice.poll()) is None and _run(bob.poll()) is None
+    assert alice.get_state()["swarm_node"] == "gpu"
+
+    # On the node: the analyst's UID:GID and name (the passwd config), no capabilities,
+    # no-new-privileges (the node's daemon.json), and the GPU Swarm assigned.
+    c = _container(swarm, alice)
+    assert c.exec_run(["id", "-un"]).output.decode().strip() == "alice"
+    assert c.exec_run(["id", "-u"]).output.decode().strip() == "23401"
+    assert c.exec_run(["sh", "-c", "echo ~"]).output.decode().strip() == "/home/alice"
+    status = c.exec_run(["cat", "/proc/1/status"]).output.decode()
+    assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
+    assert "DOCKER_RESOURCE_NVIDIA-GPU=GPU-sim-0" in c.attrs["Config"]["Env"]
+    assert not any("docker.sock" in m["Source"] for m in c.attrs["Mounts"])
+    bob_env = _container(swarm, bob).attrs["Config"]["Env"]
+    assert not any(e.startswith("DOCKER_RESOURCE_") for e in bob_env)
+
+    # `hubstack nodes` shows who runs where, and alice's GPU taken.
+    rows = {r.name: r for r in node_rows(alice.cfg, swarm.manager.client)}
+    assert rows["gpu"].analysts == ["alice"] and rows["spark"].analysts == ["bob"]
+    assert (rows["gpu"].gpus_total, rows["gpu"].gpus_used) == (1, 1)
+
+    # Stopped: the service and its configs are gone, and poll says so.
+    _run(bob.stop())
+    assert _run(bob.poll()) == 0
+
+
+def test_two_gpu_spawns_for_one_gpu_give_one_server_and_one_clear_refusal(swarm, spawners):
+    alice, carol = spawners("alice", "gpu"), spawners("carol", "gpu")
+    _run(alice.start())
+    assert alice.node_name == "gpu"
+    started = time.monotonic()
+    with pytest.raises(web.HTTPError) as refused:
+        _run(carol.start())
+    took = time.monotonic() - started
+    assert refused.value.status_code == 409
+    message = refused.value.log_message
+    assert message.startswith("the profile 'GPU' (gpu) cannot start now: every GPU is taken")
+    assert "1 free NVIDIA-GPU" in message and "insufficient resources" in message
+    assert took < 20, f"the refusal took {took:.1f}s"
+    # Carol's pending service is gone, not left holding a place in the queue for the GPU.
+    manager = swarm.manager.client
+    assert not manager.services.list(filters={"name": carol.service_name})
+    assert _run(carol.poll()) == 0
+    # Once alice stops, the GPU is carol's.
+    _run(alice.stop())
+    _run(carol.start())
+    assert carol.node_name == "gpu"
+
+
+def test_a_drained_node_takes_no_new_server(swarm, spawners, monkeypatch, capsys):
+    manager = swarm.manager.client
+    node = manager.nodes.get(swarm.node("spark").node_id)
+    spec = dict(node.attrs["Spec"])
+    node.update({**spec, "Availability": "drain"})
+    try:
+        monkeypatch.setenv("DOCKER_HOST", swarm.manager.socket)
+        assert main(["nodes"]) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("spark "))
+        assert " drain " in line
+        bob = spawners("bob", "default")
+        with pytest.raises(web.HTTPError) as refused:
+            _run(bob.start())
+        assert refused.value.status_code == 409
+        assert "the profile 'Default' (default) cannot start now" in refused.value.log_message
+        assert "node.labels.hubstack.gpu!=true" in refused.value.log_message
+    finally:
+        node.reload()
+        node.update({**dict(node.attrs["Spec"]), "Availability": "active"})
+    bob = spawners("bob", "default")
+    _run(bob.start())
+    assert bob.node_name == "spark"
