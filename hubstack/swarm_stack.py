@@ -18,6 +18,7 @@ Swarm needs it (swarm_model):
 - the read-only registry serves HTTPS with the certificate from the platform CA (nodes pull
   from it, trusting the CA they hold under /etc/docker/certs.d), as registry_container_spec
   does for a single host's TLS instance;
+- services are reached by DNS round robin (their task's address), not a virtual IP;
 - the hub's Docker socket is the engine `up` talks to (a manager's), and its image is
   named at the read-only registry's address, which every node can pull from.
 
@@ -26,10 +27,13 @@ Swarm needs it (swarm_model):
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
+import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -40,10 +44,11 @@ from hubstack.engine import project_name
 from hubstack.errors import CommandError
 from hubstack.registry import _TLS_CERT as REGISTRY_TLS_CERT
 from hubstack.registry import _TLS_KEY as REGISTRY_TLS_KEY
-from hubstack.registry import PULL, registry_certificate
+from hubstack.registry import PULL, auth_config, registry_certificate
 
 MANAGER = "node.role==manager"
 SECRET_NAME_MAX = 64
+SECRET_MODE = 0o400
 ON_MANAGERS = ("hub", "registry", "registry-pull", "registry-users")
 DOCKER_SOCKET = "/var/run/docker.sock"
 # Keys Swarm's stack loader rejects or ignores (with a warning) in a service.
@@ -134,6 +139,10 @@ def _service(name: str, service: dict, socket: str, registry_tls: bool) -> dict:
     s = {k: copy.deepcopy(v) for k, v in service.items() if k not in DROPPED and v is not None}
     deploy = s.setdefault("deploy", {})
     deploy["restart_policy"] = {"condition": "any"}
+    # Names resolve to the task's own address, not a virtual IP: one task per service needs
+    # no load balancing, and the VIP needs IPVS in the node's kernel (not every kernel has
+    # it; the spawner's servers use dnsrr for the same reason).
+    deploy["endpoint_mode"] = "dnsrr"
     if name in ON_MANAGERS:
         deploy.setdefault("placement", {})["constraints"] = [MANAGER]
     s["ports"] = [
@@ -163,6 +172,14 @@ def _service(name: str, service: dict, socket: str, registry_tls: bool) -> dict:
             {"source": "registry_tls_cert", "target": REGISTRY_TLS_CERT},
             {"source": "registry_tls_key", "target": REGISTRY_TLS_KEY},
         ]
+    # Swarm mounts secrets 0444 by default; JupyterHub refuses a cookie secret others may
+    # read, and compose's file secrets keep the file's own 0600.
+    s["secrets"] = [
+        {**(ref if isinstance(ref, dict) else {"source": ref}), "mode": SECRET_MODE}
+        for ref in s.get("secrets") or []
+    ]
+    if not s["secrets"]:
+        del s["secrets"]
     if not s["ports"]:
         del s["ports"]
     return s
@@ -189,11 +206,19 @@ def render(cfg: PlatformConfig, model: dict) -> Path:
 
 
 def deploy(cfg: PlatformConfig, path: Path) -> None:
-    """`docker stack deploy` of PATH as the platform's project, passing the registry
-    credentials the CLI holds to the nodes (--with-registry-auth)."""
+    """`docker stack deploy` of PATH as the platform's project. The pull account goes with
+    it (--with-registry-auth, from a CLI config of its own that lives for this command
+    only), so the node a task lands on pulls our images without storing a password."""
     cmd = ["docker", "stack", "deploy", "--detach=true", "--compose-file", str(path)]
     cmd += ["--with-registry-auth", "--resolve-image", "never", project_name(cfg)]
-    result = subprocess.run(cmd, text=True, capture_output=True)
+    pull = auth_config(cfg, PULL)
+    token = base64.b64encode(f"{pull['username']}:{pull['password']}".encode()).decode()
+    with tempfile.TemporaryDirectory(prefix="hubstack-cli-") as cli_config:
+        config = Path(cli_config) / "config.json"
+        config.touch(mode=0o600)
+        config.write_text(json.dumps({"auths": {cfg.registry.pull_address: {"auth": token}}}))
+        env = {**os.environ, "DOCKER_CONFIG": cli_config}
+        result = subprocess.run(cmd, text=True, capture_output=True, env=env)
     if result.returncode != 0:
         raise CommandError(
             f"`{' '.join(cmd[1:])}` failed (exit {result.returncode}): "

@@ -27,10 +27,14 @@ import pytest
 
 from hubstack import stack, swarm_stack
 from hubstack.registry import PULL, PUSH, auth_config
-from tests.conftest import SESSION_ID, config_data, free_port, write_config
+from tests.conftest import SESSION_ID, TEST_TAG, config_data, free_port, write_config
+from tests.integration.hubstack_e2e import add_user
 from tests.integration.swarm_nodes import TINY_IMAGE
 
 pytestmark = pytest.mark.integration
+
+SERVER_IMAGE = "swarm-server"
+ANALYSTS = {"alice": ("alice-pw-5c1d", 23411, 23411, [])}
 
 
 def _wait(what: str, check, timeout: float = 120):
@@ -66,10 +70,20 @@ def deployed(swarm, swarm_registry, docker_client, tmp_path_factory, monkeypatch
             free_port(),
             registry={"pull_address": f"{gpu.address}:{free_port()}"},
             images={"namespace": name},
-            hub={"network": name, "port": free_port()},
+            hub={
+                "network": name,
+                "port": free_port(),
+                "host": gpu.address,  # where its task publishes it, in host mode
+                "notebook_image_tag": TEST_TAG,
+                # Plain HTTP on the harness's private segment, which only this host reaches.
+                "tls": {"insecure_ok": True},
+            },
             cluster={"mode": "swarm"},
+            profiles=[{"name": "default", "display_name": "Default", "image": SERVER_IMAGE}],
         ),
     )
+    for user, (pw, uid, gid, groups) in ANALYSTS.items():
+        add_user(cfg, user, pw, uid, gid, groups)
     monkeypatch_module.setenv("DOCKER_HOST", gpu.socket)
     monkeypatch_module.delenv("COMPOSE_PROJECT_NAME", raising=False)
     stack.ensure_secrets(cfg)

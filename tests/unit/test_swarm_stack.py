@@ -38,6 +38,7 @@ def test_the_stack_file_is_the_compose_files_with_what_swarm_needs(swarm_cfg, mo
     assert sorted(services) == ["hub", "registry", "registry-pull", "registry-users"]
     for name, s in services.items():
         assert s["deploy"]["placement"]["constraints"] == ["node.role==manager"], name
+        assert s["deploy"]["endpoint_mode"] == "dnsrr", name
         assert not {"depends_on", "container_name", "restart", "tmpfs"} & set(s), name
         assert all(p["mode"] == "host" and "host_ip" not in p for p in s["ports"]), name
     hub = services["hub"]
@@ -61,6 +62,8 @@ def test_the_stack_file_is_the_compose_files_with_what_swarm_needs(swarm_cfg, mo
     content = (swarm_cfg.secrets_dir / "jupyterhub-cookie-secret").read_bytes()
     assert cookie["name"] == swarm_stack.secret_name("hubstack", "cookie_secret", content)
     assert cookie["file"] == str(swarm_cfg.secrets_dir / "jupyterhub-cookie-secret")
+    # Readable by the service's root only: JupyterHub refuses a world-readable cookie secret.
+    assert all(ref["mode"] == 0o400 for s in services.values() for ref in s.get("secrets", []))
     # The read-only registry serves TLS with the platform CA's certificate, as Swarm secrets.
     pull = services["registry-pull"]
     assert pull["ports"][0]["published"] == 25991
