@@ -1,6 +1,7 @@
 """`hubstack nodes`: the Swarm's nodes as the platform sees them (labels, GPUs free and
 used, which analysts run where), and `hubstack nodes label NODE KEY=VALUE` to mark what a
-node offers. Run against a manager engine (DOCKER_HOST, or the local socket).
+node offers; `hubstack nodes drain NODE` / `activate NODE` to take a node out of
+placement and back. Run against a manager engine (DOCKER_HOST, or the local socket).
 
 GPUs are the Swarm generic resource cluster.gpu_resource that a node advertises
 (node-generic-resources in its daemon.json); a task holds what Swarm assigned it.
@@ -122,24 +123,46 @@ def parse_assignments(assignments: list[str]) -> dict[str, str]:
     return out
 
 
-def label_node(
-    client: docker.DockerClient, name: str, add: dict[str, str], remove: list[str]
-) -> dict[str, str]:
-    """Set ADD and drop REMOVE on node NAME (host name or ID); returns its labels now."""
+def _find_node(client: docker.DockerClient, name: str) -> docker.models.nodes.Node:
+    """Node NAME (host name or ID) of the swarm CLIENT manages, or a clear error."""
     _manager_api(client)
     try:
-        node = client.nodes.get(name)
+        return client.nodes.get(name)
     except docker.errors.NotFound:
         known = ", ".join(sorted(n.attrs["Description"]["Hostname"] for n in client.nodes.list()))
         raise CommandError(f"no node {name!r} in this swarm (nodes: {known})") from None
     except docker.errors.APIError as e:  # e.g. a host name two nodes share
         raise CommandError(f"node {name!r}: {e.explanation or e}") from None
+
+
+def label_node(
+    client: docker.DockerClient, name: str, add: dict[str, str], remove: list[str]
+) -> dict[str, str]:
+    """Set ADD and drop REMOVE on node NAME (host name or ID); returns its labels now."""
+    node = _find_node(client, name)
     spec = dict(node.attrs["Spec"])
     labels = {k: v for k, v in (spec.get("Labels") or {}).items() if k not in remove}
     labels.update(add)
     spec["Labels"] = labels
     node.update(spec)
     return labels
+
+
+AVAILABILITY = {"drain": "drain", "activate": "active"}
+"""The `hubstack nodes` subcommand -> the Swarm availability it sets."""
+
+
+def set_availability(client: docker.DockerClient, name: str, availability: str) -> str:
+    """Set node NAME's Swarm availability (active, drain); returns what it was. Draining
+    stops new placements there and moves the node's running tasks (analysts' servers
+    among them) to other nodes, as `docker node update --availability drain` does."""
+    node = _find_node(client, name)
+    spec = dict(node.attrs["Spec"])
+    before = spec.get("Availability", "active")
+    if before != availability:
+        spec["Availability"] = availability
+        node.update(spec)
+    return str(before)
 
 
 def join_script(cfg: PlatformConfig, client: docker.DockerClient, manager: bool = False) -> str:
@@ -187,6 +210,14 @@ def cmd_nodes(cfg: PlatformConfig, args: argparse.Namespace) -> int:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
         print(f"{args.node}: labels {shown}")
         return 0
+    if args.nodes_command in AVAILABILITY:
+        wanted = AVAILABILITY[args.nodes_command]
+        before = set_availability(docker_client(), args.node, wanted)
+        if before == wanted:
+            print(f"{args.node}: already {wanted}")
+        else:
+            print(f"{args.node}: {before} -> {wanted}")
+        return 0
     if cfg.cluster.mode != "swarm":
         print("cluster.mode is single: notebooks run on this host's engine only")
     print("\n".join(format_nodes(node_rows(cfg, docker_client()))))
@@ -212,6 +243,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("labels", nargs="*", metavar="KEY=VALUE")
     label.add_argument("--remove", action="append", default=[], metavar="KEY")
     label.set_defaults(func=cmd_nodes)
+    drain = sub.add_parser(
+        "drain",
+        help="take no new servers on a node and move its tasks elsewhere (maintenance)",
+        description="Swarm availability drain: no new placements on NODE, and the tasks "
+        "running there are moved to other nodes that fit them.",
+    )
+    drain.add_argument("node", help="the node's host name (as `hubstack nodes` shows) or ID")
+    drain.set_defaults(func=cmd_nodes)
+    activate = sub.add_parser(
+        "activate", help="let a drained node take servers again (Swarm availability active)"
+    )
+    activate.add_argument("node", help="the node's host name (as `hubstack nodes` shows) or ID")
+    activate.set_defaults(func=cmd_nodes)
     join = sub.add_parser(
         "join-command",
         help="print the script that joins a new node (the registry's CA, then swarm join)",

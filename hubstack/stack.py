@@ -9,6 +9,7 @@ by render_env) lets plain `docker compose -f compose/compose.yaml up -d` work af
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import ssl
 import subprocess
@@ -392,6 +393,11 @@ def compose(
             f"`{' '.join(cmd[1:])}` failed (exit {result.returncode}) {detail}".strip()
         )
     return result
+
+
+def compose_model(cfg: PlatformConfig) -> dict:
+    """The compose files with the platform's .env, as compose itself resolves them."""
+    return json.loads(compose(cfg, "config", "--format", "json", capture=True).stdout)
 
 
 # --- images --------------------------------------------------------------------------

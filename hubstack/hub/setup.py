@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from hubstack import swarm_stack
 from hubstack.config import HSTS_MAX_AGE, PlatformConfig
 from hubstack.hub import cull, ldap, oidc, versions
 from hubstack.hub.announce import read_announcement
@@ -64,7 +65,14 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     c.Authenticator.enable_auth_state = True
     configure_auth(c, cfg)
 
-    c.JupyterHub.spawner_class = "hubstack.hub.spawner.HubstackSpawner"
+    # The one place the mode picks the spawner: a container on this engine, or a Swarm
+    # service on the overlay network the hub is on (hubstack.swarm_stack deploys it so).
+    # HubstackSwarmSpawner is a HubstackSpawner: the settings below apply to both.
+    if cfg.cluster.mode == "swarm":
+        c.JupyterHub.spawner_class = "hubstack.hub.swarm_spawner.HubstackSwarmSpawner"
+        c.HubstackSwarmSpawner.service_networks = [swarm_stack.servers_network(cfg)]
+    else:
+        c.JupyterHub.spawner_class = "hubstack.hub.spawner.HubstackSpawner"
     c.HubstackSpawner.platform = cfg
     c.Spawner.start_timeout = cfg.hub.start_timeout
     c.Spawner.http_timeout = 120

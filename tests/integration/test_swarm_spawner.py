@@ -167,12 +167,10 @@ def test_two_gpu_spawns_for_one_gpu_give_one_server_and_one_clear_refusal(swarm,
 
 
 def test_a_drained_node_takes_no_new_server(swarm, spawners, monkeypatch, capsys):
-    manager = swarm.manager.client
-    node = manager.nodes.get(swarm.node("spark").node_id)
-    spec = dict(node.attrs["Spec"])
-    node.update({**spec, "Availability": "drain"})
+    monkeypatch.setenv("DOCKER_HOST", swarm.manager.socket)
+    assert main(["nodes", "drain", "spark"]) == 0
     try:
-        monkeypatch.setenv("DOCKER_HOST", swarm.manager.socket)
+        assert capsys.readouterr().out == "spark: active -> drain\n"
         assert main(["nodes"]) == 0
         line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("spark "))
         assert " drain " in line
@@ -183,8 +181,18 @@ def test_a_drained_node_takes_no_new_server(swarm, spawners, monkeypatch, capsys
         assert "the profile 'Default' (default) cannot start now" in refused.value.log_message
         assert "node.labels.hubstack.gpu!=true" in refused.value.log_message
     finally:
-        node.reload()
-        node.update({**dict(node.attrs["Spec"]), "Availability": "active"})
+        assert main(["nodes", "activate", "spark"]) == 0
+    assert capsys.readouterr().out == "spark: drain -> active\n"
     bob = spawners("bob", "default")
     _run(bob.start())
     assert bob.node_name == "spark"
+
+
+def test_drain_names_an_unknown_node_and_needs_a_manager(swarm, monkeypatch, capsys):
+    monkeypatch.setenv("DOCKER_HOST", swarm.manager.socket)
+    assert main(["nodes", "drain", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "no node 'nosuch' in this swarm (nodes: gpu, spark)" in err
+    monkeypatch.setenv("DOCKER_HOST", swarm.node("spark").socket)
+    assert main(["nodes", "activate", "spark"]) == 2
+    assert "this engine is not a Swarm manager (swarm state: active)" in capsys.readouterr().err

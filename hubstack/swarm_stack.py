@@ -1,0 +1,226 @@
+"""cluster.mode: swarm: the platform's compose files as a Swarm stack.
+
+The same compose files single mode runs (compose/compose.yaml, and compose/tls.yaml with
+hub.tls), rendered by `docker compose config` with the same .env, then changed only where
+Swarm needs it (swarm_model):
+- the platform network is an overlay, and a second attachable overlay (servers_network)
+  holds the hub and the analysts' servers (services, hubstack.hub.swarm_spawner): the hub
+  reaches each by its service name, and no server reaches the registries' network;
+- the hub and the registry instances are placed on managers (`node.role==manager`): the
+  hub needs a manager's engine to create services, and its database and the registry's
+  storage are volumes on that node;
+- compose's file secrets become Swarm secrets, named with a digest of their content (a
+  Swarm secret cannot change: a new content is a new secret, and the stack moves to it);
+- what Swarm rejects or ignores goes: `depends_on`, `container_name`, `restart` (a restart
+  policy instead), the host address of a published port (a port is published on the
+  node its task runs on, `mode: host`: Swarm cannot bind one address), and `tmpfs` (a
+  tmpfs mount instead);
+- the read-only registry serves HTTPS with the certificate from the platform CA (nodes pull
+  from it, trusting the CA they hold under /etc/docker/certs.d), as registry_container_spec
+  does for a single host's TLS instance;
+- services are reached by DNS round robin (their task's address), not a virtual IP;
+- the hub's Docker socket is the engine `up` talks to (a manager's), and its image is
+  named at the read-only registry's address, which every node can pull from.
+
+`deploy` writes the result to STATE_DIR/hub/stack.yaml and runs `docker stack deploy`.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+from hubstack.config import PlatformConfig
+from hubstack.engine import project_name
+from hubstack.errors import CommandError
+from hubstack.registry import _TLS_CERT as REGISTRY_TLS_CERT
+from hubstack.registry import _TLS_KEY as REGISTRY_TLS_KEY
+from hubstack.registry import PULL, auth_config, registry_certificate
+
+MANAGER = "node.role==manager"
+SECRET_NAME_MAX = 64
+SECRET_MODE = 0o400
+ON_MANAGERS = ("hub", "registry", "registry-pull", "registry-users")
+DOCKER_SOCKET = "/var/run/docker.sock"
+# Keys Swarm's stack loader rejects or ignores (with a warning) in a service.
+DROPPED = ("depends_on", "container_name", "restart", "tmpfs")
+
+
+SERVERS = "servers"
+
+
+def servers_network(cfg: PlatformConfig) -> str:
+    """The overlay network analysts' servers join (HubstackSwarmSpawner.service_networks):
+    the hub is on it, so it reaches each server by its service name; the registries are not.
+    One network for every analyst's server, unlike single mode's network per analyst (the
+    spawner does not yet make one per analyst: docs/multi-node.md)."""
+    return f"{cfg.hub.network}-servers"
+
+
+def engine_socket(docker_host: str | None = None) -> str:
+    """The socket of the engine `up` talks to (DOCKER_HOST, else the default), which the hub
+    gets as its own: it must be a manager's."""
+    host = os.environ.get("DOCKER_HOST", "") if docker_host is None else docker_host
+    if not host:
+        return DOCKER_SOCKET
+    url = urlsplit(host)
+    if url.scheme != "unix":
+        raise CommandError(
+            f"DOCKER_HOST={host}: swarm mode runs `hubstack up` on a manager, whose engine "
+            "socket the hub gets: use the local socket (unix://...)"
+        )
+    return url.path
+
+
+def secret_name(project: str, key: str, content: bytes) -> str:
+    """A Swarm secret's name for KEY: content-addressed, since a secret cannot be updated;
+    at most the 64 characters Swarm allows (the readable part is cut, not the digest)."""
+    return (
+        f"{project}_{key}"[: SECRET_NAME_MAX - 13] + f"_{hashlib.sha256(content).hexdigest()[:12]}"
+    )
+
+
+def swarm_model(
+    cfg: PlatformConfig,
+    model: dict,
+    socket: str = DOCKER_SOCKET,
+    registry_tls: tuple[Path, Path] | None = None,
+) -> dict:
+    """MODEL (`docker compose config --format json`) as a stack file for
+    `docker stack deploy`. REGISTRY_TLS: the read-only registry's certificate and key."""
+    project = project_name(cfg)
+    out: dict = {"version": "3.9", "services": {}}
+    secrets: dict = {}
+    for key, secret in (model.get("secrets") or {}).items():
+        content = Path(secret["file"]).read_bytes()
+        secrets[key] = {"name": secret_name(project, key, content), "file": secret["file"]}
+    if registry_tls is not None:
+        for key, path in zip(("registry_tls_cert", "registry_tls_key"), registry_tls, strict=True):
+            secrets[key] = {"name": secret_name(project, key, path.read_bytes()), "file": str(path)}
+    for name, service in model["services"].items():
+        s = _service(name, service, socket, registry_tls is not None)
+        push = f"{cfg.registry.address}/"
+        if s.get("image", "").startswith(push):
+            # Our images as every node pulls them: the read-only instance, over TLS.
+            s["image"] = f"{cfg.registry.pull_address}/{s['image'][len(push) :]}"
+        out["services"][name] = s
+    out["networks"] = {
+        key: {"name": net.get("name", key), "driver": "overlay", "attachable": True}
+        for key, net in (model.get("networks") or {}).items()
+    }
+    # The analysts' servers' network: the hub is on it, the registries are not.
+    out["networks"][SERVERS] = {
+        "name": servers_network(cfg),
+        "driver": "overlay",
+        "attachable": True,
+    }
+    hub = out["services"]["hub"]
+    hub["networks"][SERVERS] = {"aliases": ["hub"]}
+    out["volumes"] = {
+        key: {"name": vol["name"]} if "name" in vol else {}
+        for key, vol in (model.get("volumes") or {}).items()
+    }
+    if secrets:
+        out["secrets"] = secrets
+    return out
+
+
+def _service(name: str, service: dict, socket: str, registry_tls: bool) -> dict:
+    # None: what `compose config` says for an unset entrypoint or command.
+    s = {k: copy.deepcopy(v) for k, v in service.items() if k not in DROPPED and v is not None}
+    deploy = s.setdefault("deploy", {})
+    deploy["restart_policy"] = {"condition": "any"}
+    # Names resolve to the task's own address, not a virtual IP: one task per service needs
+    # no load balancing, and the VIP needs IPVS in the node's kernel (not every kernel has
+    # it; the spawner's servers use dnsrr for the same reason).
+    deploy["endpoint_mode"] = "dnsrr"
+    if name in ON_MANAGERS:
+        deploy.setdefault("placement", {})["constraints"] = [MANAGER]
+    s["ports"] = [
+        {
+            "target": p["target"],
+            "published": int(p["published"]),
+            "protocol": p.get("protocol", "tcp"),
+            "mode": "host",
+        }
+        for p in service.get("ports") or []
+    ]
+    volumes = []
+    for v in service.get("volumes") or []:
+        v = {k: val for k, val in v.items() if k != "bind"}  # create_host_path: compose's own
+        if v.get("type") == "bind" and v.get("target") == DOCKER_SOCKET:
+            v["source"] = socket
+        volumes.append(v)
+    volumes += [{"type": "tmpfs", "target": t} for t in service.get("tmpfs") or []]
+    s["volumes"] = volumes
+    if name == "registry-pull" and registry_tls:
+        # registry_container_spec's TLS instance, with the files as Swarm secrets.
+        env = s.setdefault("environment", {})
+        env["REGISTRY_HTTP_TLS_CERTIFICATE"] = REGISTRY_TLS_CERT
+        env["REGISTRY_HTTP_TLS_KEY"] = REGISTRY_TLS_KEY
+        s["secrets"] = [
+            *(s.get("secrets") or []),
+            {"source": "registry_tls_cert", "target": REGISTRY_TLS_CERT},
+            {"source": "registry_tls_key", "target": REGISTRY_TLS_KEY},
+        ]
+    # Swarm mounts secrets 0444 by default; JupyterHub refuses a cookie secret others may
+    # read, and compose's file secrets keep the file's own 0600.
+    s["secrets"] = [
+        {**(ref if isinstance(ref, dict) else {"source": ref}), "mode": SECRET_MODE}
+        for ref in s.get("secrets") or []
+    ]
+    if not s["secrets"]:
+        del s["secrets"]
+    if not s["ports"]:
+        del s["ports"]
+    return s
+
+
+def stack_file(cfg: PlatformConfig) -> Path:
+    return cfg.state_dir / "hub" / "stack.yaml"
+
+
+def render(cfg: PlatformConfig, model: dict) -> Path:
+    """Write the stack file for MODEL, the compose files as `docker compose config
+    --format json` renders them with the platform's .env (hubstack.stack.compose_model)."""
+    issued = registry_certificate(cfg, PULL)
+    path = stack_file(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = swarm_model(
+        cfg, model, engine_socket(), registry_tls=(issued.cert_file, issued.key_file)
+    )
+    path.write_text(
+        "# Written by `hubstack up` (cluster.mode: swarm) from the compose files; edit those.\n"
+        + yaml.safe_dump(data, sort_keys=False)
+    )
+    return path
+
+
+def deploy(cfg: PlatformConfig, path: Path) -> None:
+    """`docker stack deploy` of PATH as the platform's project. The pull account goes with
+    it (--with-registry-auth, from a CLI config of its own that lives for this command
+    only), so the node a task lands on pulls our images without storing a password."""
+    cmd = ["docker", "stack", "deploy", "--detach=true", "--compose-file", str(path)]
+    cmd += ["--with-registry-auth", "--resolve-image", "never", project_name(cfg)]
+    pull = auth_config(cfg, PULL)
+    token = base64.b64encode(f"{pull['username']}:{pull['password']}".encode()).decode()
+    with tempfile.TemporaryDirectory(prefix="hubstack-cli-") as cli_config:
+        config = Path(cli_config) / "config.json"
+        config.touch(mode=0o600)
+        config.write_text(json.dumps({"auths": {cfg.registry.pull_address: {"auth": token}}}))
+        env = {**os.environ, "DOCKER_CONFIG": cli_config}
+        result = subprocess.run(cmd, text=True, capture_output=True, env=env)
+    if result.returncode != 0:
+        raise CommandError(
+            f"`{' '.join(cmd[1:])}` failed (exit {result.returncode}): "
+            f"{result.stderr.strip()[-2000:]}"
+        )

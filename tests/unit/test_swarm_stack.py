@@ -1,0 +1,92 @@
+"""hubstack.swarm_stack: the compose files as a Swarm stack file, rendered with the real
+`docker compose config` and checked by the docker CLI's own stack loader
+(`docker stack config`, which needs no engine). Deployed on a real swarm in
+tests/integration/test_swarm_stack.py."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from hubstack import stack, swarm_stack
+from hubstack.config import parse_config
+from hubstack.errors import CommandError
+
+
+@pytest.fixture
+def swarm_cfg(tmp_path):
+    cfg = parse_config(
+        {
+            "state_dir": str(tmp_path),
+            "registry": {"address": "127.0.0.1:25990", "pull_address": "10.1.2.3:25991"},
+            "cluster": {"mode": "swarm"},
+        }
+    )
+    stack.ensure_secrets(cfg)
+    stack.render_env(cfg)
+    return cfg
+
+
+def test_the_stack_file_is_the_compose_files_with_what_swarm_needs(swarm_cfg, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///run/manager/docker.sock")
+    path = swarm_stack.render(swarm_cfg, stack.compose_model(swarm_cfg))
+    assert path == swarm_cfg.state_dir / "hub" / "stack.yaml"
+    data = yaml.safe_load(path.read_text())
+    services = data["services"]
+    assert sorted(services) == ["hub", "registry", "registry-pull", "registry-users"]
+    for name, s in services.items():
+        assert s["deploy"]["placement"]["constraints"] == ["node.role==manager"], name
+        assert s["deploy"]["endpoint_mode"] == "dnsrr", name
+        assert not {"depends_on", "container_name", "restart", "tmpfs"} & set(s), name
+        assert all(p["mode"] == "host" and "host_ip" not in p for p in s["ports"]), name
+    hub = services["hub"]
+    assert hub["image"] == "10.1.2.3:25991/hubstack/hub:latest"
+    # Published where single mode publishes it (on the node the hub runs on).
+    assert hub["ports"] == [{"target": 8000, "published": 8000, "protocol": "tcp", "mode": "host"}]
+    # The hub's engine is the manager's that `up` talks to; its tmpfs mounts stay.
+    socket = next(v for v in hub["volumes"] if v["target"] == "/var/run/docker.sock")
+    assert socket["source"] == "/run/manager/docker.sock"
+    tmpfs = [v["target"] for v in hub["volumes"] if v["type"] == "tmpfs"]
+    assert "/run/jupyterhub" in tmpfs
+    # The servers' overlay: the hub is on it (as `hub`), the registries are not.
+    assert data["networks"] == {
+        "hubstack": {"name": "hubstack", "driver": "overlay", "attachable": True},
+        "servers": {"name": "hubstack-servers", "driver": "overlay", "attachable": True},
+    }
+    assert hub["networks"] == {"hubstack": {"aliases": ["hub"]}, "servers": {"aliases": ["hub"]}}
+    assert all("servers" not in s["networks"] for n, s in services.items() if n != "hub")
+    # Secrets: Swarm secrets named by their content, from the same files.
+    cookie = data["secrets"]["cookie_secret"]
+    content = (swarm_cfg.secrets_dir / "jupyterhub-cookie-secret").read_bytes()
+    assert cookie["name"] == swarm_stack.secret_name("hubstack", "cookie_secret", content)
+    assert cookie["file"] == str(swarm_cfg.secrets_dir / "jupyterhub-cookie-secret")
+    # Readable by the service's root only: JupyterHub refuses a world-readable cookie secret.
+    assert all(ref["mode"] == 0o400 for s in services.values() for ref in s.get("secrets", []))
+    # The read-only registry serves TLS with the platform CA's certificate, as Swarm secrets.
+    pull = services["registry-pull"]
+    assert pull["ports"][0]["published"] == 25991
+    assert pull["environment"]["REGISTRY_HTTP_TLS_CERTIFICATE"].endswith("registry.pem")
+    assert {s["source"] for s in pull["secrets"]} == {"registry_tls_cert", "registry_tls_key"}
+    assert data["secrets"]["registry_tls_cert"]["file"] == str(swarm_cfg.registry_tls_cert_file)
+    # The docker CLI's stack loader takes it as it is.
+    checked = subprocess.run(
+        ["docker", "stack", "config", "-c", str(path)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_a_changed_secret_is_a_new_swarm_secret(swarm_cfg):
+    one = swarm_stack.secret_name("hubstack", "proxy_token", b"a")
+    assert one.startswith("hubstack_proxy_token_") and len(one) == len("hubstack_proxy_token_") + 12
+    assert swarm_stack.secret_name("hubstack", "proxy_token", b"b") != one
+    long = swarm_stack.secret_name("hubtest-swarm13c-4de749e9", "registry_users_credentials", b"")
+    assert len(long) == 64 and long.startswith("hubtest-swarm13c-4de749e9_registry_users_cred")
+
+
+def test_the_hub_needs_a_local_manager_socket():
+    assert swarm_stack.engine_socket("") == "/var/run/docker.sock"
+    assert swarm_stack.engine_socket("unix:///tmp/x/docker.sock") == "/tmp/x/docker.sock"
+    with pytest.raises(CommandError, match="DOCKER_HOST=tcp://10.0.0.1:2376: swarm mode"):
+        swarm_stack.engine_socket("tcp://10.0.0.1:2376")
