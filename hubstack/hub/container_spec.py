@@ -127,15 +127,20 @@ _IMAGE_ACCOUNTS_LOCK = threading.Lock()
 IMAGE_ACCOUNTS_KEPT = 64
 
 
+def known_image_accounts(image: str) -> tuple[str, str] | None:
+    """IMAGE's /etc/passwd and /etc/group if a container of that digest was read already."""
+    with _IMAGE_ACCOUNTS_LOCK:
+        return _IMAGE_ACCOUNTS.get(image)
+
+
 def image_account_files(client, container_id: str, image: str = "") -> tuple[str, str]:
     """The image's /etc/passwd and /etc/group, read from a container created from it, or
     remembered from an earlier container of the same IMAGE when it is a digest
     (REPO@sha256:...)."""
     cacheable = "@sha256:" in image
-    if cacheable:
-        with _IMAGE_ACCOUNTS_LOCK:
-            if image in _IMAGE_ACCOUNTS:
-                return _IMAGE_ACCOUNTS[image]
+    known = known_image_accounts(image) if cacheable else None
+    if known is not None:
+        return known
     found = (
         read_file(client, container_id, "/etc/passwd"),
         read_file(client, container_id, "/etc/group"),

@@ -15,9 +15,10 @@ inherited, not copied); what differs is where the server runs:
 
 Not yet (docs/multi-node.md): the analyst's home (no mount: a local home would pin the
 analyst to one node; NFS homes are the plan), Spark clusters as services (a Spark profile
-is refused, naming it), per-user images (servers start on the profile's image), the
-start queue, and the hub joining the analyst's overlay network by itself
-(`service_networks` names networks the hub is already on).
+is refused, naming it), per-user images (an analyst with packages of their own is
+refused, with the way to start without them), the start queue, and the hub joining the
+analyst's overlay network by itself (`service_networks` names networks the hub is already
+on).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from traitlets import Float, List, Unicode
 from hubstack.engine import PLATFORM_LABEL
 from hubstack.hub import container_spec, service_spec, versions
 from hubstack.hub.progress import SpawnProgress
-from hubstack.hub.spawner import HubstackSpawner
+from hubstack.hub.spawner import PLAIN_HINT, HubstackSpawner
+from hubstack.images import user as user_images
 
 # Task states on the way to running (Swarm's task lifecycle).
 STARTING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
@@ -89,7 +91,6 @@ class HubstackSwarmSpawner(HubstackSpawner):
     node_name = Unicode("", help="The node this analyst's server runs on (kept in state).")
 
     _logged_in: set = set()
-    _image_accounts: dict = {}
 
     # --- state ---------------------------------------------------------------------
     def load_state(self, state):
@@ -125,24 +126,20 @@ class HubstackSwarmSpawner(HubstackSpawner):
 
     def _read_image_accounts(self, image: str) -> tuple[str, str]:
         """The image's own /etc/passwd and /etc/group, read from a container created (never
-        started) on the manager's engine; once per digest."""
-        cached = HubstackSwarmSpawner._image_accounts.get(image)
-        if cached is not None:
-            return cached
+        started) on the manager's engine; once per digest, in the one cache the single-host
+        spawner uses too (container_spec.image_account_files)."""
+        known = container_spec.known_image_accounts(image)
+        if known is not None:
+            return known
         try:
             self.client.inspect_image(image)
         except docker.errors.ImageNotFound:
             self._pull_quietly(image)
         created = self.client.create_container(image, command=["true"], labels={PLATFORM_LABEL: ""})
         try:
-            files = tuple(
-                container_spec.read_file(self.client, created["Id"], path)
-                for path in service_spec.ACCOUNT_FILES
-            )
+            return container_spec.image_account_files(self.client, created["Id"], image)
         finally:
             self.client.remove_container(created["Id"], force=True)
-        HubstackSwarmSpawner._image_accounts[image] = files
-        return files  # type: ignore[return-value]
 
     def _ensure_configs(
         self, configs: list[service_spec.AccountConfig]
@@ -192,6 +189,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
                 "of your own, which swarm mode cannot start yet (docs/multi-node.md); "
                 "choose another profile",
             )
+        await self._refuse_own_packages()
         self._profile_cfg = profile
         ident = await self._identity()
         self._ident = ident
@@ -250,6 +248,28 @@ class HubstackSwarmSpawner(HubstackSpawner):
         )
         progress.emit(90, f"Your server runs on node {self.node_name}")
         return (self.service_name, self.port)
+
+    async def _refuse_own_packages(self) -> None:
+        """Per-user images do not start on the swarm yet. An analyst with packages of their
+        own is told so, and how to start without them, rather than silently started on an
+        image without them; packages typed on the form are kept for later."""
+        options = self._options()
+        if not self.cfg.user_images.enabled or options.plain:
+            return
+        if options.packages is not None:
+            env = user_images.parse_form_text(self.cfg, options.packages)
+            await self._in_pool(self._keep_packages, env)
+        else:
+            try:
+                env = await self._in_pool(user_images.load_env, self.cfg, self.user.name)
+            except user_images.EnvSpecError as e:
+                raise web.HTTPError(400, f"your packages are refused: {e}. {PLAIN_HINT}") from None
+        if not env.empty:
+            raise web.HTTPError(
+                409,
+                f"your own packages ({env.describe()}) need an image of your own, which swarm "
+                f"mode cannot start yet (docs/multi-node.md). {PLAIN_HINT}",
+            )
 
     async def _until_running(self, profile, constraints: list[str]) -> dict:
         """The service's task once it runs. A task Swarm cannot place is refused (409) after
