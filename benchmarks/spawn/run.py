@@ -353,7 +353,7 @@ def main() -> int:
             print(r.stdout, r.stderr, file=sys.stderr)
             return 1
         # Warm: the image is in the engine already (pushed from it); one spawn resolves it.
-        serial_n = 0 if args.bursts_only else args.users
+        serial_n = stock_serial_n = 0 if args.bursts_only else args.users
         if not args.bursts_only:
             lines += floor_figures(client, cfg.image_ref("notebook"))
         else:  # the first spawn after `up` resolves and tags the image: not part of a burst
@@ -380,7 +380,13 @@ def main() -> int:
         )
         stack.wait_for_hub(cfg)  # the proxy routes to the new hub only once it is up
         more, stock = run_round(
-            cfg, users, client, "stock DockerSpawner", serial_n, bursts, host_cpu=args.host_cpu
+            cfg,
+            users,
+            client,
+            "stock DockerSpawner",
+            stock_serial_n,
+            bursts,
+            host_cpu=args.host_cpu,
         )
         lines += more
         for label, figures in ours.items():
