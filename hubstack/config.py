@@ -210,9 +210,12 @@ class ImagesConfig(_Section):
     """Build contexts (folders holding a Dockerfile), relative to source_dir; globs allowed."""
     on_demand: list[str] = ["gpu"]
     """Images left out of a plain `hubstack images build` (built only when named)."""
-    parallel_builds: int = Field(2, ge=1, le=16)
-    """Images built at once when neither is the other's ancestor (hub beside python, ...):
-    pip and dpkg keep one core busy each, so two builds use two cores."""
+    parallel_builds: int = Field(1, ge=1, le=16)
+    """Images built at once when neither is the other's ancestor (hub beside python, ...),
+    by `images build`, `up` and CI. 1 by default: two siblings whose Dockerfiles begin with
+    the same step (hub and python both begin `USER root` FROM base) each make their own
+    copy of it at once on the engine's classic builder, and a later build with nothing
+    changed can then take the other's copy and miss the cache for everything after it."""
 
     @field_validator("namespace")
     @classmethod

@@ -181,4 +181,4 @@ def test_a_failed_image_stops_its_branch_only(tmp_path):
 def test_ci_concurrency_moved_to_images_parallel_builds():
     with pytest.raises(ConfigError, match=r"ci: concurrency .* images\.parallel_builds"):
         parse_config({"ci": {"concurrency": 3}})
-    assert parse_config({}).images.parallel_builds == 2
+    assert parse_config({}).images.parallel_builds == 1
