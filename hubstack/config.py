@@ -212,10 +212,11 @@ class ImagesConfig(_Section):
     """Images left out of a plain `hubstack images build` (built only when named)."""
     parallel_builds: int = Field(1, ge=1, le=16)
     """Images built at once when neither is the other's ancestor (hub beside python, ...),
-    by `images build`, `up` and CI. 1 by default: two siblings whose Dockerfiles begin with
-    the same step (hub and python both begin `USER root` FROM base) each make their own
-    copy of it at once on the engine's classic builder, and a later build with nothing
-    changed can then take the other's copy and miss the cache for everything after it."""
+    by `images build`, `up` and CI. Siblings whose Dockerfiles begin with the same step
+    (hub and python both begin `USER root` FROM base) still go one at a time: on the
+    engine's classic builder each would make its own copy of it, and a later build with
+    nothing changed could take the other's and miss the cache. 1 by default until a whole
+    CI run has shown more than 1 safe."""
 
     @field_validator("namespace")
     @classmethod

@@ -53,6 +53,16 @@ class ImageContext:
     def dockerfile(self) -> Path:
         return self.path / "Dockerfile"
 
+    def first_step(self) -> str:
+        """The first instruction after the first FROM, as written: the step a sibling built
+        at the same time could share (see ImageGraph.run_parents_first)."""
+        seen_from = False
+        for _, line in _logical_lines(self.dockerfile.read_text()):
+            if seen_from:
+                return " ".join(line.split())
+            seen_from = line.split(" ", 1)[0].upper() == "FROM"
+        return ""
+
     @property
     def parent(self) -> str | None:
         return self.parents[-1] if self.parents else None
@@ -306,8 +316,20 @@ class ImageGraph:
         AT_ONCE at a time (images neither of which is the other's ancestor: siblings share no
         layer, and pip or dpkg keeps one core busy each). WORK says whether it succeeded; a
         name below a failure is not run but reported, SKIPPED(name, the ancestor that
-        failed). The one scheduler of `images build`, `up` and CI's rebuild."""
+        failed). The one scheduler of `images build`, `up` and CI's rebuild.
+
+        Two siblings whose Dockerfiles begin with the same step never build at once: on the
+        engine's classic builder each would make its own copy of that step, and a later
+        build with nothing changed could take the other's copy and miss the cache for
+        everything after it (this made CI fail once, with hub and python both beginning
+        `USER root`)."""
         order = self.order(names)
+        # (parents, first step): two running builds must not share one that has a step.
+        first = {n: (self.images[n].parents, self.images[n].first_step()) for n in order}
+
+        def clashes(name: str) -> bool:
+            return bool(first[name][1]) and first[name] in {first[r] for r in running.values()}
+
         outcome: dict[str, bool] = {}
         cause: dict[str, str] = {}  # skipped name -> the ancestor whose WORK failed
         waiting = list(order)
@@ -323,7 +345,11 @@ class ImageGraph:
                         outcome[name] = False
                         cause[name] = cause.get(failed[0], failed[0])
                         skipped(name, cause[name])
-                    elif len(running) < at_once and all(outcome.get(p) for p in parents):
+                    elif (
+                        len(running) < at_once
+                        and all(outcome.get(p) for p in parents)
+                        and not clashes(name)
+                    ):
                         waiting.remove(name)
                         running[pool.submit(work, name)] = name
                 if running:

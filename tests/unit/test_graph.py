@@ -182,3 +182,27 @@ def test_ci_concurrency_moved_to_images_parallel_builds():
     with pytest.raises(ConfigError, match=r"ci: concurrency .* images\.parallel_builds"):
         parse_config({"ci": {"concurrency": 3}})
     assert parse_config({}).images.parallel_builds == 1
+
+
+def test_siblings_beginning_with_the_same_step_never_build_at_once(tmp_path):
+    """On the classic builder both would make their own copy of the shared first step, and
+    a rebuild with nothing changed could then miss the cache (a CI failure, once)."""
+    same = CHILD.format(parent="root") + "USER root\nRUN true\n"
+    cfg = make_tree(
+        tmp_path,
+        {
+            "root": ROOT_IMAGE,
+            "a": same,
+            "b": same.replace("RUN true", "RUN false"),
+            "c": CHILD.format(parent="root") + "LABEL x=y\nUSER root\n",
+        },
+    )
+    images = cfg.images.model_copy(update={"parallel_builds": 3})
+    builder = _TimedBuilder(cfg.model_copy(update={"images": images}))
+    builder.build_many()
+    spans = builder.spans
+    assert ImageGraph.from_config(cfg)["a"].first_step() == "USER root"
+    a, b = sorted((spans["a"], spans["b"]))
+    assert a[1] <= b[0], "a and b, both beginning USER root, were built at once"
+    # c begins differently: it may build beside either.
+    assert spans["c"][0] < max(spans["a"][1], spans["b"][1])
