@@ -243,19 +243,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("labels", nargs="*", metavar="KEY=VALUE")
     label.add_argument("--remove", action="append", default=[], metavar="KEY")
     label.set_defaults(func=cmd_nodes)
-    drain = sub.add_parser(
-        "drain",
-        help="take no new servers on a node and move its tasks elsewhere (maintenance)",
-        description="Swarm availability drain: no new placements on NODE, and the tasks "
-        "running there are moved to other nodes that fit them.",
-    )
-    drain.add_argument("node", help="the node's host name (as `hubstack nodes` shows) or ID")
-    drain.set_defaults(func=cmd_nodes)
-    activate = sub.add_parser(
-        "activate", help="let a drained node take servers again (Swarm availability active)"
-    )
-    activate.add_argument("node", help="the node's host name (as `hubstack nodes` shows) or ID")
-    activate.set_defaults(func=cmd_nodes)
+    for command, help_text in (
+        ("drain", "take no new servers on a node and move its tasks elsewhere (maintenance)"),
+        ("activate", "let a drained node take servers again (Swarm availability active)"),
+    ):
+        availability = sub.add_parser(
+            command,
+            help=help_text,
+            description=f"{help_text}: Swarm availability {AVAILABILITY[command]}.",
+        )
+        availability.add_argument(
+            "node", help="the node's host name (as `hubstack nodes` shows) or ID"
+        )
+        availability.set_defaults(func=cmd_nodes)
     join = sub.add_parser(
         "join-command",
         help="print the script that joins a new node (the registry's CA, then swarm join)",
