@@ -67,6 +67,9 @@ def test_a_spec_is_built_once_and_then_found_in_the_registry(
     assert first.image.endswith(f"@{digest}")
     assert any(line.startswith("[ualice] user: Step ") for line in lines), lines[:5]
     assert any("Pushing" in line for line in lines)
+    # The parent's layers went over as the registry stores them (no gzip by the engine):
+    # the first per-user image on a platform no longer pushes the whole notebook.
+    assert any(line.startswith("Copied ") and "layers of" in line for line in lines), lines[-8:]
 
     out = _run(
         docker_client,
