@@ -28,6 +28,8 @@ TEST_TAG = "test"
 # One id per test session names everything it creates, so parallel runs and
 # leftovers of earlier ones never collide.
 SESSION_ID = uuid.uuid4().hex[:8]
+SESSION_REGISTRY_VOLUME = f"hubstack-test-registry-{SESSION_ID}"
+"""The session registry's container and storage volume (the hierarchy is pushed there)."""
 
 
 def pytest_collection_modifyitems(config, items):
@@ -105,7 +107,7 @@ def registry(platform_config, docker_client):
 
     cfg = platform_config
     bootstrap(cfg, docker_client)
-    name = f"hubstack-test-registry-{SESSION_ID}"
+    name = SESSION_REGISTRY_VOLUME
     container = docker_client.containers.run(**registry_container_spec(cfg, name=name, volume=name))
     client = RegistryClient(cfg)
     try:

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from hubstack.config import load_config
+from tests.conftest import SESSION_REGISTRY_VOLUME
 from tests.integration.hubstack_e2e import (
     add_user,
     hubstack,
     logged_in_clients,
     remove_platform,
+    seed_registry_volume,
     stop_servers,
     write_config,
 )
@@ -50,6 +52,12 @@ def hub_stack(request, docker_client):
         # The main job as a platform engineer runs it: `hubstack up` builds, pushes and starts.
         # The session's hierarchy is built first, so this build is all layer-cache hits.
         request.getfixturevalue("hierarchy")
+        seed_registry_volume(
+            docker_client,
+            cfg,
+            SESSION_REGISTRY_VOLUME,
+            request.getfixturevalue("platform_config").images.namespace,
+        )
     for user, (pw, uid, gid, groups) in ANALYSTS.items():
         add_user(cfg, user, pw, uid, gid, groups)
     try:
