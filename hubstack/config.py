@@ -210,13 +210,14 @@ class ImagesConfig(_Section):
     """Build contexts (folders holding a Dockerfile), relative to source_dir; globs allowed."""
     on_demand: list[str] = ["gpu"]
     """Images left out of a plain `hubstack images build` (built only when named)."""
-    parallel_builds: int = Field(1, ge=1, le=16)
+    parallel_builds: int = Field(2, ge=1, le=16)
     """Images built at once when neither is the other's ancestor (hub beside python, ...),
     by `images build`, `up` and CI. Siblings whose Dockerfiles begin with the same step
-    (hub and python both begin `USER root` FROM base) still go one at a time: on the
-    engine's classic builder each would make its own copy of it, and a later build with
-    nothing changed could take the other's and miss the cache. 1 by default until a whole
-    CI run has shown more than 1 safe."""
+    (spark-executor and gpu both begin `USER root` FROM notebook) still go one at a time:
+    on the engine's classic builder each would make its own copy of it, and a later build
+    with nothing changed could take the other's and miss the cache. 2 by default: pip and
+    apt keep about one core busy each (benchmarks/build --compare-serial: 0.80 of the
+    one-at-a-time time, cold, on 2 cores)."""
 
     @field_validator("namespace")
     @classmethod

@@ -181,7 +181,7 @@ def test_a_failed_image_stops_its_branch_only(tmp_path):
 def test_ci_concurrency_moved_to_images_parallel_builds():
     with pytest.raises(ConfigError, match=r"ci: concurrency .* images\.parallel_builds"):
         parse_config({"ci": {"concurrency": 3}})
-    assert parse_config({}).images.parallel_builds == 1
+    assert parse_config({}).images.parallel_builds == 2
 
 
 def test_siblings_beginning_with_the_same_step_never_build_at_once(tmp_path):
