@@ -106,6 +106,10 @@ class RegistryConfig(_Section):
     go, when that differs from `address`: a container on the platform network reaches the
     registry by its compose service name. `hubstack up` sets it in the CI builder's copy of
     the config; unset: `address`."""
+    users_api_address: str | None = None
+    """host:port where hubstack's own calls to the per-user images' instance go, when that
+    differs from `users_address` (as api_address is for `address`). `hubstack up` sets it in
+    the hub's copy of the config; unset: `users_address`."""
     image: str = "registry:2"
     """Registry server image; built offline from Debian's docker-registry when it cannot be pulled.
     """
@@ -125,7 +129,7 @@ class RegistryConfig(_Section):
     """The users instance's account, generated on first run (mode 0600); default
     STATE_DIR/secrets/registry-users-credentials.json."""
 
-    @field_validator("address", "api_address")
+    @field_validator("address", "api_address", "users_api_address")
     @classmethod
     def _address(cls, v: str | None) -> str | None:
         if v is not None and not _HOST_PORT.match(v):

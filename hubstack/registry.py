@@ -171,9 +171,15 @@ class RegistryClient:
     ):
         self.cfg = cfg
         self.role = role
-        # The push side's API may answer elsewhere than engines push to (the CI builder
-        # reaches it by its service name: registry.api_address).
-        self.address = cfg.registry_api_address if role == PUSH else registry_address(cfg, role)
+        # An instance's API may answer elsewhere than engines push to: the CI builder and
+        # the hub reach it by its compose service name (registry.api_address,
+        # registry.users_api_address), since 127.0.0.1 there is the container's own.
+        if role == PUSH:
+            self.address = cfg.registry_api_address
+        elif role == USERS:
+            self.address = cfg.registry.users_api_address or cfg.registry.users_address
+        else:
+            self.address = registry_address(cfg, role)
         self.base_url = f"http://{self.address}/v2"
         self.creds = credentials if credentials is not None else load_credentials(cfg, role=role)
         self.session = requests.Session()

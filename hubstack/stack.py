@@ -52,6 +52,10 @@ HUB_OIDC_CLIENT_SECRET = "/run/secrets/oidc_client_secret"
 # The registry as a container on the platform network reaches it: compose/compose.yaml's
 # service name and the server's own port inside its container.
 PLATFORM_REGISTRY_ADDRESS = "registry:5000"
+# The read-only and per-user instances as the hub's own registry API calls reach them on the
+# platform network (compose/compose.yaml's service names; the same in the Swarm stack).
+PULL_REGISTRY_API_ADDRESS = "registry-pull:5000"
+USERS_REGISTRY_API_ADDRESS = "registry-users:5000"
 
 
 def compose_file(cfg: PlatformConfig) -> Path:
@@ -196,6 +200,10 @@ def hub_config(cfg: PlatformConfig) -> dict:
     data["registry"]["credentials_file"] = "/run/secrets/registry_pull_credentials"
     # Its second account: the per-user images' instance, where it pushes what it builds.
     data["registry"]["users_credentials_file"] = "/run/secrets/registry_users_credentials"
+    # Its own API calls (the per-user images' layer copy, the environment report) go to the
+    # instances by service name: the published addresses are the host's loopback.
+    data["registry"]["api_address"] = PULL_REGISTRY_API_ADDRESS
+    data["registry"]["users_api_address"] = USERS_REGISTRY_API_ADDRESS
     data["hub"]["users_file"] = f"{HUB_USERS_DIR}/{cfg.users_file.name}"
     data["hub"]["home_root"] = str(cfg.home_root)  # mounted at the same path
     # The hub builds only per-user images, FROM parents that already trust the site CA.

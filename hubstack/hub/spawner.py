@@ -750,7 +750,7 @@ class HubstackSpawner(DockerSpawner):
 
     def _built(self, line: str) -> None:
         """One line of the per-user build as a progress event: step N of M, the package
-        pip is at, the push."""
+        pip is at, the parent's layers copied, the push."""
         text = line.split(": ", 1)[1] if line.startswith(f"[{self.user.name}] ") else line
         text = text.strip()
         step = text.startswith("Step ") and text.split(" ", 2)[1]
@@ -763,7 +763,7 @@ class HubstackSpawner(DockerSpawner):
             text = f"Building your image: {text}"
         elif text.startswith("Pushing"):
             self._build_pct = 57
-        elif not text.startswith(("Building", "Waiting", "Your", "Pulling")):
+        elif not text.startswith(("Building", "Waiting", "Your", "Pulling", "Copied", "Copying")):
             return  # the engine's other chatter stays in the build log
         self.spawn_progress.emit(self._build_pct, text[:200])
 

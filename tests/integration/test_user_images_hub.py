@@ -62,6 +62,9 @@ def test_own_package_imports_in_the_kernel_and_the_second_start_builds_nothing(
     assert events[-1].get("ready"), events[-3:]
     messages = [e.get("message", "") for e in events]
     assert any("Building your image: step" in m for m in messages), messages
+    # The hub gave the users registry the notebook's layers as stored (through the
+    # instances' service names), so the engine pushed only the package's layers.
+    assert any(m.startswith("Copied ") for m in messages), messages
     image = server_image(cfg, docker_client, "alice")
     assert image.startswith(f"{cfg.registry.users_address}/{cfg.images.namespace}/user/alice@")
     out = alice.run_code(

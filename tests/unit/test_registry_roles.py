@@ -19,6 +19,8 @@ from hubstack.registry import (
     PULL_INSTANCE_ENV,
     PUSH,
     USERS,
+    Credentials,
+    RegistryClient,
     auth_config,
     htpasswd_file,
     load_credentials,
@@ -108,6 +110,12 @@ def test_the_hub_gets_only_the_pull_account_and_the_read_only_address(tmp_path):
     in_hub = parse_config(hub)
     assert in_hub.image_ref("notebook").startswith("127.0.0.1:7001/")
     assert auth_config(in_hub)["serveraddress"] == "127.0.0.1:7001"
+    # The hub's own API calls reach the instances by service name: inside its container
+    # the published 127.0.0.1 addresses are its own loopback.
+    creds = Credentials("u", "p")
+    assert RegistryClient(in_hub, creds).address == "registry-pull:5000"
+    assert RegistryClient(in_hub, creds, role=USERS).address == "registry-users:5000"
+    assert RegistryClient(cfg, creds, role=USERS).address == cfg.registry.users_address
 
 
 def test_the_pull_instance_is_read_only_on_shared_storage(tmp_path):
