@@ -507,6 +507,8 @@ class HubstackSwarmSpawner(HubstackSpawner):
 
     async def stop(self, now=False):
         await self._in_pool(self._remove_service)
+        # A home task left by a start the hub did not finish (it removes its own otherwise).
+        await self._in_pool(self._remove_service, self.home_job_name)
         await self._in_pool(self._remove_configs, None)
         self.object_id = ""
         self.node_name = ""  # not home_node: the home stays where it is
