@@ -288,6 +288,27 @@ class NodeLabelsConfig(_Section):
         return v
 
 
+class HomeVolumeConfig(_Section):
+    """Swarm mode: analysts' homes on storage every node reaches (NFS), as a Docker volume
+    driver and its options (what `docker volume create --driver D --opt K=V` takes)."""
+
+    driver: str = "local"
+    driver_opts: dict[str, str]
+    """The options of the volume holding every analyst's home, e.g. {type: nfs, o:
+    "addr=10.0.0.7,rw,nfsvers=4", device: ":/export/homes"}. `device` is the folder all
+    homes are in; an analyst's server mounts DEVICE/NAME."""
+
+    @field_validator("driver_opts")
+    @classmethod
+    def _device(cls, v: dict[str, str]) -> dict[str, str]:
+        if not str(v.get("device", "")).strip("/: "):
+            raise ValueError(
+                "needs device: the exported folder that holds the homes, e.g. "
+                "':/export/homes' (each analyst's home is a folder of it)"
+            )
+        return {k: str(val) for k, val in v.items()}
+
+
 class ClusterConfig(_Section):
     """Where notebooks run: this host's engine, or the nodes of a Docker Swarm."""
 
@@ -298,6 +319,10 @@ class ClusterConfig(_Section):
     gpu_resource: str = "NVIDIA-GPU"
     """The Swarm generic resource GPU nodes advertise (node-generic-resources in their
     daemon.json); a GPU profile reserves `gpus` of it, so two analysts never share one."""
+    home_volume: HomeVolumeConfig | None = None
+    """Swarm mode: where analysts' homes live. Unset: a local volume on the node where the
+    analyst's server first ran, which keeps them on that node from then on. Set: shared
+    storage (NFS) every node mounts, so a server may start on any node its profile allows."""
 
     @field_validator("gpu_resource")
     @classmethod

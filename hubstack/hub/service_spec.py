@@ -10,7 +10,11 @@ What changes on the way (docs/multi-node.md, probed on dockerd 20.10, API 1.41):
 - the pids limit: docker-py's Resources lacks it, the API's Limits.Pids holds it;
 - GPUs: a reservation of the Swarm generic resource cluster.gpu_resource, so Swarm places
   the server only on a node with one free and two analysts never share one;
-- placement: the profile's node labels as constraints (PlatformConfig.placement_constraints).
+- placement: the profile's node labels as constraints (PlatformConfig.placement_constraints);
+- the home: a named volume per analyst instead of a bind mount of the hub host's folder,
+  made theirs (UID:GID, 0700) by a short root job before the server starts (home_job_spec),
+  since no process in the server may be root. A local volume lives on one node, so the
+  server is then pinned there; an NFS volume (cluster.home_volume) follows the analyst.
 
 No JupyterHub import and no engine call here: every field is unit-tested from the spec.
 """
@@ -23,7 +27,10 @@ from dataclasses import dataclass, field
 from docker.types import (
     ConfigReference,
     ContainerSpec,
+    DriverConfig,
     EndpointSpec,
+    Healthcheck,
+    Mount,
     Placement,
     Resources,
     RestartPolicy,
@@ -35,6 +42,22 @@ from docker.utils import parse_bytes
 from hubstack.hub import container_spec
 
 ACCOUNT_FILES = ("/etc/passwd", "/etc/group")
+HOME_JOB_MOUNT = "/hubstack-homes"
+"""Where the home job sees the volume it prepares."""
+HOME_READY = "/tmp/hubstack-home-ready"
+"""What the home job touches once the home is ready: its health check looks for it."""
+HOME_JOB_SECONDS = 600
+"""How long the home job waits, done, to be removed (a crashed hub's is removed by the next
+start)."""
+# The home job's script: $1 the folder, $2 UID:GID. Only a folder root still owns (new) is
+# made the analyst's: what they chmod'ed themselves stays. chmod before chown, so that root
+# needs no CAP_FOWNER for a folder it no longer owns. Then it says so (HOME_READY) and waits
+# to be removed: see home_job_spec.
+HOME_JOB_SCRIPT = (
+    'set -eu; mkdir -p "$1"; '
+    'if [ "$(stat -c %u "$1")" = 0 ]; then chmod 0700 "$1"; chown "$2" "$1"; fi; '
+    f'stat -c "%u:%g %a" "$1"; touch {HOME_READY}; exec sleep {HOME_JOB_SECONDS}'
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +127,123 @@ class ServiceRequest:
     accounts: list[tuple[str, AccountConfig]] = field(default_factory=list)
     """(config ID, config) pairs, mounted at their targets."""
     mounts: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HomeVolume:
+    """An analyst's home as a Docker volume, on the node (local, the default) or on shared
+    storage (NFS: cluster.home_volume's driver and options)."""
+
+    prefix: str
+    """The platform's name for its objects (hub.network): volumes are PREFIX-home-NAME."""
+    user_name: str
+    uid: int
+    gid: int
+    path: str
+    """Where the server sees it: the analyst's home (/home/NAME)."""
+    driver: str | None = None
+    """None: a local volume on the node. Else the shared storage's driver, with OPTIONS."""
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def shared(self) -> bool:
+        """On storage every node reaches: the analyst is not pinned to a node."""
+        return self.driver is not None
+
+    @property
+    def name(self) -> str:
+        return f"{self.prefix}-home-{self.user_name}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {container_spec.USER_LABEL: self.user_name}
+
+    def _driver(self, device: str) -> DriverConfig:
+        return DriverConfig(self.driver, {**self.options, "device": device})
+
+    def server_mount(self) -> Mount:
+        """The server's home: the analyst's own volume (on NFS: DEVICE/NAME, the folder the
+        job made), created on the node at the first mount."""
+        driver = None
+        if self.shared:
+            driver = self._driver(f"{self.options['device'].rstrip('/')}/{self.user_name}")
+        # no_copy: nothing of the image is copied into a new home.
+        return Mount(
+            self.path,
+            self.name,
+            no_copy=True,
+            labels=self.labels,
+            driver_config=driver,
+        )
+
+    def job_mount(self) -> Mount:
+        """What the job prepares: the analyst's own (local) volume, or on NFS the export that
+        holds every home (a folder of it may not exist yet, so it cannot be mounted)."""
+        if not self.shared:
+            return Mount(HOME_JOB_MOUNT, self.name, no_copy=True, labels=self.labels)
+        return Mount(
+            HOME_JOB_MOUNT,
+            f"{self.prefix}-homes",
+            no_copy=True,
+            driver_config=self._driver(self.options["device"]),
+        )
+
+    @property
+    def job_folder(self) -> str:
+        return f"{HOME_JOB_MOUNT}/{self.user_name}" if self.shared else HOME_JOB_MOUNT
+
+
+def home_job_spec(
+    name: str,
+    image: str,
+    home: HomeVolume,
+    constraints: list[str],
+    res: Resources | None = None,
+    labels: dict[str, str] | None = None,
+) -> dict:
+    """create_service arguments for the job that makes HOME the analyst's (UID:GID, 0700)
+    where it is still root's: one task, as root (the one root process of a start, and never
+    in the server) with only CAP_CHOWN, none of our networks, no socket, only that volume
+    mounted. With the server's placement and reservations (RES), so it runs where the server
+    can: on a local volume, that node becomes the home's.
+
+    Why not a Swarm job (mode replicated-job): on dockerd 20.10 a completed job's container
+    stays on its node after `service rm` (exited, holding the volume), one more at every
+    start. So the task reports healthy once the home is ready, and Swarm counts a task with
+    a health check as running only then; the spawner then removes the service, and the node
+    removes a running task's container, as it does a server's."""
+    labels = {**(labels or {}), **home.labels}
+    container = ContainerSpec(
+        image=image,
+        command=["sh", "-c", HOME_JOB_SCRIPT, "sh", home.job_folder, f"{home.uid}:{home.gid}"],
+        user="0:0",
+        labels=labels,
+        cap_drop=["ALL"],
+        cap_add=["CAP_CHOWN"],
+        mounts=[home.job_mount()],
+        init=True,  # the removal's SIGTERM ends the wait at once
+        healthcheck=Healthcheck(
+            test=["CMD", "test", "-e", HOME_READY],
+            interval=200_000_000,  # ns: the start waits on it
+            timeout=2_000_000_000,
+            retries=1,
+        ),
+    )
+    task = TaskTemplate(
+        container_spec=container,
+        resources=res,
+        restart_policy=RestartPolicy(condition="none"),
+        placement=Placement(constraints=constraints or None),
+        # No network of ours. A service cannot ask for none (dockerd 20.10: "could not find
+        # the corresponding predefined swarm network: network none not found"), so the task
+        # is on the node's default bridge; it runs only the fixed script above.
+    )
+    return {
+        "name": name,
+        "task_template": task,
+        "labels": labels,
+        "mode": ServiceMode("replicated", 1),
+    }
 
 
 def resources(req: ServiceRequest) -> Resources:

@@ -11,10 +11,14 @@ inherited, not copied); what differs is where the server runs:
 - the analyst's /etc/passwd and /etc/group are Swarm configs named by content;
 - a task the scheduler cannot place ("no suitable node": no free GPU, no node with the
   profile's labels, all drained) is refused at once with the profile and the reason, and
-  its service removed: the analyst is not left waiting on a pending service.
+  its service removed: the analyst is not left waiting on a pending service;
+- the analyst's home is a named volume (service_spec.HomeVolume), made theirs by a short
+  root job before the server starts (service_spec.home_job_spec). A local volume lives on
+  the node the job ran on, which becomes the analyst's home node (kept in the state, across
+  stops): their server runs only there, and a profile that cannot run there is refused,
+  naming the node and the remedy. With cluster.home_volume (NFS) the home follows them.
 
-Not yet (docs/multi-node.md): the analyst's home (no mount: a local home would pin the
-analyst to one node; NFS homes are the plan), Spark clusters as services (a Spark profile
+Not yet (docs/multi-node.md): Spark clusters as services (a Spark profile
 is refused, naming it), per-user images (an analyst with packages of their own is
 refused, with the way to start without them), the start queue, and the hub joining the
 analyst's overlay network by itself (`service_networks` names networks the hub is already
@@ -25,11 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import re
 from pprint import pformat
 
 import docker
 from tornado import web
-from traitlets import Float, List, Unicode
+from traitlets import Dict, Float, List, Unicode
 
 from hubstack.engine import PLATFORM_LABEL
 from hubstack.hub import container_spec, service_spec, versions
@@ -40,7 +46,50 @@ from hubstack.images import user as user_images
 # Task states on the way to running (Swarm's task lifecycle).
 STARTING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
 UNPLACEABLE = "no suitable node"
+# Task states after running (a removed service's task passes through shutdown).
+OVER = {"complete", "shutdown", "failed", "rejected", "orphaned", "remove"}
 NODE_STATE = "swarm_node"
+HOME_NODE_STATE = "swarm_home_node"
+HOME_REMEDY = (
+    "A home on a node's own disk keeps an analyst on that node; homes on NFS "
+    "(cluster.home_volume, docs/multi-node.md) follow them to any node"
+)
+_CONSTRAINT = re.compile(
+    r"^node\.(?:labels\.(?P<label>[^=!]+)|(?P<field>id|hostname|role))(?P<op>==|!=)(?P<value>.+)$"
+)
+
+
+def unmet_constraints(node: dict, constraints: list[str]) -> list[str]:
+    """The placement constraints NODE (the engine's node inspect) does not meet, as Swarm
+    evaluates them: a label the node lacks is not equal to any value. Forms other than
+    node.labels/id/hostname/role are left to the scheduler."""
+    labels = (node.get("Spec") or {}).get("Labels") or {}
+    have = {
+        "id": node.get("ID", ""),
+        "hostname": (node.get("Description") or {}).get("Hostname", ""),
+        "role": (node.get("Spec") or {}).get("Role", ""),
+    }
+    unmet = []
+    for constraint in constraints:
+        m = _CONSTRAINT.match(constraint.replace(" ", ""))
+        if not m:
+            continue
+        key = m.group("label")
+        actual = labels.get(key) if key else have[m.group("field")]
+        equal = actual == m.group("value")
+        if equal != (m.group("op") == "=="):
+            unmet.append(constraint)
+    return unmet
+
+
+def home_refusal(profile, node_name: str, why: str) -> str:
+    """What an analyst whose local home is on NODE_NAME reads when PROFILE cannot run
+    there now."""
+    return (
+        f"the profile {profile.display_name!r} ({profile.name}) cannot start on node "
+        f"{node_name!r}, where your home is: {why}. {HOME_REMEDY}: choose a profile that "
+        f"runs on {node_name}, or ask the platform team"
+    )
 
 
 class SwarmRefusal(Exception):
@@ -89,6 +138,10 @@ class HubstackSwarmSpawner(HubstackSpawner):
     task_poll_interval = Float(0.25, config=True, help="Seconds between looks at the task.")
 
     node_name = Unicode("", help="The node this analyst's server runs on (kept in state).")
+    home_node = Dict(
+        help="The node holding this analyst's local home volume ({id, name}): their server "
+        "runs only there. Kept in the state across stops; empty with NFS homes."
+    )
 
     _logged_in: set = set()
 
@@ -96,12 +149,21 @@ class HubstackSwarmSpawner(HubstackSpawner):
     def load_state(self, state):
         super().load_state(state)
         self.node_name = state.get(NODE_STATE, "")
+        self.home_node = state.get(HOME_NODE_STATE) or {}
 
     def get_state(self):
         state = super().get_state()
         if self.node_name:
             state[NODE_STATE] = self.node_name
+        if self.home_node:
+            state[HOME_NODE_STATE] = dict(self.home_node)
         return state
+
+    def clear_state(self):
+        # JupyterHub clears the state after a stop; the home stays on its node.
+        home_node = self.home_node
+        super().clear_state()
+        self.home_node = home_node
 
     @property
     def service_name(self) -> str:
@@ -172,9 +234,96 @@ class HubstackSwarmSpawner(HubstackSpawner):
             with contextlib.suppress(docker.errors.APIError):
                 self.client.remove_config(config["ID"])
 
-    def _remove_service(self) -> None:
+    def _remove_service(self, name: str = "") -> None:
         with contextlib.suppress(docker.errors.NotFound):
-            self.client.remove_service(self.service_name)
+            self.client.remove_service(name or self.service_name)
+
+    # --- the home ----------------------------------------------------------------------
+    @property
+    def home_job_name(self) -> str:
+        return f"{self.service_name}-home"
+
+    def _home_volume(self, ident: dict) -> service_spec.HomeVolume:
+        shared = self.cfg.cluster.home_volume
+        return service_spec.HomeVolume(
+            prefix=self.cfg.hub.network,
+            user_name=self.user.name,
+            uid=ident["uid"],
+            gid=ident["gid"],
+            path=ident["home"],
+            driver=shared.driver if shared else None,
+            options=dict(shared.driver_opts) if shared else {},
+        )
+
+    def _check_home_node(self, profile, constraints: list[str]) -> None:
+        """Refuse at once a start that cannot run on the analyst's home node: gone from the
+        swarm, drained or down, or without what the profile's placement asks for."""
+        name = self.home_node.get("name") or self.home_node["id"]
+        try:
+            node = self.client.inspect_node(self.home_node["id"])
+        except docker.errors.NotFound:
+            raise web.HTTPError(
+                409, home_refusal(profile, name, "that node is no longer in the swarm")
+            ) from None
+        unmet = unmet_constraints(node, constraints)
+        if unmet:
+            why = f"it needs {' and '.join(unmet)}, which node {name} does not meet"
+            raise web.HTTPError(409, home_refusal(profile, name, why))
+        availability = node["Spec"].get("Availability", "active")
+        state = (node.get("Status") or {}).get("State", "")
+        if availability != "active" or state != "ready":
+            why = f"the node is {availability if availability != 'active' else state}"
+            raise web.HTTPError(409, home_refusal(profile, name, why))
+
+    async def _prepare_home(
+        self, profile, request: service_spec.ServiceRequest, home: service_spec.HomeVolume
+    ) -> list[str]:
+        """Run the job that makes HOME the analyst's, where the server can run (REQUEST's
+        placement; on a local home, only the home node). Returns the server's constraints:
+        REQUEST's, plus the home node for a local home."""
+        constraints = list(request.constraints)
+        if not home.shared and self.home_node:
+            await self._in_pool(self._check_home_node, profile, constraints)
+            constraints.append(f"node.id=={self.home_node['id']}")
+        # A new local home's node is the analyst's for good: the job reserves what the
+        # server will (its GPUs too), so that it lands where the server fits now. Otherwise
+        # it needs nothing reserved, and the server need not wait for its reservations.
+        choosing = not home.shared and not self.home_node
+        spec = service_spec.home_job_spec(
+            self.home_job_name,
+            request.image,
+            home,
+            constraints,
+            service_spec.resources(request) if choosing else None,
+            {PLATFORM_LABEL: self.cfg.hub.network},
+        )
+        await self._in_pool(self._remove_service, self.home_job_name)  # a crashed hub's
+        began = asyncio.get_running_loop().time()
+        created = await self._in_pool(lambda: self.client.create_service(**spec))
+        try:
+            # Running: healthy, that is the home is ready (service_spec.home_job_spec).
+            task = await self._until_running(
+                profile, constraints, service_id=created["ID"], what="Home"
+            )
+        finally:
+            await self._in_pool(self._remove_service, self.home_job_name)
+        if choosing:
+            # Its reservations (a GPU) are free once its task is over, not when the service
+            # goes: a server asking at once could be refused for the job's own GPU.
+            await self._until_over(created["ID"])
+        self.log.info(
+            "%s's home is ready in %.1fs",
+            self.user.name,
+            asyncio.get_running_loop().time() - began,
+        )
+        if home.shared:
+            return constraints
+        if not self.home_node:
+            node = await self._in_pool(self.client.inspect_node, task["NodeID"])
+            self.home_node = {"id": node["ID"], "name": node["Description"]["Hostname"]}
+            self.log.info("%s's home is on node %s", self.user.name, self.home_node["name"])
+            constraints.append(f"node.id=={node['ID']}")
+        return constraints
 
     # --- start -----------------------------------------------------------------------
     async def start(self):
@@ -209,6 +358,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
         )
         accounts = await self._in_pool(self._ensure_configs, configs)
         constraints = self.cfg.placement_constraints(profile)
+        home = self._home_volume(ident)
         request = service_spec.ServiceRequest(
             name=self.service_name,
             image=self.image,
@@ -227,7 +377,15 @@ class HubstackSwarmSpawner(HubstackSpawner):
             gpu_resource=self.cfg.cluster.gpu_resource,
             networks=list(self.service_networks),
             accounts=accounts,
+            mounts=[home.server_mount()],
         )
+        progress.emit(8, "Preparing your home")
+        try:
+            pinned = await self._prepare_home(profile, request, home)
+        except BaseException:
+            await self._in_pool(self._remove_configs, None)
+            raise
+        request = dataclasses.replace(request, constraints=pinned)
         progress.emit(10, "Asking the swarm for a node")
         await self._in_pool(self._remove_service)  # a service a crashed hub left behind
         created = await self._in_pool(
@@ -235,7 +393,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
         )
         self.object_id = created["ID"]
         try:
-            task = await self._until_running(profile, constraints)
+            task = await self._until_running(profile, request.constraints)
         except BaseException:
             await self._in_pool(self._remove_service)
             await self._in_pool(self._remove_configs, None)
@@ -271,15 +429,19 @@ class HubstackSwarmSpawner(HubstackSpawner):
                 f"mode cannot start yet (docs/multi-node.md). {PLAIN_HINT}",
             )
 
-    async def _until_running(self, profile, constraints: list[str]) -> dict:
-        """The service's task once it runs. A task Swarm cannot place is refused (409) after
-        unplaceable_grace; one that fails says why (500)."""
+    async def _until_running(
+        self, profile, constraints: list[str], service_id: str = "", what: str = "Server"
+    ) -> dict:
+        """The task of SERVICE_ID (the server's by default) once it runs. A task Swarm cannot
+        place is refused (409) after unplaceable_grace; one that fails says why (500)."""
+        service_id = service_id or self.object_id
+        pinned = next((c for c in constraints if c.startswith("node.id==")), "")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
         unplaceable_since = None
         said = ""
         while True:
-            tasks = await self.docker("tasks", filters={"service": self.object_id})
+            tasks = await self.docker("tasks", filters={"service": service_id})
             task = max(tasks, key=lambda t: t.get("CreatedAt", ""), default=None)
             status = (task or {}).get("Status") or {}
             state, err = status.get("State", ""), status.get("Err", "")
@@ -291,22 +453,43 @@ class HubstackSwarmSpawner(HubstackSpawner):
                     message = refusal_message(
                         profile, constraints, self.cfg.cluster.gpu_resource, err
                     )
+                    if pinned:
+                        message += (
+                            f". Your home is on node {self.home_node.get('name') or pinned}: "
+                            f"{HOME_REMEDY}"
+                        )
                     self.log.warning("%s: %s", self.user.name, message)
                     raise web.HTTPError(409, message)
             else:
                 unplaceable_since = None
             if task is not None and state not in STARTING:
+                exit_code = (status.get("ContainerStatus") or {}).get("ExitCode")
+                code = f" (exit code {exit_code})" if exit_code else ""
                 raise web.HTTPError(
                     500,
-                    f"your server's task on the swarm ended as {state}: {err or pformat(status)}",
+                    f"your {what.lower()}'s task on the swarm ended as {state}{code}: "
+                    f"{err or pformat(status)}",
                 )
             if state and state != said:
-                self.spawn_progress.emit(20 if state == "preparing" else 15, f"Server: {state}")
+                self.spawn_progress.emit(20 if state == "preparing" else 15, f"{what}: {state}")
                 said = state
             if loop.time() > deadline:
                 raise web.HTTPError(
                     500, f"your server did not start in {self.start_timeout} s (task: {state})"
                 )
+            await asyncio.sleep(self.task_poll_interval)
+
+    async def _until_over(self, service_id: str, timeout: float = 30) -> None:
+        """Once SERVICE_ID's tasks (a removed service's) have stopped running, or TIMEOUT."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            try:
+                tasks = await self.docker("tasks", filters={"service": service_id})
+            except docker.errors.NotFound:
+                return
+            if all(t["Status"]["State"] in OVER for t in tasks):
+                return
             await asyncio.sleep(self.task_poll_interval)
 
     # --- poll and stop -----------------------------------------------------------------
@@ -324,7 +507,9 @@ class HubstackSwarmSpawner(HubstackSpawner):
 
     async def stop(self, now=False):
         await self._in_pool(self._remove_service)
+        # A home task left by a start the hub did not finish (it removes its own otherwise).
+        await self._in_pool(self._remove_service, self.home_job_name)
         await self._in_pool(self._remove_configs, None)
         self.object_id = ""
-        self.node_name = ""
+        self.node_name = ""  # not home_node: the home stays where it is
         self._spawn_progress = None

@@ -1,6 +1,6 @@
 """The Swarm spawner (hubstack.hub.swarm_spawner) on the real two-node swarm of
 tests/integration/swarm_nodes.py: where analysts' servers land, the refusal when no GPU is
-free, and a drained node.
+free, a drained node, and the analyst's home (a local volume, pinning them to its node).
 
 How it is driven: the spawner class's own start/poll/stop, called as JupyterHub calls them,
 against the manager's engine, with the analyst's identity as a login's auth state would
@@ -37,6 +37,7 @@ IDENTS = {
     "alice": {"uid": 23401, "gid": 23401, "groups": [23401], "home": "/home/alice"},
     "bob": {"uid": 23402, "gid": 23402, "groups": [23402], "home": "/home/bob"},
     "carol": {"uid": 23403, "gid": 23403, "groups": [23403], "home": "/home/carol"},
+    "dave": {"uid": 23404, "gid": 23404, "groups": [23404], "home": "/home/dave"},
 }
 
 
@@ -56,6 +57,27 @@ def hub_cfg(swarm_registry):
         {"name": "gpu", "display_name": "GPU", "image": TINY_IMAGE, "gpus": 1},
     ]
     return parse_config(data)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def home_volumes(swarm):
+    """The analysts' home volumes this module's servers made: a stop keeps them, so they are
+    removed here, once, after the nodes have removed the containers that held them."""
+    yield
+    deadline = time.monotonic() + 60
+    for node in swarm.nodes:
+        for volume in node.client.volumes.list(filters={"label": USER_LABEL}):
+            while True:
+                try:
+                    volume.remove()
+                    break
+                except docker.errors.APIError:
+                    if time.monotonic() > deadline:
+                        held = [c.name for c in node.client.containers.list(all=True)]
+                        raise AssertionError(
+                            f"{volume.name} in use on {node.name}: {held}"
+                        ) from None
+                    time.sleep(0.5)
 
 
 @pytest.fixture
@@ -105,7 +127,8 @@ def _run(coro):
 
 def _container(swarm, spawner) -> docker.models.containers.Container:
     node = swarm.node(spawner.node_name).client
-    (found,) = node.containers.list(filters={"label": f"{USER_LABEL}={spawner.user.name}"})
+    service = f"com.docker.swarm.service.name={spawner.service_name}"
+    (found,) = node.containers.list(filters={"label": service})
     return found
 
 
@@ -196,3 +219,58 @@ def test_drain_names_an_unknown_node_and_needs_a_manager(swarm, monkeypatch, cap
     monkeypatch.setenv("DOCKER_HOST", swarm.node("spark").socket)
     assert main(["nodes", "activate", "spark"]) == 2
     assert "this engine is not a Swarm manager (swarm state: active)" in capsys.readouterr().err
+
+
+def test_a_home_is_the_analysts_own_and_outlives_a_stop_on_its_node(swarm, spawners):
+    """A local home volume: made the analyst's by the root task, written by their server as
+    their UID:GID, kept by stop, found again at the next start on the same node; a profile
+    that cannot run on that node is refused, naming it and NFS homes."""
+    dave = spawners("dave", "default")
+    started = time.monotonic()
+    _run(dave.start())
+    print(f"[swarm spawner] start with a new home in {time.monotonic() - started:.1f}s")
+    assert dave.node_name == "spark"
+    assert dave.home_node["name"] == "spark"
+    c = _container(swarm, dave)
+    write = "echo kept > ~/notes.txt && stat -c '%u:%g %a %n' ~ ~/notes.txt"
+    result = c.exec_run(["sh", "-c", write])
+    assert result.exit_code == 0, result.output
+    assert result.output.decode().split("\n")[:2] == [
+        "23404:23404 700 /home/dave",
+        "23404:23404 644 /home/dave/notes.txt",
+    ]
+    # The task that prepared it is gone; the volume stays on the node after the stop.
+    manager = swarm.manager.client
+    assert not manager.services.list(filters={"name": dave.home_job_name})
+    _run(dave.stop())
+    # As JupyterHub does after a stop: clear the state, keep what get_state still gives.
+    dave.clear_state()
+    state = dave.get_state()
+    assert state["swarm_home_node"]["name"] == "spark"
+    spark = swarm.node("spark").client
+    volume = spark.volumes.get(f"{dave.cfg.hub.network}-home-dave")
+    assert volume.attrs["Labels"][USER_LABEL] == "dave"
+
+    again = spawners("dave", "default")
+    again.load_state(state)
+    started = time.monotonic()
+    _run(again.start())
+    print(f"[swarm spawner] start with a kept home in {time.monotonic() - started:.1f}s")
+    assert again.node_name == "spark"
+    result = _container(swarm, again).exec_run(["cat", "/home/dave/notes.txt"])
+    assert result.output == b"kept\n"
+    _run(again.stop())
+
+    # Her home is on spark; the GPU profile runs only on GPU nodes: refused at once.
+    gpu = spawners("dave", "gpu")
+    gpu.load_state(state)
+    with pytest.raises(web.HTTPError) as refused:
+        _run(gpu.start())
+    assert refused.value.status_code == 409
+    message = refused.value.log_message
+    assert message.startswith(
+        "the profile 'GPU' (gpu) cannot start on node 'spark', where your home is: it needs "
+        "node.labels.hubstack.gpu==true, which node spark does not meet."
+    )
+    assert "cluster.home_volume" in message
+    assert not manager.services.list(filters={"name": gpu.service_name})
