@@ -112,3 +112,15 @@ assert log._health_check_handlers() == (HealthCheckHandler,)
 print("ok")
 """
     assert run("python", "-c", code, user="1000:100").check().strip().endswith("ok")
+
+
+def test_jupyterlab_extension_manager_is_the_read_only_one(run):
+    # The PyPI manager costs every start an HTTP client and a TLS context, for installs that
+    # cannot succeed in the analyst's venv (root's, no user site-packages).
+    code = (
+        "from jupyterlab.labapp import LabApp\n"
+        "app = LabApp()\n"
+        "app.load_config_file()\n"
+        "print(app.extension_manager)"
+    )
+    assert run("python", "-c", code, user="1000:100").check().strip().endswith("readonly")
