@@ -18,3 +18,17 @@ def test_ca_bundle_is_installed(run):
 
 def test_utf8_locale(run):
     assert "UTF-8" in run("sh", "-c", "echo $LANG").check()
+
+
+def test_ca_bundle_holds_each_certificate_once(run):
+    # The extra bundle (by default the host's whole system bundle) adds only what Debian's
+    # lacks: each duplicate costs every TLS context that loads the bundle its parsing.
+    out = run(
+        "sh",
+        "-c",
+        "grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt; "
+        "sed -n '/BEGIN CERT/,/END CERT/p' /etc/ssl/certs/ca-certificates.crt "
+        "| tr -d '\\n' | sed 's/-----END CERTIFICATE-----/&\\n/g' | sort | uniq | grep -c BEGIN",
+    ).check()
+    total, unique = out.split()
+    assert int(total) > 100 and total == unique, out

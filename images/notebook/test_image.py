@@ -62,3 +62,65 @@ def test_server_start_imports_neither_pyspark_nor_the_iri_grammar(run):
         "if m in sys.modules))"
     )
     assert run("python", "-c", code, user="1000:100").check().strip().endswith("[]")
+
+
+def test_server_start_leaves_the_hubs_database_layer_unloaded(run):
+    # jupyterhub-lazy-imports.patch: the single-user server imports jupyterhub.log, .scopes,
+    # .metrics and .utils; their hub-only imports (the hub's handlers, sqlalchemy, alembic,
+    # the ORM) happen at first use instead (docs/performance.md).
+    code = (
+        "import sys, jupyterhub.singleuser.extension, jupyterhub.singleuser.mixins, "
+        "jupyterhub.singleuser.app\n"
+        "print(sorted(m for m in ('sqlalchemy', 'alembic', 'jupyterhub.orm', "
+        "'jupyterhub.handlers') if m in sys.modules))"
+    )
+    assert run("python", "-c", code, user="1000:100").check().strip().endswith("[]")
+
+
+def test_the_deferred_imports_still_load_where_they_are_used(run):
+    # The patched functions behave as upstream's: the scope check the server's auth makes,
+    # the ORM on first use, the database-error guard, the request log.
+    code = r"""
+import asyncio, logging
+from jupyterhub import log, metrics, scopes, utils
+have = {"read:users", "admin:users"}
+assert scopes._intersect_expanded_scopes({"read:users"}, have) == {"read:users"}
+assert scopes.orm.User.__tablename__ == "users" and metrics.orm.User is scopes.orm.User
+from sqlalchemy.exc import OperationalError
+class H:
+    log = logging.getLogger("t")
+    rolled = False
+    class db:
+        @staticmethod
+        def rollback():
+            H.rolled = True
+@utils.catch_db_error
+def db_fails(self):
+    raise OperationalError("select", {}, Exception("gone"))
+@utils.catch_db_error
+def other_fails(self):
+    raise KeyError("x")
+assert asyncio.run(db_fails(H())) is None and H.rolled
+try:
+    asyncio.run(other_fails(H()))
+except KeyError:
+    pass
+else:
+    raise AssertionError("a non-database error was swallowed")
+from jupyterhub.handlers.pages import HealthCheckHandler
+assert log._health_check_handlers() == (HealthCheckHandler,)
+print("ok")
+"""
+    assert run("python", "-c", code, user="1000:100").check().strip().endswith("ok")
+
+
+def test_jupyterlab_extension_manager_is_the_read_only_one(run):
+    # The PyPI manager costs every start an HTTP client and a TLS context, for installs that
+    # cannot succeed in the analyst's venv (root's, no user site-packages).
+    code = (
+        "from jupyterlab.labapp import LabApp\n"
+        "app = LabApp()\n"
+        "app.load_config_file()\n"
+        "print(app.extension_manager)"
+    )
+    assert run("python", "-c", code, user="1000:100").check().strip().endswith("readonly")
