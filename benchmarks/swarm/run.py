@@ -214,10 +214,11 @@ def main() -> int:
     def say(line: str) -> None:
         print(f"[swarm-bench] {line} (+{time.monotonic() - t0:.0f}s)", file=sys.stderr, flush=True)
 
-    top = Path(tempfile.mkdtemp(prefix="hs-swarm-bench-"))
+    # The platform state (the registry's accounts, the CA and its key) goes with the run.
     with (
+        tempfile.TemporaryDirectory(prefix="hs-swarm-bench-") as top,
         swarm_cluster(NODES) as swarm,
-        nodes_registry(swarm, client, top / "state", f"hubbench-swarm-{SESSION_ID}") as cfg,
+        nodes_registry(swarm, client, Path(top) / "state", f"hubbench-swarm-{SESSION_ID}") as cfg,
     ):
         tag = f"bench-{SESSION_ID}"
         ref = cfg.image_ref(IMAGE, tag)
