@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import docker
 
-from hubstack import tls
+from hubstack import node_bundle, tls
 from hubstack.config import PlatformConfig, check_node_label
 from hubstack.engine import docker_client
 from hubstack.errors import CommandError
@@ -199,6 +200,17 @@ def join_script(cfg: PlatformConfig, client: docker.DockerClient, manager: bool 
 
 
 def cmd_nodes(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    if args.nodes_command == "bundle":
+        node_bundle.write_bundle(
+            cfg,
+            docker_client(),
+            Path(args.dir),
+            profiles=args.profile,
+            tag=args.tag,
+            packages=not args.no_packages,
+            node_status=Path(args.node_status) if args.node_status else None,
+        )
+        return 0
     if args.nodes_command == "join-command":
         print(join_script(cfg, docker_client(), manager=args.manager), end="")
         return 0
@@ -262,3 +274,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     join.add_argument("--manager", action="store_true", help="join as a manager, not a worker")
     join.set_defaults(func=cmd_nodes)
+    bundle = sub.add_parser(
+        "bundle",
+        help="write what an air-gapped node needs: engine packages, CA, images, install.sh",
+        description="Write a folder to carry to a node without network access to package "
+        "registries: the engine's Debian packages (docker.io, containerd, runc and what the "
+        "node lacks, resolved by apt), the platform CA for the registry, a docker save of "
+        "the images its servers run, an install.sh, and the sha256 of every file. No "
+        "secret: the join token comes from `hubstack nodes join-command`.",
+    )
+    bundle.add_argument("dir", metavar="DIR", help="the folder to write (must not exist)")
+    bundle.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a profile the node serves (again for more); default: every profile's image "
+        "and the Spark executor",
+    )
+    bundle.add_argument(
+        "--tag", help="the images' tag (default: hub.notebook_image_tag, i.e. stable)"
+    )
+    bundle.add_argument(
+        "--no-packages", action="store_true", help="no engine packages (the node has Docker)"
+    )
+    bundle.add_argument(
+        "--node-status",
+        metavar="FILE",
+        help="the node's /var/lib/dpkg/status: packages resolved against what it has "
+        "(default: against the base image, a minimal Debian)",
+    )
+    bundle.set_defaults(func=cmd_nodes)

@@ -360,23 +360,27 @@ class SwarmRegistry:
 TINY_IMAGE = "swarm-tiny"
 
 
-@pytest.fixture(scope="session")
-def swarm_registry(swarm, docker_client, tmp_path_factory) -> Iterator[SwarmRegistry]:
-    state = tmp_path_factory.mktemp("swarm-state")
+@contextlib.contextmanager
+def nodes_registry(
+    swarm: Swarm, docker_client: docker.DockerClient, state: Path, namespace: str
+) -> Iterator[PlatformConfig]:
+    """The platform registry on the host engine, as the swarm's nodes see it: push on
+    127.0.0.1, the read-only instance on the nodes' segment over TLS from the platform CA,
+    which every node trusts (certs.d). Yields the platform config (state in STATE); the
+    registry's containers and volume are removed afterwards."""
     cfg = write_config(
         state / "hubstack.yaml",
         config_data(
             state,
             free_port(),
             registry={"pull_address": f"{swarm.host_address}:{free_port()}"},
-            images={"namespace": f"hubtest-swarm-{SESSION_ID}"},
+            images={"namespace": namespace},
         ),
     )
     bootstrap(cfg, docker_client)
     volume = f"hubstack-test-swarm-registry-{SESSION_ID}"
     certificate = registry_certificate(cfg, PULL)
     containers = []
-    tiny = cfg.image_ref(TINY_IMAGE)
     try:
         containers.append(
             docker_client.containers.run(
@@ -391,25 +395,35 @@ def swarm_registry(swarm, docker_client, tmp_path_factory) -> Iterator[SwarmRegi
             )
         )
         RegistryClient(cfg).wait_ready(60)
-        docker_client.images.build(
-            fileobj=_tiny_dockerfile(cfg.base.image), tag=tiny, rm=True, pull=False
-        )
-        push_image(cfg, docker_client, TINY_IMAGE, progress=lambda _: None)
         for node in swarm.nodes:
             node.install_ca(cfg.registry.pull_address, cfg.tls_ca_cert_file)
-        yield SwarmRegistry(
-            cfg=cfg,
-            ca_file=cfg.tls_ca_cert_file,
-            pull_auth=auth_config(cfg, PULL),
-            image=f"{cfg.pull_repository(TINY_IMAGE)}:{cfg.images.tag}",
-        )
+        yield cfg
     finally:
         for container in containers:
             container.remove(force=True, v=True)
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.volumes.get(volume).remove(force=True)
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            docker_client.images.remove(tiny, noprune=False)
+
+
+@pytest.fixture(scope="session")
+def swarm_registry(swarm, docker_client, tmp_path_factory) -> Iterator[SwarmRegistry]:
+    state = tmp_path_factory.mktemp("swarm-state")
+    with nodes_registry(swarm, docker_client, state, f"hubtest-swarm-{SESSION_ID}") as cfg:
+        tiny = cfg.image_ref(TINY_IMAGE)
+        try:
+            docker_client.images.build(
+                fileobj=_tiny_dockerfile(cfg.base.image), tag=tiny, rm=True, pull=False
+            )
+            push_image(cfg, docker_client, TINY_IMAGE, progress=lambda _: None)
+            yield SwarmRegistry(
+                cfg=cfg,
+                ca_file=cfg.tls_ca_cert_file,
+                pull_auth=auth_config(cfg, PULL),
+                image=f"{cfg.pull_repository(TINY_IMAGE)}:{cfg.images.tag}",
+            )
+        finally:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(tiny, noprune=False)
 
 
 def _tiny_dockerfile(base: str) -> io.BytesIO:
