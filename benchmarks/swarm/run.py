@@ -23,12 +23,11 @@ server answering, p50 / min / max, and the second node's ÷ the hub node's. Befo
 rounds, one start on each node warms the spawner's per-digest cache of the image's
 accounts (not counted).
 
-Two things differ from a hub's start, both because swarm mode is not finished: services
-mount no home yet (docs/multi-node.md), so each analyst runs as the image's own user
-(1000:100, home /home/jovyan, which the image holds: otherwise jupyter-server has no
-folder to write its runtime files in); and there is no hub: a stub on the manager
-answers the server's calls to the hub's API (jupyterhub-singleuser exits when it cannot
-reach one).
+Two things differ from a hub's start, both because swarm mode is not finished: each
+analyst runs as the image's own user (1000:100), their home a volume at /home/jovyan that
+the spawner's home task makes theirs before the server starts (docs/multi-node.md); and
+there is no hub: a stub on the manager answers the server's calls to the hub's API
+(jupyterhub-singleuser exits when it cannot reach one).
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ NODES = [("hub", {LABEL: "hub"}, []), ("second", {LABEL: "second"}, [])]
 IMAGE = "bench-server"
 PORT = 8888
 IMAGE_USER = {"uid": 1000, "gid": 100, "groups": [100], "home": "/home/jovyan"}
-"""Services mount no home yet: the analyst is the image's own user, whose home is there."""
+"""The analyst is the image's own user; their home volume is mounted over the image's."""
 READY_TIMEOUT = 180.0
 
 HUB_PORT = 8081
