@@ -442,8 +442,8 @@ def _bind_host(address: str) -> str:
 
 
 # Inside the registry container: where registry_container_spec mounts the served chain and key.
-_TLS_CERT = "/etc/docker/registry/tls/registry.pem"
-_TLS_KEY = "/etc/docker/registry/tls/registry-key.pem"
+TLS_CERT = "/etc/docker/registry/tls/registry.pem"
+TLS_KEY = "/etc/docker/registry/tls/registry-key.pem"
 
 
 CONTAINER_LABELS: dict[Role, str] = {
@@ -477,10 +477,10 @@ def registry_container_spec(
     if certificate is not None:
         # distribution's environment overrides of http.tls (registry/config.yml stays the
         # one declaration of everything else).
-        environment["REGISTRY_HTTP_TLS_CERTIFICATE"] = _TLS_CERT
-        environment["REGISTRY_HTTP_TLS_KEY"] = _TLS_KEY
-        volumes[str(certificate.cert_file)] = {"bind": _TLS_CERT, "mode": "ro"}
-        volumes[str(certificate.key_file)] = {"bind": _TLS_KEY, "mode": "ro"}
+        environment["REGISTRY_HTTP_TLS_CERTIFICATE"] = TLS_CERT
+        environment["REGISTRY_HTTP_TLS_KEY"] = TLS_KEY
+        volumes[str(certificate.cert_file)] = {"bind": TLS_CERT, "mode": "ro"}
+        volumes[str(certificate.key_file)] = {"bind": TLS_KEY, "mode": "ro"}
     return dict(
         image=cfg.registry.image,
         name=name,

@@ -42,9 +42,9 @@ import yaml
 from hubstack.config import PlatformConfig
 from hubstack.engine import project_name
 from hubstack.errors import CommandError
-from hubstack.registry import _TLS_CERT as REGISTRY_TLS_CERT
-from hubstack.registry import _TLS_KEY as REGISTRY_TLS_KEY
 from hubstack.registry import PULL, auth_config, registry_certificate
+from hubstack.registry import TLS_CERT as REGISTRY_TLS_CERT
+from hubstack.registry import TLS_KEY as REGISTRY_TLS_KEY
 
 MANAGER = "node.role==manager"
 SECRET_NAME_MAX = 64
