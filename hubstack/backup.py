@@ -69,11 +69,9 @@ def volume_name(cfg: PlatformConfig, volume: str) -> str:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    """A file's sha256, read in blocks (backups and node bundles are gigabytes)."""
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _say(line: str) -> None:

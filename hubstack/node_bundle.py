@@ -24,7 +24,6 @@ a failure (a registry without an image, apt without a package) leaves nothing be
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -43,6 +42,7 @@ from pathlib import Path
 import docker
 
 from hubstack import __version__, tls
+from hubstack.backup import sha256
 from hubstack.config import PlatformConfig
 from hubstack.engine import PLATFORM_LABEL
 from hubstack.errors import CommandError
@@ -263,14 +263,6 @@ def save_images(
 
 
 # --- the folder -------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _managers(client: docker.DockerClient) -> list[str]:
     """The swarm's manager addresses when this engine is in one (not secret; the token is)."""
     swarm = client.info().get("Swarm") or {}
@@ -350,7 +342,7 @@ def write_bundle(
             bundle_env(cfg, arch, [i.target for i in images], _managers(client))
         )
         files = {
-            str(p.relative_to(work)): {"sha256": _sha256(p), "size": p.stat().st_size}
+            str(p.relative_to(work)): {"sha256": sha256(p), "size": p.stat().st_size}
             for p in sorted(work.rglob("*"))
             if p.is_file()
         }
@@ -369,7 +361,7 @@ def write_bundle(
         }
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         sums = {name: str(entry["sha256"]) for name, entry in files.items()}
-        sums["manifest.json"] = _sha256(work / "manifest.json")
+        sums["manifest.json"] = sha256(work / "manifest.json")
         (work / "SHA256SUMS").write_text("".join(f"{h}  {k}\n" for k, h in sorted(sums.items())))
         work.chmod(0o755)  # mkdtemp's 0700 would keep it from whoever copies it on
         os.rename(work, target)
