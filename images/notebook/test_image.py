@@ -52,29 +52,32 @@ print(len(stale), *stale[:10])
     assert out.split()[0] == "0", f"modules without a current .pyc: {out}"
 
 
+def loaded_after_importing(run, imports: str, modules: tuple[str, ...]) -> str:
+    """Which of MODULES are in sys.modules once IMPORTS are imported, as the analyst."""
+    code = f"import sys, {imports}\nprint(sorted(m for m in {modules!r} if m in sys.modules))"
+    return run("python", "-c", code, user="1000:100").check().strip()
+
+
 def test_server_start_imports_neither_pyspark_nor_the_iri_grammar(run):
     # What jupyterhub-singleuser and its extensions import: no Spark (no JVM at server start)
     # and not rfc3987_syntax, which builds ~35 parsers at import (docs/performance.md).
-    code = (
-        "import sys, jupyterhub.singleuser.extension, jupyterlab.labapp, "
-        "jupyter_server_proxy, jupyter_server_terminals, jupyter_server.serverapp\n"
-        "print(sorted(m for m in ('pyspark', 'py4j', 'rfc3987_syntax', 'pandas', 'numpy') "
-        "if m in sys.modules))"
+    imports = (
+        "jupyterhub.singleuser.extension, jupyterlab.labapp, jupyter_server_proxy, "
+        "jupyter_server_terminals, jupyter_server.serverapp"
     )
-    assert run("python", "-c", code, user="1000:100").check().strip().endswith("[]")
+    modules = ("pyspark", "py4j", "rfc3987_syntax", "pandas", "numpy")
+    assert loaded_after_importing(run, imports, modules).endswith("[]")
 
 
 def test_server_start_leaves_the_hubs_database_layer_unloaded(run):
     # jupyterhub-lazy-imports.patch: the single-user server imports jupyterhub.log, .scopes,
     # .metrics and .utils; their hub-only imports (the hub's handlers, sqlalchemy, alembic,
     # the ORM) happen at first use instead (docs/performance.md).
-    code = (
-        "import sys, jupyterhub.singleuser.extension, jupyterhub.singleuser.mixins, "
-        "jupyterhub.singleuser.app\n"
-        "print(sorted(m for m in ('sqlalchemy', 'alembic', 'jupyterhub.orm', "
-        "'jupyterhub.handlers') if m in sys.modules))"
+    imports = (
+        "jupyterhub.singleuser.extension, jupyterhub.singleuser.mixins, jupyterhub.singleuser.app"
     )
-    assert run("python", "-c", code, user="1000:100").check().strip().endswith("[]")
+    modules = ("sqlalchemy", "alembic", "jupyterhub.orm", "jupyterhub.handlers")
+    assert loaded_after_importing(run, imports, modules).endswith("[]")
 
 
 def test_the_deferred_imports_still_load_where_they_are_used(run):
