@@ -220,11 +220,12 @@ class RegistryClient:
         """Repository path inside the registry for one of our images."""
         return self.cfg.repository_path(name)
 
-    def catalog(self) -> list[str]:
-        """Every repository path in the registry (NAMESPACE/NAME), following its pages."""
+    def catalog(self, limit: int | None = None) -> list[str]:
+        """Every repository path in the registry (NAMESPACE/NAME), following its pages; with
+        LIMIT, the first LIMIT of them only."""
         repos: list[str] = []
-        path = "/_catalog?n=1000"
-        while path:
+        path = f"/_catalog?n={min(limit or 1000, 1000)}"
+        while path and (limit is None or len(repos) < limit):
             r = self._request("GET", path)
             r.raise_for_status()
             repos += r.json().get("repositories") or []

@@ -568,8 +568,10 @@ class UserImages:
         target = repository_name(p.user)
         users = RegistryClient(self.cfg, role=USERS)
         try:
+            # The users instance holds per-user repositories only, and an analyst's own is
+            # at most one of the first two: a mount candidate needs no full listing.
             own, prefix = users.repository(target), users.repository(REPOSITORY_PREFIX)
-            others = [r for r in users.catalog() if r != own and r.startswith(prefix)]
+            others = [r for r in users.catalog(limit=2) if r != own and r.startswith(prefix)]
             copied, size = users.copy_layers(
                 RegistryClient(self.cfg),
                 p.parent_name,
