@@ -24,6 +24,7 @@ import docker
 import pytest
 import requests
 import yaml
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
@@ -181,9 +182,14 @@ def sign_in_at_provider(browser, cfg, sub: str) -> None:
     browser.find_element(By.ID, "oidc_login_button").click()
     wait.until(EC.presence_of_element_located((By.NAME, "login"))).send_keys(sub)
     browser.find_element(By.NAME, "password").send_keys("any")
-    sign_in = browser.find_element(By.CSS_SELECTOR, "button[type=submit]")
-    sign_in.click()
-    wait.until(EC.staleness_of(sign_in))
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    # The consent page is the one without the login field. Not `staleness_of` the button:
+    # asked mid-navigation, Chromium can answer "Node with given id does not belong to the
+    # document" (a WebDriverException, not a stale element), which failed a CI run. Such
+    # answers mean "not there yet" here, so the wait polls again.
+    WebDriverWait(browser, 60, ignored_exceptions=(WebDriverException,)).until(
+        lambda b: not b.find_elements(By.NAME, "login")
+    )
     # Consent ("Continue"), the provider's second page.
     wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "button[type=submit]"))).click()
     wait.until(lambda b: b.current_url.startswith(url(cfg)))
