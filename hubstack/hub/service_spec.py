@@ -14,7 +14,7 @@ What changes on the way (docs/multi-node.md, probed on dockerd 20.10, API 1.41):
 - the home: a named volume per analyst instead of a bind mount of the hub host's folder,
   made theirs (UID:GID, 0700) by a short root job before the server starts (home_job_spec),
   since no process in the server may be root. A local volume lives on one node, so the
-  server is then pinned there; an NFS volume (cluster.home_volume) follows the analyst.
+  server is then pinned there; a shared one (cluster.home_volume) follows the analyst.
 
 No JupyterHub import and no engine call here: every field is unit-tested from the spec.
 """
