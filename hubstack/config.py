@@ -289,14 +289,16 @@ class NodeLabelsConfig(_Section):
 
 
 class HomeVolumeConfig(_Section):
-    """Swarm mode: analysts' homes on storage every node reaches (NFS), as a Docker volume
-    driver and its options (what `docker volume create --driver D --opt K=V` takes)."""
+    """Swarm mode: analysts' homes on storage every node reaches (NFS, or a shared file
+    system mounted at the same path on every node), as a Docker volume driver and its
+    options (what `docker volume create --driver D --opt K=V` takes)."""
 
     driver: str = "local"
     driver_opts: dict[str, str]
     """The options of the volume holding every analyst's home, e.g. {type: nfs, o:
-    "addr=10.0.0.7,rw,nfsvers=4", device: ":/export/homes"}. `device` is the folder all
-    homes are in; an analyst's server mounts DEVICE/NAME."""
+    "addr=10.0.0.7,rw,nfsvers=4", device: ":/export/homes"}, or {type: none, o: bind,
+    device: /srv/shared/homes}. `device` is the folder all homes are in; an analyst's
+    server mounts DEVICE/NAME."""
 
     @field_validator("driver_opts")
     @classmethod
@@ -322,7 +324,8 @@ class ClusterConfig(_Section):
     home_volume: HomeVolumeConfig | None = None
     """Swarm mode: where analysts' homes live. Unset: a local volume on the node where the
     analyst's server first ran, which keeps them on that node from then on. Set: shared
-    storage (NFS) every node mounts, so a server may start on any node its profile allows."""
+    storage every node mounts (NFS, or a bind of a shared file system's path), so a server
+    may start on any node its profile allows."""
 
     @field_validator("gpu_resource")
     @classmethod

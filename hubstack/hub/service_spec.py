@@ -14,7 +14,7 @@ What changes on the way (docs/multi-node.md, probed on dockerd 20.10, API 1.41):
 - the home: a named volume per analyst instead of a bind mount of the hub host's folder,
   made theirs (UID:GID, 0700) by a short root job before the server starts (home_job_spec),
   since no process in the server may be root. A local volume lives on one node, so the
-  server is then pinned there; an NFS volume (cluster.home_volume) follows the analyst.
+  server is then pinned there; a shared one (cluster.home_volume) follows the analyst.
 
 No JupyterHub import and no engine call here: every field is unit-tested from the spec.
 """
@@ -22,6 +22,7 @@ No JupyterHub import and no engine call here: every field is unit-tested from th
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 
 from docker.types import (
@@ -132,7 +133,8 @@ class ServiceRequest:
 @dataclass(frozen=True)
 class HomeVolume:
     """An analyst's home as a Docker volume, on the node (local, the default) or on shared
-    storage (NFS: cluster.home_volume's driver and options)."""
+    storage (cluster.home_volume's driver and options: NFS, or a bind of a shared file
+    system mounted at the same path on every node)."""
 
     prefix: str
     """The platform's name for its objects (hub.network): volumes are PREFIX-home-NAME."""
@@ -151,7 +153,20 @@ class HomeVolume:
         return self.driver is not None
 
     @property
+    def storage(self) -> str:
+        """Shared homes: a digest of the driver and its options, in the volumes' names. A
+        node reuses a volume of the same name and ignores the options a later mount gives,
+        so a name of their own keeps what a node already has (the analyst's local home from
+        before homes were shared, or a volume of an earlier cluster.home_volume) from
+        silently standing in for the shared home."""
+        key = json.dumps([self.driver, self.options], sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest()[:10]
+
+    @property
     def name(self) -> str:
+        """PREFIX-home-NAME (local), PREFIX-homes-STORAGE-NAME (shared)."""
+        if self.shared:
+            return f"{self.prefix}-homes-{self.storage}-{self.user_name}"
         return f"{self.prefix}-home-{self.user_name}"
 
     @property
@@ -183,7 +198,7 @@ class HomeVolume:
             return Mount(HOME_JOB_MOUNT, self.name, no_copy=True, labels=self.labels)
         return Mount(
             HOME_JOB_MOUNT,
-            f"{self.prefix}-homes",
+            f"{self.prefix}-homes-{self.storage}",
             no_copy=True,
             driver_config=self._driver(self.options["device"]),
         )

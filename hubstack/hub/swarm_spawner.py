@@ -16,7 +16,7 @@ inherited, not copied); what differs is where the server runs:
   root job before the server starts (service_spec.home_job_spec). A local volume lives on
   the node the job ran on, which becomes the analyst's home node (kept in the state, across
   stops): their server runs only there, and a profile that cannot run there is refused,
-  naming the node and the remedy. With cluster.home_volume (NFS) the home follows them.
+  naming the node and the remedy. With cluster.home_volume (shared) the home follows them.
 
 Not yet (docs/multi-node.md): Spark clusters as services (a Spark profile
 is refused, naming it), per-user images (an analyst with packages of their own is

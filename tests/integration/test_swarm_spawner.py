@@ -12,12 +12,21 @@ task runs, as whom, and what the analyst is told; not a notebook answering.
 
 The GPU is SIMULATED: the `gpu` node advertises one NVIDIA-GPU generic resource
 (GPU-sim-0) in its daemon.json; no device is handed to any container here.
+
+NFS is not here either: this kernel has no NFS client. The shared-home test binds a folder
+every node sees at the same path instead (see its docstring for what that does and does
+not check).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import docker
@@ -59,15 +68,13 @@ def hub_cfg(swarm_registry):
     return parse_config(data)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def home_volumes(swarm):
-    """The analysts' home volumes this module's servers made: a stop keeps them, so they are
-    removed here, once, after the nodes have removed the containers that held them."""
-    yield
-    deadline = time.monotonic() + 60
+def _remove_volumes(swarm, keep=lambda volume: False, timeout: float = 60, **filters) -> None:
+    """Remove the volumes FILTERS select on every node (but those KEEP says), once the nodes
+    have removed the containers that held them (a stopped service's go a moment later)."""
+    deadline = time.monotonic() + timeout
     for node in swarm.nodes:
-        for volume in node.client.volumes.list(filters={"label": USER_LABEL}):
-            while True:
+        for volume in node.client.volumes.list(filters=filters):
+            while not keep(volume):
                 try:
                     volume.remove()
                     break
@@ -80,6 +87,14 @@ def home_volumes(swarm):
                     time.sleep(0.5)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def home_volumes(swarm):
+    """The analysts' home volumes this module's servers made: a stop keeps them, so they are
+    removed here, once, after the nodes have removed the containers that held them."""
+    yield
+    _remove_volumes(swarm, label=USER_LABEL)
+
+
 @pytest.fixture
 def spawners(swarm, hub_cfg, monkeypatch):
     """spawn(name, profile) -> a started analyst's spawner; all are stopped afterwards, and
@@ -88,11 +103,11 @@ def spawners(swarm, hub_cfg, monkeypatch):
     monkeypatch.setattr(HubstackSwarmSpawner, "_client", api)
     made: list[HubstackSwarmSpawner] = []
 
-    def make(name: str, profile: str) -> HubstackSwarmSpawner:
+    def make(name: str, profile: str, cfg=None) -> HubstackSwarmSpawner:
         async def auth_state():
             return IDENTS[name]
 
-        s = HubstackSwarmSpawner(platform=hub_cfg, cmd=["sleep", "infinity"])
+        s = HubstackSwarmSpawner(platform=cfg or hub_cfg, cmd=["sleep", "infinity"])
         s.user = SimpleNamespace(
             name=name, url=f"/user/{name}/", groups=[], get_auth_state=auth_state, id=1
         )
@@ -274,3 +289,85 @@ def test_a_home_is_the_analysts_own_and_outlives_a_stop_on_its_node(swarm, spawn
     )
     assert "cluster.home_volume" in message
     assert not manager.services.list(filters={"name": gpu.service_name})
+
+
+@pytest.fixture
+def shared_homes(swarm, hub_cfg):
+    """(config, folder): cluster.home_volume as a bind of FOLDER, a folder of the host's file
+    system that every node of the harness sees at the same path, as every node of a real
+    cluster sees a shared file system (NFS, CephFS, ...) mounted at the same path. The
+    analysts' volumes, the job's volume of all homes and the folder are removed afterwards.
+    Ask for it before `spawners`, so that it is torn down after every server is stopped."""
+    root = Path(tempfile.mkdtemp(prefix="hubtest-swarm13h-homes-"))
+    os.chmod(root, 0o755)  # owned by root, as the docs ask
+    data = hub_cfg.model_dump(mode="json", exclude={"path"})
+    opts = {"type": "none", "o": "bind", "device": str(root)}
+    data["cluster"]["home_volume"] = {"driver": "local", "driver_opts": opts}
+    cfg = parse_config(data)
+    try:
+        yield cfg, root
+    finally:
+        # Only the volumes bound to ROOT: the analysts' (their folders) and the job's (ROOT).
+        def elsewhere(volume) -> bool:
+            device = (volume.attrs.get("Options") or {}).get("device", "")
+            return device != str(root) and not device.startswith(f"{root}/")
+
+        t = time.monotonic()
+        try:
+            _remove_volumes(swarm, keep=elsewhere, driver="local")
+        finally:
+            shutil.rmtree(root)
+        print(f"[swarm spawner] shared homes removed in {time.monotonic() - t:.1f}s")
+
+
+def test_a_shared_home_follows_the_analyst_to_another_node(swarm, shared_homes, spawners):
+    """A home on shared storage (cluster.home_volume) is the same on whichever node the
+    server lands, keeps the analyst's UID:GID, and does not pin them to a node.
+
+    This stands in for NFS homes: this kernel has no NFS client (no `nfs` in
+    /proc/filesystems, no loadable modules), so no NFS volume can be mounted here. The
+    harness's nodes share the host's file system, so the config binds one of its folders
+    (local driver, `type: none, o: bind, device: FOLDER`) where a real cluster would give
+    NFS options. What this checks is the spawner's whole shared-home path, the same for
+    both: the job mounting the folder of all homes and making NAME/ the analyst's (UID:GID,
+    0700), the server's volume of NAME/ on each node, no home node kept, the analyst's
+    data read back on another node, and its owner on the shared folder. What it does not
+    check: an NFS mount itself (its options, root squashing, locking, a server away)."""
+    cfg, root = shared_homes
+    # alice's local home from before the platform's homes were shared (the earlier tests
+    # of this module leave one on the gpu node): it must not stand in for her shared one.
+    gpu_node = swarm.node("gpu").client
+    with contextlib.suppress(docker.errors.APIError):
+        gpu_node.volumes.create(f"{cfg.hub.network}-home-alice", labels={USER_LABEL: "alice"})
+
+    started = time.monotonic()
+    alice = spawners("alice", "default", cfg)
+    _run(alice.start())
+    assert alice.node_name == "spark"  # the default profile keeps off GPU nodes
+    assert not alice.home_node  # a shared home pins no one
+    c = _container(swarm, alice)
+    write = "echo shared > ~/notes.txt && stat -c '%u:%g %a %n' ~ ~/notes.txt"
+    result = c.exec_run(["sh", "-c", write])
+    assert result.exit_code == 0, result.output
+    assert result.output.decode().split("\n")[:2] == [
+        "23401:23401 700 /home/alice",
+        "23401:23401 644 /home/alice/notes.txt",
+    ]
+    _run(alice.stop())
+    alice.clear_state()  # as JupyterHub does after a stop
+    state = alice.get_state()
+    assert "swarm_home_node" not in state
+
+    on_gpu = spawners("alice", "gpu", cfg)
+    on_gpu.load_state(state)
+    _run(on_gpu.start())
+    assert on_gpu.node_name == "gpu"  # another node: her home is not pinned
+    result = _container(swarm, on_gpu).exec_run(["cat", "/home/alice/notes.txt"])
+    assert result.output == b"shared\n"
+    # On the shared folder itself: NAME/ and what she wrote are hers.
+    home = (root / "alice").stat()
+    assert (home.st_uid, home.st_gid, home.st_mode & 0o777) == (23401, 23401, 0o700)
+    notes = (root / "alice" / "notes.txt").stat()
+    assert (notes.st_uid, notes.st_gid) == (23401, 23401)
+    _run(on_gpu.stop())
+    print(f"[swarm spawner] a shared home on two nodes in {time.monotonic() - started:.1f}s")

@@ -51,13 +51,14 @@ def test_a_local_home_is_the_analysts_own_named_volume_at_their_home():
 
 
 def test_an_nfs_home_is_the_analysts_folder_of_the_export():
+    storage = nfs().storage
     mount = nfs().server_mount()
-    assert mount["Source"] == "hs-home-alice" and mount["Target"] == "/home/alice"
+    assert mount["Source"] == f"hs-homes-{storage}-alice" and mount["Target"] == "/home/alice"
     driver = mount["VolumeOptions"]["DriverConfig"]
     assert driver == {"Name": "local", "Options": {**NFS, "device": ":/export/homes/alice"}}
     # The job mounts the export itself: the analyst's folder may not exist yet.
     job = nfs().job_mount()
-    assert job["Source"] == "hs-homes" and job["Target"] == HOME_JOB_MOUNT
+    assert job["Source"] == f"hs-homes-{storage}" and job["Target"] == HOME_JOB_MOUNT
     assert job["VolumeOptions"]["DriverConfig"]["Options"]["device"] == ":/export/homes"
     assert nfs().job_folder == f"{HOME_JOB_MOUNT}/alice" and nfs().shared
 
@@ -87,7 +88,22 @@ def test_the_home_job_on_nfs_makes_the_analysts_folder_of_the_export():
     spec = home_job_spec("hs-nb-alice-home", IMAGE, nfs(), [], None)
     c = spec["task_template"]["ContainerSpec"]
     assert c["Command"][-2:] == [f"{HOME_JOB_MOUNT}/alice", "23456:23457"]
-    assert [m["Source"] for m in c["Mounts"]] == ["hs-homes"]
+    assert [m["Source"] for m in c["Mounts"]] == [f"hs-homes-{nfs().storage}"]
+
+
+def test_shared_home_volumes_are_named_by_their_storage():
+    """A node reuses a volume of the same name whatever its options: a local home from before
+    homes were shared, or volumes of an earlier home_volume, must not stand in for it."""
+    assert nfs().name != local().name
+    assert len(nfs().storage) == 10 and nfs().storage == nfs().storage  # stable
+    bind = {"type": "none", "o": "bind", "device": "/srv/shared/homes"}
+    other = HomeVolume("hs", "alice", 23456, 23457, "/home/alice", "local", bind)
+    assert other.name != nfs().name
+    assert other.job_mount()["Source"] != nfs().job_mount()["Source"]
+    assert other.server_mount()["VolumeOptions"]["DriverConfig"]["Options"] == {
+        **bind,
+        "device": "/srv/shared/homes/alice",
+    }
 
 
 def test_home_volume_config_needs_the_exported_folder():
