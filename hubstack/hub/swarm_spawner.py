@@ -51,8 +51,9 @@ OVER = {"complete", "shutdown", "failed", "rejected", "orphaned", "remove"}
 NODE_STATE = "swarm_node"
 HOME_NODE_STATE = "swarm_home_node"
 HOME_REMEDY = (
-    "A home on a node's own disk keeps an analyst on that node; homes on NFS "
-    "(cluster.home_volume, docs/multi-node.md) follow them to any node"
+    "A home on a node's own disk keeps an analyst on that node; homes on shared storage "
+    "(NFS, or a file system mounted at the same path on every node: cluster.home_volume, "
+    "docs/multi-node.md) follow them to any node"
 )
 _CONSTRAINT = re.compile(
     r"^node\.(?:labels\.(?P<label>[^=!]+)|(?P<field>id|hostname|role))(?P<op>==|!=)(?P<value>.+)$"
@@ -140,7 +141,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
     node_name = Unicode("", help="The node this analyst's server runs on (kept in state).")
     home_node = Dict(
         help="The node holding this analyst's local home volume ({id, name}): their server "
-        "runs only there. Kept in the state across stops; empty with NFS homes."
+        "runs only there. Kept in the state across stops; empty with shared homes."
     )
 
     _logged_in: set = set()
