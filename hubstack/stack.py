@@ -488,8 +488,11 @@ def local_images(cfg: PlatformConfig, client) -> list[str]:
     """Our images present in the engine under the registry's name (what gets pushed)."""
     repo = f"{cfg.image_prefix}/"
     names = set()
-    for image in client.images.list():
-        for tag in image.tags:
+    # One listing, not docker-py's images.list(): that inspects every image after listing,
+    # so an image removed meanwhile (a prune, another build's cleanup) failed `up` with
+    # ImageNotFound, and an engine with many images paid one call per image.
+    for image in client.api.images():
+        for tag in image.get("RepoTags") or []:
             if tag.startswith(repo) and tag.endswith(f":{cfg.images.tag}"):
                 names.add(tag[len(repo) :].rsplit(":", 1)[0])
     return sorted(names)

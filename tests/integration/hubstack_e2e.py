@@ -358,8 +358,8 @@ def remove_platform(cfg, client) -> None:
         f"{address}/{cfg.images.namespace}/"
         for address in (cfg.registry.pull_address, cfg.registry.users_address)
     )
-    for image in client.images.list():
-        for ref in image.attrs.get("RepoDigests") or []:
+    for image in client.api.images():  # one listing: no inspect of an image gone meanwhile
+        for ref in image.get("RepoDigests") or []:
             if ref.startswith(pulled):
                 try:
                     client.images.remove(ref)
