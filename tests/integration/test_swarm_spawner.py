@@ -147,6 +147,15 @@ def _container(swarm, spawner) -> docker.models.containers.Container:
     return found
 
 
+def _write_notes(container, text: str) -> list[str]:
+    """Write TEXT to ~/notes.txt in the server; the owner, mode and path of the home and
+    the file, as `stat` shows them."""
+    write = f"echo {text} > ~/notes.txt && stat -c '%u:%g %a %n' ~ ~/notes.txt"
+    result = container.exec_run(["sh", "-c", write])
+    assert result.exit_code == 0, result.output
+    return result.output.decode().split("\n")[:2]
+
+
 def test_a_gpu_analyst_lands_on_the_gpu_node_a_default_one_does_not(swarm, spawners):
     alice, bob = spawners("alice", "gpu"), spawners("bob", "default")
     started = time.monotonic()
@@ -247,10 +256,7 @@ def test_a_home_is_the_analysts_own_and_outlives_a_stop_on_its_node(swarm, spawn
     assert dave.node_name == "spark"
     assert dave.home_node["name"] == "spark"
     c = _container(swarm, dave)
-    write = "echo kept > ~/notes.txt && stat -c '%u:%g %a %n' ~ ~/notes.txt"
-    result = c.exec_run(["sh", "-c", write])
-    assert result.exit_code == 0, result.output
-    assert result.output.decode().split("\n")[:2] == [
+    assert _write_notes(c, "kept") == [
         "23404:23404 700 /home/dave",
         "23404:23404 644 /home/dave/notes.txt",
     ]
@@ -346,10 +352,7 @@ def test_a_shared_home_follows_the_analyst_to_another_node(swarm, shared_homes, 
     assert alice.node_name == "spark"  # the default profile keeps off GPU nodes
     assert not alice.home_node  # a shared home pins no one
     c = _container(swarm, alice)
-    write = "echo shared > ~/notes.txt && stat -c '%u:%g %a %n' ~ ~/notes.txt"
-    result = c.exec_run(["sh", "-c", write])
-    assert result.exit_code == 0, result.output
-    assert result.output.decode().split("\n")[:2] == [
+    assert _write_notes(c, "shared") == [
         "23401:23401 700 /home/alice",
         "23401:23401 644 /home/alice/notes.txt",
     ]
