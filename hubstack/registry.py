@@ -202,7 +202,15 @@ class RegistryClient:
 
     def _request(self, method: str, path: str, **kw) -> requests.Response:
         try:
-            r = self.session.request(method, f"{self.base_url}{path}", timeout=self.timeout, **kw)
+            # verify given with each request: requests lets REQUESTS_CA_BUNDLE (set in our
+            # images) override a session's own.
+            r = self.session.request(
+                method,
+                f"{self.base_url}{path}",
+                timeout=self.timeout,
+                verify=self.session.verify,
+                **kw,
+            )
         except requests.ConnectionError:
             raise CommandError(
                 f"registry {self.address} is not reachable (is it running? `hubstack up`)"
@@ -393,6 +401,7 @@ class RegistryClient:
                 data=blob.iter_content(1 << 20),
                 headers={"Content-Type": "application/octet-stream"},
                 timeout=max(self.timeout, 300),
+                verify=self.session.verify,
             )
             if done.status_code != 201:
                 raise CommandError(

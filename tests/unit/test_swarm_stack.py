@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import requests
 import yaml
 
 from hubstack import stack, swarm_stack
@@ -130,3 +131,20 @@ def test_the_hub_calls_the_read_only_registry_over_tls_trusting_the_platform_ca(
     # One host: the hub reaches the read-only instance by its service name, plain HTTP.
     single = parse_config({**swarm_cfg.model_dump(mode="json"), "cluster": {"mode": "single"}})
     assert parse_config(stack.hub_config(single)).registry_api_address == "registry-pull:5000"
+
+
+def test_the_platform_ca_is_used_even_where_requests_ca_bundle_is_set(swarm_cfg, monkeypatch):
+    """Our images set REQUESTS_CA_BUNDLE, which requests lets override a session's verify:
+    the registry client must pass the platform CA with each request."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/bundle.pem")
+    seen = {}
+
+    def request(method, url, **kw):
+        seen.update(kw)
+        raise requests.ConnectionError("stop here")
+
+    inside = parse_config(stack.hub_config(swarm_cfg))
+    client = RegistryClient(inside, credentials=Credentials("hubstack-pull", "x"))
+    monkeypatch.setattr(client.session, "request", request)
+    assert not client.ping()
+    assert seen["verify"] == swarm_stack.HUB_PLATFORM_CA
