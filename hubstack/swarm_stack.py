@@ -375,7 +375,8 @@ def remove(cfg: PlatformConfig, api: docker.APIClient, timeout: float = 60) -> l
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         left = stack_services(cfg, api) + api.secrets(filters={"label": label})
-        left += api.networks(filters={"label": label})
+        if not server_services(cfg, api):  # servers kept (--keep-servers) hold their network
+            left += api.networks(filters={"label": label})
         if not left:
             break
         time.sleep(0.5)

@@ -82,6 +82,9 @@ class SwarmNode:
     client: docker.DockerClient
     process: subprocess.Popen
     node_id: str = ""
+    netns: str = ""
+    """Its network namespace (/run/netns/NETNS): `ip netns exec NETNS CMD` runs CMD as on the
+    node, its loopback being the node's."""
 
     @property
     def etc_docker(self) -> Path:
@@ -163,7 +166,7 @@ class Swarm:
         if any(r.startswith(f"{GPU_RESOURCE}=") for r in resources):
             _sim_gpu(root / "dev")
         proc = _start_engine(root, netns, name)
-        node = SwarmNode(name, address, root, labels, resources, None, proc)  # type: ignore[arg-type]
+        node = SwarmNode(name, address, root, labels, resources, None, proc, netns=netns)  # type: ignore[arg-type]
         self.nodes.append(node)
         node.client = _client(root, proc)
         return node
