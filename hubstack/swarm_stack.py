@@ -142,7 +142,7 @@ def swarm_model(
     hub = out["services"]["hub"]
     hub["networks"][SERVERS] = {"aliases": ["hub"]}
     if "platform_ca" in secrets:
-        # Public, but a secret is what a stack file can mount at a path of its choosing.
+        # Public, but handled as the other files are: a content-named Swarm secret.
         hub.setdefault("secrets", []).append(
             {"source": "platform_ca", "target": HUB_PLATFORM_CA, "mode": SECRET_MODE}
         )
