@@ -159,6 +159,13 @@ def auth_config(cfg: PlatformConfig, role: Role = PUSH) -> dict[str, str]:
     }
 
 
+def serves_tls(cfg: PlatformConfig, address: str) -> bool:
+    """Whether the instance at ADDRESS serves HTTPS (with a certificate from the platform
+    CA): the read-only instance in swarm mode (hubstack.swarm_stack), which every node
+    pulls from. On one host every instance is plain HTTP on loopback."""
+    return cfg.cluster.mode == "swarm" and address == cfg.registry.pull_address
+
+
 class RegistryClient:
     """Tags and digests through the registry's HTTP API v2: what is really in the registry."""
 
@@ -180,10 +187,14 @@ class RegistryClient:
             self.address = cfg.registry.users_api_address or cfg.registry.users_address
         else:
             self.address = registry_address(cfg, role)
-        self.base_url = f"http://{self.address}/v2"
         self.creds = credentials if credentials is not None else load_credentials(cfg, role=role)
         self.session = requests.Session()
         self.session.auth = (self.creds.username, self.creds.password)
+        self.scheme = "http"
+        if serves_tls(cfg, self.address):
+            self.scheme = "https"
+            self.session.verify = str(cfg.tls_ca_cert_file)
+        self.base_url = f"{self.scheme}://{self.address}/v2"
         self.timeout = timeout
 
     def __repr__(self) -> str:
@@ -191,7 +202,15 @@ class RegistryClient:
 
     def _request(self, method: str, path: str, **kw) -> requests.Response:
         try:
-            r = self.session.request(method, f"{self.base_url}{path}", timeout=self.timeout, **kw)
+            # verify given with each request: requests lets REQUESTS_CA_BUNDLE (set in our
+            # images) override a session's own.
+            r = self.session.request(
+                method,
+                f"{self.base_url}{path}",
+                timeout=self.timeout,
+                verify=self.session.verify,
+                **kw,
+            )
         except requests.ConnectionError:
             raise CommandError(
                 f"registry {self.address} is not reachable (is it running? `hubstack up`)"
@@ -382,6 +401,7 @@ class RegistryClient:
                 data=blob.iter_content(1 << 20),
                 headers={"Content-Type": "application/octet-stream"},
                 timeout=max(self.timeout, 300),
+                verify=self.session.verify,
             )
             if done.status_code != 201:
                 raise CommandError(
@@ -396,7 +416,7 @@ class RegistryClient:
         """An upload's Location, absolute (the registry may answer with a path only)."""
         if location.startswith(("http://", "https://")):
             return location
-        return f"http://{self.address}{location}"
+        return f"{self.scheme}://{self.address}{location}"
 
 
 # The read-only instance's differences from registry/config.yml, as distribution's

@@ -26,7 +26,7 @@ import docker
 import yaml
 from cryptography import x509
 
-from hubstack import doctor, networks, spark, spark_cluster, tls
+from hubstack import doctor, networks, spark, spark_cluster, swarm_stack, tls
 from hubstack.ci.promote import STABLE, adopt_first_build, ensure_local, releases_dir
 from hubstack.config import NO_CA, PYPI, PlatformConfig, check_certificate_name, local_hub_url
 from hubstack.engine import docker_client, platform_containers, project_name
@@ -204,6 +204,12 @@ def hub_config(cfg: PlatformConfig) -> dict:
     # instances by service name: the published addresses are the host's loopback.
     data["registry"]["api_address"] = PULL_REGISTRY_API_ADDRESS
     data["registry"]["users_api_address"] = USERS_REGISTRY_API_ADDRESS
+    if cfg.cluster.mode == "swarm":
+        # The read-only instance serves HTTPS there, with a certificate for pull_address
+        # (not for its service name), and the hub reaches that address as every node does:
+        # its API calls go there over TLS, trusting the platform CA the stack mounts
+        # (hubstack.swarm_stack.HUB_PLATFORM_CA).
+        data["registry"]["api_address"] = None
     data["hub"]["users_file"] = f"{HUB_USERS_DIR}/{cfg.users_file.name}"
     data["hub"]["home_root"] = str(cfg.home_root)  # mounted at the same path
     # The hub builds only per-user images, FROM parents that already trust the site CA.
@@ -504,7 +510,9 @@ def hub_url(cfg: PlatformConfig) -> str:
     return local_hub_url(cfg.hub)
 
 
-def wait_for_hub(cfg: PlatformConfig, timeout: float = 180) -> None:
+def wait_for_hub(
+    cfg: PlatformConfig, timeout: float = 180, logs: str = "`docker compose logs hub`"
+) -> None:
     """Until the hub answers /hub/health where it is published. With TLS, also that the
     proxy serves the certificate in hub_tls_cert_file (a liveness check of our own port,
     unverified: clients check the names they reach the hub by)."""
@@ -526,8 +534,7 @@ def wait_for_hub(cfg: PlatformConfig, timeout: float = 180) -> None:
         time.sleep(1)
     else:
         raise CommandError(
-            f"the hub did not answer on {url} within {timeout:.0f}s ({last}); "
-            "see `docker compose logs hub`"
+            f"the hub did not answer on {url} within {timeout:.0f}s ({last}); see {logs}"
         )
     if cfg.hub.tls.enabled:
         pem = ssl.get_server_certificate((cfg.hub.host, cfg.hub.port), timeout=10)
@@ -572,19 +579,11 @@ class Stages:
         return f"{time.monotonic() - self.started:.0f}s"
 
 
-def cmd_up(cfg: PlatformConfig, args) -> int:
-    if cfg.cluster.mode == "swarm":
-        # Refused before anything is built or started: a single-host platform brought up
-        # by a config that asks for a swarm would look like success and place nothing.
-        raise CommandError(
-            f"{cfg.path or 'the config'}: cluster.mode: swarm: `hubstack up` does not deploy "
-            "a swarm stack yet (docs/multi-node.md says what works today); use "
-            "cluster.mode: single"
-        )
-    stage = Stages("up", UP_STAGES)
-    # The cheap checks of `hubstack doctor` first: a busy port or a missing compose plugin
-    # is one line now rather than a failure after minutes of building.
-    checks = doctor.preflight(cfg)
+def preflight(cfg: PlatformConfig, names: tuple[str, ...] | None = None) -> str:
+    """The cheap checks of `hubstack doctor` (NAMES, default all of them): a busy port or a
+    missing compose plugin is one line now rather than a failure after minutes of
+    building. Returns the summary line; raises on a FAIL."""
+    checks = doctor.run_checks(cfg, names) if names else doctor.preflight(cfg)
     for check in checks:
         if check.verdict != doctor.OK:
             print(doctor.format_check(check), flush=True)
@@ -596,7 +595,14 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
             + " (each fix is above; `hubstack doctor` runs every check)"
         )
     engine = next(c.found for c in checks if c.name == "engine")
-    stage("checks", f"{doctor.format_summary(checks)} ({engine})")
+    return f"{doctor.format_summary(checks)} ({engine})"
+
+
+def cmd_up(cfg: PlatformConfig, args) -> int:
+    if cfg.cluster.mode == "swarm":
+        return up_swarm(cfg, args)
+    stage = Stages("up", UP_STAGES)
+    stage("checks", preflight(cfg))
     client = docker_client()
     ensure_secrets(cfg)
     certificate = ensure_hub_certificate(cfg)
@@ -643,6 +649,11 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
     stage("health", f"waiting for {hub_url(cfg)}hub/health")
     wait_for_hub(cfg)
     print(f"\nhubstack is up in {stage.total()}: {cfg.hub.public_url}")
+    say_how_to_log_in(cfg, certificate)
+    return 0
+
+
+def say_how_to_log_in(cfg: PlatformConfig, certificate) -> None:
     if certificate is not None:
         print("\n".join(https_lines(cfg, certificate)))
     admin = ensure_initial_admin(cfg)
@@ -653,6 +664,90 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
         )
     else:
         print("log in with an account from the users file (`hubstack users list`)")
+
+
+SWARM_UP_STAGES = (
+    "checks",
+    "secrets",
+    "bootstrap",
+    "build",
+    "registry",
+    "push",
+    "stable",
+    "deploy",
+    "health",
+)
+# No port checks: Swarm publishes each port on the node it places the task on, which need
+# not be the machine `up` runs on.
+SWARM_CHECKS = ("python", "engine", "compose", "disk")
+
+
+def up_swarm(cfg: PlatformConfig, args) -> int:
+    """`up` with cluster.mode: swarm, on a manager (or DOCKER_HOST naming one's socket): the
+    same stages as on one host up to the push, which goes to the stack's own registry on
+    this manager's loopback; then the whole platform as one `docker stack deploy`
+    (hubstack.swarm_stack), and the hub's /hub/health where its task publishes it."""
+    stage = Stages("up", SWARM_UP_STAGES)
+    # Before anything is written: on an engine that is no manager, nothing could be deployed.
+    client = docker_client()
+    api = swarm_stack.manager_api(client)
+    summary = preflight(cfg, SWARM_CHECKS)
+    socket_path = swarm_stack.engine_socket()
+    stage("checks", f"{summary}; this engine is a Swarm manager ({socket_path})")
+    ensure_secrets(cfg)
+    certificate = ensure_hub_certificate(cfg)
+    render_env(cfg)
+    path = swarm_stack.render(cfg, compose_model(cfg))
+    stage("secrets", f"state, secrets and the stack file {path}")
+    stage("bootstrap", f"base and registry images ({cfg.base.image}, {cfg.registry.image})")
+    # The registry's services run this image on managers as the engine has it (no registry
+    # to pull it from yet): a second manager needs it loaded too (docs/multi-node.md).
+    ensure_registry_image(cfg, client)
+    if args.no_build:
+        stage("build", "skipped (--no-build): the images in the engine or the registry")
+    else:
+        stage("build", "the image hierarchy, parents first (unchanged images: cache hits)")
+        build_images(cfg, client)
+    project = project_name(cfg)
+    stage(
+        "registry",
+        f"deploying the registries (stack {project}, on managers): push on "
+        f"{cfg.registry.address}, read-only over TLS on {cfg.registry.pull_address} "
+        f"(every node pulls there), per-user images on {cfg.registry.users_address}",
+    )
+    swarm_stack.deploy(cfg, swarm_stack.registries_file(cfg))
+    swarm_stack.wait_running(api, project, swarm_stack.REGISTRIES, timeout=180, say=_say)
+    registry = RegistryClient(cfg)
+    registry.wait_ready(120)
+    names = local_images(cfg, client)
+    # An image this engine lacks may already be in the stack's registry (put there before,
+    # or by another builder): the nodes pull from there, so it serves as well.
+    missing = [
+        n
+        for n in stack_images(cfg)
+        if n not in names and registry.digest(n, cfg.images.tag) is None
+    ]
+    if missing:
+        raise CommandError(
+            "the stack needs images that are neither in this engine nor in its registry: "
+            + ", ".join(cfg.image_ref(n) for n in missing)
+            + "; run without --no-build"
+        )
+    stage("push", f"{len(names)} images from this engine to {cfg.image_prefix}")
+    push_images(cfg, client, names)
+    served_tag = cfg.hub.notebook_image_tag
+    stage("stable", f"what analysts start from ({served_tag})")
+    # No executor image kept in this engine (single mode's ensure_local): the nodes pull
+    # what their tasks run.
+    if served_tag == STABLE:
+        serve_images(cfg, client, [n for n in stack_images(cfg) if n != cfg.hub.image])
+    stage("deploy", f"the whole stack: docker stack deploy {project} ({path})")
+    swarm_stack.deploy(cfg, path)
+    swarm_stack.wait_running(api, project, ("hub",), timeout=300, say=_say)
+    stage("health", f"waiting for {hub_url(cfg)}hub/health")
+    wait_for_hub(cfg, logs=f"`docker service logs {project}_hub`")
+    print(f"\nhubstack is up in {stage.total()}: {cfg.hub.public_url} (Swarm stack {project})")
+    say_how_to_log_in(cfg, certificate)
     return 0
 
 
@@ -702,7 +797,25 @@ def stop_servers(cfg: PlatformConfig, client, timeout: int = 10) -> list[str]:
     return lines
 
 
+def down_swarm(cfg: PlatformConfig, args) -> int:
+    """`docker stack rm` of the platform, its analysts' services first (their homes are
+    volumes on the nodes and stay, as the stack's volumes do)."""
+    api = swarm_stack.manager_api(docker_client())
+    stopped = [] if args.keep_servers else swarm_stack.stop_servers(cfg, api)
+    for line in stopped:
+        print(line, flush=True)
+    removed = swarm_stack.remove(cfg, api)
+    if not removed and not stopped:
+        print("nothing to stop: hubstack is not running")
+        return 0
+    print(f"removed the stack {project_name(cfg)}: {', '.join(removed) or 'no services'}")
+    print("hubstack is down; data kept (volumes, homes, secrets)")
+    return 0
+
+
 def cmd_down(cfg: PlatformConfig, args) -> int:
+    if cfg.cluster.mode == "swarm":
+        return down_swarm(cfg, args)
     client = docker_client()
     render_env(cfg)
     services = compose(cfg, "ps", "--all", "--services", capture=True).stdout.split()
@@ -728,7 +841,26 @@ def cmd_down(cfg: PlatformConfig, args) -> int:
     return 0
 
 
+def status_swarm(cfg: PlatformConfig) -> int:
+    api = swarm_stack.manager_api(docker_client())
+    print(f"hub: {cfg.hub.public_url}")
+    print(f"services (Swarm stack {project_name(cfg)}):")
+    for service in sorted(swarm_stack.stack_services(cfg, api), key=lambda s: s["Spec"]["Name"]):
+        task = swarm_stack.service_task(api, service["ID"])
+        print(f"  {service['Spec']['Name']:<40} {swarm_stack.describe_task(task)}")
+    servers = [
+        s for s in swarm_stack.server_services(cfg, api) if not s["Spec"]["Name"].endswith("-home")
+    ]
+    print(f"\nnotebook servers: {len(servers)} (`hubstack nodes` shows where)")
+    for s in servers:
+        labels = s["Spec"].get("Labels") or {}
+        print(f"  {labels.get(USER_LABEL, '?'):<20} {s['Spec']['Name']}")
+    return 0
+
+
 def cmd_status(cfg: PlatformConfig, args) -> int:
+    if cfg.cluster.mode == "swarm":
+        return status_swarm(cfg)
     client = docker_client()
     render_env(cfg)
     print(f"hub: {cfg.hub.public_url}")

@@ -22,25 +22,30 @@ Swarm needs it (swarm_model):
 - the hub's Docker socket is the engine `up` talks to (a manager's), and its image is
   named at the read-only registry's address, which every node can pull from.
 
-`deploy` writes the result to STATE_DIR/hub/stack.yaml and runs `docker stack deploy`.
+`render` writes the result to STATE_DIR/hub/stack.yaml, `deploy` runs `docker stack
+deploy` (`hubstack up` deploys the registries first, then the whole stack: registries_file),
+`remove` runs `docker stack rm` (`hubstack down`: volumes stay, as in single mode).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import hashlib
 import json
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import docker
 import yaml
 
 from hubstack.config import PlatformConfig
-from hubstack.engine import project_name
+from hubstack.engine import PLATFORM_LABEL, project_name
 from hubstack.errors import CommandError
 from hubstack.registry import PULL, auth_config, registry_certificate
 from hubstack.registry import TLS_CERT as REGISTRY_TLS_CERT
@@ -50,6 +55,11 @@ MANAGER = "node.role==manager"
 SECRET_NAME_MAX = 64
 SECRET_MODE = 0o400
 ON_MANAGERS = ("hub", "registry", "registry-pull", "registry-users")
+REGISTRIES = ("registry", "registry-pull", "registry-users")
+# Where the hub's copy of the config (hubstack.stack.hub_config, state_dir
+# /srv/jupyterhub/state) finds the platform CA: its registry API calls to the read-only
+# instance go over TLS, as every node's pulls do.
+HUB_PLATFORM_CA = "/srv/jupyterhub/state/tls/ca.pem"
 DOCKER_SOCKET = "/var/run/docker.sock"
 # Keys Swarm's stack loader rejects or ignores (with a warning) in a service.
 DROPPED = ("depends_on", "container_name", "restart", "tmpfs")
@@ -106,6 +116,12 @@ def swarm_model(
     if registry_tls is not None:
         for key, path in zip(("registry_tls_cert", "registry_tls_key"), registry_tls, strict=True):
             secrets[key] = {"name": secret_name(project, key, path.read_bytes()), "file": str(path)}
+    ca = cfg.tls_ca_cert_file
+    if registry_tls is not None and ca.is_file():
+        secrets["platform_ca"] = {
+            "name": secret_name(project, "platform_ca", ca.read_bytes()),
+            "file": str(ca),
+        }
     for name, service in model["services"].items():
         s = _service(name, service, socket, registry_tls is not None)
         push = f"{cfg.registry.address}/"
@@ -125,6 +141,11 @@ def swarm_model(
     }
     hub = out["services"]["hub"]
     hub["networks"][SERVERS] = {"aliases": ["hub"]}
+    if "platform_ca" in secrets:
+        # Public, but handled as the other files are: a content-named Swarm secret.
+        hub.setdefault("secrets", []).append(
+            {"source": "platform_ca", "target": HUB_PLATFORM_CA, "mode": SECRET_MODE}
+        )
     out["volumes"] = {
         key: {"name": vol["name"]} if "name" in vol else {}
         for key, vol in (model.get("volumes") or {}).items()
@@ -189,20 +210,41 @@ def stack_file(cfg: PlatformConfig) -> Path:
     return cfg.state_dir / "hub" / "stack.yaml"
 
 
+def registries_file(cfg: PlatformConfig) -> Path:
+    return cfg.state_dir / "hub" / "stack-registries.yaml"
+
+
+HEADER = "# Written by `hubstack up` (cluster.mode: swarm) from the compose files; edit those.\n"
+
+
 def render(cfg: PlatformConfig, model: dict) -> Path:
     """Write the stack file for MODEL, the compose files as `docker compose config
-    --format json` renders them with the platform's .env (hubstack.stack.compose_model)."""
+    --format json` renders them with the platform's .env (hubstack.stack.compose_model),
+    and beside it the same stack with the registries alone (registries_file): `up` deploys
+    that first, pushes, then deploys the whole stack (the registries' services unchanged)."""
     issued = registry_certificate(cfg, PULL)
     path = stack_file(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = swarm_model(
         cfg, model, engine_socket(), registry_tls=(issued.cert_file, issued.key_file)
     )
-    path.write_text(
-        "# Written by `hubstack up` (cluster.mode: swarm) from the compose files; edit those.\n"
-        + yaml.safe_dump(data, sort_keys=False)
-    )
+    path.write_text(HEADER + yaml.safe_dump(data, sort_keys=False))
+    registries = only(data, REGISTRIES)
+    registries_file(cfg).write_text(HEADER + yaml.safe_dump(registries, sort_keys=False))
     return path
+
+
+def only(data: dict, services: tuple[str, ...]) -> dict:
+    """The stack DATA with SERVICES alone, and the secrets they use (a stack deploy creates
+    every secret its file declares)."""
+    out = copy.deepcopy(data)
+    out["services"] = {k: v for k, v in out["services"].items() if k in services}
+    used = {ref["source"] for s in out["services"].values() for ref in s.get("secrets") or []}
+    if "secrets" in out:
+        out["secrets"] = {k: v for k, v in out["secrets"].items() if k in used}
+        if not out["secrets"]:
+            del out["secrets"]
+    return out
 
 
 def deploy(cfg: PlatformConfig, path: Path) -> None:
@@ -224,3 +266,118 @@ def deploy(cfg: PlatformConfig, path: Path) -> None:
             f"`{' '.join(cmd[1:])}` failed (exit {result.returncode}): "
             f"{result.stderr.strip()[-2000:]}"
         )
+
+
+def manager_api(client: docker.DockerClient) -> docker.APIClient:
+    """CLIENT's low-level API, once it is known to be a Swarm manager's (what `up` deploys
+    to and the hub creates services on), else a clear error."""
+    swarm = client.info().get("Swarm") or {}
+    if not swarm.get("ControlAvailable"):
+        state = swarm.get("LocalNodeState") or "inactive"
+        raise CommandError(
+            f"cluster.mode: swarm, but this engine is not a Swarm manager (swarm state: "
+            f"{state}): run hubstack on a manager (or with DOCKER_HOST set to one), or make "
+            "this host one with `docker swarm init` (docs/multi-node.md)"
+        )
+    return client.api
+
+
+def service_task(api: docker.APIClient, service: str) -> dict | None:
+    """SERVICE's newest task (its state, error and node), None before it has one."""
+    try:
+        tasks = api.tasks(filters={"service": service})
+    except docker.errors.APIError:
+        return None
+    return max(tasks, key=lambda t: t.get("CreatedAt", ""), default=None)
+
+
+def describe_task(task: dict | None) -> str:
+    """One line for a service's newest task: `running`, `preparing`, `rejected: <why>`."""
+    if task is None:
+        return "no task yet"
+    status = task.get("Status") or {}
+    state = status.get("State", "?")
+    why = status.get("Err") or (status.get("Message") if state != "running" else "")
+    return f"{state}: {why}" if why and state not in ("running", "preparing", "starting") else state
+
+
+def wait_running(
+    api: docker.APIClient, project: str, services: tuple[str, ...], timeout: float, say=print
+) -> None:
+    """Until each of SERVICES (stack names without the PROJECT_ prefix) has a running task;
+    each change of a task's state is one line. A task that keeps failing is named with its
+    error when the time is up."""
+    deadline = time.monotonic() + timeout
+    seen: dict[str, str] = {}
+    while True:
+        waiting = []
+        for name in services:
+            line = describe_task(service_task(api, f"{project}_{name}"))
+            if seen.get(name) != line:
+                say(f"  {name}: {line}")
+                seen[name] = line
+            if line != "running":
+                waiting.append(name)
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise CommandError(
+                f"not running within {timeout:.0f}s: "
+                + "; ".join(f"{n} ({seen[n]})" for n in waiting)
+                + f" (`docker service ps --no-trunc {project}_{waiting[0]}` says more)"
+            )
+        time.sleep(1)
+
+
+def server_services(cfg: PlatformConfig, api: docker.APIClient) -> list[dict]:
+    """The analysts' servers' services (and their home tasks) of this platform."""
+    return api.services(filters={"label": f"{PLATFORM_LABEL}={cfg.hub.network}"})
+
+
+def stop_servers(cfg: PlatformConfig, api: docker.APIClient) -> list[str]:
+    """Remove every analyst's service; their homes (volumes on the nodes) stay. One line
+    per server."""
+    lines = []
+    prefix = f"{cfg.hub.network}-nb-"
+    for service in server_services(cfg, api):
+        name = service["Spec"]["Name"]
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_service(service["ID"])
+        if not name.endswith("-home"):
+            lines.append(f"stopped {name}")
+    # Their account configs (passwd, group), named PREFIX-USER-...: unused once the
+    # services are gone.
+    for config in api.configs():
+        if config["Spec"]["Name"].startswith(prefix):
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_config(config["ID"])
+    return lines
+
+
+def stack_services(cfg: PlatformConfig, api: docker.APIClient) -> list[dict]:
+    return api.services(filters={"label": f"com.docker.stack.namespace={project_name(cfg)}"})
+
+
+def remove(cfg: PlatformConfig, api: docker.APIClient, timeout: float = 60) -> list[str]:
+    """`docker stack rm` of the platform, then until its services, secrets and networks are
+    gone (a following `up` could otherwise meet a network still being removed). Volumes
+    stay: the hub's database, the registries' storage, the analysts' homes. Returns the
+    services that were there."""
+    project = project_name(cfg)
+    names = sorted(s["Spec"]["Name"].removeprefix(f"{project}_") for s in stack_services(cfg, api))
+    result = subprocess.run(["docker", "stack", "rm", project], text=True, capture_output=True)
+    if result.returncode != 0:
+        raise CommandError(
+            f"`docker stack rm {project}` failed (exit {result.returncode}): "
+            f"{result.stderr.strip()[-2000:]}"
+        )
+    label = f"com.docker.stack.namespace={project}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = stack_services(cfg, api) + api.secrets(filters={"label": label})
+        if not server_services(cfg, api):  # servers kept (--keep-servers) hold their network
+            left += api.networks(filters={"label": label})
+        if not left:
+            break
+        time.sleep(0.5)
+    return names

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -286,21 +287,38 @@ def write_config(tmp: Path, name: str, image_ns: str) -> Path:
     return path
 
 
-def seed_registry_volume(client, cfg, source_volume: str, source_namespace: str) -> bool:
+def seed_registry_volume(
+    client,
+    cfg,
+    source_volume: str,
+    source_namespace: str,
+    target_client=None,
+    names: list[str] | None = None,
+) -> bool:
     """Give CFG's platform registry, before its first `hubstack up`, the layers the session
     already pushed to SOURCE_VOLUME's registry, so `up` finds them there ("Layer already
     exists") instead of gzipping the 2 GB hierarchy a second time (about 100 s on 2 cores).
     Blobs are hard links (content-addressed files, never rewritten); the repositories'
     link files are copied, without tags, under CFG's namespace. Test-only: it needs the
-    engine's volumes on this host's disk. False (and `up` pushes everything) when not."""
+    engines' volumes on this host's disk. False (and `up` pushes everything) when not.
+
+    TARGET_CLIENT: the engine that holds the platform's volume (a swarm manager's: the
+    stack's volume), else CLIENT's. With NAMES: those repositories only, with their tags (an
+    `up` that pushes nothing), and only the blobs they name, copied where no hard link can
+    be made (a swarm node's data root is on another mount than the host engine's)."""
+    swarm = target_client is not None
+    labels = (
+        {"com.docker.stack.namespace": project_name(cfg)}
+        if swarm
+        else {
+            "com.docker.compose.project": project_name(cfg),
+            "com.docker.compose.volume": "registry-data",
+        }
+    )
     try:
         source = Path(client.volumes.get(source_volume).attrs["Mountpoint"])
-        target = client.volumes.create(
-            volume_name(cfg, "registry-data"),
-            labels={
-                "com.docker.compose.project": project_name(cfg),
-                "com.docker.compose.volume": "registry-data",
-            },
+        target = (target_client or client).volumes.create(
+            volume_name(cfg, "registry-data"), labels=labels
         )
         v2, into = (
             source / "docker/registry/v2",
@@ -308,12 +326,29 @@ def seed_registry_volume(client, cfg, source_volume: str, source_namespace: str)
         )
         repos = into / "repositories" / cfg.images.namespace
         repos.parent.mkdir(parents=True)
-        subprocess.run(["cp", "-al", str(v2 / "blobs"), str(into)], check=True)
-        subprocess.run(
-            ["cp", "-a", str(v2 / "repositories" / source_namespace), str(repos)], check=True
-        )
-        for tags in repos.glob("**/_manifests/tags"):
-            subprocess.run(["rm", "-rf", str(tags)], check=True)
+        if names is None:
+            subprocess.run(["cp", "-al", str(v2 / "blobs"), str(into)], check=True)
+            subprocess.run(
+                ["cp", "-a", str(v2 / "repositories" / source_namespace), str(repos)], check=True
+            )
+            for tags in repos.glob("**/_manifests/tags"):
+                subprocess.run(["rm", "-rf", str(tags)], check=True)
+            return True
+        for name in names:
+            (repos / name).parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                ["cp", "-a", str(v2 / "repositories" / source_namespace / name), str(repos / name)],
+                check=True,
+            )
+        # Every blob a repository links to: its layers, config and manifests.
+        for digest in {link.read_text().strip() for link in repos.glob("**/link")}:
+            algorithm, hexdigest = digest.split(":", 1)
+            blob = Path(algorithm) / hexdigest[:2] / hexdigest / "data"
+            (into / "blobs" / blob).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(v2 / "blobs" / blob, into / "blobs" / blob)
+            except OSError:
+                shutil.copyfile(v2 / "blobs" / blob, into / "blobs" / blob)
     except (OSError, subprocess.CalledProcessError, docker.errors.APIError) as e:
         print(f"seeding the stack's registry failed ({e}); `up` pushes every layer")
         return False

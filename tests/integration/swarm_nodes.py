@@ -82,6 +82,9 @@ class SwarmNode:
     client: docker.DockerClient
     process: subprocess.Popen
     node_id: str = ""
+    netns: str = ""
+    """Its network namespace (/run/netns/NETNS): `ip netns exec NETNS CMD` runs CMD as on the
+    node, its loopback being the node's."""
 
     @property
     def etc_docker(self) -> Path:
@@ -163,7 +166,7 @@ class Swarm:
         if any(r.startswith(f"{GPU_RESOURCE}=") for r in resources):
             _sim_gpu(root / "dev")
         proc = _start_engine(root, netns, name)
-        node = SwarmNode(name, address, root, labels, resources, None, proc)  # type: ignore[arg-type]
+        node = SwarmNode(name, address, root, labels, resources, None, proc, netns=netns)  # type: ignore[arg-type]
         self.nodes.append(node)
         node.client = _client(root, proc)
         return node
@@ -220,10 +223,18 @@ def _start_engine(node_root: Path, netns: str, hostname: str) -> subprocess.Pope
     namespace of its own (both die with it)."""
     # The host engine made /etc/docker (key.json); on a machine without it, the mount point.
     Path("/etc/docker").mkdir(exist_ok=True)
-    script = 'hostname "$1" && mount --bind "$2" /etc/docker && shift 2 && exec dockerd "$@"'
+    # Its own resolv.conf too, naming a resolver that is not there: the host's is not
+    # reachable from the node's segment, and each pull of a Docker Hub name (`registry:2`,
+    # which Swarm tries before it runs the engine's own copy) waited 20 s for its timeout.
+    resolv = node_root / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")
+    script = (
+        'hostname "$1" && mount --bind "$2" /etc/docker && mount --bind "$3" /etc/resolv.conf'
+        ' && shift 3 && exec dockerd "$@"'
+    )
     cmd = ["unshare", "--mount", "--uts", "--propagation", "private"]
     cmd += ["nsenter", f"--net=/run/netns/{netns}", "sh", "-c", script, "sh"]
-    cmd += [hostname, str(node_root / "etc-docker")]
+    cmd += [hostname, str(node_root / "etc-docker"), str(resolv)]
     cmd += ["--data-root", str(node_root / "data"), "--exec-root", str(node_root / "exec")]
     cmd += ["--pidfile", str(node_root / "pid"), "-H", f"unix://{node_root / 'docker.sock'}"]
     # Its containers' cgroups apart from the host engine's /docker/...

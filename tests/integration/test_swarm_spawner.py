@@ -4,8 +4,8 @@ free, a drained node, and the analyst's home (a local volume, pinning them to it
 
 How it is driven: the spawner class's own start/poll/stop, called as JupyterHub calls them,
 against the manager's engine, with the analyst's identity as a login's auth state would
-give it. There is no hub in this module: a hub reaching a server on another node needs the
-overlay network and the stack deployment, which are not built yet. So the server is the
+give it. There is no hub in this module (test_swarm_stack.py runs one, with `hubstack up`,
+and a real server on the worker behind it). So the server is the
 harness's tiny image (the platform's base root plus a label, pushed to the harness's TLS
 registry) running `sleep infinity`, not the notebook image: what is checked is where the
 task runs, as whom, and what the analyst is told; not a notebook answering.

@@ -1,23 +1,38 @@
-"""The platform deployed as a Swarm stack (hubstack.swarm_stack) on the real two-node swarm
-of tests/integration/swarm_nodes.py: the compose files rendered for Swarm and deployed
-with `docker stack deploy` against the manager (the `gpu` node's engine).
+"""`hubstack up` with cluster.mode: swarm on the real two-node swarm of
+tests/integration/swarm_nodes.py: the platform deployed as a Swarm stack (hubstack.swarm_stack)
+against the manager (the `gpu` node's engine), with a real JupyterHub.
 
-What runs here: the three registry instances, placed on the manager, the read-only one
-serving HTTPS with the platform CA's certificate; an image pushed on the manager's
-loopback with the push account and pulled by the worker over TLS with the pull account;
-the hub service (placed on managers, on the platform and servers overlays, with its
-secrets as Swarm secrets named by content). The hub's own task is not started here: its
-image (the built hierarchy's hub) is not loaded onto the node (docs/multi-node.md says
-what is left for the hub on a swarm).
+How `up` runs: as on a manager, inside the `gpu` node's network namespace with DOCKER_HOST its
+engine's socket, so its loopback is the manager's and the push instance is reached there, as
+a real `up` on a manager pushes (docs/multi-node.md). It runs with --no-build: a build on
+the node's engine would start cold (the node shares no layer cache with the host's). The
+stack's registry volume is seeded before `up` with the session registry's layers (the hub's
+and the server's repositories with their tags and blobs, copied: no gzip push;
+hubstack_e2e.seed_registry_volume), so `up` finds every image it
+needs in its registry and pushes nothing; the node's engine gets the base and registry images
+from the host's (`docker save` / `load`: Swarm runs the registries from the engine's own image).
 
-The node's engine gets the registry image from the host's (`docker save` / `load`, as
-`hubstack nodes bundle` is planned to carry it to an air-gapped node).
+What runs here: the three registry instances on the manager, the read-only one serving HTTPS
+with the platform CA's certificate; an image pushed on the manager's loopback with the push
+account and pulled by the worker over TLS with the pull account; the hub on managers, on both
+overlays, with content-named Swarm secrets; an analyst logging in, her server landing on the
+worker and answering through the hub's proxy, writing in her home as her UID:GID; `down`.
+
+The server image is the hub image plus jupyter_server (SERVER_DOCKERFILE): the smallest that
+runs `jupyterhub-singleuser`, built once on the session's hub image, so only its one layer is
+new. Not the notebook image: the worker would pull its 2.3 GB (about a minute on 2 cores),
+and what is checked here is where the server runs, as whom, and that the hub reaches it, not
+the notebook's contents (tests/integration/test_hub.py checks those on one host).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,15 +40,29 @@ import urllib.request
 import docker
 import pytest
 
-from hubstack import stack, swarm_stack
-from hubstack.registry import PULL, PUSH, auth_config
-from tests.conftest import SESSION_ID, TEST_TAG, config_data, free_port, write_config
-from tests.integration.hubstack_e2e import add_user
+from hubstack.backup import volume_name
+from hubstack.engine import project_name
+from hubstack.images.build import push_image
+from hubstack.registry import PULL, PUSH, auth_config, registry_certificate
+from tests.conftest import (
+    SESSION_ID,
+    SESSION_REGISTRY_VOLUME,
+    TEST_TAG,
+    config_data,
+    free_port,
+    write_config,
+)
+from tests.integration.hubstack_e2e import REPO, add_user, logged_in_clients, seed_registry_volume
 from tests.integration.swarm_nodes import TINY_IMAGE
 
 pytestmark = pytest.mark.integration
 
 SERVER_IMAGE = "swarm-server"
+SERVER_DOCKERFILE = """FROM {hub}
+LABEL io.hubstack.test=swarm-server
+# jupyterhub-singleuser's one missing part in the hub image (the notebook image's version).
+RUN pip install --no-cache-dir jupyter-server==2.21.1
+"""
 ANALYSTS = {"alice": ("alice-pw-5c1d", 23411, 23411, [])}
 
 
@@ -56,20 +85,48 @@ def _running_tasks(api: docker.APIClient, service: str) -> list[dict]:
     ]
 
 
+def on_manager(node, config, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The real CLI as on the manager NODE: in its network namespace, DOCKER_HOST its engine."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), DOCKER_HOST=node.socket)
+    env.pop("COMPOSE_PROJECT_NAME", None)
+    cmd = ["ip", "netns", "exec", node.netns, sys.executable, "-m", "hubstack", "-c", str(config)]
+    return subprocess.run(
+        [*cmd, *args], cwd=REPO, env=env, text=True, capture_output=True, timeout=timeout
+    )
+
+
 @pytest.fixture(scope="module")
-def deployed(swarm, swarm_registry, docker_client, tmp_path_factory, monkeypatch_module):
-    """The stack deployed on the swarm for this module; removed afterwards, with everything
-    it made (services, secrets, networks; the volumes go with the node's data root)."""
+def server_image(platform_config, hierarchy, docker_client):
+    """SERVER_DOCKERFILE built on the session's hub image and pushed to the session registry
+    (only its own layer is new there); its tag on this engine is removed afterwards."""
+    cfg = platform_config
+    ref = cfg.image_ref(SERVER_IMAGE, TEST_TAG)
+    started = time.monotonic()
+    dockerfile = SERVER_DOCKERFILE.format(hub=hierarchy["hub"]["ref"])
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=ref, rm=True)
+    try:
+        push_image(cfg, docker_client, SERVER_IMAGE, TEST_TAG, progress=lambda _: None)
+        print(f"[swarm hub] server image built and pushed in {time.monotonic() - started:.1f}s")
+        yield ref
+    finally:
+        docker_client.images.remove(ref)
+
+
+@pytest.fixture(scope="module")
+def deployed(swarm, platform_config, server_image, docker_client, tmp_path_factory):
+    """`hubstack up` on the manager; `hubstack down` and every volume it left afterwards
+    (the nodes' data roots, with the images they pulled, go with the session's swarm)."""
     gpu = swarm.node("gpu")
     state = tmp_path_factory.mktemp("swarm-stack")
-    name = f"hubtest-swarm13c-{SESSION_ID}"
+    name = f"hubtest-swarm13f-{SESSION_ID}"
+    config = state / "hubstack.yaml"
     cfg = write_config(
-        state / "hubstack.yaml",
+        config,
         config_data(
             state,
             free_port(),
             registry={"pull_address": f"{gpu.address}:{free_port()}"},
-            images={"namespace": name},
+            images={"namespace": name, "tag": TEST_TAG},
             hub={
                 "network": name,
                 "port": free_port(),
@@ -84,45 +141,86 @@ def deployed(swarm, swarm_registry, docker_client, tmp_path_factory, monkeypatch
     )
     for user, (pw, uid, gid, groups) in ANALYSTS.items():
         add_user(cfg, user, pw, uid, gid, groups)
-    monkeypatch_module.setenv("DOCKER_HOST", gpu.socket)
-    monkeypatch_module.delenv("COMPOSE_PROJECT_NAME", raising=False)
-    stack.ensure_secrets(cfg)
-    stack.render_env(cfg)
-    path = swarm_stack.render(cfg, stack.compose_model(cfg))
     started = time.monotonic()
-    gpu.client.images.load(docker_client.images.get(cfg.registry.image).save(named=True))
+    # As docs/multi-node.md's step 5 on every node (the manager too): the platform CA for the
+    # read-only instance's address; `up` issues the same CA's certificate for it.
+    registry_certificate(cfg, PULL)
     for node in swarm.nodes:
         node.install_ca(cfg.registry.pull_address, cfg.tls_ca_cert_file)
+    save = subprocess.Popen(
+        ["docker", "save", cfg.base.image, cfg.registry.image], stdout=subprocess.PIPE
+    )
+    subprocess.run(["docker", "-H", gpu.socket, "load", "-q"], stdin=save.stdout, check=True)
+    assert save.wait() == 0
+    assert seed_registry_volume(
+        docker_client,
+        cfg,
+        SESSION_REGISTRY_VOLUME,
+        platform_config.images.namespace,
+        target_client=gpu.client,
+        names=[cfg.hub.image, SERVER_IMAGE],
+    )
     api = docker.APIClient(base_url=gpu.socket, version="auto", timeout=120)
     try:
-        swarm_stack.deploy(cfg, path)
-        for service in ("registry", "registry-pull", "registry-users"):
-            _wait(f"{service} running", lambda s=service: _running_tasks(api, f"{name}_{s}"))
-        print(f"[swarm stack] registries up in {time.monotonic() - started:.1f}s")
-        yield cfg, api
-    finally:
-        subprocess.run(["docker", "stack", "rm", name], capture_output=True, check=False)
-        _wait(
-            "the stack's services and secrets removed",
-            lambda: (
-                not [s for s in api.services() if s["Spec"]["Name"].startswith(f"{name}_")]
-                and not [x for x in api.secrets() if x["Spec"]["Name"].startswith(f"{name}_")]
-            ),
-            timeout=60,
+        loaded = time.monotonic()
+        up = on_manager(gpu, config, "up", "--no-build")
+        print(up.stdout)
+        print(
+            f"[swarm hub] base and registry images loaded and the registry seeded in "
+            f"{loaded - started:.1f}s, `up` in {time.monotonic() - loaded:.1f}s"
         )
+        assert up.returncode == 0, f"hubstack up failed:\n{up.stdout}\n{up.stderr}"
+        yield cfg, config, api, up.stdout
+    finally:
+        down = on_manager(gpu, config, "down")
+        print(down.stdout, down.stderr)
+        project = project_name(cfg)
+        _wait(
+            "the stack's services, secrets and networks removed",
+            lambda: (
+                not [s for s in api.services() if s["Spec"]["Name"].startswith(f"{name}")]
+                and not [x for x in api.secrets() if x["Spec"]["Name"].startswith(f"{project}_")]
+                and not api.networks(filters={"name": name})
+            ),
+            timeout=90,
+        )
+        for node in swarm.nodes:
+            for volume in node.client.volumes.list():
+                if volume.name.startswith(f"{project}_") or volume.name.startswith(f"{name}-"):
+                    _wait(f"{volume.name} removed", lambda v=volume: _removed(v), timeout=60)
+            # What the nodes pulled from the stack's registry (the hub and server images).
+            for image in node.client.images.list():
+                names = image.tags + (image.attrs.get("RepoDigests") or [])
+                if any(n.startswith(f"{cfg.registry.pull_address}/") for n in names):
+                    with contextlib.suppress(docker.errors.APIError):
+                        node.client.images.remove(image.id, force=True)
         api.close()
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
+def _removed(volume) -> bool:
+    try:
+        volume.remove(force=True)
+    except docker.errors.NotFound:
+        return True
+    except docker.errors.APIError:
+        return False  # still held by a container the node is removing
+    return True
+
+
+def test_up_deploys_the_stack_with_a_stage_line_each(deployed):
+    cfg, _, _, out = deployed
+    stages = [line.split("]")[0] + "]" for line in out.splitlines() if line.startswith("[up ")]
+    assert stages == [f"[up {i}/9]" for i in range(1, 10)], out
+    assert "this engine is a Swarm manager" in out
+    # Everything was in the stack's registry already: nothing pushed, no gzip.
+    assert "pushing" not in out, out
+    assert "hubstack is up in" in out and f"(Swarm stack {project_name(cfg)})" in out
 
 
 def test_the_registries_run_on_the_manager_and_nodes_pull_over_tls(
     swarm, swarm_registry, deployed, docker_client
 ):
-    cfg, api = deployed
+    cfg, _, api, _ = deployed
     name = cfg.hub.network
     gpu, spark = swarm.node("gpu"), swarm.node("spark")
     for service in ("registry", "registry-pull", "registry-users"):
@@ -153,7 +251,7 @@ def test_the_registries_run_on_the_manager_and_nodes_pull_over_tls(
 
 
 def test_the_hub_service_is_placed_on_managers_with_swarm_secrets_and_both_networks(deployed):
-    cfg, api = deployed
+    cfg, _, api, _ = deployed
     name = cfg.hub.network
     (hub,) = api.services(filters={"name": f"{name}_hub"})
     spec = hub["Spec"]["TaskTemplate"]
@@ -175,3 +273,76 @@ def test_the_hub_service_is_placed_on_managers_with_swarm_secrets_and_both_netwo
     # Published on the node it runs on (mode host), at hub.port, as single mode publishes it.
     (port,) = hub["Spec"]["EndpointSpec"]["Ports"]
     assert (port["PublishedPort"], port["PublishMode"]) == (cfg.hub.port, "host")
+
+
+def test_the_hubs_registry_calls_reach_the_read_only_instance_over_tls(swarm, deployed):
+    cfg, _, _, _ = deployed
+    (hub,) = swarm.node("gpu").client.containers.list(
+        filters={"label": f"com.docker.swarm.service.name={project_name(cfg)}_hub"}
+    )
+    # The hub's own RegistryClient, in its container, with its copy of the config.
+    code = (
+        "from hubstack.config import load_config; from hubstack.registry import RegistryClient;"
+        "r = RegistryClient(load_config('/etc/hubstack/hubstack.yaml'));"
+        f"print(r.base_url, r.digest({cfg.hub.image!r}, {cfg.images.tag!r}))"
+    )
+    rc, out = hub.exec_run(["python3", "-c", code])
+    assert rc == 0, out.decode()
+    url, digest = out.decode().split()
+    assert url == f"https://{cfg.registry.pull_address}/v2"
+    assert digest.startswith("sha256:")
+
+
+def test_an_analysts_server_runs_on_the_worker_behind_the_hub(swarm, deployed):
+    cfg, config, api, _ = deployed
+    spark = swarm.node("spark")
+    (alice,) = logged_in_clients(cfg, ANALYSTS).values()
+    started = time.monotonic()
+    events = alice.start("default")
+    print(f"[swarm hub] alice's server ready in {time.monotonic() - started:.1f}s")
+    assert any("spark" in (e.get("message") or "") for e in events), events
+    service = f"{cfg.hub.network}-nb-alice"
+    (task,) = _running_tasks(api, service)
+    assert task["NodeID"] == spark.node_id  # the default profile keeps off the GPU node
+
+    # Through the hub's proxy, with her token: the server on the worker answers.
+    status = alice.api("GET", "/user/alice/api/status")
+    assert status.status_code == 200, status.text
+    # A file she saves lands in her home volume on the worker, as her UID:GID.
+    saved = alice.api(
+        "PUT",
+        "/user/alice/api/contents/notes.txt",
+        json={"type": "file", "format": "text", "content": "on the worker"},
+    )
+    assert saved.status_code in (200, 201), saved.text
+    home = spark.client.volumes.get(f"{cfg.hub.network}-home-alice")
+    written = os.stat(os.path.join(home.attrs["Mountpoint"], "notes.txt"))
+    assert (written.st_uid, written.st_gid) == (23411, 23411)
+
+    # `hubstack status` on the manager: the stack's services running, and her server.
+    status = on_manager(swarm.node("gpu"), config, "status")
+    assert status.returncode == 0, status.stderr
+    assert f"{project_name(cfg)}_hub" in status.stdout and "running" in status.stdout
+    assert "notebook servers: 1" in status.stdout
+    assert [line.split()[0] for line in status.stdout.splitlines()[-1:]] == ["alice"]
+
+    alice.stop()
+    _wait("alice's service removed", lambda: not api.services(filters={"name": service}))
+
+
+def test_down_removes_the_stack_and_keeps_its_volumes(swarm, deployed):
+    cfg, config, api, _ = deployed
+    gpu = swarm.node("gpu")
+    project = project_name(cfg)
+    down = on_manager(gpu, config, "down")
+    assert down.returncode == 0, down.stderr
+    assert f"removed the stack {project}" in down.stdout
+    assert "data kept" in down.stdout
+    assert not [s for s in api.services() if s["Spec"]["Name"].startswith(f"{project}_")]
+    kept = {v.name for v in gpu.client.volumes.list()}
+    assert {volume_name(cfg, "hub-data"), volume_name(cfg, "registry-data")} <= kept
+    homes = {v.name for v in swarm.node("spark").client.volumes.list()}
+    assert f"{cfg.hub.network}-home-alice" in homes
+    # A second down finds nothing to stop.
+    again = on_manager(gpu, config, "down")
+    assert "nothing to stop" in again.stdout, again.stdout

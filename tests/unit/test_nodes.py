@@ -53,10 +53,18 @@ def test_label_assignments_are_checked_before_any_change(items, message):
         parse_assignments(items)
 
 
-def test_up_refuses_swarm_mode_until_it_can_deploy_a_stack(tmp_path, capsys):
+def test_up_in_swarm_mode_on_an_engine_that_is_no_manager_says_so_before_writing(
+    tmp_path, capsys, monkeypatch
+):
+    class NotAManager:
+        def info(self):
+            return {"Swarm": {"LocalNodeState": "inactive", "ControlAvailable": False}}
+
+    monkeypatch.setattr("hubstack.stack.docker_client", NotAManager)
     config = tmp_path / "hubstack.yaml"
     config.write_text(f"state_dir: {tmp_path}\ncluster:\n  mode: swarm\n")
     assert main(["-c", str(config), "up"]) == 2
     err = capsys.readouterr().err
-    assert "cluster.mode: swarm: `hubstack up` does not deploy a swarm stack yet" in err
+    assert "this engine is not a Swarm manager (swarm state: inactive)" in err
+    assert "docker swarm init" in err
     assert not (tmp_path / "secrets").exists()  # refused before anything was written

@@ -8,11 +8,13 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import requests
 import yaml
 
 from hubstack import stack, swarm_stack
 from hubstack.config import parse_config
 from hubstack.errors import CommandError
+from hubstack.registry import Credentials, RegistryClient
 
 
 @pytest.fixture
@@ -90,3 +92,59 @@ def test_the_hub_needs_a_local_manager_socket():
     assert swarm_stack.engine_socket("unix:///tmp/x/docker.sock") == "/tmp/x/docker.sock"
     with pytest.raises(CommandError, match="DOCKER_HOST=tcp://10.0.0.1:2376: swarm mode"):
         swarm_stack.engine_socket("tcp://10.0.0.1:2376")
+
+
+def test_up_deploys_the_registries_first_from_a_stack_of_their_own(swarm_cfg):
+    path = swarm_stack.render(swarm_cfg, stack.compose_model(swarm_cfg))
+    full = yaml.safe_load(path.read_text())
+    registries = yaml.safe_load(swarm_stack.registries_file(swarm_cfg).read_text())
+    assert sorted(registries["services"]) == ["registry", "registry-pull", "registry-users"]
+    # The same services as the whole stack's: its deploy leaves them running as they are.
+    for name, service in registries["services"].items():
+        assert service == full["services"][name], name
+    # Only the secrets they use (a deploy creates every secret its file declares).
+    assert set(registries["secrets"]) == {"registry_tls_cert", "registry_tls_key"}
+    assert registries["networks"] == full["networks"]
+    checked = subprocess.run(
+        ["docker", "stack", "config", "-c", str(swarm_stack.registries_file(swarm_cfg))],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_the_hub_calls_the_read_only_registry_over_tls_trusting_the_platform_ca(swarm_cfg):
+    # The stack mounts the platform CA where the hub's copy of the config looks for it.
+    path = swarm_stack.render(swarm_cfg, stack.compose_model(swarm_cfg))
+    data = yaml.safe_load(path.read_text())
+    assert data["secrets"]["platform_ca"]["file"] == str(swarm_cfg.tls_ca_cert_file)
+    ca = [s for s in data["services"]["hub"]["secrets"] if s["source"] == "platform_ca"]
+    assert ca == [{"source": "platform_ca", "target": swarm_stack.HUB_PLATFORM_CA, "mode": 0o400}]
+    inside = parse_config(stack.hub_config(swarm_cfg))
+    assert str(inside.tls_ca_cert_file) == swarm_stack.HUB_PLATFORM_CA
+    # Its own API calls go where every node pulls: pull_address, over https.
+    client = RegistryClient(inside, credentials=Credentials("hubstack-pull", "x"))
+    assert client.base_url == "https://10.1.2.3:25991/v2"
+    assert client.session.verify == swarm_stack.HUB_PLATFORM_CA
+    # The push instance on the manager's loopback stays plain HTTP, as on one host.
+    assert RegistryClient(swarm_cfg).base_url == "http://127.0.0.1:25990/v2"
+    # One host: the hub reaches the read-only instance by its service name, plain HTTP.
+    single = parse_config({**swarm_cfg.model_dump(mode="json"), "cluster": {"mode": "single"}})
+    assert parse_config(stack.hub_config(single)).registry_api_address == "registry-pull:5000"
+
+
+def test_the_platform_ca_is_used_even_where_requests_ca_bundle_is_set(swarm_cfg, monkeypatch):
+    """Our images set REQUESTS_CA_BUNDLE, which requests lets override a session's verify:
+    the registry client must pass the platform CA with each request."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/bundle.pem")
+    seen = {}
+
+    def request(method, url, **kw):
+        seen.update(kw)
+        raise requests.ConnectionError("stop here")
+
+    inside = parse_config(stack.hub_config(swarm_cfg))
+    client = RegistryClient(inside, credentials=Credentials("hubstack-pull", "x"))
+    monkeypatch.setattr(client.session, "request", request)
+    assert not client.ping()
+    assert seen["verify"] == swarm_stack.HUB_PLATFORM_CA
