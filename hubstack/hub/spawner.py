@@ -621,13 +621,15 @@ class HubstackSpawner(DockerSpawner):
             cls._cluster_lock = asyncio.Lock()
         async with cls._cluster_lock:
             try:
-                await self._in_pool(
-                    spark_cluster.check_capacity, self.cfg, self.engine, cls._pending_cores
-                )
+                await self._in_pool(self._check_spark_capacity, cls._pending_cores)
             except spark_cluster.ClusterError as e:
                 raise web.HTTPError(409, str(e)) from None
             cls._pending_cores += spark.cluster_cores(self.cfg)
         self._holds_pending = True
+
+    def _check_spark_capacity(self, pending: int) -> None:
+        """Refuse a cluster past spark.max_total_cores (PENDING: cores being started)."""
+        spark_cluster.check_capacity(self.cfg, self.engine, pending)
 
     def _release_pending(self) -> None:
         if getattr(self, "_holds_pending", False):
