@@ -18,8 +18,12 @@ inherited, not copied); what differs is where the server runs:
   stops): their server runs only there, and a profile that cannot run there is refused,
   naming the node and the remedy. With cluster.home_volume (NFS) the home follows them.
 
-Not yet (docs/multi-node.md): Spark clusters as services (a Spark profile
-is refused, naming it), per-user images (an analyst with packages of their own is
+- a Spark profile's cluster of its own (hubstack.spark_cluster's roles, as services from
+  service_spec.spark_requests): a master and a service per worker on Spark-labelled
+  nodes, as the analyst, on the analyst's own overlay network with their server, its
+  secret a Swarm secret; removed with the server.
+
+Not yet (docs/multi-node.md): per-user images (an analyst with packages of their own is
 refused, with the way to start without them), the start queue, and the hub joining the
 analyst's overlay network by itself (`service_networks` names networks the hub is already
 on).
@@ -410,6 +414,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
             try:
                 request, cluster = await self._spark_requests(profile, request, tag)
             except BaseException:
+                self._release_pending()
                 await self._in_pool(self._stop_spark)
                 await self._in_pool(self._remove_configs, None)
                 raise
@@ -425,6 +430,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
                 waits.append(self._start_spark_services(profile, cluster))
             task, *_ = await asyncio.gather(*waits)
         except BaseException:
+            self._release_pending()  # the cluster's cores, if its start was not reached
             await self._in_pool(self._remove_service)
             await self._in_pool(self._stop_spark)
             await self._in_pool(self._remove_configs, None)
@@ -510,15 +516,11 @@ class HubstackSwarmSpawner(HubstackSpawner):
         home node, for a local home the workers mount)."""
         progress = self.spawn_progress
         progress.emit(6, f"Starting your Spark cluster ({self.cfg.spark.workers} workers)")
-        await self._reserve_spark_cores()
-        try:
-            ref = self.cfg.image_ref(spark.EXECUTOR_IMAGE, tag)
-            image = await self._resolve_digest(ref)
-            await self._in_pool(self._login, image)
-            passwd, group = await self._in_pool(self._read_image_accounts, image)
-        except BaseException:
-            self._release_pending()
-            raise
+        await self._reserve_spark_cores()  # released once the cluster runs, or by start
+        ref = self.cfg.image_ref(spark.EXECUTOR_IMAGE, tag)
+        image = await self._resolve_digest(ref)
+        await self._in_pool(self._login, image)
+        passwd, group = await self._in_pool(self._read_image_accounts, image)
         prefix = f"{self.cfg.hub.network}-nb"
         accounts = await self._in_pool(
             self._ensure_configs,
