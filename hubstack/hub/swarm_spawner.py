@@ -120,6 +120,19 @@ def spark_refusal(profile, req: service_spec.ServiceRequest, err: str) -> str:
     )
 
 
+async def gather_or_cancel(*waits: Awaitable) -> list:
+    """All WAITS' results; at the first failure the others are cancelled (not left polling
+    a service the failure's clean-up removes), then it is raised."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 class SwarmRefusal(Exception):
     """The scheduler cannot place a server now; the message says which profile and why."""
 
@@ -428,7 +441,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
             waits: list[Awaitable] = [self._until_running(profile, request.constraints)]
             if cluster:
                 waits.append(self._start_spark_services(profile, cluster))
-            task, *_ = await asyncio.gather(*waits)
+            task, *_ = await gather_or_cancel(*waits)
         except BaseException:
             self._release_pending()  # the cluster's cores, if its start was not reached
             await self._in_pool(self._remove_service)
@@ -570,7 +583,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
                     lambda req=req: self.client.create_service(**service_spec.service_spec(req))
                 )
 
-            await asyncio.gather(
+            await gather_or_cancel(
                 *(
                     self._until_running(
                         profile,

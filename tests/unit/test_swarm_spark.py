@@ -4,6 +4,10 @@ carried over to services, checked field by field from the specs."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from hubstack import spark
 from hubstack.config import parse_config
 from hubstack.hub.container_spec import USER_LABEL
@@ -13,7 +17,7 @@ from hubstack.hub.service_spec import (
     spark_files,
     spark_requests,
 )
-from hubstack.hub.swarm_spawner import spark_refusal
+from hubstack.hub.swarm_spawner import gather_or_cancel, spark_refusal
 from hubstack.spark_cluster import CLUSTER_LABEL, CORES_LABEL, ClusterSpec, roles
 
 IDENT = {"uid": 23456, "gid": 23456, "groups": [23456, 30000], "home": "/home/alice"}
@@ -184,3 +188,28 @@ def test_a_refusal_names_the_daemon_what_it_reserves_and_where():
     )
     assert "no such node has that much CPU and memory unreserved" in message
     assert "insufficient resources on 2 nodes" in message
+
+
+def test_a_failed_wait_cancels_the_others():
+    """The server's and the cluster's waits run together; when one fails the others stop
+    polling (the clean-up removes what they look at) and the failure is what is raised."""
+    cancelled = []
+
+    async def fails():
+        await asyncio.sleep(0.01)
+        raise RuntimeError("the cluster did not start")
+
+    async def polls():
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def both():
+        return await gather_or_cancel(polls(), fails())
+
+    with pytest.raises(RuntimeError, match="the cluster did not start"):
+        asyncio.run(both())
+    assert cancelled == [True]
+    assert asyncio.run(gather_or_cancel(asyncio.sleep(0, "a"), asyncio.sleep(0, "b"))) == ["a", "b"]
