@@ -554,13 +554,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
         )
         key = self.cfg.cluster.node_labels.spark
         pinned = [c for c in request.constraints if c.startswith("node.id==")]
-        spec = spark_cluster.ClusterSpec(
-            server=self.service_name,
-            user=self.user.name,
-            ident=request.ident,
-            image=image,
-            network=self.spark_network,
-        )
+        spec = self._cluster_spec(image, self.spark_network)
         base = dataclasses.replace(
             request,
             labels={PLATFORM_LABEL: self.cfg.hub.network},
