@@ -105,11 +105,28 @@ def cores_held(client, platform_network: str) -> int:
     return held
 
 
-def check_capacity(cfg: PlatformConfig, client, pending: int = 0) -> None:
+def service_cores_held(api, platform_network: str) -> int:
+    """Swarm mode: Spark cores all clusters of this platform hold now (their worker
+    services' labels, whichever node runs them)."""
+    held = 0
+    for service in api.services(
+        filters={"label": [CORES_LABEL, f"{PLATFORM_LABEL}={platform_network}"]}
+    ):
+        try:
+            held += int(service["Spec"].get("Labels", {}).get(CORES_LABEL, "0"))
+        except ValueError:
+            continue
+    return held
+
+
+def check_capacity(cfg: PlatformConfig, client, pending: int = 0, held: int | None = None) -> None:
     """Refuse a new cluster that would take the platform past spark.max_total_cores
-    (PENDING: cores of clusters being started, whose containers may not exist yet)."""
+    (PENDING: cores of clusters being started, whose containers may not exist yet; HELD:
+    the cores running clusters hold, when not counted from CLIENT's containers)."""
     wanted = spark.cluster_cores(cfg)
-    held = cores_held(client, cfg.hub.network) + pending
+    if held is None:
+        held = cores_held(client, cfg.hub.network)
+    held += pending
     cap = cfg.spark.max_total_cores
     if held + wanted > cap:
         raise ClusterError(
@@ -119,52 +136,79 @@ def check_capacity(cfg: PlatformConfig, client, pending: int = 0) -> None:
         )
 
 
-def _container_kwargs(cfg: PlatformConfig, spec: ClusterSpec, role: str, name: str) -> dict:
+@dataclass(frozen=True)
+class Role:
+    """One daemon of the analyst's cluster as both paths start it (a container on one host,
+    a service in swarm mode): what it runs and with which settings, labels and limits."""
+
+    role: str
+    """master or worker: the spark-executor entrypoint's command."""
+    name: str
+    """Its container's (or service's) name and host name."""
+    env: dict[str, str]
+    labels: dict[str, str]
+    mem_mb: int
+    cpus: float
+
+    @property
+    def worker(self) -> bool:
+        return self.role == "worker"
+
+
+def roles(cfg: PlatformConfig, spec: ClusterSpec) -> list[Role]:
+    """The master, then each worker: the one description of the cluster's daemons."""
     s = cfg.spark
-    worker = role == "worker"
-    env = {
-        "SPARK_MASTER_HOST": spec.master_name(),
-        "SPARK_MASTER_PORT": str(s.master_port),
-        "SPARK_MASTER_WEBUI_PORT": "8080",
-        "SPARK_MASTER_URL": spark.master_url(cfg, spec.server),
-        "SPARK_WORKER_CORES": str(s.worker_cores),
-        "SPARK_WORKER_MEMORY": f"{memory_mb(s.worker_memory)}m",
-        "SPARK_WORKER_WEBUI_PORT": "8081",
-        "SPARK_WORKER_DIR": WORK_DIR,
-        "SPARK_LOCAL_DIRS": LOCAL_DIR,
-        "SPARK_EXTRA_DEFAULTS": spark.DEFAULTS_FILE,
-        "HOME": spec.ident["home"],
-        "USER": spec.user,
-    }
-    labels = {
-        COMPONENT_KEY: COMPONENT_VALUE,
-        CLUSTER_LABEL: spec.server,
-        container_spec.USER_LABEL: spec.user,
-        PLATFORM_LABEL: cfg.hub.network,
-        "io.hubstack.spark-role": role,
-        **spec.extra_labels,
-    }
-    if worker:
-        labels[CORES_LABEL] = str(s.worker_cores)
-        mem_mb = memory_mb(s.worker_memory) + memory_mb(s.worker_overhead)
-        cpus = float(s.worker_cores)
-    else:
-        mem_mb, cpus = MASTER_MEMORY_MB, 1.0
+    named = [("master", spec.master_name())] + [("worker", n) for n in spec.worker_names(cfg)]
+    out = []
+    for role, name in named:
+        env = {
+            "SPARK_MASTER_HOST": spec.master_name(),
+            "SPARK_MASTER_PORT": str(s.master_port),
+            "SPARK_MASTER_WEBUI_PORT": "8080",
+            "SPARK_MASTER_URL": spark.master_url(cfg, spec.server),
+            "SPARK_WORKER_CORES": str(s.worker_cores),
+            "SPARK_WORKER_MEMORY": f"{memory_mb(s.worker_memory)}m",
+            "SPARK_WORKER_WEBUI_PORT": "8081",
+            "SPARK_WORKER_DIR": WORK_DIR,
+            "SPARK_LOCAL_DIRS": LOCAL_DIR,
+            "SPARK_EXTRA_DEFAULTS": spark.DEFAULTS_FILE,
+            "HOME": spec.ident["home"],
+            "USER": spec.user,
+        }
+        labels = {
+            COMPONENT_KEY: COMPONENT_VALUE,
+            CLUSTER_LABEL: spec.server,
+            container_spec.USER_LABEL: spec.user,
+            PLATFORM_LABEL: cfg.hub.network,
+            "io.hubstack.spark-role": role,
+            **spec.extra_labels,
+        }
+        if role == "worker":
+            labels[CORES_LABEL] = str(s.worker_cores)
+            mem_mb = memory_mb(s.worker_memory) + memory_mb(s.worker_overhead)
+            cpus = float(s.worker_cores)
+        else:
+            mem_mb, cpus = MASTER_MEMORY_MB, 1.0
+        out.append(Role(role, name, env, labels, mem_mb, cpus))
+    return out
+
+
+def _container_kwargs(cfg: PlatformConfig, spec: ClusterSpec, role: Role) -> dict:
     host_config = container_spec.host_config(spec.ident)
     host_config.update(
-        mem_limit=f"{mem_mb}m",
-        nano_cpus=int(cpus * 1e9),
+        mem_limit=f"{role.mem_mb}m",
+        nano_cpus=int(role.cpus * 1e9),
         network_mode=spec.network,
-        binds=dict(spec.volumes) if worker else None,
+        binds=dict(spec.volumes) if role.worker else None,
     )
     return {
         "image": spec.image,
-        "command": [role],
-        "name": name,
-        "hostname": name,
+        "command": [role.role],
+        "name": role.name,
+        "hostname": role.name,
         "user": f"{spec.ident['uid']}:{spec.ident['gid']}",
-        "environment": env,
-        "labels": labels,
+        "environment": role.env,
+        "labels": role.labels,
         "host_config": host_config,
     }
 
@@ -176,11 +220,10 @@ def start_cluster(
     returns their container IDs. On failure nothing of the cluster is left."""
     ids: list[str] = []
     try:
-        roles = [("master", spec.master_name())] + [("worker", n) for n in spec.worker_names(cfg)]
-        for role, name in roles:
+        for role in roles(cfg, spec):
             # One left by a hub that died mid-stop: the same analyst's, its secret gone.
-            _remove(client, name)
-            kw = _container_kwargs(cfg, spec, role, name)
+            _remove(client, role.name)
+            kw = _container_kwargs(cfg, spec, role)
             kw["host_config"] = client.api.create_host_config(**kw["host_config"])
             cid = client.api.create_container(**kw)["Id"]
             ids.append(cid)
@@ -190,7 +233,7 @@ def start_cluster(
             )
             container_spec.put_files(client.api, cid, files, dirs)
             client.api.start(cid)
-        _wait_ready(client, ids[0], ids[1:])
+        wait_ready(_container_probe(client), ids[0], ids[1:])
         return ids
     except BaseException as e:
         for cid in ids:
@@ -200,26 +243,40 @@ def start_cluster(
         raise
 
 
-def _wait_ready(client, master: str, workers: list[str]) -> None:
-    """Until the master is elected and every worker registered with it (their logs say so)."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    want = {master: "I have been elected leader"} | {
-        w: "Successfully registered with master" for w in workers
-    }
+READY_LINES = {
+    "master": "I have been elected leader",
+    "worker": "Successfully registered with master",
+}
+"""What a daemon logs once it is ready: the master elected, a worker registered with it."""
+
+
+def wait_ready(probe, master: str, workers: list[str], timeout: float = READY_TIMEOUT_S) -> None:
+    """Until the master is elected and every worker registered with it (their logs say so).
+    PROBE(id) -> (logs, running, name): a container's on one host, a service's on a swarm."""
+    deadline = time.monotonic() + timeout
+    want = {master: READY_LINES["master"]} | {w: READY_LINES["worker"] for w in workers}
     while want:
         for cid, line in list(want.items()):
-            info = client.api.inspect_container(cid)
-            logs = client.api.logs(cid, stdout=True, stderr=True).decode(errors="replace")
+            logs, running, name = probe(cid)
             if line in logs:
                 del want[cid]
-            elif not info["State"]["Running"]:
+            elif not running:
                 tail = "\n".join(logs.strip().splitlines()[-5:])
-                raise ClusterError(f"{info['Name'].lstrip('/')} exited: {tail}")
+                raise ClusterError(f"{name} exited: {tail}")
         if want and time.monotonic() > deadline:
-            names = [client.api.inspect_container(c)["Name"].lstrip("/") for c in want]
-            raise ClusterError(f"not ready within {READY_TIMEOUT_S} s: {', '.join(names)}")
+            names = [probe(c)[2] for c in want]
+            raise ClusterError(f"not ready within {timeout:.0f} s: {', '.join(names)}")
         if want:
             time.sleep(0.5)
+
+
+def _container_probe(client):
+    def probe(cid: str) -> tuple[str, bool, str]:
+        info = client.api.inspect_container(cid)
+        logs = client.api.logs(cid, stdout=True, stderr=True).decode(errors="replace")
+        return logs, info["State"]["Running"], info["Name"].lstrip("/")
+
+    return probe
 
 
 def _remove(client, cid: str) -> None:
@@ -234,4 +291,39 @@ def stop_cluster(client, server: str) -> int:
     found = client.api.containers(all=True, filters={"label": f"{CLUSTER_LABEL}={server}"})
     for c in found:
         _remove(client, c["Id"])
+    return len(found)
+
+
+# --- swarm mode: the same daemons as services (hubstack.hub.service_spec.spark_requests) ---
+def service_probe(api):
+    """wait_ready's probe for a cluster service (by name): its logs through the manager,
+    and whether its task is still starting or running."""
+
+    def probe(name: str) -> tuple[str, bool, str]:
+        try:
+            chunks = api.service_logs(name, stdout=True, stderr=True)
+            logs = b"".join(chunks).decode(errors="replace")
+            tasks = api.tasks(filters={"service": name})
+        except docker.errors.NotFound:
+            return "", False, name
+        states = {t["Status"]["State"] for t in tasks}
+        return logs, bool(states & LIVE_TASK_STATES) or not tasks, name
+
+    return probe
+
+
+LIVE_TASK_STATES = {
+    "new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting",
+    "running",
+}  # fmt: skip
+
+
+def stop_services(api, server: str) -> int:
+    """Remove every service of the analyst's cluster (swarm mode); returns how many."""
+    found = api.services(filters={"label": f"{CLUSTER_LABEL}={server}"})
+    for service in found:
+        try:
+            api.remove_service(service["ID"])
+        except docker.errors.NotFound:
+            pass
     return len(found)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from docker.types import (
     ConfigReference,
@@ -35,11 +35,13 @@ from docker.types import (
     Placement,
     Resources,
     RestartPolicy,
+    SecretReference,
     ServiceMode,
     TaskTemplate,
 )
 from docker.utils import parse_bytes
 
+from hubstack import spark, spark_cluster
 from hubstack.hub import container_spec
 
 ACCOUNT_FILES = ("/etc/passwd", "/etc/group")
@@ -63,7 +65,8 @@ HOME_JOB_SCRIPT = (
 
 @dataclass(frozen=True)
 class AccountConfig:
-    """One account file as a Swarm config: its name (by content), data and mount path."""
+    """One file as a Swarm config (an account file, the Spark startup hook) or secret (the
+    Spark cluster's): its name (by content), data and mount path."""
 
     name: str
     data: bytes
@@ -128,6 +131,13 @@ class ServiceRequest:
     accounts: list[tuple[str, AccountConfig]] = field(default_factory=list)
     """(config ID, config) pairs, mounted at their targets."""
     mounts: list = field(default_factory=list)
+    secrets: list[tuple[str, AccountConfig]] = field(default_factory=list)
+    """(secret ID, secret) pairs, mounted at their targets readable by UID:GID only."""
+    args: list[str] = field(default_factory=list)
+    """Arguments to the image's entrypoint, which COMMAND (when given) replaces."""
+    hostname: str = ""
+    workdir: str = ""
+    """Where the process starts: the home unless set."""
 
 
 @dataclass(frozen=True)
@@ -286,9 +296,11 @@ def service_spec(req: ServiceRequest) -> dict:
     ]
     container = ContainerSpec(
         image=req.image,
-        command=req.command,
+        command=req.command or None,
+        args=req.args or None,
         env=req.env,
-        workdir=ident["home"],
+        workdir=req.workdir or ident["home"],
+        hostname=req.hostname or None,
         user=f"{ident['uid']}:{ident['gid']}",
         groups=[str(g) for g in ident["groups"]],
         labels=labels,
@@ -297,6 +309,18 @@ def service_spec(req: ServiceRequest) -> dict:
         configs=[
             ConfigReference(config_id, config.name, filename=config.target, uid="0", gid="0")
             for config_id, config in req.accounts
+        ]
+        or None,
+        secrets=[
+            SecretReference(
+                secret_id,
+                secret.name,
+                filename=secret.target,
+                uid=str(ident["uid"]),
+                gid=str(ident["gid"]),
+                mode=0o400,
+            )
+            for secret_id, secret in req.secrets
         ]
         or None,
         mounts=req.mounts or None,
@@ -319,3 +343,61 @@ def service_spec(req: ServiceRequest) -> dict:
         # robin over one), and nothing is published on the nodes' ports.
         "endpoint_spec": EndpointSpec(mode="dnsrr"),
     }
+
+
+def spark_files(
+    cfg, prefix: str, user_name: str, secret: str
+) -> tuple[AccountConfig, AccountConfig]:
+    """The Spark profile's files on a swarm: the analyst's spark-defaults.conf with their
+    cluster's secret (a Swarm secret, at the path the single-host spawner writes it to), and
+    the notebook's startup hook (a config). Named by content, labelled with the analyst."""
+    labels = {container_spec.USER_LABEL: user_name}
+    defaults = spark.auth_defaults(secret)
+    ((hook_path, hook),) = spark.driver_files(cfg).items()
+    return (
+        AccountConfig(
+            f"{prefix}-{user_name}-spark-{hashlib.sha256(defaults).hexdigest()[:12]}",
+            defaults,
+            spark.DEFAULTS_FILE,
+            labels,
+        ),
+        AccountConfig(
+            f"{prefix}-{user_name}-spark-hook-{hashlib.sha256(hook).hexdigest()[:12]}",
+            hook,
+            hook_path,
+            labels,
+        ),
+    )
+
+
+def spark_requests(
+    cfg, cluster: spark_cluster.ClusterSpec, base: ServiceRequest
+) -> list[ServiceRequest]:
+    """The analyst's Spark cluster as services: spark_cluster.roles (the single-host
+    cluster's daemons, settings, labels and limits) on BASE, the analyst's identity as their
+    server has it (UID:GID, account configs of the executor image, the secret, placement,
+    the reservation share, pids limit), on their own network only. Workers mount the home,
+    as on one host; nothing is published."""
+    out = []
+    for role in spark_cluster.roles(cfg, cluster):
+        out.append(
+            replace(
+                base,
+                name=role.name,
+                hostname=role.name,
+                image=cluster.image,
+                # The image's entrypoint (tini, spark-entrypoint) with the role, as on one host.
+                command=[],
+                args=[role.role],
+                env=role.env,
+                labels={**base.labels, **role.labels},
+                cpu_limit=role.cpus,
+                mem_limit=f"{role.mem_mb}m",
+                gpus=0,
+                networks=[cluster.network],
+                mounts=list(base.mounts) if role.worker else [],
+                # Not the image's /var/lib/spark (the image's spark user's, 0750).
+                workdir="/tmp",
+            )
+        )
+    return out

@@ -591,20 +591,26 @@ class HubstackSpawner(DockerSpawner):
             except docker.errors.ImageNotFound:
                 await self._in_pool(self._pull_quietly, image)
             await self._remember_tag(image, ref)
-            spec = spark_cluster.ClusterSpec(
-                server=self.container_name,
-                user=self.user.name,
-                ident=self._ident,
-                image=image,
-                network=self.network_name,
-                volumes=self._spark_volumes,
-            )
+            spec = self._cluster_spec(image, self.network_name, self._spark_volumes)
             await self._in_pool(
                 spark_cluster.start_cluster, self.cfg, self.engine, spec, self._spark_secret
             )
         finally:
             self._release_pending()
         self.spawn_progress.emit(85, "Your Spark cluster is ready")
+
+    def _cluster_spec(
+        self, image: str, network: str, volumes: dict | None = None
+    ) -> spark_cluster.ClusterSpec:
+        """The analyst's cluster: named after their server, run as them from IMAGE."""
+        return spark_cluster.ClusterSpec(
+            server=self.container_name,
+            user=self.user.name,
+            ident=self._ident,
+            image=image,
+            network=network,
+            volumes=volumes or {},
+        )
 
     def _pull_quietly(self, image: str) -> None:
         for ev in self.client.pull(image, stream=True, decode=True, auth_config=self._auth(image)):
@@ -621,13 +627,15 @@ class HubstackSpawner(DockerSpawner):
             cls._cluster_lock = asyncio.Lock()
         async with cls._cluster_lock:
             try:
-                await self._in_pool(
-                    spark_cluster.check_capacity, self.cfg, self.engine, cls._pending_cores
-                )
+                await self._in_pool(self._check_spark_capacity, cls._pending_cores)
             except spark_cluster.ClusterError as e:
                 raise web.HTTPError(409, str(e)) from None
             cls._pending_cores += spark.cluster_cores(self.cfg)
         self._holds_pending = True
+
+    def _check_spark_capacity(self, pending: int) -> None:
+        """Refuse a cluster past spark.max_total_cores (PENDING: cores being started)."""
+        spark_cluster.check_capacity(self.cfg, self.engine, pending)
 
     def _release_pending(self) -> None:
         if getattr(self, "_holds_pending", False):

@@ -18,8 +18,12 @@ inherited, not copied); what differs is where the server runs:
   stops): their server runs only there, and a profile that cannot run there is refused,
   naming the node and the remedy. With cluster.home_volume (shared) the home follows them.
 
-Not yet (docs/multi-node.md): Spark clusters as services (a Spark profile
-is refused, naming it), per-user images (an analyst with packages of their own is
+- a Spark profile's cluster of its own (hubstack.spark_cluster's roles, as services from
+  service_spec.spark_requests): a master and a service per worker on Spark-labelled
+  nodes, as the analyst, on the analyst's own overlay network with their server, its
+  secret a Swarm secret; removed with the server.
+
+Not yet (docs/multi-node.md): per-user images (an analyst with packages of their own is
 refused, with the way to start without them), the start queue, and the hub joining the
 analyst's overlay network by itself (`service_networks` names networks the hub is already
 on).
@@ -30,13 +34,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import re
+import time
+from collections.abc import Awaitable, Callable
 from pprint import pformat
 
 import docker
 from tornado import web
 from traitlets import Dict, Float, List, Unicode
 
+from hubstack import networks, spark, spark_cluster
 from hubstack.engine import PLATFORM_LABEL
 from hubstack.hub import container_spec, service_spec, versions
 from hubstack.hub.progress import SpawnProgress
@@ -49,6 +57,7 @@ UNPLACEABLE = "no suitable node"
 # Task states after running (a removed service's task passes through shutdown).
 OVER = {"complete", "shutdown", "failed", "rejected", "orphaned", "remove"}
 NODE_STATE = "swarm_node"
+NETWORK_REMOVE_TIMEOUT_S = 30
 HOME_NODE_STATE = "swarm_home_node"
 HOME_REMEDY = (
     "A home on a node's own disk keeps an analyst on that node; homes on shared storage "
@@ -91,6 +100,38 @@ def home_refusal(profile, node_name: str, why: str) -> str:
         f"{node_name!r}, where your home is: {why}. {HOME_REMEDY}: choose a profile that "
         f"runs on {node_name}, or ask the platform team"
     )
+
+
+def spark_refusal(profile, req: service_spec.ServiceRequest, err: str) -> str:
+    """What the analyst reads when no node can take a daemon of their Spark cluster now
+    (REQ, its service): what it needs, and the scheduler's own words."""
+    reserved = service_spec.resources(req).get("Reservations") or {}
+    cpus = reserved.get("NanoCPUs", 0) / 1e9
+    mib = reserved.get("MemoryBytes", 0) // 2**20
+    why = "every node that could run it is busy or unavailable"
+    if "insufficient resources" in err:
+        why = "no such node has that much CPU and memory unreserved"
+    elif "constraint" in err:
+        why = "no available node meets that"
+    return (
+        f"the profile {profile.display_name!r} ({profile.name}) cannot start now: your Spark "
+        f"cluster's {req.args[0]} ({req.name}) needs {cpus:g} CPU and {mib} MiB reserved "
+        f"on a node with {' and '.join(req.constraints)}, and {why}. The scheduler says: "
+        f"{err}. Try again when a Spark server has stopped, or choose another profile"
+    )
+
+
+async def gather_or_cancel(*waits: Awaitable) -> list:
+    """All WAITS' results; at the first failure the others are cancelled (not left polling
+    a service the failure's clean-up removes), then it is raised."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class SwarmRefusal(Exception):
@@ -332,18 +373,13 @@ class HubstackSwarmSpawner(HubstackSpawner):
         progress = self.spawn_progress
         profile = self._profile()
         if profile.spark:
-            # Said before any work: a server without its cluster would look like it worked.
-            raise web.HTTPError(
-                409,
-                f"the profile {profile.display_name!r} ({profile.name}) needs a Spark cluster "
-                "of your own, which swarm mode cannot start yet (docs/multi-node.md); "
-                "choose another profile",
-            )
+            # Said before any work: without a Spark node the cluster cannot start anywhere.
+            await self._in_pool(self._check_spark_nodes, profile)
         await self._refuse_own_packages()
         self._profile_cfg = profile
         ident = await self._identity()
         self._ident = ident
-        self._extra_env = {}
+        self._extra_env = self._spark_environment(profile) if profile.spark else {}
         tag = self._image_tag(profile)
         ref = self.cfg.image_ref(profile.image, tag)
         version = self._version()
@@ -387,16 +423,30 @@ class HubstackSwarmSpawner(HubstackSpawner):
             await self._in_pool(self._remove_configs, None)
             raise
         request = dataclasses.replace(request, constraints=pinned)
+        cluster: list[service_spec.ServiceRequest] = []
+        if profile.spark:
+            try:
+                request, cluster = await self._spark_requests(profile, request, tag)
+            except BaseException:
+                self._release_pending()
+                await self._in_pool(self._stop_spark)
+                await self._in_pool(self._remove_configs, None)
+                raise
         progress.emit(10, "Asking the swarm for a node")
         await self._in_pool(self._remove_service)  # a service a crashed hub left behind
-        created = await self._in_pool(
-            lambda: self.client.create_service(**service_spec.service_spec(request))
-        )
-        self.object_id = created["ID"]
         try:
-            task = await self._until_running(profile, request.constraints)
+            created = await self._in_pool(
+                lambda: self.client.create_service(**service_spec.service_spec(request))
+            )
+            self.object_id = created["ID"]
+            waits: list[Awaitable] = [self._until_running(profile, request.constraints)]
+            if cluster:
+                waits.append(self._start_spark_services(profile, cluster))
+            task, *_ = await gather_or_cancel(*waits)
         except BaseException:
+            self._release_pending()  # the cluster's cores, if its start was not reached
             await self._in_pool(self._remove_service)
+            await self._in_pool(self._stop_spark)
             await self._in_pool(self._remove_configs, None)
             self.object_id = ""
             raise
@@ -407,6 +457,177 @@ class HubstackSwarmSpawner(HubstackSpawner):
         )
         progress.emit(90, f"Your server runs on node {self.node_name}")
         return (self.service_name, self.port)
+
+    # --- the analyst's Spark cluster (a Spark profile) --------------------------------
+    @property
+    def spark_network(self) -> str:
+        """The analyst's own overlay network: their server and their cluster, no one else."""
+        return networks.network_name(self.cfg, self.user.name)
+
+    def _check_spark_nodes(self, profile) -> None:
+        """Refuse a Spark profile at once when no node can run a cluster: none labelled
+        cluster.node_labels.spark=true that is active and ready."""
+        key = self.cfg.cluster.node_labels.spark
+        labelled = [
+            n for n in self.client.nodes() if (n["Spec"].get("Labels") or {}).get(key) == "true"
+        ]
+        usable = [
+            n
+            for n in labelled
+            if n["Spec"].get("Availability", "active") == "active"
+            and (n.get("Status") or {}).get("State") == "ready"
+        ]
+        if not usable:
+            why = (
+                "the nodes labelled so are drained or down"
+                if labelled
+                else f"no node is labelled {key}=true (`hubstack nodes label NODE {key}=true`)"
+            )
+            raise web.HTTPError(
+                409,
+                f"the profile {profile.display_name!r} ({profile.name}) needs a Spark cluster "
+                f"of your own on a Spark node, and none can take it: {why}. Choose another "
+                "profile, or ask the platform team",
+            )
+
+    def _check_spark_capacity(self, pending: int) -> None:
+        # The platform's clusters are services on any node: count their worker services.
+        held = spark_cluster.service_cores_held(self.client, self.cfg.hub.network)
+        spark_cluster.check_capacity(self.cfg, None, pending, held=held)
+
+    def _ensure_spark_network(self) -> None:
+        """The analyst's attachable overlay network, made when missing (Swarm picks its
+        subnet); internal when notebooks have no egress."""
+        name = self.spark_network
+        if any(n["Name"] == name for n in self.client.networks(names=[name])):
+            return
+        try:
+            self.client.create_network(
+                name,
+                driver="overlay",
+                attachable=True,
+                internal=self.cfg.network.egress == "none",
+                labels={
+                    networks.NETWORK_LABEL: self.user.name,
+                    PLATFORM_LABEL: self.cfg.hub.network,
+                },
+                check_duplicate=True,
+            )
+        except docker.errors.APIError as e:
+            if "already exists" not in str(e):
+                raise
+
+    def _ensure_secret(self, secret: service_spec.AccountConfig) -> str:
+        made = self.client.create_secret(secret.name, secret.data, labels=secret.labels)
+        return made["ID"]
+
+    async def _spark_requests(
+        self, profile, request: service_spec.ServiceRequest, tag: str
+    ) -> tuple[service_spec.ServiceRequest, list[service_spec.ServiceRequest]]:
+        """The server's request with what its driver needs (the secret, the startup hook,
+        the analyst's network), and the cluster's services: the spark-executor image of
+        the server's version, by digest, as the analyst, placed on Spark nodes (and on the
+        home node, for a local home the workers mount)."""
+        progress = self.spawn_progress
+        progress.emit(6, f"Starting your Spark cluster ({self.cfg.spark.workers} workers)")
+        await self._reserve_spark_cores()  # released once the cluster runs, or by start
+        ref = self.cfg.image_ref(spark.EXECUTOR_IMAGE, tag)
+        image = await self._resolve_digest(ref)
+        await self._in_pool(self._login, image)
+        passwd, group = await self._in_pool(self._read_image_accounts, image)
+        prefix = f"{self.cfg.hub.network}-nb"
+        accounts = await self._in_pool(
+            self._ensure_configs,
+            service_spec.account_configs(prefix, self.user.name, request.ident, passwd, group),
+        )
+        self._spark_secret = spark_cluster.new_secret()
+        secret, hook = service_spec.spark_files(
+            self.cfg, prefix, self.user.name, self._spark_secret
+        )
+        (hook_ref,) = await self._in_pool(self._ensure_configs, [hook])
+        secret_ref = (await self._in_pool(self._ensure_secret, secret), secret)
+        await self._in_pool(self._ensure_spark_network)
+        server = dataclasses.replace(
+            request,
+            networks=[*request.networks, self.spark_network],
+            accounts=[*request.accounts, hook_ref],
+            secrets=[secret_ref],
+        )
+        key = self.cfg.cluster.node_labels.spark
+        pinned = [c for c in request.constraints if c.startswith("node.id==")]
+        spec = self._cluster_spec(image, self.spark_network)
+        base = dataclasses.replace(
+            request,
+            labels={PLATFORM_LABEL: self.cfg.hub.network},
+            accounts=accounts,
+            secrets=[secret_ref],
+            constraints=[f"node.labels.{key}==true", *pinned],
+        )
+        return server, service_spec.spark_requests(self.cfg, spec, base)
+
+    async def _start_spark_services(
+        self, profile, cluster: list[service_spec.ServiceRequest]
+    ) -> None:
+        """Create the cluster's services, wait until each task runs (a cluster Swarm cannot
+        place is refused, naming what it needs), then until the master is elected and
+        every worker registered."""
+        try:
+            for req in cluster:
+                await self._in_pool(self._remove_service, req.name)  # a crashed hub's
+                await self._in_pool(
+                    lambda req=req: self.client.create_service(**service_spec.service_spec(req))
+                )
+
+            await gather_or_cancel(
+                *(
+                    self._until_running(
+                        profile,
+                        req.constraints,
+                        service_id=req.name,
+                        what=f"Spark {req.args[0]}",
+                        refusal=functools.partial(spark_refusal, profile, req),
+                    )
+                    for req in cluster
+                )
+            )
+            master, *workers = (req.name for req in cluster)
+            try:
+                await self._in_pool(
+                    spark_cluster.wait_ready,
+                    spark_cluster.service_probe(self.client),
+                    master,
+                    workers,
+                )
+            except spark_cluster.ClusterError as e:
+                raise web.HTTPError(500, f"your Spark cluster did not start: {e}") from None
+        finally:
+            self._release_pending()
+        self.spawn_progress.emit(85, "Your Spark cluster is ready")
+
+    def _stop_spark(self) -> None:
+        """Remove the analyst's cluster services, their secrets and, once no task is on it
+        any more, their network. Nothing to do for a server without a cluster."""
+        spark_cluster.stop_services(self.client, self.service_name)
+        label = f"{container_spec.USER_LABEL}={self.user.name}"
+        own = f"{self.cfg.hub.network}-nb-{self.user.name}-spark-"
+        for secret in self.client.secrets(filters={"label": label}):
+            if secret["Spec"]["Name"].startswith(own):
+                with contextlib.suppress(docker.errors.APIError):
+                    self.client.remove_secret(secret["ID"])
+        if not self.client.networks(names=[self.spark_network]):
+            return
+        # A removed service's tasks leave the network a moment later, on their nodes.
+        deadline = time.monotonic() + NETWORK_REMOVE_TIMEOUT_S
+        while True:
+            try:
+                self.client.remove_network(self.spark_network)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     async def _refuse_own_packages(self) -> None:
         """Per-user images do not start on the swarm yet. An analyst with packages of their
@@ -431,10 +652,16 @@ class HubstackSwarmSpawner(HubstackSpawner):
             )
 
     async def _until_running(
-        self, profile, constraints: list[str], service_id: str = "", what: str = "Server"
+        self,
+        profile,
+        constraints: list[str],
+        service_id: str = "",
+        what: str = "Server",
+        refusal: Callable[[str], str] | None = None,
     ) -> dict:
         """The task of SERVICE_ID (the server's by default) once it runs. A task Swarm cannot
-        place is refused (409) after unplaceable_grace; one that fails says why (500)."""
+        place is refused (409) after unplaceable_grace, with REFUSAL(the scheduler's words)
+        when given; one that fails says why (500)."""
         service_id = service_id or self.object_id
         pinned = next((c for c in constraints if c.startswith("node.id==")), "")
         loop = asyncio.get_running_loop()
@@ -451,8 +678,12 @@ class HubstackSwarmSpawner(HubstackSpawner):
             if state == "pending" and UNPLACEABLE in err:
                 unplaceable_since = unplaceable_since or loop.time()
                 if loop.time() - unplaceable_since >= self.unplaceable_grace:
-                    message = refusal_message(
-                        profile, constraints, self.cfg.cluster.gpu_resource, err
+                    message = (
+                        refusal(err)
+                        if refusal
+                        else refusal_message(
+                            profile, constraints, self.cfg.cluster.gpu_resource, err
+                        )
                     )
                     if pinned:
                         message += (
@@ -508,6 +739,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
 
     async def stop(self, now=False):
         await self._in_pool(self._remove_service)
+        await self._in_pool(self._stop_spark)
         # A home task left by a start the hub did not finish (it removes its own otherwise).
         await self._in_pool(self._remove_service, self.home_job_name)
         await self._in_pool(self._remove_configs, None)

@@ -20,6 +20,7 @@ not check).
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import os
@@ -35,9 +36,14 @@ from tornado import web
 
 from hubstack.cli import main
 from hubstack.config import parse_config
-from hubstack.hub.container_spec import USER_LABEL
+from hubstack.hub.container_spec import USER_LABEL, image_account_files
 from hubstack.hub.swarm_spawner import HubstackSwarmSpawner
+from hubstack.images.build import push_image
 from hubstack.nodes import node_rows
+from hubstack.registry import RegistryClient
+from hubstack.spark import EXECUTOR_IMAGE
+from hubstack.spark_cluster import CLUSTER_LABEL
+from tests.conftest import TEST_TAG
 from tests.integration.swarm_nodes import TINY_IMAGE
 
 pytestmark = pytest.mark.integration
@@ -47,6 +53,7 @@ IDENTS = {
     "bob": {"uid": 23402, "gid": 23402, "groups": [23402], "home": "/home/bob"},
     "carol": {"uid": 23403, "gid": 23403, "groups": [23403], "home": "/home/carol"},
     "dave": {"uid": 23404, "gid": 23404, "groups": [23404], "home": "/home/dave"},
+    "erin": {"uid": 23405, "gid": 23405, "groups": [23405], "home": "/home/erin"},
 }
 
 
@@ -64,8 +71,68 @@ def hub_cfg(swarm_registry):
     data["profiles"] = [
         {"name": "default", "display_name": "Default", "image": TINY_IMAGE},
         {"name": "gpu", "display_name": "GPU", "image": TINY_IMAGE, "gpus": 1},
+        # The server runs the executor image too (built FROM notebook, so it holds the
+        # notebook's pyspark): one 2.3 GB image on the Spark node, not two.
+        {"name": "spark", "display_name": "Spark", "image": EXECUTOR_IMAGE, "spark": True},
     ]
+    # One worker: each is a JVM more to start (and its executor another) on CI's 2 cores;
+    # more workers are more services of the same spec (tests/unit/test_swarm_spark.py).
+    data["spark"] = {"workers": 1}
     return parse_config(data)
+
+
+@pytest.fixture(scope="module")
+def spark_executor(swarm, swarm_registry, hierarchy, registry, docker_client):
+    """The session's spark-executor image in the harness's TLS registry: its layers copied
+    from the session registry as stored (no gzip), then the host engine's push of what is
+    left (config and manifest). Its accounts are read once on the host engine, where the
+    image is, as the hub reads them on its own node. The tag and the nodes' copies go after."""
+    cfg = swarm_registry.cfg
+    started = time.monotonic()
+    layers, size = RegistryClient(cfg).copy_layers(
+        registry, EXECUTOR_IMAGE, TEST_TAG, EXECUTOR_IMAGE
+    )
+    repo = cfg.image_repository(EXECUTOR_IMAGE)
+    image = docker_client.images.get(hierarchy[EXECUTOR_IMAGE]["image_id"])
+    image.tag(repo, cfg.images.tag)
+    pulled = f"{cfg.pull_repository(EXECUTOR_IMAGE)}@"
+    try:
+        digest = push_image(cfg, docker_client, EXECUTOR_IMAGE, progress=lambda _: None)
+        print(
+            f"[swarm spark] {layers} layers ({size / 1e9:.2f} GB) copied, pushed in "
+            f"{time.monotonic() - started:.1f}s"
+        )
+        pulled += digest
+        # Pulled by the Spark node here, where its time shows on its own: a start would
+        # wait for it (a notebook node's first pull of a version, not what is tested).
+        started = time.monotonic()
+        swarm.node("spark").client.images.pull(pulled, auth_config=swarm_registry.pull_auth)
+        size = swarm.node("spark").client.images.get(pulled).attrs["Size"]
+        print(
+            f"[swarm spark] pulled by the spark node in {time.monotonic() - started:.1f}s "
+            f"({size / 1e9:.2f} GB on its disk until the module ends)"
+        )
+        seen = docker_client.containers.create(image.id, command=["true"])
+        try:
+            image_account_files(docker_client.api, seen.id, pulled)
+        finally:
+            seen.remove(force=True)
+        yield pulled
+    finally:
+        started = time.monotonic()
+        # The tag only: the image is the session's.
+        docker_client.images.remove(f"{repo}:{cfg.images.tag}")
+        for node in swarm.nodes:
+            # This module's services are gone, but their containers stay on the node a while
+            # (about 25 s), and an image a container holds is only untagged.
+            for c in node.client.containers.list(all=True, filters={"ancestor": pulled}):
+                with contextlib.suppress(docker.errors.APIError):
+                    c.remove(force=True)
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                node.client.images.remove(pulled, force=True)
+                node.client.images.get(pulled)
+                print(f"[swarm spark] the image is still on {node.name}: its containers held it")
+        print(f"[swarm spark] image removed from the nodes in {time.monotonic() - started:.1f}s")
 
 
 def _remove_volumes(swarm, keep=lambda volume: False, timeout: float = 60, **filters) -> None:
@@ -374,3 +441,67 @@ def test_a_shared_home_follows_the_analyst_to_another_node(swarm, shared_homes, 
     assert (notes.st_uid, notes.st_gid) == (23401, 23401)
     _run(on_gpu.stop())
     print(f"[swarm spawner] a shared home on two nodes in {time.monotonic() - started:.1f}s")
+
+
+SPARK_JOB = """
+import os, socket
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+print("MASTER", spark.sparkContext.master)
+ran = spark.sparkContext.parallelize(range(2), 2).map(
+    lambda _: (os.getuid(), os.getgid(), socket.gethostname())
+).collect()
+print("RAN", sorted(set(ran)))
+spark.stop()
+"""
+
+
+def test_a_spark_analysts_cluster_runs_as_services_on_the_spark_node(
+    swarm, spawners, spark_executor
+):
+    """A Spark profile start: the master and the worker's service on the Spark node, on
+    the analyst's own overlay network with their server; a job from the server (its Spark
+    session as the spawner set it up, through the master's service name) runs on the
+    workers as the analyst; after the stop nothing of the cluster is left."""
+    erin = spawners("erin", "spark")
+    started = time.monotonic()
+    _run(erin.start())
+    print(f"[swarm spark] start with a cluster in {time.monotonic() - started:.1f}s")
+    manager = swarm.manager.client.api
+    server = erin.service_name
+    cluster = manager.services(filters={"label": f"{CLUSTER_LABEL}={server}"})
+    names = sorted(s["Spec"]["Name"] for s in cluster)
+    assert names == [f"{server}-spark-master", f"{server}-spark-worker-1"]
+    spark_node = swarm.node("spark")
+    net = erin.spark_network
+    for name in names:
+        (task,) = manager.tasks(filters={"service": name})
+        assert task["NodeID"] == spark_node.node_id, name
+        # On the analyst's own network only: not the one the hub reaches servers on.
+        attached = [a["Network"]["Spec"]["Name"] for a in task["NetworksAttachments"]]
+        assert attached == [net], name
+        (c,) = spark_node.client.containers.list(
+            filters={"label": f"com.docker.swarm.service.name={name}"}
+        )
+        assert c.attrs["Config"]["User"] == "23405:23405"
+        assert c.attrs["Config"]["Image"] == spark_executor
+    (server_task,) = manager.tasks(filters={"service": server})
+    attached = [a["Network"]["Spec"]["Name"] for a in server_task["NetworksAttachments"]]
+    assert net in attached
+
+    started = time.monotonic()
+    result = _container(swarm, erin).exec_run(["python", "-c", SPARK_JOB])
+    out = result.output.decode(errors="replace")
+    assert result.exit_code == 0, out[-3000:]
+    assert f"MASTER spark://{server}-spark-master:7077" in out
+    ran = next(line for line in out.splitlines() if line.startswith("RAN "))
+    # Every task on the worker (its host name is its service's), as erin's UID:GID.
+    assert ast.literal_eval(ran[4:]) == [(23405, 23405, f"{server}-spark-worker-1")], ran
+
+    print(f"[swarm spark] the job ran in {time.monotonic() - started:.1f}s")
+    started = time.monotonic()
+    _run(erin.stop())
+    print(f"[swarm spark] stop in {time.monotonic() - started:.1f}s")
+    assert not manager.services(filters={"label": f"{CLUSTER_LABEL}={server}"})
+    assert not [s for s in manager.secrets() if "-erin-spark-" in s["Spec"]["Name"]]
+    assert not manager.networks(names=[net])

@@ -152,17 +152,29 @@ def test_a_refusal_names_the_profile_what_it_needs_and_why():
     assert "no available node has the labels it needs" in message
 
 
-def test_the_swarm_spawner_refuses_a_spark_profile_before_any_work():
-    """No Spark cluster as services yet: a server without its cluster would look like it
-    worked, so the start is refused, naming the profile, before the engine is asked."""
+@pytest.mark.parametrize(
+    ("nodes", "why"),
+    [
+        ([{"Spec": {"Labels": {"hubstack.gpu": "true"}}, "Status": {"State": "ready"}}],
+         "no node is labelled hubstack.spark=true"),
+        ([{"Spec": {"Labels": {"hubstack.spark": "true"}, "Availability": "drain"},
+           "Status": {"State": "ready"}}],
+         "the nodes labelled so are drained or down"),
+    ],
+)  # fmt: skip
+def test_the_swarm_spawner_refuses_a_spark_profile_with_no_spark_node(monkeypatch, nodes, why):
+    """A Spark cluster runs only on Spark-labelled nodes: with none usable the start is
+    refused before any other work, naming the profile, the label and the remedy."""
     s = HubstackSwarmSpawner(platform=parse_config({"cluster": {"mode": "swarm"}}))
+    monkeypatch.setattr(HubstackSwarmSpawner, "_client", SimpleNamespace(nodes=lambda: nodes))
     s.user = SimpleNamespace(name="alice", url="/user/alice/", groups=[])
     s.user_options = {"profile": "spark"}
     with pytest.raises(web.HTTPError) as refused:
         asyncio.run(s.start())
     assert refused.value.status_code == 409
-    assert "the profile " in refused.value.log_message
-    assert "(spark) needs a Spark cluster" in refused.value.log_message
+    message = refused.value.log_message
+    assert "(spark) needs a Spark cluster of your own on a Spark node" in message
+    assert why in message
 
 
 def test_the_swarm_spawner_refuses_own_packages_and_keeps_them(tmp_path):

@@ -82,8 +82,10 @@ def test_cluster_containers_run_as_the_analyst_limited_and_on_their_network():
         "hubstack-nb-alice-spark-worker-1",
         "hubstack-nb-alice-spark-worker-2",
     ]
-    worker = spark_cluster._container_kwargs(cfg, spec, "worker", "w1")
-    master = spark_cluster._container_kwargs(cfg, spec, "master", spec.master_name())
+    master_role, worker_role, _ = spark_cluster.roles(cfg, spec)
+    assert (master_role.name, worker_role.name) == (spec.master_name(), spec.worker_names(cfg)[0])
+    worker = spark_cluster._container_kwargs(cfg, spec, worker_role)
+    master = spark_cluster._container_kwargs(cfg, spec, master_role)
     for kw in (worker, master):
         hc = kw["host_config"]
         assert kw["user"] == "23001:23001" and kw["image"] == spec.image
