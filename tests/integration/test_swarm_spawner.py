@@ -1,6 +1,7 @@
 """The Swarm spawner (hubstack.hub.swarm_spawner) on the real two-node swarm of
 tests/integration/swarm_nodes.py: where analysts' servers land, the refusal when no GPU is
-free, a drained node, and the analyst's home (a local volume, pinning them to its node).
+free, a drained node, the analyst's home (a local volume, pinning them to its node, or a
+shared one that follows them), and a Spark profile's cluster as services.
 
 How it is driven: the spawner class's own start/poll/stop, called as JupyterHub calls them,
 against the manager's engine, with the analyst's identity as a login's auth state would
