@@ -598,6 +598,21 @@ def preflight(cfg: PlatformConfig, names: tuple[str, ...] | None = None) -> str:
     return f"{doctor.format_summary(checks)} ({engine})"
 
 
+def bootstrap_and_build(
+    cfg: PlatformConfig, client, stage: Stages, no_build: bool, instead: str
+) -> None:
+    """`up`'s bootstrap and build stages, in either mode (INSTEAD: what --no-build uses)."""
+    # The roots first: every build starts FROM the base image, and `up` on a fresh
+    # engine must not depend on a separate bootstrap step.
+    stage("bootstrap", f"base and registry images ({cfg.base.image}, {cfg.registry.image})")
+    ensure_registry_image(cfg, client)
+    if no_build:
+        stage("build", f"skipped (--no-build): {instead}")
+    else:
+        stage("build", "the image hierarchy, parents first (unchanged images: cache hits)")
+        build_images(cfg, client)
+
+
 def cmd_up(cfg: PlatformConfig, args) -> int:
     if cfg.cluster.mode == "swarm":
         return up_swarm(cfg, args)
@@ -608,15 +623,7 @@ def cmd_up(cfg: PlatformConfig, args) -> int:
     certificate = ensure_hub_certificate(cfg)
     render_env(cfg)
     stage("secrets", f"state, secrets and compose/.env under {cfg.state_dir}")
-    # The roots first: every build starts FROM the base image, and `up` on a fresh
-    # engine must not depend on a separate bootstrap step.
-    stage("bootstrap", f"base and registry images ({cfg.base.image}, {cfg.registry.image})")
-    ensure_registry_image(cfg, client)
-    if args.no_build:
-        stage("build", "skipped (--no-build): using the images in the engine")
-    else:
-        stage("build", "the image hierarchy, parents first (unchanged images: cache hits)")
-        build_images(cfg, client)
+    bootstrap_and_build(cfg, client, stage, args.no_build, "using the images in the engine")
     names = local_images(cfg, client)
     missing = [n for n in stack_images(cfg) if n not in names]
     if missing:
@@ -699,15 +706,11 @@ def up_swarm(cfg: PlatformConfig, args) -> int:
     render_env(cfg)
     path = swarm_stack.render(cfg, compose_model(cfg))
     stage("secrets", f"state, secrets and the stack file {path}")
-    stage("bootstrap", f"base and registry images ({cfg.base.image}, {cfg.registry.image})")
-    # The registry's services run this image on managers as the engine has it (no registry
+    # The registry's services run its image on managers as the engine has it (no registry
     # to pull it from yet): a second manager needs it loaded too (docs/multi-node.md).
-    ensure_registry_image(cfg, client)
-    if args.no_build:
-        stage("build", "skipped (--no-build): the images in the engine or the registry")
-    else:
-        stage("build", "the image hierarchy, parents first (unchanged images: cache hits)")
-        build_images(cfg, client)
+    bootstrap_and_build(
+        cfg, client, stage, args.no_build, "the images in the engine or the registry"
+    )
     project = project_name(cfg)
     stage(
         "registry",
