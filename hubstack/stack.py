@@ -673,17 +673,8 @@ def say_how_to_log_in(cfg: PlatformConfig, certificate) -> None:
         print("log in with an account from the users file (`hubstack users list`)")
 
 
-SWARM_UP_STAGES = (
-    "checks",
-    "secrets",
-    "bootstrap",
-    "build",
-    "registry",
-    "push",
-    "stable",
-    "deploy",
-    "health",
-)
+# The same stages; the platform starts as one `docker stack deploy`.
+SWARM_UP_STAGES = tuple("deploy" if name == "start" else name for name in UP_STAGES)
 # No port checks: Swarm publishes each port on the node it places the task on, which need
 # not be the machine `up` runs on.
 SWARM_CHECKS = ("python", "engine", "compose", "disk")
