@@ -842,9 +842,7 @@ def status_swarm(cfg: PlatformConfig) -> int:
     for service in sorted(swarm_stack.stack_services(cfg, api), key=lambda s: s["Spec"]["Name"]):
         task = swarm_stack.service_task(api, service["ID"])
         print(f"  {service['Spec']['Name']:<40} {swarm_stack.describe_task(task)}")
-    servers = [
-        s for s in swarm_stack.server_services(cfg, api) if not s["Spec"]["Name"].endswith("-home")
-    ]
+    servers = [s for s in swarm_stack.server_services(cfg, api) if swarm_stack.is_server(s)]
     print(f"\nnotebook servers: {len(servers)} (`hubstack nodes` shows where)")
     for s in servers:
         labels = s["Spec"].get("Labels") or {}

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 import docker
 import yaml
 
+from hubstack import networks, spark_cluster
 from hubstack.config import PlatformConfig
 from hubstack.engine import PLATFORM_LABEL, project_name
 from hubstack.errors import CommandError
@@ -330,8 +331,16 @@ def wait_running(
 
 
 def server_services(cfg: PlatformConfig, api: docker.APIClient) -> list[dict]:
-    """The analysts' servers' services (and their home tasks) of this platform."""
+    """The analysts' services of this platform: servers, their home tasks, their Spark
+    clusters' daemons."""
     return api.services(filters={"label": f"{PLATFORM_LABEL}={cfg.hub.network}"})
+
+
+def is_server(service: dict) -> bool:
+    """An analyst's notebook server itself, not its home task nor a Spark daemon of theirs."""
+    labels = service["Spec"].get("Labels") or {}
+    spark_daemon = labels.get(spark_cluster.COMPONENT_KEY) == spark_cluster.COMPONENT_VALUE
+    return not service["Spec"]["Name"].endswith("-home") and not spark_daemon
 
 
 def stop_servers(cfg: PlatformConfig, api: docker.APIClient) -> list[str]:
@@ -343,15 +352,43 @@ def stop_servers(cfg: PlatformConfig, api: docker.APIClient) -> list[str]:
         name = service["Spec"]["Name"]
         with contextlib.suppress(docker.errors.NotFound):
             api.remove_service(service["ID"])
-        if not name.endswith("-home"):
+        if is_server(service):
             lines.append(f"stopped {name}")
-    # Their account configs (passwd, group), named PREFIX-USER-...: unused once the
-    # services are gone.
+    # Their account configs (passwd, group) and Spark clusters' secrets, named
+    # PREFIX-USER-...: unused once the services are gone (as the spawner's stop removes
+    # them, with the analysts' own overlays).
+    for secret in api.secrets():
+        if secret["Spec"]["Name"].startswith(prefix):
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_secret(secret["ID"])
+    for network in api.networks(filters={"label": networks.NETWORK_LABEL}):
+        if (network.get("Labels") or {}).get(PLATFORM_LABEL) == cfg.hub.network:
+            try:
+                remove_network(api, network["Id"])
+            except docker.errors.APIError as e:
+                lines.append(f"kept the network {network['Name']}: {e.explanation or e}")
     for config in api.configs():
         if config["Spec"]["Name"].startswith(prefix):
             with contextlib.suppress(docker.errors.APIError):
                 api.remove_config(config["ID"])
     return lines
+
+
+def remove_network(api: docker.APIClient, network: str, timeout: float = 30) -> None:
+    """Remove an analyst's overlay NETWORK (name or ID) once nothing is on it: a removed
+    service's tasks leave it a moment later, on their nodes. Raises what the engine last
+    said when it is still in use after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            api.remove_network(network)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def stack_services(cfg: PlatformConfig, api: docker.APIClient) -> list[dict]:

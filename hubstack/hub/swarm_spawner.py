@@ -36,7 +36,6 @@ import contextlib
 import dataclasses
 import functools
 import re
-import time
 from collections.abc import Awaitable, Callable
 from pprint import pformat
 
@@ -44,7 +43,7 @@ import docker
 from tornado import web
 from traitlets import Dict, Float, List, Unicode
 
-from hubstack import networks, spark, spark_cluster
+from hubstack import networks, spark, spark_cluster, swarm_stack
 from hubstack.engine import PLATFORM_LABEL
 from hubstack.hub import container_spec, service_spec, versions
 from hubstack.hub.progress import SpawnProgress
@@ -57,7 +56,6 @@ UNPLACEABLE = "no suitable node"
 # Task states after running (a removed service's task passes through shutdown).
 OVER = {"complete", "shutdown", "failed", "rejected", "orphaned", "remove"}
 NODE_STATE = "swarm_node"
-NETWORK_REMOVE_TIMEOUT_S = 30
 HOME_NODE_STATE = "swarm_home_node"
 HOME_REMEDY = (
     "A home on a node's own disk keeps an analyst on that node; homes on shared storage "
@@ -614,20 +612,8 @@ class HubstackSwarmSpawner(HubstackSpawner):
             if secret["Spec"]["Name"].startswith(own):
                 with contextlib.suppress(docker.errors.APIError):
                     self.client.remove_secret(secret["ID"])
-        if not self.client.networks(names=[self.spark_network]):
-            return
-        # A removed service's tasks leave the network a moment later, on their nodes.
-        deadline = time.monotonic() + NETWORK_REMOVE_TIMEOUT_S
-        while True:
-            try:
-                self.client.remove_network(self.spark_network)
-                return
-            except docker.errors.NotFound:
-                return
-            except docker.errors.APIError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        if self.client.networks(names=[self.spark_network]):
+            swarm_stack.remove_network(self.client, self.spark_network)
 
     async def _refuse_own_packages(self) -> None:
         """Per-user images do not start on the swarm yet. An analyst with packages of their
