@@ -11,8 +11,9 @@ import pytest
 import requests
 import yaml
 
-from hubstack import stack, swarm_stack
+from hubstack import spark_cluster, stack, swarm_stack
 from hubstack.config import parse_config
+from hubstack.engine import PLATFORM_LABEL
 from hubstack.errors import CommandError
 from hubstack.registry import Credentials, RegistryClient
 
@@ -148,3 +149,57 @@ def test_the_platform_ca_is_used_even_where_requests_ca_bundle_is_set(swarm_cfg,
     monkeypatch.setattr(client.session, "request", request)
     assert not client.ping()
     assert seen["verify"] == swarm_stack.HUB_PLATFORM_CA
+
+
+class RecordingSwarm:
+    """The few manager API calls `hubstack down` makes, over fixed objects; records removals.
+    (The real stack's down is tested on the harness in test_swarm_stack.py, without Spark.)"""
+
+    def __init__(self, net: str):
+        spark = {spark_cluster.COMPONENT_KEY: spark_cluster.COMPONENT_VALUE}
+        mine = {PLATFORM_LABEL: net}
+        self.objects = {
+            "service": [
+                {"ID": "s1", "Spec": {"Name": f"{net}-nb-alice", "Labels": mine}},
+                {"ID": "s2", "Spec": {"Name": f"{net}-nb-alice-home", "Labels": mine}},
+                {"ID": "s3", "Spec": {"Name": f"{net}-nb-alice-spark-master",
+                                      "Labels": {**mine, **spark}}},
+            ],
+            "secret": [
+                {"ID": "x1", "Spec": {"Name": f"{net}-nb-alice-spark-abc"}},
+                {"ID": "x2", "Spec": {"Name": "someone-elses"}},
+            ],
+            "network": [
+                {"Id": "n1", "Name": f"{net}-user-alice", "Labels": mine},
+                {"Id": "n2", "Name": "other-platform-user-bob",
+                 "Labels": {PLATFORM_LABEL: "other"}},
+            ],
+            "config": [{"ID": "c1", "Spec": {"Name": f"{net}-nb-alice-passwd-1"}}],
+        }  # fmt: skip
+        self.removed: list[str] = []
+
+    def services(self, filters=None):
+        return self.objects["service"]
+
+    def secrets(self, filters=None):
+        return self.objects["secret"]
+
+    def networks(self, filters=None, names=None):
+        return self.objects["network"]
+
+    def configs(self, filters=None):
+        return self.objects["config"]
+
+    def remove_service(self, oid):
+        self.removed.append(oid)
+
+    remove_secret = remove_network = remove_config = remove_service
+
+
+def test_down_removes_the_analysts_spark_secrets_and_networks_and_names_only_servers(swarm_cfg):
+    api = RecordingSwarm(swarm_cfg.hub.network)
+    lines = swarm_stack.stop_servers(swarm_cfg, api)
+    assert lines == [f"stopped {swarm_cfg.hub.network}-nb-alice"]
+    assert sorted(api.removed) == ["c1", "n1", "s1", "s2", "s3", "x1"]
+    servers = [s["Spec"]["Name"] for s in api.services() if swarm_stack.is_server(s)]
+    assert servers == [f"{swarm_cfg.hub.network}-nb-alice"]
