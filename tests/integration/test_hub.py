@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from hubstack import stack
+from hubstack.engine import project_name
 from hubstack.hub.users import users_file_for
 from tests.integration.conftest import ANALYSTS
 from tests.integration.hubstack_e2e import (
@@ -126,7 +127,7 @@ def test_status_lists_running_servers(hub_stack, clients):
     assert "alice" in r.stdout
 
 
-def test_plain_docker_compose_starts_the_platform(hub_stack, clients):
+def test_plain_docker_compose_starts_the_platform(hub_stack, clients, docker_client):
     """Once `hubstack up` has run, compose/.env lets plain `docker compose` drive the stack."""
     cfg, _, _ = hub_stack
     alice = clients["alice"]
@@ -142,7 +143,22 @@ def test_plain_docker_compose_starts_the_platform(hub_stack, clients):
     r = subprocess.run(
         [*plain, "up", "-d", "--wait"], cwd=REPO, capture_output=True, text=True, timeout=600
     )
-    assert r.returncode == 0, r.stderr
+    if r.returncode != 0:
+        # A stopped or restarting container reads "unhealthy" to compose, so a hub that
+        # exits during its start fails `--wait` at once: say how often and why it exited.
+        (hub,) = docker_client.containers.list(
+            all=True,
+            filters={
+                "label": [
+                    f"com.docker.compose.project={project_name(cfg)}",
+                    "com.docker.compose.service=hub",
+                ]
+            },
+        )
+        raise AssertionError(
+            f"{r.stderr}\nhub: {hub.status}, restarted {hub.attrs['RestartCount']} times; "
+            f"its log ends:\n{hub.logs(tail=80).decode(errors='replace')}"
+        )
     assert read_back_after_restart(cfg, alice, "compose.txt") == "plain compose"
 
 
