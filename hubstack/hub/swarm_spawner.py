@@ -64,6 +64,18 @@ UNPLACEABLE = "no suitable node"
 OVER = {"complete", "shutdown", "failed", "rejected", "orphaned", "remove"}
 NODE_STATE = "swarm_node"
 HOME_NODE_STATE = "swarm_home_node"
+# Swarm's constraint enforcer (dockerd 20.10) rejects every running task holding a generic
+# resource on a node as soon as an overlay network newly lands on that node ("assigned node
+# no longer meets constraints": moby/swarmkit's enforcer treats a GPU the task holds as
+# missing; docker/cli#1805): a GPU server on a network of its own is rejected at once, and
+# any other analyst's network arriving on its node later would stop it. Measured on the test
+# swarm; docs/multi-node.md "One network per analyst".
+GPU_NETWORK_REFUSAL = (
+    "the profile {display!r} ({name}) cannot start on this swarm yet: a GPU server on a "
+    "network of its own is stopped by Swarm itself (its constraint enforcer rejects a task "
+    "holding a GPU whenever an overlay network newly reaches its node, docs/multi-node.md). "
+    "Choose a profile without GPUs, or ask the platform team"
+)
 HOME_REMEDY = (
     "A home on a node's own disk keeps an analyst on that node; homes on shared storage "
     "(NFS, or a file system mounted at the same path on every node: cluster.home_volume, "
@@ -398,6 +410,10 @@ class HubstackSwarmSpawner(HubstackSpawner):
             # Said before any work: without a Spark node the cluster cannot start anywhere.
             await self._in_pool(self._check_spark_nodes, profile)
         await self._refuse_own_packages()
+        if profile.gpus and self.hub_container:
+            raise web.HTTPError(
+                409, GPU_NETWORK_REFUSAL.format(display=profile.display_name, name=profile.name)
+            )
         self._profile_cfg = profile
         ident = await self._identity()
         self._ident = ident
@@ -434,7 +450,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
             constraints=constraints,
             gpus=profile.gpus,
             gpu_resource=self.cfg.cluster.gpu_resource,
-            networks=[self.user_network, *self.service_networks],
+            networks=self._server_networks(profile),
             accounts=accounts,
             mounts=[home.server_mount()],
         )
@@ -448,8 +464,9 @@ class HubstackSwarmSpawner(HubstackSpawner):
         cluster: list[service_spec.ServiceRequest] = []
         try:
             # Before the service: its task's first packets to `hub` must find the hub there.
-            await self._in_pool(self._ensure_network)
-            await self._in_pool(self._connect_hub)
+            if self.user_network in request.networks or profile.spark:
+                await self._in_pool(self._ensure_network)
+                await self._in_pool(self._connect_hub)
             if profile.spark:
                 request, cluster = await self._spark_requests(profile, request, tag)
         except BaseException:
@@ -494,6 +511,14 @@ class HubstackSwarmSpawner(HubstackSpawner):
         return networks.network_name(self.cfg, self.user.name)
 
     spark_network = user_network  # a Spark cluster's network is the analyst's own
+
+    def _server_networks(self, profile) -> list[str]:
+        """The server's networks: the analyst's own, then service_networks. A GPU profile's
+        server gets service_networks only: Swarm stops a GPU task when a network newly
+        reaches its node (GPU_NETWORK_REFUSAL); with a hub container (a real hub) such a
+        start is refused before this."""
+        own = [] if profile.gpus else [self.user_network]
+        return [*own, *self.service_networks]
 
     def _connect_hub(self) -> None:
         """The hub's container on the analyst's network as `hub` (already there after a hub

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import docker
 import pytest
+from tornado import web
 
 from hubstack.config import parse_config
 from hubstack.engine import PLATFORM_LABEL
@@ -143,3 +144,18 @@ def test_a_route_is_a_connection_or_a_refusal(monkeypatch, refused):
 
     monkeypatch.setattr("socket.create_connection", connect)
     assert s._routed() is refused
+
+
+def test_a_gpu_profile_is_refused_with_a_real_hub_and_gets_no_network_of_its_own(monkeypatch):
+    """Swarm (dockerd 20.10) rejects a task holding a GPU whenever an overlay network newly
+    reaches its node: a GPU server on a network of its own never runs there."""
+    s = spawner(monkeypatch, RecordingManager())
+    gpu, default = s.cfg.profile("gpu"), s.cfg.profile("default")
+    assert s._server_networks(default) == ["hs-user-alice"]
+    assert s._server_networks(gpu) == []
+    monkeypatch.setattr(HubstackSwarmSpawner, "_profile", lambda self: gpu)
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(s.start())
+    assert refused.value.status_code == 409
+    assert "cannot start on this swarm yet" in refused.value.log_message
+    assert "Choose a profile without GPUs" in refused.value.log_message
