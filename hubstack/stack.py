@@ -684,7 +684,8 @@ def up_swarm(cfg: PlatformConfig, args) -> int:
     """`up` with cluster.mode: swarm, on a manager (or DOCKER_HOST naming one's socket): the
     same stages as on one host up to the push, which goes to the stack's own registry on
     this manager's loopback; then the whole platform as one `docker stack deploy`
-    (hubstack.swarm_stack), and the hub's /hub/health where its task publishes it."""
+    (hubstack.swarm_stack) with the hub as a plain container on this manager beside it, and
+    the hub's /hub/health where that container publishes it."""
     stage = Stages("up", SWARM_UP_STAGES)
     # Before anything is written: on an engine that is no manager, nothing could be deployed.
     client = docker_client()
@@ -695,7 +696,9 @@ def up_swarm(cfg: PlatformConfig, args) -> int:
     ensure_secrets(cfg)
     certificate = ensure_hub_certificate(cfg)
     render_env(cfg)
-    path = swarm_stack.render(cfg, compose_model(cfg))
+    model = compose_model(cfg)
+    path = swarm_stack.render(cfg, model)
+    hub = swarm_stack.hub_container_spec(cfg, model, socket_path)
     stage("secrets", f"state, secrets and the stack file {path}")
     # The registry's services run its image on managers as the engine has it (no registry
     # to pull it from yet): a second manager needs it loaded too (docs/multi-node.md).
@@ -735,11 +738,16 @@ def up_swarm(cfg: PlatformConfig, args) -> int:
     # what their tasks run.
     if served_tag == STABLE:
         serve_images(cfg, client, [n for n in stack_images(cfg) if n != cfg.hub.image])
-    stage("deploy", f"the whole stack: docker stack deploy {project} ({path})")
+    stage(
+        "deploy",
+        f"the whole stack: docker stack deploy {project} ({path}), and the hub as the "
+        f"container {hub.name} on this manager",
+    )
     swarm_stack.deploy(cfg, path)
-    swarm_stack.wait_running(api, project, ("hub",), timeout=300, say=_say)
+    swarm_stack.run_hub(cfg, api, hub)
+    _say(f"  hub: {swarm_stack.hub_state(cfg, api)}")
     stage("health", f"waiting for {hub_url(cfg)}hub/health")
-    wait_for_hub(cfg, logs=f"`docker service logs {project}_hub`")
+    wait_for_hub(cfg, logs=f"`docker logs {hub.name}`")
     print(f"\nhubstack is up in {stage.total()}: {cfg.hub.public_url} (Swarm stack {project})")
     say_how_to_log_in(cfg, certificate)
     return 0
@@ -792,14 +800,18 @@ def stop_servers(cfg: PlatformConfig, client, timeout: int = 10) -> list[str]:
 
 
 def down_swarm(cfg: PlatformConfig, args) -> int:
-    """`docker stack rm` of the platform, its analysts' services first (their homes are
-    volumes on the nodes and stay, as the stack's volumes do)."""
+    """The hub's container, the analysts' services (their homes are volumes on the nodes and
+    stay, as the stack's volumes do), then `docker stack rm` of the platform."""
     api = swarm_stack.manager_api(docker_client())
+    # The hub first: its container is on each analyst's network, which it would otherwise hold.
+    hub = swarm_stack.remove_hub(cfg, api)
+    if hub:
+        print(f"removed the hub's container {swarm_stack.hub_container_name(cfg)}", flush=True)
     stopped = [] if args.keep_servers else swarm_stack.stop_servers(cfg, api)
     for line in stopped:
         print(line, flush=True)
     removed = swarm_stack.remove(cfg, api)
-    if not removed and not stopped:
+    if not removed and not stopped and not hub:
         print("nothing to stop: hubstack is not running")
         return 0
     print(f"removed the stack {project_name(cfg)}: {', '.join(removed) or 'no services'}")
@@ -838,6 +850,8 @@ def cmd_down(cfg: PlatformConfig, args) -> int:
 def status_swarm(cfg: PlatformConfig) -> int:
     api = swarm_stack.manager_api(docker_client())
     print(f"hub: {cfg.hub.public_url}")
+    hub = swarm_stack.hub_state(cfg, api) or "not there"
+    print(f"hub container (this manager):\n  {swarm_stack.hub_container_name(cfg):<40} {hub}")
     print(f"services (Swarm stack {project_name(cfg)}):")
     for service in sorted(swarm_stack.stack_services(cfg, api), key=lambda s: s["Spec"]["Name"]):
         task = swarm_stack.service_task(api, service["ID"])

@@ -1,14 +1,12 @@
-"""cluster.mode: swarm: the platform's compose files as a Swarm stack.
+"""cluster.mode: swarm: the platform's compose files as a Swarm stack, and the hub beside it.
 
 The same compose files single mode runs (compose/compose.yaml, and compose/tls.yaml with
 hub.tls), rendered by `docker compose config` with the same .env, then changed only where
 Swarm needs it (swarm_model):
-- the platform network is an overlay, and a second attachable overlay (servers_network)
-  holds the hub and the analysts' servers (services, hubstack.hub.swarm_spawner): the hub
-  reaches each by its service name, and no server reaches the registries' network;
-- the hub and the registry instances are placed on managers (`node.role==manager`): the
-  hub needs a manager's engine to create services, and its database and the registry's
-  storage are volumes on that node;
+- the platform network is an attachable overlay: the registries' services are on it, and
+  the hub's container joins it;
+- the registry instances are placed on managers (`node.role==manager`): their storage is
+  a volume on that node;
 - compose's file secrets become Swarm secrets, named with a digest of their content (a
   Swarm secret cannot change: a new content is a new secret, and the stack moves to it);
 - what Swarm rejects or ignores goes: `depends_on`, `container_name`, `restart` (a restart
@@ -18,13 +16,22 @@ Swarm needs it (swarm_model):
 - the read-only registry serves HTTPS with the certificate from the platform CA (nodes pull
   from it, trusting the CA they hold under /etc/docker/certs.d), as registry_container_spec
   does for a single host's TLS instance;
-- services are reached by DNS round robin (their task's address), not a virtual IP;
-- the hub's Docker socket is the engine `up` talks to (a manager's), and its image is
-  named at the read-only registry's address, which every node can pull from.
+- services are reached by DNS round robin (their task's address), not a virtual IP.
 
-`render` writes the result to STATE_DIR/hub/stack.yaml, `deploy` runs `docker stack
+The hub is no service of the stack: it is a plain container on the manager `up` runs on
+(hub_container_spec, run_hub), made from the same compose service: restart unless-stopped,
+on the stack's overlay as `hub`, its port published as single mode publishes it, its
+database in the same volume, its secrets the files under the state dir bind-mounted
+read-only (as compose does on one host), the manager's engine socket, and its image from
+the read-only registry. A Swarm task cannot be connected to another network by hand, and
+a plain container can: the spawner connects the hub to each analyst's own overlay at
+their start and disconnects it at their stop (hubstack.hub.swarm_spawner,
+docs/multi-node.md "One network per analyst").
+
+`render` writes the stack to STATE_DIR/hub/stack.yaml, `deploy` runs `docker stack
 deploy` (`hubstack up` deploys the registries first, then the whole stack: registries_file),
-`remove` runs `docker stack rm` (`hubstack down`: volumes stay, as in single mode).
+`remove` runs `docker stack rm` (`hubstack down`, after remove_hub: volumes stay, as in
+single mode).
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -55,7 +64,7 @@ from hubstack.registry import TLS_KEY as REGISTRY_TLS_KEY
 MANAGER = "node.role==manager"
 SECRET_NAME_MAX = 64
 SECRET_MODE = 0o400
-ON_MANAGERS = ("hub", "registry", "registry-pull", "registry-users")
+ON_MANAGERS = ("registry", "registry-pull", "registry-users")
 REGISTRIES = ("registry", "registry-pull", "registry-users")
 # Where the hub's copy of the config (hubstack.stack.hub_config, state_dir
 # /srv/jupyterhub/state) finds the platform CA: its registry API calls to the read-only
@@ -66,15 +75,17 @@ DOCKER_SOCKET = "/var/run/docker.sock"
 DROPPED = ("depends_on", "container_name", "restart", "tmpfs")
 
 
-SERVERS = "servers"
+HUB = "hub"
+# The hub container's name reaches the spawner in this variable (`up` sets it), so that it
+# connects its own container to each analyst's overlay network.
+HUB_CONTAINER_ENV = "HUBSTACK_HUB_CONTAINER"
+HUB_LABEL = "io.hubstack.swarm-hub"
+HUB_ALIAS = "hub"
 
 
-def servers_network(cfg: PlatformConfig) -> str:
-    """The overlay network analysts' servers join (HubstackSwarmSpawner.service_networks):
-    the hub is on it, so it reaches each server by its service name; the registries are not.
-    One network for every analyst's server, unlike single mode's network per analyst (the
-    spawner does not yet make one per analyst: docs/multi-node.md)."""
-    return f"{cfg.hub.network}-servers"
+def hub_container_name(cfg: PlatformConfig) -> str:
+    """The hub's container on the manager (`up` runs it, `down` removes it)."""
+    return f"{project_name(cfg)}-hub"
 
 
 def engine_socket(docker_host: str | None = None) -> str:
@@ -117,43 +128,29 @@ def swarm_model(
     if registry_tls is not None:
         for key, path in zip(("registry_tls_cert", "registry_tls_key"), registry_tls, strict=True):
             secrets[key] = {"name": secret_name(project, key, path.read_bytes()), "file": str(path)}
-    ca = cfg.tls_ca_cert_file
-    if registry_tls is not None and ca.is_file():
-        secrets["platform_ca"] = {
-            "name": secret_name(project, "platform_ca", ca.read_bytes()),
-            "file": str(ca),
-        }
     for name, service in model["services"].items():
+        if name == HUB:  # a plain container beside the stack: hub_container_spec
+            continue
         s = _service(name, service, socket, registry_tls is not None)
         push = f"{cfg.registry.address}/"
         if s.get("image", "").startswith(push):
             # Our images as every node pulls them: the read-only instance, over TLS.
             s["image"] = f"{cfg.registry.pull_address}/{s['image'][len(push) :]}"
         out["services"][name] = s
+    # Attachable: the hub's container joins the platform network (registries' names).
     out["networks"] = {
         key: {"name": net.get("name", key), "driver": "overlay", "attachable": True}
         for key, net in (model.get("networks") or {}).items()
     }
-    # The analysts' servers' network: the hub is on it, the registries are not.
-    out["networks"][SERVERS] = {
-        "name": servers_network(cfg),
-        "driver": "overlay",
-        "attachable": True,
-    }
-    hub = out["services"]["hub"]
-    hub["networks"][SERVERS] = {"aliases": ["hub"]}
-    if "platform_ca" in secrets:
-        # Public, but handled as the other files are: a content-named Swarm secret.
-        hub.setdefault("secrets", []).append(
-            {"source": "platform_ca", "target": HUB_PLATFORM_CA, "mode": SECRET_MODE}
-        )
     out["volumes"] = {
         key: {"name": vol["name"]} if "name" in vol else {}
         for key, vol in (model.get("volumes") or {}).items()
     }
     if secrets:
         out["secrets"] = secrets
-    return out
+    # Only the secrets the stack's services use (a stack deploy creates each one it declares):
+    # the hub's are files bind-mounted into its container.
+    return only(out, tuple(out["services"]))
 
 
 def _service(name: str, service: dict, socket: str, registry_tls: bool) -> dict:
@@ -246,6 +243,187 @@ def only(data: dict, services: tuple[str, ...]) -> dict:
         if not out["secrets"]:
             del out["secrets"]
     return out
+
+
+@dataclasses.dataclass
+class HubContainer:
+    """The hub's container as `up` runs it on the manager (hub_container_spec)."""
+
+    name: str
+    image: str
+    environment: dict[str, str]
+    labels: dict[str, str]
+    ports: dict[str, tuple[str, int]]  # "8000/tcp" -> (host address, port)
+    mounts: list[dict]  # {type: bind | volume, source, target, read_only}
+    tmpfs: dict[str, str]
+    networks: dict[str, list[str]]  # network name -> aliases
+    healthcheck: dict | None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
+_UNIT_NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def nanoseconds(duration: str | int) -> int:
+    """A compose duration ("2s", "1m30s") in nanoseconds, as the engine's healthcheck takes."""
+    if isinstance(duration, int):
+        return duration
+    parts = _DURATION.findall(duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        raise CommandError(f"not a duration: {duration!r}")
+    return sum(int(float(n) * _UNIT_NS[u]) for n, u in parts)
+
+
+def hub_container_spec(
+    cfg: PlatformConfig, model: dict, socket: str = DOCKER_SOCKET
+) -> HubContainer:
+    """The hub's compose service in MODEL as a plain container on the manager, as compose runs
+    it on one host, except: its image from the read-only registry (the manager pulls it like
+    any node), the socket of the manager's engine `up` talks to, the platform CA for its
+    registry calls over TLS (HUB_PLATFORM_CA), and its own name in HUB_CONTAINER_ENV."""
+    service = model["services"][HUB]
+    project = project_name(cfg)
+    name = hub_container_name(cfg)
+    image = service["image"]
+    push = f"{cfg.registry.address}/"
+    if image.startswith(push):
+        image = f"{cfg.registry.pull_address}/{image[len(push) :]}"
+    ports = {
+        f"{p['target']}/{p.get('protocol', 'tcp')}": (p.get("host_ip") or "", int(p["published"]))
+        for p in service.get("ports") or []
+    }
+    volumes = model.get("volumes") or {}
+    mounts = []
+    for v in service.get("volumes") or []:
+        source = v["source"]
+        if v["type"] == "volume":
+            # The engine's name for the compose volume: the stack's, which holds the database.
+            source = (volumes.get(source) or {}).get("name") or f"{project}_{source}"
+        elif v["type"] == "bind" and v["target"] == DOCKER_SOCKET:
+            source = socket
+        elif v["type"] != "bind":
+            raise CommandError(f"the hub's volume {v} is neither a bind nor a volume")
+        mounts.append(
+            {"type": v["type"], "source": source, "target": v["target"],
+             "read_only": bool(v.get("read_only"))}
+        )  # fmt: skip
+    # Compose's file secrets, as compose mounts them on one host: the files, read-only.
+    for ref in service.get("secrets") or []:
+        ref = ref if isinstance(ref, dict) else {"source": ref}
+        key = ref["source"]
+        target = ref.get("target") or f"/run/secrets/{key}"
+        if not target.startswith("/"):
+            target = f"/run/secrets/{target}"
+        mounts.append(
+            {"type": "bind", "source": model["secrets"][key]["file"], "target": target,
+             "read_only": True}
+        )  # fmt: skip
+    ca = cfg.tls_ca_cert_file
+    if ca.is_file():
+        mounts.append(
+            {"type": "bind", "source": str(ca), "target": HUB_PLATFORM_CA, "read_only": True}
+        )
+    model_networks = model.get("networks") or {}
+    networks_ = {
+        (model_networks.get(key) or {}).get("name", key): list((net or {}).get("aliases") or [])
+        for key, net in (service.get("networks") or {}).items()
+    }
+    health = service.get("healthcheck")
+    healthcheck = None
+    if health and not health.get("disable"):
+        healthcheck = {"test": health["test"], "retries": health.get("retries", 3)}
+        for key, engine_key in (
+            ("interval", "interval"),
+            ("timeout", "timeout"),
+            ("start_period", "start_period"),
+        ):
+            if key in health:
+                healthcheck[engine_key] = nanoseconds(health[key])
+    return HubContainer(
+        name=name,
+        image=image,
+        environment={**(service.get("environment") or {}), HUB_CONTAINER_ENV: name},
+        labels={HUB_LABEL: project},
+        ports=ports,
+        mounts=mounts,
+        tmpfs={t: "" for t in service.get("tmpfs") or []},
+        networks=networks_,
+        healthcheck=healthcheck,
+    )
+
+
+def analyst_networks(cfg: PlatformConfig, api: docker.APIClient) -> list[dict]:
+    """This platform's analysts' own overlay networks (the spawner's, one per running server)."""
+    return [
+        n
+        for n in api.networks(filters={"label": networks.NETWORK_LABEL})
+        if (n.get("Labels") or {}).get(PLATFORM_LABEL) == cfg.hub.network
+    ]
+
+
+def run_hub(cfg: PlatformConfig, api: docker.APIClient, hub: HubContainer) -> str:
+    """Pull HUB's image with the pull account and (re)create its container, on its networks
+    and on every analyst's network with a server still on it (a hub replaced by `up` must
+    reach the servers `down --keep-servers` left running), then start it. Returns its ID."""
+    try:
+        out = api.pull(hub.image, auth_config=auth_config(cfg, PULL))
+        api.inspect_image(hub.image)
+    except docker.errors.APIError as e:
+        raise CommandError(
+            f"this manager could not pull the hub's image {hub.image}: {e.explanation or e} "
+            "(is the platform CA under /etc/docker/certs.d/"
+            f"{cfg.registry.pull_address}/ca.crt here? docs/multi-node.md)"
+        ) from None
+    del out
+    remove_hub(cfg, api)
+    (first, aliases), *others = hub.networks.items()
+    host_config = api.create_host_config(
+        port_bindings={port: binding for port, binding in hub.ports.items()},
+        mounts=[
+            docker.types.Mount(m["target"], m["source"], type=m["type"], read_only=m["read_only"])
+            for m in hub.mounts
+        ],
+        tmpfs=hub.tmpfs,
+        restart_policy={"Name": "unless-stopped"},
+        network_mode=first,
+    )
+    created = api.create_container(
+        hub.image,
+        name=hub.name,
+        environment=hub.environment,
+        labels=hub.labels,
+        ports=[tuple(p.split("/")) for p in hub.ports],
+        host_config=host_config,
+        networking_config=api.create_networking_config(
+            {first: api.create_endpoint_config(aliases=aliases)}
+        ),
+        healthcheck=hub.healthcheck,
+    )
+    for net, net_aliases in others:
+        api.connect_container_to_network(created["Id"], net, aliases=net_aliases)
+    for analysts in analyst_networks(cfg, api):
+        api.connect_container_to_network(created["Id"], analysts["Id"], aliases=[HUB_ALIAS])
+    api.start(created["Id"])
+    return created["Id"]
+
+
+def remove_hub(cfg: PlatformConfig, api: docker.APIClient) -> bool:
+    """Remove the hub's container (its database volume stays); False when there was none."""
+    try:
+        api.remove_container(hub_container_name(cfg), force=True)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+def hub_state(cfg: PlatformConfig, api: docker.APIClient) -> str | None:
+    """One line for the hub's container (`running (healthy)`), None when there is none."""
+    try:
+        state = api.inspect_container(hub_container_name(cfg))["State"]
+    except docker.errors.NotFound:
+        return None
+    health = (state.get("Health") or {}).get("Status")
+    return f"{state['Status']} ({health})" if health else state["Status"]
 
 
 def deploy(cfg: PlatformConfig, path: Path) -> None:
@@ -361,12 +539,16 @@ def stop_servers(cfg: PlatformConfig, api: docker.APIClient) -> list[str]:
         if secret["Spec"]["Name"].startswith(prefix):
             with contextlib.suppress(docker.errors.APIError):
                 api.remove_secret(secret["ID"])
-    for network in api.networks(filters={"label": networks.NETWORK_LABEL}):
-        if (network.get("Labels") or {}).get(PLATFORM_LABEL) == cfg.hub.network:
-            try:
-                remove_network(api, network["Id"])
-            except docker.errors.APIError as e:
-                lines.append(f"kept the network {network['Name']}: {e.explanation or e}")
+    for network in analyst_networks(cfg, api):
+        # The hub's attachment counts as a task on it: off first (as the spawner's stop).
+        with contextlib.suppress(docker.errors.APIError):
+            api.disconnect_container_from_network(
+                hub_container_name(cfg), network["Id"], force=True
+            )
+        try:
+            remove_network(api, network["Id"])
+        except docker.errors.APIError as e:
+            lines.append(f"kept the network {network['Name']}: {e.explanation or e}")
     for config in api.configs():
         if config["Spec"]["Name"].startswith(prefix):
             with contextlib.suppress(docker.errors.APIError):

@@ -66,11 +66,12 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     configure_auth(c, cfg)
 
     # The one place the mode picks the spawner: a container on this engine, or a Swarm
-    # service on the overlay network the hub is on (hubstack.swarm_stack deploys it so).
+    # service on the analyst's own overlay network, which the spawner connects the hub's
+    # container to (its name: HUBSTACK_HUB_CONTAINER, set by `hubstack up`).
     # HubstackSwarmSpawner is a HubstackSpawner: the settings below apply to both.
     if cfg.cluster.mode == "swarm":
         c.JupyterHub.spawner_class = "hubstack.hub.swarm_spawner.HubstackSwarmSpawner"
-        c.HubstackSwarmSpawner.service_networks = [swarm_stack.servers_network(cfg)]
+        c.HubstackSwarmSpawner.hub_container = os.environ.get(swarm_stack.HUB_CONTAINER_ENV, "")
     else:
         c.JupyterHub.spawner_class = "hubstack.hub.spawner.HubstackSpawner"
     c.HubstackSpawner.platform = cfg

@@ -18,15 +18,20 @@ inherited, not copied); what differs is where the server runs:
   stops): their server runs only there, and a profile that cannot run there is refused,
   naming the node and the remedy. With cluster.home_volume (shared) the home follows them.
 
+- the analyst's own attachable overlay network (PREFIX-user-NAME, the single-host
+  network's name), made at the start: their server is on it and on no other platform
+  network, and the hub's container (hub_container, a plain container on the manager:
+  hubstack.swarm_stack.run_hub) is connected to it as `hub` before the service is
+  created. No other analyst's server is on it. At the stop: the service goes, then the
+  hub is disconnected, then the network is removed (Swarm refuses to remove a network
+  a container is still attached to);
 - a Spark profile's cluster of its own (hubstack.spark_cluster's roles, as services from
   service_spec.spark_requests): a master and a service per worker on Spark-labelled
   nodes, as the analyst, on the analyst's own overlay network with their server, its
   secret a Swarm secret; removed with the server.
 
 Not yet (docs/multi-node.md): per-user images (an analyst with packages of their own is
-refused, with the way to start without them), the start queue, and the hub joining the
-analyst's overlay network by itself (`service_networks` names networks the hub is already
-on).
+refused, with the way to start without them), the start queue.
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import os
 import re
+import socket
 from collections.abc import Awaitable, Callable
 from pprint import pformat
 
 import docker
 from tornado import web
-from traitlets import Dict, Float, List, Unicode
+from traitlets import Dict, Float, List, Unicode, default
 
 from hubstack import networks, spark, spark_cluster, swarm_stack
 from hubstack.engine import PLATFORM_LABEL
@@ -57,6 +64,18 @@ UNPLACEABLE = "no suitable node"
 OVER = {"complete", "shutdown", "failed", "rejected", "orphaned", "remove"}
 NODE_STATE = "swarm_node"
 HOME_NODE_STATE = "swarm_home_node"
+# Swarm's constraint enforcer (dockerd 20.10) rejects every running task holding a generic
+# resource on a node as soon as an overlay network newly lands on that node ("assigned node
+# no longer meets constraints": moby/swarmkit's enforcer treats a GPU the task holds as
+# missing; docker/cli#1805): a GPU server on a network of its own is rejected at once, and
+# any other analyst's network arriving on its node later would stop it. Measured on the test
+# swarm; docs/multi-node.md "One network per analyst".
+GPU_NETWORK_REFUSAL = (
+    "the profile {display!r} ({name}) cannot start on this swarm yet: a GPU server on a "
+    "network of its own is stopped by Swarm itself (its constraint enforcer rejects a task "
+    "holding a GPU whenever an overlay network newly reaches its node, docs/multi-node.md). "
+    "Choose a profile without GPUs, or ask the platform team"
+)
 HOME_REMEDY = (
     "A home on a node's own disk keeps an analyst on that node; homes on shared storage "
     "(NFS, or a file system mounted at the same path on every node: cluster.home_volume, "
@@ -160,8 +179,21 @@ class HubstackSwarmSpawner(HubstackSpawner):
     service_networks = List(
         Unicode(),
         config=True,
-        help="Overlay networks each server's service joins: the hub must be on one of them "
-        "to reach the server by its service name.",
+        help="Overlay networks each server's service joins besides the analyst's own (none "
+        "by default: a server reaches the hub, and nothing else of the platform).",
+    )
+    hub_container = Unicode(
+        config=True,
+        help="The hub's own container (on a manager), connected to each analyst's network as "
+        "`hub` at their start and disconnected at their stop. Default: "
+        f"${swarm_stack.HUB_CONTAINER_ENV}, which `hubstack up` sets. Empty: the hub is "
+        "not connected (it runs outside the swarm's networks, as in tests).",
+    )
+    route_timeout = Float(
+        30.0,
+        config=True,
+        help="Seconds the hub waits, once the server's task runs, for a route to it on the "
+        "analyst's network (a fresh attachment may need a moment).",
     )
     reservation_fraction = Float(
         0.25,
@@ -184,6 +216,10 @@ class HubstackSwarmSpawner(HubstackSpawner):
     )
 
     _logged_in: set = set()
+
+    @default("hub_container")
+    def _default_hub_container(self) -> str:
+        return os.environ.get(swarm_stack.HUB_CONTAINER_ENV, "")
 
     # --- state ---------------------------------------------------------------------
     def load_state(self, state):
@@ -374,6 +410,10 @@ class HubstackSwarmSpawner(HubstackSpawner):
             # Said before any work: without a Spark node the cluster cannot start anywhere.
             await self._in_pool(self._check_spark_nodes, profile)
         await self._refuse_own_packages()
+        if profile.gpus and self.hub_container:
+            raise web.HTTPError(
+                409, GPU_NETWORK_REFUSAL.format(display=profile.display_name, name=profile.name)
+            )
         self._profile_cfg = profile
         ident = await self._identity()
         self._ident = ident
@@ -410,7 +450,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
             constraints=constraints,
             gpus=profile.gpus,
             gpu_resource=self.cfg.cluster.gpu_resource,
-            networks=list(self.service_networks),
+            networks=self._server_networks(profile),
             accounts=accounts,
             mounts=[home.server_mount()],
         )
@@ -422,14 +462,19 @@ class HubstackSwarmSpawner(HubstackSpawner):
             raise
         request = dataclasses.replace(request, constraints=pinned)
         cluster: list[service_spec.ServiceRequest] = []
-        if profile.spark:
-            try:
+        try:
+            # Before the service: its task's first packets to `hub` must find the hub there.
+            if self.user_network in request.networks or profile.spark:
+                await self._in_pool(self._ensure_network)
+                await self._in_pool(self._connect_hub)
+            if profile.spark:
                 request, cluster = await self._spark_requests(profile, request, tag)
-            except BaseException:
-                self._release_pending()
-                await self._in_pool(self._stop_spark)
-                await self._in_pool(self._remove_configs, None)
-                raise
+        except BaseException:
+            self._release_pending()
+            await self._in_pool(self._stop_spark)
+            await self._in_pool(self._remove_network)
+            await self._in_pool(self._remove_configs, None)
+            raise
         progress.emit(10, "Asking the swarm for a node")
         await self._in_pool(self._remove_service)  # a service a crashed hub left behind
         try:
@@ -441,10 +486,12 @@ class HubstackSwarmSpawner(HubstackSpawner):
             if cluster:
                 waits.append(self._start_spark_services(profile, cluster))
             task, *_ = await gather_or_cancel(*waits)
+            await self._until_routed()
         except BaseException:
             self._release_pending()  # the cluster's cores, if its start was not reached
             await self._in_pool(self._remove_service)
             await self._in_pool(self._stop_spark)
+            await self._in_pool(self._remove_network)
             await self._in_pool(self._remove_configs, None)
             self.object_id = ""
             raise
@@ -456,11 +503,77 @@ class HubstackSwarmSpawner(HubstackSpawner):
         progress.emit(90, f"Your server runs on node {self.node_name}")
         return (self.service_name, self.port)
 
-    # --- the analyst's Spark cluster (a Spark profile) --------------------------------
+    # --- the analyst's own network ----------------------------------------------------
     @property
-    def spark_network(self) -> str:
-        """The analyst's own overlay network: their server and their cluster, no one else."""
+    def user_network(self) -> str:
+        """The analyst's own overlay network: their server, their Spark cluster and the hub,
+        no one else."""
         return networks.network_name(self.cfg, self.user.name)
+
+    spark_network = user_network  # a Spark cluster's network is the analyst's own
+
+    def _server_networks(self, profile) -> list[str]:
+        """The server's networks: the analyst's own, then service_networks. A GPU profile's
+        server gets service_networks only: Swarm stops a GPU task when a network newly
+        reaches its node (GPU_NETWORK_REFUSAL); with a hub container (a real hub) such a
+        start is refused before this."""
+        own = [] if profile.gpus else [self.user_network]
+        return [*own, *self.service_networks]
+
+    def _connect_hub(self) -> None:
+        """The hub's container on the analyst's network as `hub` (already there after a hub
+        restart: kept)."""
+        if not self.hub_container:
+            return
+        try:
+            self.client.connect_container_to_network(
+                self.hub_container, self.user_network, aliases=[swarm_stack.HUB_ALIAS]
+            )
+        except docker.errors.APIError as e:
+            if "already exists" not in str(e):
+                raise
+
+    def _remove_network(self) -> None:
+        """The hub off the analyst's network, then the network, once the tasks have left it
+        (the hub's attachment counts as a task: it must go first)."""
+        if not self.client.networks(names=[self.user_network]):
+            return
+        if self.hub_container:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                self.client.disconnect_container_from_network(
+                    self.hub_container, self.user_network, force=True
+                )
+        swarm_stack.remove_network(self.client, self.user_network)
+
+    def _routed(self) -> bool:
+        """Whether the hub reaches the server's service name on the analyst's network: a
+        connection, or a refusal (the server not listening yet), means a route."""
+        try:
+            with socket.create_connection((self.service_name, self.port), timeout=1):
+                return True
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+
+    async def _until_routed(self) -> None:
+        """Until the hub's container has a route to the server (a fresh attachment may take
+        a second: docs/multi-node.md), at most route_timeout; then JupyterHub waits for the
+        server to answer, as for any spawner."""
+        if not self.hub_container:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.route_timeout
+        while not await self._in_pool(self._routed):
+            if loop.time() > deadline:
+                raise web.HTTPError(
+                    500,
+                    f"the hub has no route to your server ({self.service_name}) on your "
+                    f"network {self.user_network} after {self.route_timeout:.0f} s",
+                )
+            await asyncio.sleep(0.5)
+
+    # --- the analyst's Spark cluster (a Spark profile) --------------------------------
 
     def _check_spark_nodes(self, profile) -> None:
         """Refuse a Spark profile at once when no node can run a cluster: none labelled
@@ -493,10 +606,10 @@ class HubstackSwarmSpawner(HubstackSpawner):
         held = spark_cluster.service_cores_held(self.client, self.cfg.hub.network)
         spark_cluster.check_capacity(self.cfg, None, pending, held=held)
 
-    def _ensure_spark_network(self) -> None:
+    def _ensure_network(self) -> None:
         """The analyst's attachable overlay network, made when missing (Swarm picks its
         subnet); internal when notebooks have no egress."""
-        name = self.spark_network
+        name = self.user_network
         if any(n["Name"] == name for n in self.client.networks(names=[name])):
             return
         try:
@@ -544,10 +657,8 @@ class HubstackSwarmSpawner(HubstackSpawner):
         )
         (hook_ref,) = await self._in_pool(self._ensure_configs, [hook])
         secret_ref = (await self._in_pool(self._ensure_secret, secret), secret)
-        await self._in_pool(self._ensure_spark_network)
         server = dataclasses.replace(
             request,
-            networks=[*request.networks, self.spark_network],
             accounts=[*request.accounts, hook_ref],
             secrets=[secret_ref],
         )
@@ -603,8 +714,8 @@ class HubstackSwarmSpawner(HubstackSpawner):
         self.spawn_progress.emit(85, "Your Spark cluster is ready")
 
     def _stop_spark(self) -> None:
-        """Remove the analyst's cluster services, their secrets and, once no task is on it
-        any more, their network. Nothing to do for a server without a cluster."""
+        """Remove the analyst's cluster services and their secrets (the network goes after:
+        _remove_network). Nothing to do for a server without a cluster."""
         spark_cluster.stop_services(self.client, self.service_name)
         label = f"{container_spec.USER_LABEL}={self.user.name}"
         own = f"{self.cfg.hub.network}-nb-{self.user.name}-spark-"
@@ -612,8 +723,6 @@ class HubstackSwarmSpawner(HubstackSpawner):
             if secret["Spec"]["Name"].startswith(own):
                 with contextlib.suppress(docker.errors.APIError):
                     self.client.remove_secret(secret["ID"])
-        if self.client.networks(names=[self.spark_network]):
-            swarm_stack.remove_network(self.client, self.spark_network)
 
     async def _refuse_own_packages(self) -> None:
         """Per-user images do not start on the swarm yet. An analyst with packages of their
@@ -726,6 +835,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
     async def stop(self, now=False):
         await self._in_pool(self._remove_service)
         await self._in_pool(self._stop_spark)
+        await self._in_pool(self._remove_network)  # after the services, the hub off first
         # A home task left by a start the hub did not finish (it removes its own otherwise).
         await self._in_pool(self._remove_service, self.home_job_name)
         await self._in_pool(self._remove_configs, None)

@@ -202,3 +202,103 @@ def test_join_command_joins_a_new_node_that_then_pulls_with_the_platform_ca(
         assert image.labels["io.hubstack.test"] == "swarm-tiny"
     names = [n.attrs["Description"]["Hostname"] for n in swarm.manager.client.nodes.list()]
     assert sorted(names) == ["gpu", "spark"]  # gone again, for the tests after this one
+
+
+def _reaches(container, host: str, wait: float = 0) -> bool:
+    """Whether CONTAINER gets an answer from HOST, trying for WAIT seconds (a new attachment
+    takes about a second to carry): a refused TCP connection is one; a timeout (1 s: the
+    nodes share one machine) is none. bash's /dev/tcp: the tiny image has neither nc nor
+    python."""
+    probe = f'timeout 1 bash -c "echo > /dev/tcp/{host}/9" 2>&1'
+    deadline = time.monotonic() + wait
+    while True:
+        out = container.exec_run(["bash", "-c", probe]).output.decode()
+        if "Connection refused" in out:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.3)
+
+
+def test_a_plain_container_joins_an_analysts_overlay_a_task_cannot(swarm, swarm_registry):
+    """docs/multi-node.md, "One network per analyst": the hub must be a plain container to
+    join each analyst's attachable overlay at start (a task container cannot:
+    moby/moby#39391), and then two analysts' servers stay apart."""
+    manager, spark = swarm.manager.client, swarm.node("spark").client
+    manager.login(
+        username=swarm_registry.pull_auth["username"],
+        password=swarm_registry.pull_auth["password"],
+        registry=swarm_registry.pull_address,
+    )
+    prefix = f"hubtest-{SESSION_ID}-net"
+    networks, services, containers = [], [], []
+
+    def server(name, constraint):
+        net = manager.networks.create(f"{prefix}-{name}", driver="overlay", attachable=True)
+        networks.append(net)
+        services.append(
+            manager.services.create(
+                swarm_registry.image,
+                command=["sleep", "infinity"],
+                init=True,
+                name=f"{prefix}-srv-{name}",
+                mode=ServiceMode("replicated", 1),
+                endpoint_spec=EndpointSpec(mode="dnsrr"),
+                networks=[net.name],
+                constraints=[constraint],
+            )
+        )
+        return net
+
+    def running(svc, node):
+        task = _wait_task(manager, svc)
+        address = manager.api.inspect_task(task["ID"])["NetworksAttachments"][0]["Addresses"][0]
+        container = node.containers.get(task["Status"]["ContainerStatus"]["ContainerID"])
+        return container, address.split("/")[0]
+
+    try:
+        on_spark = f"node.labels.{LABEL_SPARK}==true"
+        net_a, net_b = server("a", on_spark), server("b", on_spark)
+        server("hub", "node.role==manager")  # the hub as the stack runs it now
+        (task_a, address_a), (task_b, address_b), (hub_task, _) = (
+            running(svc, node) for svc, node in zip(services, (spark, spark, manager), strict=True)
+        )
+        with pytest.raises(docker.errors.APIError, match=f"network {net_a.id} not found"):
+            net_a.connect(hub_task.id)
+
+        manager.images.pull(swarm_registry.image, auth_config=swarm_registry.pull_auth)
+        hub = manager.containers.run(
+            swarm_registry.image,
+            ["sleep", "infinity"],
+            init=True,
+            detach=True,
+            name=f"{prefix}-plainhub",
+        )
+        containers.append(hub)
+        net_a.connect(hub, aliases=["hub"])
+        assert _reaches(hub, f"{prefix}-srv-a", wait=10)  # by the service's name, on the worker
+        assert _reaches(task_a, "hub", wait=10)
+        assert not _reaches(task_a, address_b)
+        net_b.connect(hub, aliases=["hub"])
+        assert _reaches(hub, address_b, wait=10)
+        assert not _reaches(task_a, address_b)  # not through the hub either
+        assert not _reaches(task_b, address_a)
+        net_a.disconnect(hub)
+        assert not _reaches(hub, address_a)
+    finally:
+        for container in containers:
+            container.remove(force=True)
+        for svc in services:
+            svc.remove()
+        for net in networks:
+            deadline = time.monotonic() + 30
+            while True:  # the services' tasks leave the network a moment after removal
+                try:
+                    net.remove()
+                    break
+                except docker.errors.NotFound:
+                    break
+                except docker.errors.APIError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)

@@ -14,9 +14,11 @@ from the host's (`docker save` / `load`: Swarm runs the registries from the engi
 
 What runs here: the three registry instances on the manager, the read-only one serving HTTPS
 with the platform CA's certificate; an image pushed on the manager's loopback with the push
-account and pulled by the worker over TLS with the pull account; the hub on managers, on both
-overlays, with content-named Swarm secrets; an analyst logging in, her server landing on the
-worker and answering through the hub's proxy, writing in her home as her UID:GID; `down`.
+account and pulled by the worker over TLS with the pull account; the hub as a plain container
+on the manager (restart unless-stopped, on the stack's overlay as `hub`, its port published,
+its secrets the state dir's files read-only); two analysts logging in, their servers landing
+on the worker, each on the analyst's own overlay with the hub, answering through the hub's
+proxy, neither reaching the other's; writing in her home as her UID:GID; `down`.
 
 The server image is the hub image plus jupyter_server (SERVER_DOCKERFILE): the smallest that
 runs `jupyterhub-singleuser`, built once on the session's hub image, so only its one layer is
@@ -63,7 +65,23 @@ LABEL io.hubstack.test=swarm-server
 # jupyterhub-singleuser's one missing part in the hub image (the notebook image's version).
 RUN pip install --no-cache-dir jupyter-server==2.21.1
 """
-ANALYSTS = {"alice": ("alice-pw-5c1d", 23411, 23411, [])}
+ANALYSTS = {
+    "alice": ("alice-pw-5c1d", 23411, 23411, []),
+    "bob": ("bob-pw-7e2a", 23412, 23412, []),
+}
+# Where a probe's TCP connect ends, from inside a container: `refused` (a route: nothing
+# listens on the port), `timeout` (no route), or the error (a name that does not resolve).
+PROBE = """import socket, sys
+s = socket.socket(); s.settimeout(3)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2]))); print("open")
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("timeout")
+except OSError as e:
+    print(type(e).__name__)
+"""
 
 
 def _wait(what: str, check, timeout: float = 120):
@@ -250,36 +268,37 @@ def test_the_registries_run_on_the_manager_and_nodes_pull_over_tls(
     assert "error" in out.lower()
 
 
-def test_the_hub_service_is_placed_on_managers_with_swarm_secrets_and_both_networks(deployed):
+def test_the_hub_is_a_plain_container_on_the_manager(swarm, deployed):
     cfg, _, api, _ = deployed
     name = cfg.hub.network
-    (hub,) = api.services(filters={"name": f"{name}_hub"})
-    spec = hub["Spec"]["TaskTemplate"]
-    assert spec["Placement"]["Constraints"] == ["node.role==manager"]
-    assert spec["ContainerSpec"]["Image"].startswith(f"{cfg.registry.pull_address}/")
-    secrets = {s["File"]["Name"]: s["SecretName"] for s in spec["ContainerSpec"]["Secrets"]}
-    assert set(secrets) >= {
-        "/run/secrets/cookie_secret",
-        "/run/secrets/proxy_token",
-        "/run/secrets/registry_pull_credentials",
-    }
-    assert all(
-        n.startswith(f"{name}_") and len(n.rsplit("_", 1)[1]) == 12 for n in secrets.values()
+    project = project_name(cfg)
+    assert not api.services(filters={"name": f"{project}_hub"})  # no stack service
+    hub = api.inspect_container(f"{project}-hub")
+    assert hub["Config"]["Image"].startswith(f"{cfg.registry.pull_address}/")
+    assert hub["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    _wait(
+        "the hub's container healthy",
+        lambda: api.inspect_container(f"{project}-hub")["State"]["Health"]["Status"] == "healthy",
+        timeout=30,
     )
-    networks = {api.inspect_network(n["Target"])["Name"] for n in spec["Networks"]}
-    assert networks == {name, f"{name}-servers"}
-    servers = api.inspect_network(f"{name}-servers")
-    assert servers["Driver"] == "overlay" and servers["Attachable"] is True
-    # Published on the node it runs on (mode host), at hub.port, as single mode publishes it.
-    (port,) = hub["Spec"]["EndpointSpec"]["Ports"]
-    assert (port["PublishedPort"], port["PublishMode"]) == (cfg.hub.port, "host")
+    # On the stack's overlay as `hub` (and on docker_gwbridge, for its published port).
+    nets = hub["NetworkSettings"]["Networks"]
+    assert "hub" in nets[name]["Aliases"] and set(nets) <= {name, "docker_gwbridge"}
+    assert hub["HostConfig"]["PortBindings"]["8000/tcp"] == [
+        {"HostIp": swarm.node("gpu").address, "HostPort": str(cfg.hub.port)}
+    ]
+    mounts = {m["Destination"]: m for m in hub["Mounts"]}
+    # Its database in the volume the stack's hub service had; secrets as on one host: the
+    # state dir's files, read-only, no Swarm secret.
+    assert mounts["/srv/jupyterhub"]["Name"] == volume_name(cfg, "hub-data")
+    cookie = mounts["/run/secrets/cookie_secret"]
+    assert cookie["Source"].startswith(str(cfg.state_dir)) and cookie["RW"] is False
+    assert not [x for x in api.secrets() if "cookie" in x["Spec"]["Name"]]
 
 
 def test_the_hubs_registry_calls_reach_the_read_only_instance_over_tls(swarm, deployed):
     cfg, _, _, _ = deployed
-    (hub,) = swarm.node("gpu").client.containers.list(
-        filters={"label": f"com.docker.swarm.service.name={project_name(cfg)}_hub"}
-    )
+    hub = swarm.node("gpu").client.containers.get(f"{project_name(cfg)}-hub")
     # The hub's own RegistryClient, in its container, with its copy of the config.
     code = (
         "from hubstack.config import load_config; from hubstack.registry import RegistryClient;"
@@ -293,21 +312,41 @@ def test_the_hubs_registry_calls_reach_the_read_only_instance_over_tls(swarm, de
     assert digest.startswith("sha256:")
 
 
-def test_an_analysts_server_runs_on_the_worker_behind_the_hub(swarm, deployed):
+def _probe(container, host: str, port: int = 9) -> str:
+    rc, out = container.exec_run(["python3", "-c", PROBE, host, str(port)])
+    return out.decode().strip().splitlines()[-1]
+
+
+def _address(api: docker.APIClient, service: str, network: str) -> str:
+    (task,) = _running_tasks(api, service)
+    (attached,) = [
+        a for a in task["NetworksAttachments"] if a["Network"]["Spec"]["Name"] == network
+    ]
+    return attached["Addresses"][0].split("/")[0]
+
+
+def test_two_analysts_servers_run_on_the_worker_behind_the_hub_each_on_its_own_network(
+    swarm, deployed
+):
     cfg, config, api, _ = deployed
-    spark = swarm.node("spark")
-    (alice,) = logged_in_clients(cfg, ANALYSTS).values()
+    spark, gpu = swarm.node("spark"), swarm.node("gpu")
+    clients = logged_in_clients(cfg, ANALYSTS)
+    alice, bob = clients["alice"], clients["bob"]
     started = time.monotonic()
     events = alice.start("default")
     print(f"[swarm hub] alice's server ready in {time.monotonic() - started:.1f}s")
     assert any("spark" in (e.get("message") or "") for e in events), events
+    started = time.monotonic()
+    bob.start("default")
+    print(f"[swarm hub] bob's server ready in {time.monotonic() - started:.1f}s")
     service = f"{cfg.hub.network}-nb-alice"
     (task,) = _running_tasks(api, service)
     assert task["NodeID"] == spark.node_id  # the default profile keeps off the GPU node
 
-    # Through the hub's proxy, with her token: the server on the worker answers.
-    status = alice.api("GET", "/user/alice/api/status")
-    assert status.status_code == 200, status.text
+    # Through the hub's proxy, with their tokens: both servers on the worker answer.
+    for c in (alice, bob):
+        status = c.api("GET", f"/user/{c.name}/api/status")
+        assert status.status_code == 200, status.text
     # A file she saves lands in her home volume on the worker, as her UID:GID.
     saved = alice.api(
         "PUT",
@@ -319,15 +358,44 @@ def test_an_analysts_server_runs_on_the_worker_behind_the_hub(swarm, deployed):
     written = os.stat(os.path.join(home.attrs["Mountpoint"], "notes.txt"))
     assert (written.st_uid, written.st_gid) == (23411, 23411)
 
-    # `hubstack status` on the manager: the stack's services running, and her server.
-    status = on_manager(swarm.node("gpu"), config, "status")
-    assert status.returncode == 0, status.stderr
-    assert f"{project_name(cfg)}_hub" in status.stdout and "running" in status.stdout
-    assert "notebook servers: 1" in status.stdout
-    assert [line.split()[0] for line in status.stdout.splitlines()[-1:]] == ["alice"]
+    # Each server is on its analyst's own overlay only, with the hub; neither reaches the
+    # other's, by name or by address (timeout: no route), and the hub reaches both.
+    nets = {u: f"{cfg.hub.network}-user-{u}" for u in ANALYSTS}
+    servers = {
+        u: spark.client.containers.list(
+            filters={"label": f"com.docker.swarm.service.name={cfg.hub.network}-nb-{u}"}
+        )[0]
+        for u in ANALYSTS
+    }
+    for u, container in servers.items():
+        assert set(container.attrs["NetworkSettings"]["Networks"]) <= {nets[u], "docker_gwbridge"}
+    address = {u: _address(api, f"{cfg.hub.network}-nb-{u}", nets[u]) for u in ANALYSTS}
+    assert _probe(servers["alice"], address["alice"]) == "refused"  # the probe itself works
+    assert _probe(servers["alice"], "hub", 8081) == "open"
+    assert _probe(servers["alice"], address["bob"]) == "timeout"
+    assert _probe(servers["alice"], f"{cfg.hub.network}-nb-bob") == "gaierror"
+    assert _probe(servers["bob"], address["alice"]) == "timeout"
+    hub = gpu.client.containers.get(f"{project_name(cfg)}-hub")
+    for u in ANALYSTS:
+        assert _probe(hub, f"{cfg.hub.network}-nb-{u}") == "refused", u
 
-    alice.stop()
+    # `hubstack status` on the manager: the hub's container, and the servers.
+    status = on_manager(gpu, config, "status")
+    assert status.returncode == 0, status.stderr
+    assert f"{project_name(cfg)}-hub" in status.stdout and "running (healthy)" in status.stdout
+    assert "notebook servers: 2" in status.stdout
+    assert sorted(line.split()[0] for line in status.stdout.splitlines()[-2:]) == ["alice", "bob"]
+
+    for c in (alice, bob):
+        c.stop()
     _wait("alice's service removed", lambda: not api.services(filters={"name": service}))
+    # Her network goes with her server (the hub taken off it first).
+    _wait(
+        "the analysts' networks removed",
+        lambda: not any(api.networks(names=[n]) for n in nets.values()),
+    )
+    hub.reload()
+    assert not set(hub.attrs["NetworkSettings"]["Networks"]) & set(nets.values())
 
 
 def test_down_removes_the_stack_and_keeps_its_volumes(swarm, deployed):
@@ -336,7 +404,9 @@ def test_down_removes_the_stack_and_keeps_its_volumes(swarm, deployed):
     project = project_name(cfg)
     down = on_manager(gpu, config, "down")
     assert down.returncode == 0, down.stderr
+    assert f"removed the hub's container {project}-hub" in down.stdout
     assert f"removed the stack {project}" in down.stdout
+    assert not gpu.client.containers.list(all=True, filters={"name": f"{project}-hub"})
     assert "data kept" in down.stdout
     assert not [s for s in api.services() if s["Spec"]["Name"].startswith(f"{project}_")]
     kept = {v.name for v in gpu.client.volumes.list()}

@@ -205,19 +205,23 @@ def test_the_hub_serves_servers_on_subdomains_only_when_configured(tmp_path, mon
     assert c.JupyterHub.bind_url == "http://0.0.0.0:8000"
 
 
-def test_the_cluster_mode_picks_the_spawner_and_swarm_servers_join_the_hubs_network(
+def test_the_cluster_mode_picks_the_spawner_and_swarm_servers_get_the_hubs_container(
     tmp_path, monkeypatch
 ):
     for name in ("cookie_secret", "proxy_token", "crypt_key"):
         (tmp_path / name).write_text("x" * 64)
     monkeypatch.setattr(setup, "SECRETS", tmp_path)
     monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "x" * 64)
+    monkeypatch.setenv("HUBSTACK_HUB_CONTAINER", "hubstack-hub")
     single, swarm = Config(), Config()
     setup.configure_hub(single, parse_config({}))
     setup.configure_hub(swarm, parse_config({"cluster": {"mode": "swarm"}}))
     assert single.JupyterHub.spawner_class == "hubstack.hub.spawner.HubstackSpawner"
     assert "HubstackSwarmSpawner" not in single
     assert swarm.JupyterHub.spawner_class == "hubstack.hub.swarm_spawner.HubstackSwarmSpawner"
-    assert swarm.HubstackSwarmSpawner.service_networks == ["hubstack-servers"]
+    # No shared network: each server is on its analyst's own, which the hub's container
+    # (named by `up`) joins at their start.
+    assert "service_networks" not in swarm.HubstackSwarmSpawner
+    assert swarm.HubstackSwarmSpawner.hub_container == "hubstack-hub"
     # The settings both share are made once, on the parent class.
     assert swarm.HubstackSpawner.platform.cluster.mode == "swarm"

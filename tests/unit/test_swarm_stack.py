@@ -38,34 +38,25 @@ def test_the_stack_file_is_the_compose_files_with_what_swarm_needs(swarm_cfg, mo
     assert path == swarm_cfg.state_dir / "hub" / "stack.yaml"
     data = yaml.safe_load(path.read_text())
     services = data["services"]
-    assert sorted(services) == ["hub", "registry", "registry-pull", "registry-users"]
+    # The hub is no service of the stack: a plain container beside it (hub_container_spec).
+    assert sorted(services) == ["registry", "registry-pull", "registry-users"]
     for name, s in services.items():
         assert s["deploy"]["placement"]["constraints"] == ["node.role==manager"], name
         assert s["deploy"]["endpoint_mode"] == "dnsrr", name
         assert not {"depends_on", "container_name", "restart", "tmpfs"} & set(s), name
         assert all(p["mode"] == "host" and "host_ip" not in p for p in s["ports"]), name
-    hub = services["hub"]
-    assert hub["image"] == "10.1.2.3:25991/hubstack/hub:latest"
-    # Published where single mode publishes it (on the node the hub runs on).
-    assert hub["ports"] == [{"target": 8000, "published": 8000, "protocol": "tcp", "mode": "host"}]
-    # The hub's engine is the manager's that `up` talks to; its tmpfs mounts stay.
-    socket = next(v for v in hub["volumes"] if v["target"] == "/var/run/docker.sock")
-    assert socket["source"] == "/run/manager/docker.sock"
-    tmpfs = [v["target"] for v in hub["volumes"] if v["type"] == "tmpfs"]
-    assert "/run/jupyterhub" in tmpfs
-    # The servers' overlay: the hub is on it (as `hub`), the registries are not.
+    # One overlay, attachable: the hub's container joins it. No network shared by servers:
+    # each analyst's is their own (the spawner's).
     assert data["networks"] == {
-        "hubstack": {"name": "hubstack", "driver": "overlay", "attachable": True},
-        "servers": {"name": "hubstack-servers", "driver": "overlay", "attachable": True},
+        "hubstack": {"name": "hubstack", "driver": "overlay", "attachable": True}
     }
-    assert hub["networks"] == {"hubstack": {"aliases": ["hub"]}, "servers": {"aliases": ["hub"]}}
-    assert all("servers" not in s["networks"] for n, s in services.items() if n != "hub")
-    # Secrets: Swarm secrets named by their content, from the same files.
-    cookie = data["secrets"]["cookie_secret"]
-    content = (swarm_cfg.secrets_dir / "jupyterhub-cookie-secret").read_bytes()
-    assert cookie["name"] == swarm_stack.secret_name("hubstack", "cookie_secret", content)
-    assert cookie["file"] == str(swarm_cfg.secrets_dir / "jupyterhub-cookie-secret")
-    # Readable by the service's root only: JupyterHub refuses a world-readable cookie secret.
+    # Secrets: Swarm secrets named by their content, from the same files; only those the
+    # services use (the hub's are files in its container).
+    assert set(data["secrets"]) == {"registry_tls_cert", "registry_tls_key"}
+    cert = data["secrets"]["registry_tls_cert"]
+    content = swarm_cfg.registry_tls_cert_file.read_bytes()
+    assert cert["name"] == swarm_stack.secret_name("hubstack", "registry_tls_cert", content)
+    # Readable by the service's root only.
     assert all(ref["mode"] == 0o400 for s in services.values() for ref in s.get("secrets", []))
     # The read-only registry serves TLS with the platform CA's certificate, as Swarm secrets.
     pull = services["registry-pull"]
@@ -114,13 +105,52 @@ def test_up_deploys_the_registries_first_from_a_stack_of_their_own(swarm_cfg):
     assert checked.returncode == 0, checked.stderr
 
 
+def test_the_hub_is_a_plain_container_made_from_its_compose_service(swarm_cfg, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///run/manager/docker.sock")
+    model = stack.compose_model(swarm_cfg)
+    swarm_stack.render(swarm_cfg, model)
+    hub = swarm_stack.hub_container_spec(swarm_cfg, model, swarm_stack.engine_socket())
+    assert hub.name == "hubstack-hub"
+    # Pulled by the manager from the read-only instance, as every node pulls.
+    assert hub.image == "10.1.2.3:25991/hubstack/hub:latest"
+    # Published as single mode publishes it: on hub.host, at hub.port.
+    assert hub.ports == {"8000/tcp": ("127.0.0.1", 8000)}
+    # On the platform's overlay as `hub` (the registries' names); analysts' networks are
+    # joined by the spawner at each start.
+    assert hub.networks == {"hubstack": ["hub"]}
+    # The spawner learns its own container from the environment `up` sets.
+    assert hub.environment[swarm_stack.HUB_CONTAINER_ENV] == "hubstack-hub"
+    mounts = {m["target"]: m for m in hub.mounts}
+    # The manager's engine, the database in the volume the stack's hub had.
+    assert mounts["/var/run/docker.sock"]["source"] == "/run/manager/docker.sock"
+    assert mounts["/srv/jupyterhub"] == {
+        "type": "volume", "source": "hubstack_hub-data", "target": "/srv/jupyterhub",
+        "read_only": False,
+    }  # fmt: skip
+    # Secrets as compose mounts them on one host: the 0600 files, read-only.
+    cookie = mounts["/run/secrets/cookie_secret"]
+    assert cookie["source"] == str(swarm_cfg.secrets_dir / "jupyterhub-cookie-secret")
+    assert cookie["read_only"] is True
+    assert (swarm_cfg.secrets_dir / "jupyterhub-cookie-secret").stat().st_mode & 0o077 == 0
+    for key in ("proxy_token", "crypt_key", "registry_pull_credentials"):
+        assert mounts[f"/run/secrets/{key}"]["read_only"] is True, key
+    assert "/run/jupyterhub" in hub.tmpfs
+    assert hub.healthcheck["interval"] == 2 * 10**9 and hub.healthcheck["retries"] == 60
+    assert swarm_stack.nanoseconds("1m30s") == 90 * 10**9
+    with pytest.raises(CommandError, match="not a duration"):
+        swarm_stack.nanoseconds("soon")
+
+
 def test_the_hub_calls_the_read_only_registry_over_tls_trusting_the_platform_ca(swarm_cfg):
-    # The stack mounts the platform CA where the hub's copy of the config looks for it.
-    path = swarm_stack.render(swarm_cfg, stack.compose_model(swarm_cfg))
-    data = yaml.safe_load(path.read_text())
-    assert data["secrets"]["platform_ca"]["file"] == str(swarm_cfg.tls_ca_cert_file)
-    ca = [s for s in data["services"]["hub"]["secrets"] if s["source"] == "platform_ca"]
-    assert ca == [{"source": "platform_ca", "target": swarm_stack.HUB_PLATFORM_CA, "mode": 0o400}]
+    # The hub's container has the platform CA where its copy of the config looks for it.
+    model = stack.compose_model(swarm_cfg)
+    swarm_stack.render(swarm_cfg, model)
+    hub = swarm_stack.hub_container_spec(swarm_cfg, model)
+    ca = [m for m in hub.mounts if m["target"] == swarm_stack.HUB_PLATFORM_CA]
+    assert ca == [
+        {"type": "bind", "source": str(swarm_cfg.tls_ca_cert_file),
+         "target": swarm_stack.HUB_PLATFORM_CA, "read_only": True}
+    ]  # fmt: skip
     inside = parse_config(stack.hub_config(swarm_cfg))
     assert str(inside.tls_ca_cert_file) == swarm_stack.HUB_PLATFORM_CA
     # Its own API calls go where every node pulls: pull_address, over https.
@@ -195,11 +225,18 @@ class RecordingSwarm:
 
     remove_secret = remove_network = remove_config = remove_service
 
+    def disconnect_container_from_network(self, container, net, force=False):
+        self.removed.append(f"{container} off {net}")
+
 
 def test_down_removes_the_analysts_spark_secrets_and_networks_and_names_only_servers(swarm_cfg):
     api = RecordingSwarm(swarm_cfg.hub.network)
     lines = swarm_stack.stop_servers(swarm_cfg, api)
     assert lines == [f"stopped {swarm_cfg.hub.network}-nb-alice"]
-    assert sorted(api.removed) == ["c1", "n1", "s1", "s2", "s3", "x1"]
+    assert sorted(api.removed) == ["c1", "hubstack-hub off n1", "n1", "s1", "s2", "s3", "x1"]
+    # The hub's container off the analyst's network before it goes (its attachment counts
+    # as a task on it), after the services.
+    order = api.removed
+    assert order.index("s1") < order.index("hubstack-hub off n1") < order.index("n1")
     servers = [s["Spec"]["Name"] for s in api.services() if swarm_stack.is_server(s)]
     assert servers == [f"{swarm_cfg.hub.network}-nb-alice"]
