@@ -97,11 +97,34 @@ def notebook_launcher_card(browser: webdriver.Chrome, wait: WebDriverWait):
     workspace. An analyst who used the browser before gets their last layout back (the
     shared stack's analysts do, from earlier modules), and its open notebook asks for a
     kernel in a dialog over the launcher."""
-    wait.until(lambda b: "/user/" in b.current_url and "/lab" in b.current_url)
+    wait.until(reloading(lambda b: "/user/" in b.current_url and "/lab" in b.current_url))
     browser.get(browser.current_url.split("/lab")[0] + "/lab?reset")
     return wait.until(
-        EC.element_to_be_clickable((By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]'))
+        reloading(
+            EC.element_to_be_clickable(
+                (By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')
+            )
+        )
     )
+
+
+# Chromium drops a page load when this host's network changes (ERR_NETWORK_CHANGED), and a
+# spawn changes it: the analyst's network is a new bridge here. The page then stays on
+# Chromium's error page, which a person would reload.
+NETWORK_CHANGED = "ERR_NETWORK_CHANGED"
+
+
+def reloading(condition):
+    """CONDITION for WebDriverWait.until, reloading a page Chromium gave up on because the
+    host's network changed."""
+
+    def check(b):
+        if NETWORK_CHANGED in b.page_source:
+            b.refresh()
+            return False
+        return condition(b)
+
+    return check
 
 
 def uid_printed_by_a_new_notebook(wait: WebDriverWait, card) -> str:
