@@ -18,6 +18,7 @@ import docker
 import pytest
 from docker.types import EndpointSpec, Resources, ServiceMode
 
+from hubstack import swarm_stack
 from hubstack.cli import main
 from hubstack.config import parse_config
 from hubstack.hub.container_spec import USER_LABEL
@@ -290,15 +291,5 @@ def test_a_plain_container_joins_an_analysts_overlay_a_task_cannot(swarm, swarm_
             container.remove(force=True)
         for svc in services:
             svc.remove()
-        for net in networks:
-            deadline = time.monotonic() + 30
-            while True:  # the services' tasks leave the network a moment after removal
-                try:
-                    net.remove()
-                    break
-                except docker.errors.NotFound:
-                    break
-                except docker.errors.APIError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
+        for net in networks:  # once the removed services' tasks have left it
+            swarm_stack.remove_network(manager.api, net.id)
