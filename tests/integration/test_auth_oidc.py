@@ -36,7 +36,12 @@ from hubstack.hub.users import users_file_for
 from hubstack.secretfiles import write_private
 from tests.conftest import SESSION_ID, free_port
 from tests.integration.hubstack_e2e import HubClient, hubstack, reconfigured_stack, url
-from tests.integration.test_browser import ARTIFACTS, start_chromium
+from tests.integration.test_browser import (
+    ARTIFACTS,
+    notebook_launcher_card,
+    reloading,
+    start_chromium,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -199,16 +204,12 @@ def start_and_print_identity(browser) -> str:
     """From the spawn page: start the server, open a notebook, print UID, GID, groups and
     the working folder (home); returns the line "ID UID GID [GROUPS] HOME"."""
     wait = WebDriverWait(browser, 240)
-    wait.until(lambda b: "/hub/spawn" in b.current_url or "/user/" in b.current_url)
+    wait.until(reloading(lambda b: "/hub/spawn" in b.current_url or "/user/" in b.current_url))
     if browser.find_elements(By.CSS_SELECTOR, "#spawn_form"):
         browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
-    wait.until(lambda b: "/user/" in b.current_url and "/lab" in b.current_url)
-    # A second session in the same home would reopen the last notebook (and ask for its
-    # kernel): start from an empty workspace, on the launcher.
-    browser.get(browser.current_url.split("/lab")[0] + "/lab?reset")
-    wait.until(
-        EC.element_to_be_clickable((By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]'))
-    ).click()
+    # On an empty workspace (a second session in the same home would reopen the last
+    # notebook), reloading a page Chromium dropped when the spawn changed the host's network.
+    notebook_launcher_card(browser, wait).click()
     editor = wait.until(
         EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content"))
     )

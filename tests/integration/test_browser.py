@@ -80,7 +80,7 @@ def test_notebook_cell_prints_the_analysts_uid(hub_stack, browser):
     try:
         log_in(browser, f"http://{cfg.hub.host}:{cfg.hub.port}", name, password)
         # Either the spawn form (profiles) or straight to a server already running.
-        wait.until(lambda b: "/hub/spawn" in b.current_url or "/user/" in b.current_url)
+        wait.until(reloading(lambda b: "/hub/spawn" in b.current_url or "/user/" in b.current_url))
         if "/hub/spawn" in browser.current_url and browser.find_elements(
             By.CSS_SELECTOR, "#spawn_form"
         ):
