@@ -8,6 +8,7 @@ and shared; tests of generic machinery use tiny images of their own.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import socket
 import uuid
@@ -150,15 +151,27 @@ def hierarchy(platform_config, docker_client, registry) -> dict[str, dict]:
     """The real hierarchy (all default images), built once and pushed: name -> ref, digest, id."""
 
     cfg = platform_config
-    builder = ImageBuilder(cfg, docker_client)
-    results = builder.build_many(tag=TEST_TAG)
+    # Each image is pushed as soon as it is built, while its children build: gzipping the
+    # big layers (CPU) then overlaps the children's downloads (network).
+    pushes = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="push")
+    digests: dict[str, concurrent.futures.Future] = {}
+
+    class PushingBuilder(ImageBuilder):
+        def build(self, name, tag=None, **kwargs):
+            result = super().build(name, tag, **kwargs)
+            if result.ok:
+                digests[name] = pushes.submit(push_image, cfg, docker_client, name, TEST_TAG)
+            return result
+
+    with pushes:
+        results = PushingBuilder(cfg, docker_client).build_many(tag=TEST_TAG)
     failed = [r for r in results if not r.ok]
     assert not failed, "hierarchy build failed: " + "; ".join(
         f"{r.name}: {r.error}\n" + "\n".join(r.log[-20:]) for r in failed
     )
     images = {}
     for r in results:
-        digest = push_image(cfg, docker_client, r.name, TEST_TAG)
+        digest = digests[r.name].result()
         images[r.name] = {
             "ref": r.ref,
             "digest": digest,

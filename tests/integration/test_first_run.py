@@ -6,11 +6,15 @@ Nothing here is overridden: the platform runs on the shipped defaults (state in
 so a default that breaks a first install breaks this test. That is also why it refuses to run
 where a platform with the defaults already lives: it would log in to, and stop, someone's
 platform.
-The session's hierarchy is built first, so the clone's build is layer-cache hits.
+The session's hierarchy is built first, so the clone's build is layer-cache hits, and the
+default registry's volume starts with the layers the session pushed (as a registry that
+already holds them), so `up` does not gzip the 2 GB hierarchy again: pushing it into an empty
+registry is the session's `hierarchy` fixture's work, on the same code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -18,12 +22,19 @@ import socket
 import subprocess
 from pathlib import Path
 
+import docker
 import pytest
 
+from hubstack.backup import volume_name
 from hubstack.config import parse_config
 from hubstack.stack import UP_STAGES
-from tests.conftest import IN_CI
-from tests.integration.hubstack_e2e import HubClient, fresh_clone, remove_platform
+from tests.conftest import IN_CI, SESSION_REGISTRY_VOLUME
+from tests.integration.hubstack_e2e import (
+    HubClient,
+    fresh_clone,
+    remove_platform,
+    seed_registry_volume,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,9 +81,12 @@ def _launcher(clone: Path, *args: str, timeout: int) -> subprocess.CompletedProc
 
 
 @pytest.fixture
-def first_run(tmp_path, docker_client, hierarchy):
+def first_run(tmp_path, docker_client, hierarchy, platform_config):
     _refuse_if_a_platform_lives_here()
     clone = fresh_clone(tmp_path / "hubstack")
+    seed_registry_volume(
+        docker_client, DEFAULTS, SESSION_REGISTRY_VOLUME, platform_config.images.namespace
+    )
     try:
         yield clone, _launcher(clone, "up", timeout=2400)
     finally:
@@ -80,6 +94,8 @@ def first_run(tmp_path, docker_client, hierarchy):
         print(down.stdout, down.stderr)
         # Leave the machine as found: the default platform's volumes, tags and state go.
         remove_platform(DEFAULTS, docker_client)
+        with contextlib.suppress(docker.errors.NotFound):  # seeded, and `up` failed early
+            docker_client.volumes.get(volume_name(DEFAULTS, "registry-data")).remove(force=True)
         shutil.rmtree(DEFAULTS.state_dir, ignore_errors=True)
 
 
