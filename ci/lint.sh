@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's static checks, all of them, in one command (ci/test.sh runs it first):
+# The project's static checks, all of them, in one command (ci/test.sh runs it beside
+# its set-up, before any test):
 #   ruff (lint and format check), mypy on hubstack/, hadolint on every Dockerfile,
 #   ShellCheck on every shell script, yamllint on compose, config and workflow files.
 # The tools are pinned in ci/lint-requirements.txt and installed into .venv-lint on

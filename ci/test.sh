@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: the README's test command, and what
-# .ci/run calls. The static checks first (ci/lint.sh: a finding fails the run before
-# any image is built), then what the tests need (ci/test-env.sh); if the Docker engine
-# cannot start, this fails: integration tests never skip.
+# .ci/run calls. The static checks (ci/lint.sh) run beside the set-up of what the tests
+# need (ci/test-env.sh), both mostly downloads, and a finding fails the run before any
+# test starts; if the Docker engine cannot start, this fails: integration tests never skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-bash ci/lint.sh
-bash ci/test-env.sh
 mkdir -p artifacts
+bash ci/lint.sh > artifacts/lint.log 2>&1 &
+lint_pid=$!
+bash ci/test-env.sh
+lint_rc=0
+wait "$lint_pid" || lint_rc=$?
+cat artifacts/lint.log >&2
+if [ "$lint_rc" != 0 ]; then
+    echo "[test] FATAL: the static checks failed (above; artifacts/lint.log): no test ran" >&2
+    exit "$lint_rc"
+fi
+echo "[test] set-up and static checks: $(( $(date +%s) - start )) s" >&2
 disk_report() {
     local root
     root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)
