@@ -559,18 +559,30 @@ def stop_servers(cfg: PlatformConfig, api: docker.APIClient) -> list[str]:
 def remove_network(api: docker.APIClient, network: str, timeout: float = 30) -> None:
     """Remove an analyst's overlay NETWORK (name or ID) once nothing is on it: a removed
     service's tasks leave it a moment later, on their nodes. Raises what the engine last
-    said when it is still in use after TIMEOUT seconds."""
+    said when it is still in use after TIMEOUT seconds. Returns once the manager no longer
+    lists it (at most 10 s more): its engine lists its own copy, the hub's attachment, a
+    moment longer, and a start meanwhile would find the name and not make the network."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             api.remove_network(network)
-            return
+            break
         except docker.errors.NotFound:
-            return
+            break
         except docker.errors.APIError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+    gone_by = time.monotonic() + 10
+    while time.monotonic() < gone_by and _network_listed(api, network):
+        time.sleep(0.2)
+
+
+def _network_listed(api: docker.APIClient, network: str) -> bool:
+    """Whether the engine lists NETWORK, by exact name or ID (its name filter matches parts
+    of names: an analyst's network name is a prefix of a longer one's)."""
+    listed = api.networks(names=[network]) + api.networks(ids=[network])
+    return any(n["Name"] == network or n["Id"].startswith(network) for n in listed)
 
 
 def stack_services(cfg: PlatformConfig, api: docker.APIClient) -> list[dict]:

@@ -43,7 +43,6 @@ import functools
 import os
 import re
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from pprint import pformat
 
@@ -545,13 +544,6 @@ class HubstackSwarmSpawner(HubstackSpawner):
                     self.hub_container, self.user_network, force=True
                 )
         swarm_stack.remove_network(self.client, self.user_network)
-        # The manager's engine lists its own copy (the hub's attachment) a moment longer; a
-        # start meanwhile would find the name and not make the network again.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(
-            n["Name"] == self.user_network for n in self.client.networks(names=[self.user_network])
-        ):
-            time.sleep(0.2)
 
     def _routed(self) -> bool:
         """Whether the hub reaches the server's service name on the analyst's network: a

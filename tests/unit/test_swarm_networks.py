@@ -13,6 +13,7 @@ import docker
 import pytest
 from tornado import web
 
+from hubstack import swarm_stack
 from hubstack.config import parse_config
 from hubstack.engine import PLATFORM_LABEL
 from hubstack.hub import service_spec
@@ -29,8 +30,8 @@ class RecordingManager:
         self.calls: list[tuple] = []
         self.made = network_exists
 
-    def networks(self, names=None, filters=None):
-        return [{"Name": n, "Id": n} for n in names or []] if self.made else []
+    def networks(self, names=None, ids=None, filters=None):
+        return [{"Name": n, "Id": n} for n in names or ids or []] if self.made else []
 
     def create_network(self, name, **kw):
         self.calls.append(("create_network", name, kw))
@@ -159,3 +160,33 @@ def test_a_gpu_profile_is_refused_with_a_real_hub_and_gets_no_network_of_its_own
     assert refused.value.status_code == 409
     assert "cannot start on this swarm yet" in refused.value.log_message
     assert "Choose a profile without GPUs" in refused.value.log_message
+
+
+class LingeringManager:
+    """A manager that still lists a removed network for LINGER more listings, beside an
+    analyst's whose name starts with it."""
+
+    def __init__(self, linger: int):
+        self.linger = linger
+        self.listings = 0
+
+    def remove_network(self, net):
+        pass
+
+    def networks(self, names=None, ids=None):
+        self.listings += bool(names)
+        longer = [{"Name": "hs-user-alice2", "Id": "f00d"}]
+        if ids or self.linger <= 0:
+            return longer if names else []
+        self.linger -= 1
+        return [{"Name": "hs-user-alice", "Id": "beef"}, *longer]
+
+
+def test_removing_a_network_returns_once_the_manager_no_longer_lists_it():
+    manager = LingeringManager(linger=3)
+    swarm_stack.remove_network(manager, "hs-user-alice")
+    assert manager.linger == 0  # waited out the manager's own copy
+    # Another analyst's network whose name starts with this one's does not hold it up.
+    manager = LingeringManager(linger=0)
+    swarm_stack.remove_network(manager, "hs-user-alice")
+    assert manager.listings == 1

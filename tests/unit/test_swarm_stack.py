@@ -214,8 +214,8 @@ class RecordingSwarm:
     def secrets(self, filters=None):
         return self.objects["secret"]
 
-    def networks(self, filters=None, names=None):
-        return self.objects["network"]
+    def networks(self, filters=None, names=None, ids=None):
+        return [n for n in self.objects["network"] if n["Id"] not in self.removed]
 
     def configs(self, filters=None):
         return self.objects["config"]
