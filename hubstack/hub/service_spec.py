@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, replace
 
 from docker.types import (
@@ -61,6 +62,34 @@ HOME_JOB_SCRIPT = (
     'if [ "$(stat -c %u "$1")" = 0 ]; then chmod 0700 "$1"; chown "$2" "$1"; fi; '
     f'stat -c "%u:%g %a" "$1"; touch {HOME_READY}; exec sleep {HOME_JOB_SECONDS}'
 )
+
+
+_CONSTRAINT = re.compile(
+    r"^node\.(?:labels\.(?P<label>[^=!]+)|(?P<field>id|hostname|role))(?P<op>==|!=)(?P<value>.+)$"
+)
+
+
+def unmet_constraints(node: dict, constraints: list[str]) -> list[str]:
+    """The placement constraints NODE (the engine's node inspect) does not meet, as Swarm
+    evaluates them: a label the node lacks is not equal to any value. Forms other than
+    node.labels/id/hostname/role are left to the scheduler."""
+    labels = (node.get("Spec") or {}).get("Labels") or {}
+    have = {
+        "id": node.get("ID", ""),
+        "hostname": (node.get("Description") or {}).get("Hostname", ""),
+        "role": (node.get("Spec") or {}).get("Role", ""),
+    }
+    unmet = []
+    for constraint in constraints:
+        m = _CONSTRAINT.match(constraint.replace(" ", ""))
+        if not m:
+            continue
+        key = m.group("label")
+        actual = labels.get(key) if key else have[m.group("field")]
+        equal = actual == m.group("value")
+        if equal != (m.group("op") == "=="):
+            unmet.append(constraint)
+    return unmet
 
 
 @dataclass(frozen=True)

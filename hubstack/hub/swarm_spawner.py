@@ -41,7 +41,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +54,7 @@ from hubstack import networks, spark, spark_cluster, swarm_stack
 from hubstack.engine import PLATFORM_LABEL
 from hubstack.hub import container_spec, service_spec, versions
 from hubstack.hub.progress import SpawnProgress
+from hubstack.hub.service_spec import unmet_constraints
 from hubstack.hub.spawner import PLAIN_HINT, HubstackSpawner
 from hubstack.images import user as user_images
 
@@ -82,32 +82,6 @@ HOME_REMEDY = (
     "(NFS, or a file system mounted at the same path on every node: cluster.home_volume, "
     "docs/multi-node.md) follow them to any node"
 )
-_CONSTRAINT = re.compile(
-    r"^node\.(?:labels\.(?P<label>[^=!]+)|(?P<field>id|hostname|role))(?P<op>==|!=)(?P<value>.+)$"
-)
-
-
-def unmet_constraints(node: dict, constraints: list[str]) -> list[str]:
-    """The placement constraints NODE (the engine's node inspect) does not meet, as Swarm
-    evaluates them: a label the node lacks is not equal to any value. Forms other than
-    node.labels/id/hostname/role are left to the scheduler."""
-    labels = (node.get("Spec") or {}).get("Labels") or {}
-    have = {
-        "id": node.get("ID", ""),
-        "hostname": (node.get("Description") or {}).get("Hostname", ""),
-        "role": (node.get("Spec") or {}).get("Role", ""),
-    }
-    unmet = []
-    for constraint in constraints:
-        m = _CONSTRAINT.match(constraint.replace(" ", ""))
-        if not m:
-            continue
-        key = m.group("label")
-        actual = labels.get(key) if key else have[m.group("field")]
-        equal = actual == m.group("value")
-        if equal != (m.group("op") == "=="):
-            unmet.append(constraint)
-    return unmet
 
 
 def home_refusal(profile, node_name: str, why: str) -> str:
