@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,6 +23,7 @@ from hubstack.hub.swarm_gpu import (
     gpu_holders,
     gpu_ids,
 )
+from hubstack.nodes import node_rows
 
 CFG = parse_config(
     {
@@ -318,3 +320,18 @@ def test_the_single_host_allocator_and_the_swarm_share_one_lock_and_one_rule():
         return await waiting
 
     assert asyncio.run(held_across_both()).gpus == ("GPU-a",)
+
+
+def test_hubstack_nodes_counts_used_gpus_from_the_same_labels():
+    nodes = [node("n1", ["GPU-a", "GPU-b"], name="gpu-1"), node("n2", [], labels={}, name="cpu")]
+    held = [
+        service("hs-nb-bob", "bob", "n1", ["GPU-a"]),
+        service("hs-nb-carol", "carol", "n1", ["GPU-b"], "complete"),  # over: freed
+    ]
+    client = SimpleNamespace(
+        info=lambda: {"Swarm": {"ControlAvailable": True}}, api=FakeManager(nodes, held)
+    )
+    rows = {r.name: r for r in node_rows(CFG, client)}
+    assert (rows["gpu-1"].gpus_total, rows["gpu-1"].gpus_used) == (2, 1)
+    assert rows["gpu-1"].analysts == ["bob"]
+    assert (rows["cpu"].gpus_total, rows["cpu"].gpus_used) == (0, 0)
