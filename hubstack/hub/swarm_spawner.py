@@ -279,6 +279,16 @@ class HubstackSwarmSpawner(HubstackSpawner):
         with contextlib.suppress(docker.errors.NotFound):
             self.client.remove_service(name or self.service_name)
 
+    # --- the spawn form ------------------------------------------------------------------
+    def _offered_profiles(self) -> list:
+        """GPU profiles only when some node of the swarm advertises enough GPUs (not the
+        hub's own /dev: the hub's node need not have any)."""
+        try:
+            return swarm_gpu.offered_profiles(self.cfg, self.client)
+        except docker.errors.DockerException as e:
+            self.log.warning("the swarm's nodes could not be read for the spawn form: %s", e)
+            return [p for p in self.cfg.profiles if not p.gpus]
+
     # --- the home ----------------------------------------------------------------------
     @property
     def home_job_name(self) -> str:

@@ -10,6 +10,7 @@ import asyncio
 import time
 from types import SimpleNamespace
 
+import docker
 import pytest
 
 from hubstack.config import parse_config
@@ -23,6 +24,7 @@ from hubstack.hub.swarm_gpu import (
     gpu_holders,
     gpu_ids,
 )
+from hubstack.hub.swarm_spawner import HubstackSwarmSpawner
 from hubstack.nodes import node_rows
 
 CFG = parse_config(
@@ -335,3 +337,25 @@ def test_hubstack_nodes_counts_used_gpus_from_the_same_labels():
     assert (rows["gpu-1"].gpus_total, rows["gpu-1"].gpus_used) == (2, 1)
     assert rows["gpu-1"].analysts == ["bob"]
     assert (rows["cpu"].gpus_total, rows["cpu"].gpus_used) == (0, 0)
+
+
+def test_the_spawn_form_offers_gpu_profiles_when_some_node_advertises_enough():
+    def offered(nodes):
+        return [p.name for p in swarm_gpu.offered_profiles(CFG, FakeManager(nodes))]
+
+    assert offered([node("m", [], labels={})]) == ["default"]
+    assert offered([node("m", [], labels={}), node("g", ["GPU-a"])]) == ["default", "gpu"]
+    assert offered([node("g", ["GPU-a", "GPU-b"])]) == ["default", "gpu", "gpu2"]
+
+
+def test_the_swarm_spawners_form_reads_the_nodes_not_the_hubs_dev(monkeypatch):
+    monkeypatch.setattr(HubstackSwarmSpawner, "_client", FakeManager([node("g", ["GPU-a"])]))
+    s = HubstackSwarmSpawner(platform=CFG)
+    assert [p.name for p in s._offered_profiles()] == ["default", "gpu"]
+
+    class Unreachable(FakeManager):
+        def nodes(self, filters=None):
+            raise docker.errors.APIError("manager unreachable")
+
+    monkeypatch.setattr(HubstackSwarmSpawner, "_client", Unreachable([]))
+    assert [p.name for p in s._offered_profiles()] == ["default"]
