@@ -4,7 +4,8 @@ node offers; `hubstack nodes drain NODE` / `activate NODE` to take a node out of
 placement and back. Run against a manager engine (DOCKER_HOST, or the local socket).
 
 GPUs are the Swarm generic resource cluster.gpu_resource that a node advertises
-(node-generic-resources in its daemon.json); a task holds what Swarm assigned it.
+(node-generic-resources in its daemon.json); who holds which is read from the GPU servers'
+service labels, as the hub hands them out (hubstack.hub.swarm_gpu).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from hubstack import node_bundle, tls
 from hubstack.config import PlatformConfig, check_node_label
 from hubstack.engine import docker_client
 from hubstack.errors import CommandError
+from hubstack.hub import swarm_gpu
 from hubstack.hub.container_spec import USER_LABEL
 from hubstack.registry import PULL, node_ca_path
 
@@ -40,15 +42,7 @@ class NodeRow:
 
 def _resources(entries: Iterable[dict] | None, kind: str) -> int:
     """How many of KIND a list of Swarm generic resources holds (named: one each)."""
-    count = 0
-    for entry in entries or []:
-        named = entry.get("NamedResourceSpec") or {}
-        discrete = entry.get("DiscreteResourceSpec") or {}
-        if named.get("Kind") == kind:
-            count += 1
-        elif discrete.get("Kind") == kind:
-            count += int(discrete.get("Value") or 0)
-    return count
+    return len(swarm_gpu.gpu_ids(entries, kind))
 
 
 def _manager_api(client: docker.DockerClient) -> docker.APIClient:
@@ -66,8 +60,12 @@ def node_rows(cfg: PlatformConfig, client: docker.DockerClient) -> list[NodeRow]
     api = _manager_api(client)
     kind = cfg.cluster.gpu_resource
     rows = {}
+    advertised: dict[str, list[str]] = {}
     for node in api.nodes():
         spec, desc, status = node["Spec"], node.get("Description") or {}, node["Status"]
+        advertised[node["ID"]] = swarm_gpu.gpu_ids(
+            (desc.get("Resources") or {}).get("GenericResources"), kind
+        )
         rows[node["ID"]] = NodeRow(
             name=desc.get("Hostname") or node["ID"][:12],
             node_id=node["ID"],
@@ -76,19 +74,17 @@ def node_rows(cfg: PlatformConfig, client: docker.DockerClient) -> list[NodeRow]
             availability=spec.get("Availability", "?"),
             address=status.get("Addr", "?"),
             labels=dict(spec.get("Labels") or {}),
-            gpus_total=_resources((desc.get("Resources") or {}).get("GenericResources"), kind),
+            gpus_total=len(advertised[node["ID"]]),
             gpus_used=0,
         )
+    # GPUs used: as the hub hands them out, from its GPU servers' labels (pending included).
+    for node_id, held in swarm_gpu.held_by_node(swarm_gpu.gpu_holders(api)).items():
+        if node_id in rows:
+            rows[node_id].gpus_used = len(set(held) & set(advertised[node_id]))
     for task in api.tasks(filters={"desired-state": "running"}):
         row = rows.get(task.get("NodeID", ""))
         if row is None:  # not placed yet: pending
             continue
-        reserved = ((task["Spec"].get("Resources") or {}).get("Reservations") or {}).get(
-            "GenericResources"
-        )
-        row.gpus_used += _resources(task.get("AssignedGenericResources"), kind) or _resources(
-            reserved, kind
-        )
         user = ((task["Spec"].get("ContainerSpec") or {}).get("Labels") or {}).get(USER_LABEL)
         if user and user not in row.analysts:
             row.analysts.append(user)

@@ -38,10 +38,10 @@ import contextlib
 import os
 import re
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 from docker.types import DeviceRequest
@@ -158,12 +158,13 @@ def device_requests_host_config(indices: Iterable[int]) -> dict[str, Any]:
 
 
 def gpu_environment(
-    indices: Iterable[int],
+    indices: Iterable[int | str],
     mode: str,
     driver_dir: str | os.PathLike,
     base_path: str = DEFAULT_IMAGE_PATH,
 ) -> dict[str, str]:
-    """Environment for the grant: host indices for NVIDIA_*, container ordinals for CUDA_*."""
+    """Environment for the grant: host indices (on a swarm, the GPUs' names as the node
+    advertises them, UUIDs) for NVIDIA_*, container ordinals for CUDA_*."""
     indices = list(indices)
     env = {
         "NVIDIA_VISIBLE_DEVICES": ",".join(str(i) for i in indices),
@@ -232,6 +233,57 @@ def make_grant(
 # --------------------------------------------------------------- allocation
 
 
+G = TypeVar("G", int, str)
+
+
+def choose_gpus(
+    gpus: Sequence[G], held: Iterable[G], count: int, shared: bool = False
+) -> list[G] | None:
+    """The picking rule, for the GPUs of one machine (GPUS, in their order) of which HELD
+    are held (a GPU once per holder): the first COUNT free ones, or None when fewer are
+    free. With SHARED (gpu.shared), the COUNT least-loaded ones, never None. The
+    single-host allocator and the Swarm spawner's (hubstack.hub.swarm_gpu) both use it."""
+    load = dict.fromkeys(gpus, 0)
+    for g in held:
+        if g in load:
+            load[g] += 1
+    if shared:
+        order = {g: i for i, g in enumerate(gpus)}
+        return sorted(gpus, key=lambda g: (load[g], order[g]))[:count]
+    free = [g for g in gpus if load[g] == 0]
+    return free[:count] if len(free) >= count else None
+
+
+class HubLock:
+    """One lock per hub process for every GPU choice, the single-host allocator's and the
+    Swarm spawner's: `async with hub_lock:`. JupyterHub runs one event loop; each loop
+    (tests run several, one after another) gets an asyncio.Lock of its own."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        return lock
+
+    def locked(self) -> bool:
+        return self._lock().locked()
+
+    async def __aenter__(self) -> None:
+        await self._lock().acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock().release()
+
+
+hub_lock = HubLock()
+
+
 @dataclass(frozen=True)
 class GPUHolder:
     gpu: int
@@ -295,13 +347,10 @@ class GPUAllocator:
     No allocation table is kept in memory: the running and created containers'
     labels are the table, so a restarted hub sees the same assignments, and a
     stopped, culled or removed server frees its GPUs by itself. Reservations
-    are serialized by one asyncio.Lock per event loop (one per hub process),
-    held until the spawner has created the container.
+    are serialized by hub_lock (one per hub process, shared with the Swarm
+    spawner's hubstack.hub.swarm_gpu), held until the spawner has created the
+    container.
     """
-
-    _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-        weakref.WeakKeyDictionary()
-    )
 
     def __init__(
         self,
@@ -350,29 +399,15 @@ class GPUAllocator:
 
     def _choose(self, count: int, holders: list[GPUHolder]) -> list[int]:
         gpus = self.gpus
-        load = {g: 0 for g in gpus}
-        for h in holders:
-            if h.gpu in load:
-                load[h.gpu] += 1
-        if self.cfg.gpu.shared:
-            # Sharing: least-loaded GPUs first, never refused for being busy.
-            return sorted(gpus, key=lambda g: (load[g], g))[:count]
-        free = [g for g in gpus if load[g] == 0]
-        if len(free) < count:
-            busy = len(gpus) - len(free)
+        chosen = choose_gpus(gpus, [h.gpu for h in holders], count, self.cfg.gpu.shared)
+        if chosen is None:
+            busy = len(set(gpus) & {h.gpu for h in holders})
             need = f"{count} GPUs" if count > 1 else "a GPU"
             raise GPUUnavailable(
                 f"no GPU free: {busy} of {len(gpus)} busy (this server needs {need}); "
                 "try again when another analyst's GPU server stops, or choose another profile"
             )
-        return free[:count]
-
-    def _lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        lock = self._locks.get(loop)
-        if lock is None:
-            lock = self._locks[loop] = asyncio.Lock()
-        return lock
+        return chosen
 
     @contextlib.asynccontextmanager
     async def reserve(
@@ -390,7 +425,7 @@ class GPUAllocator:
         if count < 1:
             raise ValueError("reserve() needs count >= 1; profiles without GPUs need no grant")
         self.check(count, profile_name)
-        async with self._lock():
+        async with hub_lock:
             holders = await asyncio.to_thread(self.holders)
             chosen = self._choose(count, holders)
             mode = await asyncio.to_thread(lambda: self.mode)

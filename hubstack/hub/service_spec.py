@@ -8,8 +8,9 @@ What changes on the way (docs/multi-node.md, probed on dockerd 20.10, API 1.41):
   analyst's files are Swarm configs mounted at those paths, named by their content (a new
   content is a new config: configs cannot change);
 - the pids limit: docker-py's Resources lacks it, the API's Limits.Pids holds it;
-- GPUs: a reservation of the Swarm generic resource cluster.gpu_resource, so Swarm places
-  the server only on a node with one free and two analysts never share one;
+- GPUs: no reservation of the Swarm generic resource the nodes advertise (swarmkit rejects
+  a task holding one at every update of its node); the hub picks the node and its GPUs
+  (hubstack.hub.swarm_gpu), pins the service there and names the GPUs in its environment;
 - placement: the profile's node labels as constraints (PlatformConfig.placement_constraints);
 - the home: a named volume per analyst instead of a bind mount of the hub host's folder,
   made theirs (UID:GID, 0700) by a short root job before the server starts (home_job_spec),
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, replace
 
 from docker.types import (
@@ -61,6 +63,34 @@ HOME_JOB_SCRIPT = (
     'if [ "$(stat -c %u "$1")" = 0 ]; then chmod 0700 "$1"; chown "$2" "$1"; fi; '
     f'stat -c "%u:%g %a" "$1"; touch {HOME_READY}; exec sleep {HOME_JOB_SECONDS}'
 )
+
+
+_CONSTRAINT = re.compile(
+    r"^node\.(?:labels\.(?P<label>[^=!]+)|(?P<field>id|hostname|role))(?P<op>==|!=)(?P<value>.+)$"
+)
+
+
+def unmet_constraints(node: dict, constraints: list[str]) -> list[str]:
+    """The placement constraints NODE (the engine's node inspect) does not meet, as Swarm
+    evaluates them: a label the node lacks is not equal to any value. Forms other than
+    node.labels/id/hostname/role are left to the scheduler."""
+    labels = (node.get("Spec") or {}).get("Labels") or {}
+    have = {
+        "id": node.get("ID", ""),
+        "hostname": (node.get("Description") or {}).get("Hostname", ""),
+        "role": (node.get("Spec") or {}).get("Role", ""),
+    }
+    unmet = []
+    for constraint in constraints:
+        m = _CONSTRAINT.match(constraint.replace(" ", ""))
+        if not m:
+            continue
+        key = m.group("label")
+        actual = labels.get(key) if key else have[m.group("field")]
+        equal = actual == m.group("value")
+        if equal != (m.group("op") == "=="):
+            unmet.append(constraint)
+    return unmet
 
 
 @dataclass(frozen=True)
@@ -125,8 +155,6 @@ class ServiceRequest:
     that much unreserved."""
     pids_limit: int = container_spec.DEFAULT_PIDS_LIMIT
     constraints: list[str] = field(default_factory=list)
-    gpus: int = 0
-    gpu_resource: str = "NVIDIA-GPU"
     networks: list[str] = field(default_factory=list)
     accounts: list[tuple[str, AccountConfig]] = field(default_factory=list)
     """(config ID, config) pairs, mounted at their targets."""
@@ -272,7 +300,8 @@ def home_job_spec(
 
 
 def resources(req: ServiceRequest) -> Resources:
-    """Limits, and reservations for placement: a share of the limits, plus the GPUs."""
+    """Limits, and reservations for placement: a share of the limits. Never a GPU: the hub
+    hands GPUs out itself (hubstack.hub.swarm_gpu)."""
     mem = parse_bytes(req.mem_limit) if req.mem_limit else None
     nano = int(req.cpu_limit * 1e9) if req.cpu_limit else None
     fraction = req.reservation_fraction
@@ -281,7 +310,6 @@ def resources(req: ServiceRequest) -> Resources:
         mem_limit=mem,
         cpu_reservation=int(nano * fraction) if nano and fraction else None,
         mem_reservation=int(mem * fraction) if mem and fraction else None,
-        generic_resources={req.gpu_resource: req.gpus} if req.gpus else None,
     )
     # docker-py's Resources has no pids limit; the API's Limits.Pids (1.41) has.
     res.setdefault("Limits", {})["Pids"] = req.pids_limit
@@ -393,7 +421,6 @@ def spark_requests(
                 labels={**base.labels, **role.labels},
                 cpu_limit=role.cpus,
                 mem_limit=f"{role.mem_mb}m",
-                gpus=0,
                 networks=[cluster.network],
                 mounts=list(base.mounts) if role.worker else [],
                 # Not the image's /var/lib/spark (the image's spark user's, 0750).

@@ -195,7 +195,7 @@ class HubstackSpawner(DockerSpawner):
 
     def _render_form(self) -> str:
         rows = []
-        offered = [p for p in gpu.offered_profiles(self.cfg, gpu.scan_root()) if self._may_use(p)]
+        offered = [p for p in self._offered_profiles() if self._may_use(p)]
         for i, p in enumerate(offered):
             checked = " checked" if i == 0 else ""
             rows.append(
@@ -216,6 +216,10 @@ class HubstackSpawner(DockerSpawner):
                 'name="plain" value="1"> Start without my own packages (the plain image)</label>'
             )
         return "\n".join(rows)
+
+    def _offered_profiles(self) -> list:
+        """The profiles this hub can serve: GPU ones only where this node has GPUs."""
+        return gpu.offered_profiles(self.cfg, gpu.scan_root())
 
     def _packages_row(self) -> str:
         """The text area holding the analyst's own packages (user_images.form)."""

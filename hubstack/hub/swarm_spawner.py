@@ -5,12 +5,17 @@ and access checks, the identity, the version choice and the digest resolution ar
 inherited, not copied); what differs is where the server runs:
 - a replicated service of one task, from hubstack.hub.service_spec (the container spec as
   a service: UID:GID, no capabilities, limits and reservations, placement constraints
-  from the profile, GPUs as the Swarm generic resource);
+  from the profile);
+- a GPU profile's node and GPUs picked by the hub (hubstack.hub.swarm_gpu, under the lock
+  and rule of the single-host allocator), not reserved from Swarm: the service is pinned
+  to that node, labelled with its GPUs and told them in NVIDIA_VISIBLE_DEVICES. No GPU
+  free is refused before any service or network exists;
 - the pull account goes with the service (`--with-registry-auth`): the manager hands it
   to the node the task lands on, and no node stores a registry password;
 - the analyst's /etc/passwd and /etc/group are Swarm configs named by content;
-- a task the scheduler cannot place ("no suitable node": no free GPU, no node with the
-  profile's labels, all drained) is refused at once with the profile and the reason, and
+- a task the scheduler cannot place ("no suitable node": no node with the profile's
+  labels, all drained, not enough CPU and memory unreserved) is refused at once with the
+  profile and the reason, and
   its service removed: the analyst is not left waiting on a pending service;
 - the analyst's home is a named volume (service_spec.HomeVolume), made theirs by a short
   root job before the server starts (service_spec.home_job_spec). A local volume lives on
@@ -41,7 +46,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import re
 import socket
 from collections.abc import Awaitable, Callable
 from pprint import pformat
@@ -52,8 +56,9 @@ from traitlets import Dict, Float, List, Unicode, default
 
 from hubstack import networks, spark, spark_cluster, swarm_stack
 from hubstack.engine import PLATFORM_LABEL
-from hubstack.hub import container_spec, service_spec, versions
+from hubstack.hub import container_spec, gpu, service_spec, swarm_gpu, versions
 from hubstack.hub.progress import SpawnProgress
+from hubstack.hub.service_spec import unmet_constraints
 from hubstack.hub.spawner import PLAIN_HINT, HubstackSpawner
 from hubstack.images import user as user_images
 
@@ -64,49 +69,11 @@ UNPLACEABLE = "no suitable node"
 OVER = {"complete", "shutdown", "failed", "rejected", "orphaned", "remove"}
 NODE_STATE = "swarm_node"
 HOME_NODE_STATE = "swarm_home_node"
-# Swarm's constraint enforcer (dockerd 20.10) rejects every running task holding a generic
-# resource on a node as soon as an overlay network newly lands on that node ("assigned node
-# no longer meets constraints": moby/swarmkit's enforcer treats a GPU the task holds as
-# missing; docker/cli#1805): a GPU server on a network of its own is rejected at once, and
-# any other analyst's network arriving on its node later would stop it. Measured on the test
-# swarm; docs/multi-node.md "One network per analyst".
-GPU_NETWORK_REFUSAL = (
-    "the profile {display!r} ({name}) cannot start on this swarm yet: a GPU server on a "
-    "network of its own is stopped by Swarm itself (its constraint enforcer rejects a task "
-    "holding a GPU whenever an overlay network newly reaches its node, docs/multi-node.md). "
-    "Choose a profile without GPUs, or ask the platform team"
-)
 HOME_REMEDY = (
     "A home on a node's own disk keeps an analyst on that node; homes on shared storage "
     "(NFS, or a file system mounted at the same path on every node: cluster.home_volume, "
     "docs/multi-node.md) follow them to any node"
 )
-_CONSTRAINT = re.compile(
-    r"^node\.(?:labels\.(?P<label>[^=!]+)|(?P<field>id|hostname|role))(?P<op>==|!=)(?P<value>.+)$"
-)
-
-
-def unmet_constraints(node: dict, constraints: list[str]) -> list[str]:
-    """The placement constraints NODE (the engine's node inspect) does not meet, as Swarm
-    evaluates them: a label the node lacks is not equal to any value. Forms other than
-    node.labels/id/hostname/role are left to the scheduler."""
-    labels = (node.get("Spec") or {}).get("Labels") or {}
-    have = {
-        "id": node.get("ID", ""),
-        "hostname": (node.get("Description") or {}).get("Hostname", ""),
-        "role": (node.get("Spec") or {}).get("Role", ""),
-    }
-    unmet = []
-    for constraint in constraints:
-        m = _CONSTRAINT.match(constraint.replace(" ", ""))
-        if not m:
-            continue
-        key = m.group("label")
-        actual = labels.get(key) if key else have[m.group("field")]
-        equal = actual == m.group("value")
-        if equal != (m.group("op") == "=="):
-            unmet.append(constraint)
-    return unmet
 
 
 def home_refusal(profile, node_name: str, why: str) -> str:
@@ -155,16 +122,13 @@ class SwarmRefusal(Exception):
     """The scheduler cannot place a server now; the message says which profile and why."""
 
 
-def refusal_message(profile, constraints: list[str], gpu_resource: str, err: str) -> str:
+def refusal_message(profile, constraints: list[str], err: str) -> str:
     """What the analyst reads when no node can take their server: the profile, what it needs,
-    and the scheduler's own words."""
-    needs = list(constraints)
-    if profile.gpus:
-        needs.append(f"{profile.gpus} free {gpu_resource}")
-    wanted = f" (it needs {' and '.join(needs)})" if needs else ""
+    and the scheduler's own words. (No GPU free is refused before: swarm_gpu.)"""
+    wanted = f" (it needs {' and '.join(constraints)})" if constraints else ""
     why = "every node that could run it is busy or unavailable"
-    if profile.gpus and "insufficient resources" in err:
-        why = "every GPU is taken"
+    if "insufficient resources" in err:
+        why = "no node it may run on has the CPU and memory it reserves unreserved"
     elif "constraint" in err:
         why = "no available node has the labels it needs"
     return (
@@ -205,7 +169,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
         2.0,
         config=True,
         help="Seconds a task may stay pending with 'no suitable node' before the start is "
-        "refused: just after a stop, Swarm may not yet count a freed GPU as free.",
+        "refused: just after a stop, Swarm may not yet count freed CPU and memory as free.",
     )
     task_poll_interval = Float(0.25, config=True, help="Seconds between looks at the task.")
 
@@ -314,6 +278,16 @@ class HubstackSwarmSpawner(HubstackSpawner):
         with contextlib.suppress(docker.errors.NotFound):
             self.client.remove_service(name or self.service_name)
 
+    # --- the spawn form ------------------------------------------------------------------
+    def _offered_profiles(self) -> list:
+        """GPU profiles only when some node of the swarm advertises enough GPUs (not the
+        hub's own /dev: the hub's node need not have any)."""
+        try:
+            return swarm_gpu.offered_profiles(self.cfg, self.client)
+        except docker.errors.DockerException as e:
+            self.log.warning("the swarm's nodes could not be read for the spawn form: %s", e)
+            return [p for p in self.cfg.profiles if not p.gpus]
+
     # --- the home ----------------------------------------------------------------------
     @property
     def home_job_name(self) -> str:
@@ -351,18 +325,53 @@ class HubstackSwarmSpawner(HubstackSpawner):
             why = f"the node is {availability if availability != 'active' else state}"
             raise web.HTTPError(409, home_refusal(profile, name, why))
 
+    @property
+    def _home_pin(self) -> str:
+        """The constraint that keeps the server on its local home's node ('' for none)."""
+        return f"node.id=={self.home_node['id']}" if self.home_node else ""
+
+    async def _placement(self, profile, home: service_spec.HomeVolume) -> list[str]:
+        """The server's placement constraints: the profile's, plus the home node for a local
+        home made before, which is checked first (a profile that cannot run there is
+        refused at once, naming the node)."""
+        constraints = self.cfg.placement_constraints(profile)
+        if not home.shared and self.home_node:
+            await self._in_pool(self._check_home_node, profile, constraints)
+            constraints.append(self._home_pin)
+        return constraints
+
+    async def _reserve_gpus(self, profile, constraints: list[str]) -> swarm_gpu.SwarmGrant:
+        """A node and GPUs for a GPU profile's server, picked by the hub (swarm_gpu), on a
+        node meeting CONSTRAINTS; refused (409) at once, saying why, when there is none. The
+        caller releases the grant once the service exists, or its start failed."""
+        allocator = swarm_gpu.SwarmGPUAllocator(self.cfg, self.client)
+        try:
+            # Its own service left by a crashed hub is removed before the new one is made.
+            grant = await allocator.reserve(
+                self.user.name, profile, constraints, replacing=self.service_name
+            )
+        except gpu.GPUUnavailable as e:
+            self.log.warning("%s: %s", self.user.name, e)
+            raise web.HTTPError(409, str(e)) from None
+        self.log.info(
+            "%s's server (%s) gets GPU %s of node %s",
+            self.user.name,
+            profile.name,
+            ",".join(grant.gpus),
+            grant.node_name,
+        )
+        return grant
+
     async def _prepare_home(
         self, profile, request: service_spec.ServiceRequest, home: service_spec.HomeVolume
     ) -> list[str]:
-        """Run the job that makes HOME the analyst's, where the server can run (REQUEST's
-        placement; on a local home, only the home node). Returns the server's constraints:
-        REQUEST's, plus the home node for a local home."""
+        """Run the job that makes HOME the analyst's, where the server will run (REQUEST's
+        placement, from _placement: on a local home made before, only the home node; for
+        a GPU server, the node of its GPUs). Returns the server's constraints: REQUEST's,
+        plus the node a new local home is on."""
         constraints = list(request.constraints)
-        if not home.shared and self.home_node:
-            await self._in_pool(self._check_home_node, profile, constraints)
-            constraints.append(f"node.id=={self.home_node['id']}")
         # A new local home's node is the analyst's for good: the job reserves what the
-        # server will (its GPUs too), so that it lands where the server fits now. Otherwise
+        # server will (CPU and memory), so that it lands where the server fits now. Otherwise
         # it needs nothing reserved, and the server need not wait for its reservations.
         choosing = not home.shared and not self.home_node
         spec = service_spec.home_job_spec(
@@ -384,8 +393,8 @@ class HubstackSwarmSpawner(HubstackSpawner):
         finally:
             await self._in_pool(self._remove_service, self.home_job_name)
         if choosing:
-            # Its reservations (a GPU) are free once its task is over, not when the service
-            # goes: a server asking at once could be refused for the job's own GPU.
+            # Its reservations are free once its task is over, not when the service goes:
+            # a server asking at once could be refused for the job's own reservation.
             await self._until_over(created["ID"])
         self.log.info(
             "%s's home is ready in %.1fs",
@@ -410,13 +419,35 @@ class HubstackSwarmSpawner(HubstackSpawner):
             # Said before any work: without a Spark node the cluster cannot start anywhere.
             await self._in_pool(self._check_spark_nodes, profile)
         await self._refuse_own_packages()
-        if profile.gpus and self.hub_container:
-            raise web.HTTPError(
-                409, GPU_NETWORK_REFUSAL.format(display=profile.display_name, name=profile.name)
-            )
         self._profile_cfg = profile
         ident = await self._identity()
         self._ident = ident
+        home = self._home_volume(ident)
+        constraints = await self._placement(profile, home)
+        grant = None
+        if profile.gpus:
+            # Before any config, service or network: no GPU free is said at once.
+            grant = await self._reserve_gpus(profile, constraints)
+            if grant.constraint not in constraints:
+                constraints.append(grant.constraint)
+            progress.emit(
+                1, f"GPU {','.join(grant.gpus)} of node {grant.node_name} is held for you"
+            )
+        try:
+            return await self._start_service(profile, ident, home, constraints, grant)
+        finally:
+            await swarm_gpu.release(grant)  # a failed start's; a made service holds them
+
+    async def _start_service(
+        self,
+        profile,
+        ident: dict,
+        home: service_spec.HomeVolume,
+        constraints: list[str],
+        grant: swarm_gpu.SwarmGrant | None,
+    ) -> tuple[str, int]:
+        """The rest of start, once the placement (and a GPU server's GPUs) is decided."""
+        progress = self.spawn_progress
         self._extra_env = self._spark_environment(profile) if profile.spark else {}
         tag = self._image_tag(profile)
         ref = self.cfg.image_ref(profile.image, tag)
@@ -432,8 +463,6 @@ class HubstackSwarmSpawner(HubstackSpawner):
             f"{self.cfg.hub.network}-nb", self.user.name, ident, image_passwd, image_group
         )
         accounts = await self._in_pool(self._ensure_configs, configs)
-        constraints = self.cfg.placement_constraints(profile)
-        home = self._home_volume(ident)
         request = service_spec.ServiceRequest(
             name=self.service_name,
             image=self.image,
@@ -441,15 +470,17 @@ class HubstackSwarmSpawner(HubstackSpawner):
             profile_name=profile.name,
             ident=ident,
             command=await self.get_command(),
-            env=self.get_env(),
-            labels={PLATFORM_LABEL: self.cfg.hub.network, **self.extra_labels},
+            env={**self.get_env(), **(grant.environment if grant else {})},
+            labels={
+                PLATFORM_LABEL: self.cfg.hub.network,
+                **self.extra_labels,
+                **(grant.labels if grant else {}),
+            },
             cpu_limit=profile.cpu_limit or self.cfg.resources.cpu_limit,
             mem_limit=profile.mem_limit or self.cfg.resources.mem_limit,
             reservation_fraction=self.reservation_fraction,
             pids_limit=self.pids_limit,
             constraints=constraints,
-            gpus=profile.gpus,
-            gpu_resource=self.cfg.cluster.gpu_resource,
             networks=self._server_networks(profile),
             accounts=accounts,
             mounts=[home.server_mount()],
@@ -482,6 +513,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
                 lambda: self.client.create_service(**service_spec.service_spec(request))
             )
             self.object_id = created["ID"]
+            await swarm_gpu.release(grant)  # its labels hold the GPUs now
             waits: list[Awaitable] = [self._until_running(profile, request.constraints)]
             if cluster:
                 waits.append(self._start_spark_services(profile, cluster))
@@ -513,12 +545,9 @@ class HubstackSwarmSpawner(HubstackSpawner):
     spark_network = user_network  # a Spark cluster's network is the analyst's own
 
     def _server_networks(self, profile) -> list[str]:
-        """The server's networks: the analyst's own, then service_networks. A GPU profile's
-        server gets service_networks only: Swarm stops a GPU task when a network newly
-        reaches its node (GPU_NETWORK_REFUSAL); with a hub container (a real hub) such a
-        start is refused before this."""
-        own = [] if profile.gpus else [self.user_network]
-        return [*own, *self.service_networks]
+        """The server's networks: the analyst's own, then service_networks (a GPU server's
+        too: it holds no Swarm generic resource, so a node update does not stop it)."""
+        return [self.user_network, *self.service_networks]
 
     def _connect_hub(self) -> None:
         """The hub's container on the analyst's network as `hub` (already there after a hub
@@ -663,7 +692,8 @@ class HubstackSwarmSpawner(HubstackSpawner):
             secrets=[secret_ref],
         )
         key = self.cfg.cluster.node_labels.spark
-        pinned = [c for c in request.constraints if c.startswith("node.id==")]
+        # A local home's node (the workers mount the home); not a GPU server's node.
+        pinned = [c for c in request.constraints if c == self._home_pin]
         spec = self._cluster_spec(image, self.spark_network)
         base = dataclasses.replace(
             request,
@@ -758,7 +788,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
         place is refused (409) after unplaceable_grace, with REFUSAL(the scheduler's words)
         when given; one that fails says why (500)."""
         service_id = service_id or self.object_id
-        pinned = next((c for c in constraints if c.startswith("node.id==")), "")
+        pinned = bool(self._home_pin) and self._home_pin in constraints
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
         unplaceable_since = None
@@ -774,16 +804,12 @@ class HubstackSwarmSpawner(HubstackSpawner):
                 unplaceable_since = unplaceable_since or loop.time()
                 if loop.time() - unplaceable_since >= self.unplaceable_grace:
                     message = (
-                        refusal(err)
-                        if refusal
-                        else refusal_message(
-                            profile, constraints, self.cfg.cluster.gpu_resource, err
-                        )
+                        refusal(err) if refusal else refusal_message(profile, constraints, err)
                     )
                     if pinned:
                         message += (
-                            f". Your home is on node {self.home_node.get('name') or pinned}: "
-                            f"{HOME_REMEDY}"
+                            f". Your home is on node "
+                            f"{self.home_node.get('name') or self.home_node['id']}: {HOME_REMEDY}"
                         )
                     self.log.warning("%s: %s", self.user.name, message)
                     raise web.HTTPError(409, message)

@@ -5,14 +5,20 @@ shared one that follows them), and a Spark profile's cluster as services.
 
 How it is driven: the spawner class's own start/poll/stop, called as JupyterHub calls them,
 against the manager's engine, with the analyst's identity as a login's auth state would
-give it. There is no hub in this module (test_swarm_stack.py runs one, with `hubstack up`,
-and a real server on the worker behind it). So the server is the
+give it. JupyterHub itself is not in this module (test_swarm_stack.py runs one, with
+`hubstack up`, and a real server on the worker behind it), but the hub's container is, as
+in production: a plain container on the manager (the tiny image, `sleep infinity`), which
+the spawner connects to each analyst's network as `hub` and disconnects at the stop. The
+route the spawner waits for is probed from inside that container (the test process is not
+on the overlays). The server is the
 harness's tiny image (the platform's base root plus a label, pushed to the harness's TLS
 registry) running `sleep infinity`, not the notebook image: what is checked is where the
 task runs, as whom, and what the analyst is told; not a notebook answering.
 
 The GPU is SIMULATED: the `gpu` node advertises one NVIDIA-GPU generic resource
-(GPU-sim-0) in its daemon.json; no device is handed to any container here.
+(GPU-sim-0) in its daemon.json; the hub hands it out (hubstack.hub.swarm_gpu) and names it
+in NVIDIA_VISIBLE_DEVICES; no device is handed to any container here (that needs the
+NVIDIA container runtime on a real GPU node).
 
 NFS is not here either: this kernel has no NFS client. The shared-home test binds a folder
 every node sees at the same path instead (see its docstring for what that does and does
@@ -38,13 +44,14 @@ from tornado import web
 from hubstack.cli import main
 from hubstack.config import parse_config
 from hubstack.hub.container_spec import USER_LABEL, image_account_files
+from hubstack.hub.swarm_gpu import LABEL_GPU_NODE, LABEL_GPUS
 from hubstack.hub.swarm_spawner import HubstackSwarmSpawner
 from hubstack.images.build import push_image
 from hubstack.nodes import node_rows
 from hubstack.registry import RegistryClient
 from hubstack.spark import EXECUTOR_IMAGE
 from hubstack.spark_cluster import CLUSTER_LABEL
-from tests.conftest import TEST_TAG
+from tests.conftest import SESSION_ID, TEST_TAG
 from tests.integration.swarm_nodes import TINY_IMAGE
 
 pytestmark = pytest.mark.integration
@@ -163,19 +170,55 @@ def home_volumes(swarm):
     _remove_volumes(swarm, label=USER_LABEL)
 
 
+@pytest.fixture(scope="module")
+def hub_container(swarm, swarm_registry):
+    """The hub's container as `hubstack up` runs it: a plain container on the manager (here
+    the tiny image, `sleep infinity`), on no analyst's network until a start connects it.
+    Removed afterwards."""
+    manager = swarm.manager.client
+    manager.images.pull(swarm_registry.image, auth_config=swarm_registry.pull_auth)
+    container = manager.containers.run(
+        swarm_registry.image,
+        ["sleep", "infinity"],
+        name=f"hubtest-swarm-spawner-hub-{SESSION_ID}",
+        detach=True,
+        init=True,
+    )
+    try:
+        yield container
+    finally:
+        container.remove(force=True)
+
+
+def _route_from(container):
+    """HubstackSwarmSpawner._routed, run in the hub's container: a connection, or a
+    refusal (the server is `sleep infinity`: nothing listens), means a route."""
+
+    def routed(self) -> bool:
+        probe = f"exec 3<>/dev/tcp/{self.service_name}/{self.port}"
+        result = container.exec_run(["timeout", "3", "bash", "-c", probe])
+        return result.exit_code == 0 or b"Connection refused" in result.output
+
+    return routed
+
+
 @pytest.fixture
-def spawners(swarm, hub_cfg, monkeypatch):
-    """spawn(name, profile) -> a started analyst's spawner; all are stopped afterwards, and
-    nothing of theirs (services, configs) is left on the swarm."""
+def spawners(swarm, hub_cfg, hub_container, monkeypatch):
+    """spawn(name, profile) -> a started analyst's spawner, with the hub's container; all
+    are stopped afterwards, and nothing of theirs (services, configs, networks) is left on
+    the swarm, nor the hub on any analyst's network."""
     api = docker.APIClient(base_url=swarm.manager.socket, version="auto", timeout=120)
     monkeypatch.setattr(HubstackSwarmSpawner, "_client", api)
+    monkeypatch.setattr(HubstackSwarmSpawner, "_routed", _route_from(hub_container))
     made: list[HubstackSwarmSpawner] = []
 
     def make(name: str, profile: str, cfg=None) -> HubstackSwarmSpawner:
         async def auth_state():
             return IDENTS[name]
 
-        s = HubstackSwarmSpawner(platform=cfg or hub_cfg, cmd=["sleep", "infinity"])
+        s = HubstackSwarmSpawner(
+            platform=cfg or hub_cfg, cmd=["sleep", "infinity"], hub_container=hub_container.name
+        )
         s.user = SimpleNamespace(
             name=name, url=f"/user/{name}/", groups=[], get_auth_state=auth_state, id=1
         )
@@ -197,6 +240,10 @@ def spawners(swarm, hub_cfg, monkeypatch):
     while True:
         left = [x["Spec"]["Name"] for x in api.services() if x["Spec"]["Name"].startswith(prefix)]
         left += [c["Spec"]["Name"] for c in api.configs() if c["Spec"]["Name"].startswith(prefix)]
+        users = f"{hub_cfg.hub.network}-user-"
+        left += [n["Name"] for n in api.networks() if n["Name"].startswith(users)]
+        hub_container.reload()
+        left += [n for n in hub_container.attrs["NetworkSettings"]["Networks"] if n != "bridge"]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -224,31 +271,91 @@ def _write_notes(container, text: str) -> list[str]:
     return result.output.decode().split("\n")[:2]
 
 
-def test_a_gpu_analyst_lands_on_the_gpu_node_a_default_one_does_not(swarm, spawners):
+def _task(api: docker.APIClient, service: str) -> tuple[str, str]:
+    """(ID, state) of SERVICE's one task."""
+    (task,) = api.tasks(filters={"service": service})
+    return task["ID"], task["Status"]["State"]
+
+
+def _attached(api: docker.APIClient, service: str) -> list[str]:
+    (task,) = api.tasks(filters={"service": service})
+    return [a["Network"]["Spec"]["Name"] for a in task.get("NetworksAttachments") or []]
+
+
+def _still_running(api: docker.APIClient, service: str, task_id: str, seconds: float) -> None:
+    """SERVICE's one task is TASK_ID and running for SECONDS (Swarm's constraint enforcer
+    rejects at once: 'assigned node no longer meets constraints')."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert _task(api, service) == (task_id, "running"), api.tasks(filters={"service": service})
+        time.sleep(0.25)
+
+
+def test_a_gpu_analyst_lands_on_the_gpu_node_a_default_one_does_not(
+    swarm, spawners, hub_container, monkeypatch, capsys
+):
+    """The hub hands the GPU out: alice's GPU server is pinned to the GPU node, on her own
+    network with the hub, told its GPU in NVIDIA_VISIBLE_DEVICES, and reserves no Swarm
+    generic resource, so what made Swarm reject GPU tasks (swarmkit's constraint enforcer
+    at any update of their node: a label change, another analyst's network reaching the
+    node) leaves it running."""
     alice, bob = spawners("alice", "gpu"), spawners("bob", "default")
     started = time.monotonic()
     assert _run(alice.start()) == (alice.service_name, 8888)
-    assert _run(bob.start()) == (bob.service_name, 8888)
-    print(f"[swarm spawner] two starts in {time.monotonic() - started:.1f}s")
+    print(f"[swarm spawner] a GPU start in {time.monotonic() - started:.1f}s")
     assert alice.node_name == "gpu"
-    assert bob.node_name == "spark"  # the default profile keeps off GPU nodes
-    assert _run(alice.poll()) is None and _run(bob.poll()) is None
+    assert _run(alice.poll()) is None
     assert alice.get_state()["swarm_node"] == "gpu"
 
+    # The service: pinned to the GPU node, labelled with its GPU, no generic resource.
+    api = alice.client
+    gpu_node = swarm.node("gpu")
+    spec = api.inspect_service(alice.service_name)["Spec"]
+    assert f"node.id=={gpu_node.node_id}" in spec["TaskTemplate"]["Placement"]["Constraints"]
+    assert "node.labels.hubstack.gpu==true" in spec["TaskTemplate"]["Placement"]["Constraints"]
+    assert spec["Labels"][LABEL_GPUS] == "GPU-sim-0"
+    assert spec["Labels"][LABEL_GPU_NODE] == gpu_node.node_id
+    reservations = spec["TaskTemplate"]["Resources"].get("Reservations") or {}
+    assert not reservations.get("GenericResources")
+    # On her own network, with the hub's container (as `hub`), and no one else's.
+    assert _attached(api, alice.service_name) == [alice.user_network]
+    hub_container.reload()
+    hub_nets = hub_container.attrs["NetworkSettings"]["Networks"]
+    assert "hub" in (hub_nets[alice.user_network].get("Aliases") or [])
+
     # On the node: the analyst's UID:GID and name (the passwd config), no capabilities,
-    # no-new-privileges (the node's daemon.json), and the GPU Swarm assigned.
+    # no-new-privileges (the node's daemon.json), and the GPU the hub handed out.
     c = _container(swarm, alice)
     assert c.exec_run(["id", "-un"]).output.decode().strip() == "alice"
     assert c.exec_run(["id", "-u"]).output.decode().strip() == "23401"
     assert c.exec_run(["sh", "-c", "echo ~"]).output.decode().strip() == "/home/alice"
     status = c.exec_run(["cat", "/proc/1/status"]).output.decode()
     assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
-    assert "DOCKER_RESOURCE_NVIDIA-GPU=GPU-sim-0" in c.attrs["Config"]["Env"]
+    env = c.attrs["Config"]["Env"]
+    assert "NVIDIA_VISIBLE_DEVICES=GPU-sim-0" in env and "CUDA_VISIBLE_DEVICES=0" in env
+    assert not any(e.startswith("DOCKER_RESOURCE_") for e in env)  # nothing from Swarm
     assert not any("docker.sock" in m["Source"] for m in c.attrs["Mounts"])
-    bob_env = _container(swarm, bob).attrs["Config"]["Env"]
-    assert not any(e.startswith("DOCKER_RESOURCE_") for e in bob_env)
 
-    # `hubstack nodes` shows who runs where, and alice's GPU taken.
+    # What made Swarm reject a GPU task: an update of its node. A label change...
+    task_id, _ = _task(api, alice.service_name)
+    monkeypatch.setenv("DOCKER_HOST", swarm.manager.socket)
+    assert main(["nodes", "label", "gpu", "site.room=lab1"]) == 0
+    try:
+        _still_running(api, alice.service_name, task_id, 3)
+    finally:
+        assert main(["nodes", "label", "gpu", "--remove", "site.room"]) == 0
+    capsys.readouterr()
+    # ... and another analyst's network reaching the GPU node (the hub's container, on the
+    # manager, joins bob's network at his start).
+    assert _run(bob.start()) == (bob.service_name, 8888)
+    assert bob.node_name == "spark"  # the default profile keeps off GPU nodes
+    assert _attached(api, bob.service_name) == [bob.user_network]
+    _still_running(api, alice.service_name, task_id, 3)
+    assert _run(alice.poll()) is None and _run(bob.poll()) is None
+    bob_env = _container(swarm, bob).attrs["Config"]["Env"]
+    assert not any(e.startswith(("NVIDIA_", "DOCKER_RESOURCE_")) for e in bob_env)
+
+    # `hubstack nodes` shows who runs where, and alice's GPU taken (from the labels).
     rows = {r.name: r for r in node_rows(alice.cfg, swarm.manager.client)}
     assert rows["gpu"].analysts == ["alice"] and rows["spark"].analysts == ["bob"]
     assert (rows["gpu"].gpus_total, rows["gpu"].gpus_used) == (1, 1)
@@ -267,18 +374,23 @@ def test_two_gpu_spawns_for_one_gpu_give_one_server_and_one_clear_refusal(swarm,
         _run(carol.start())
     took = time.monotonic() - started
     assert refused.value.status_code == 409
-    message = refused.value.log_message
-    assert message.startswith("the profile 'GPU' (gpu) cannot start now: every GPU is taken")
-    assert "1 free NVIDIA-GPU" in message and "insufficient resources" in message
-    assert took < 20, f"the refusal took {took:.1f}s"
-    # Carol's pending service is gone, not left holding a place in the queue for the GPU.
+    assert refused.value.log_message == (
+        "the profile 'GPU' (gpu) needs 1 GPU, and every GPU is taken: 1 of 1 busy on the "
+        "nodes it may use (gpu). Try again when another analyst's GPU server stops, or "
+        "choose another profile"
+    )
+    assert took < 5, f"the refusal took {took:.1f}s"
+    # Refused before anything of carol's existed: no service, no network, no hub on one.
     manager = swarm.manager.client
     assert not manager.services.list(filters={"name": carol.service_name})
+    assert not manager.networks.list(names=[carol.user_network])
     assert _run(carol.poll()) == 0
     # Once alice stops, the GPU is carol's.
     _run(alice.stop())
     _run(carol.start())
     assert carol.node_name == "gpu"
+    spec = manager.api.inspect_service(carol.service_name)["Spec"]
+    assert spec["Labels"][LABEL_GPUS] == "GPU-sim-0"
 
 
 def test_a_drained_node_takes_no_new_server(swarm, spawners, monkeypatch, capsys):

@@ -36,8 +36,6 @@ def request(**kw) -> ServiceRequest:
         "reservation_fraction": 0.25,
         "pids_limit": 512,
         "constraints": cfg.placement_constraints(cfg.profile("gpu")),
-        "gpus": 1,
-        "gpu_resource": "NVIDIA-GPU",
         "networks": ["hs-overlay"],
         "accounts": [(f"id-{c.target}", c) for c in accounts],
     }
@@ -87,12 +85,10 @@ def test_limits_and_a_share_of_them_reserved_with_the_pids_limit():
     assert res["Reservations"]["MemoryBytes"] == 1024**3
 
 
-def test_a_gpu_is_a_reservation_of_the_generic_resource():
+def test_a_gpu_server_reserves_no_generic_resource():
+    """swarmkit rejects a task holding a generic resource at every update of its node: the
+    hub hands GPUs out itself (hubstack.hub.swarm_gpu), the spec reserves CPU and memory."""
     res = service_spec(request())["task_template"]["Resources"]
-    assert res["Reservations"]["GenericResources"] == [
-        {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 1}}
-    ]
-    res = service_spec(request(gpus=0))["task_template"]["Resources"]
     assert "GenericResources" not in res["Reservations"]
 
 
@@ -142,13 +138,16 @@ def test_account_configs_hold_the_analyst_and_are_named_by_content():
 def test_a_refusal_names_the_profile_what_it_needs_and_why():
     profile = SimpleNamespace(name="gpu", display_name="GPU", gpus=1)
     err = "no suitable node (insufficient resources on 2 nodes)"
-    message = refusal_message(profile, ["node.labels.hubstack.gpu==true"], "NVIDIA-GPU", err)
-    assert message.startswith("the profile 'GPU' (gpu) cannot start now: every GPU is taken")
-    assert "node.labels.hubstack.gpu==true and 1 free NVIDIA-GPU" in message
+    message = refusal_message(profile, ["node.labels.hubstack.gpu==true", "node.id==n1"], err)
+    assert message.startswith(
+        "the profile 'GPU' (gpu) cannot start now: no node it may run on has the CPU and "
+        "memory it reserves unreserved (it needs node.labels.hubstack.gpu==true and "
+        "node.id==n1)"
+    )
     assert err in message
     plain = SimpleNamespace(name="lab2", display_name="Lab 2", gpus=0)
     err = "no suitable node (scheduling constraints not satisfied on 2 nodes)"
-    message = refusal_message(plain, ["node.labels.site.room==lab2"], "NVIDIA-GPU", err)
+    message = refusal_message(plain, ["node.labels.site.room==lab2"], err)
     assert "no available node has the labels it needs" in message
 
 

@@ -147,19 +147,32 @@ def test_a_route_is_a_connection_or_a_refusal(monkeypatch, refused):
     assert s._routed() is refused
 
 
-def test_a_gpu_profile_is_refused_with_a_real_hub_and_gets_no_network_of_its_own(monkeypatch):
-    """Swarm (dockerd 20.10) rejects a task holding a GPU whenever an overlay network newly
-    reaches its node: a GPU server on a network of its own never runs there."""
+def test_a_gpu_server_is_on_its_analysts_network_like_every_server(monkeypatch):
+    """Its service reserves no Swarm generic resource (the hub hands GPUs out:
+    hubstack.hub.swarm_gpu), so a network reaching its node does not stop it."""
     s = spawner(monkeypatch, RecordingManager())
     gpu, default = s.cfg.profile("gpu"), s.cfg.profile("default")
-    assert s._server_networks(default) == ["hs-user-alice"]
-    assert s._server_networks(gpu) == []
-    monkeypatch.setattr(HubstackSwarmSpawner, "_profile", lambda self: gpu)
+    assert s._server_networks(default) == s._server_networks(gpu) == ["hs-user-alice"]
+
+
+def test_a_gpu_start_without_a_gpu_node_is_refused_before_any_network(monkeypatch):
+    class NoGPUNode(RecordingManager):
+        def nodes(self, filters=None):
+            return [{"ID": "n1", "Spec": {"Role": "manager"}, "Description": {"Hostname": "m"}}]
+
+    manager = NoGPUNode()
+    s = spawner(monkeypatch, manager)
+    monkeypatch.setattr(HubstackSwarmSpawner, "_profile", lambda self: self.cfg.profile("gpu"))
+
+    async def identity(self):
+        return {"uid": 23456, "gid": 23456, "groups": [23456], "home": "/home/alice"}
+
+    monkeypatch.setattr(HubstackSwarmSpawner, "_identity", identity)
     with pytest.raises(web.HTTPError) as refused:
         asyncio.run(s.start())
     assert refused.value.status_code == 409
-    assert "cannot start on this swarm yet" in refused.value.log_message
-    assert "Choose a profile without GPUs" in refused.value.log_message
+    assert "no node of this swarm advertises NVIDIA-GPU" in refused.value.log_message
+    assert manager.calls == []  # no network, no service, no hub connected
 
 
 class LingeringManager:
