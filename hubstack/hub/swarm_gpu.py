@@ -155,6 +155,36 @@ def held_by_node(holders: Iterable[SwarmGPUHolder]) -> dict[str, list[str]]:
     return out
 
 
+def format_gpu_status(cfg: PlatformConfig, api: Any) -> list[str]:
+    """Lines for `hubstack gpus` in swarm mode: each node's advertised GPUs and who holds
+    each (as the hub hands them out: the GPU servers' labels)."""
+    nodes = [n for n in gpu_nodes(api, cfg.cluster.gpu_resource) if n.gpus]
+    holders = gpu_holders(api)
+    if not nodes and not holders:
+        return [f"GPUs: no node of this swarm advertises {cfg.cluster.gpu_resource}"]
+    by_gpu: dict[tuple[str, str], list[SwarmGPUHolder]] = {}
+    for h in holders:
+        by_gpu.setdefault((h.node_id, h.gpu), []).append(h)
+    advertised = {(n.node_id, g) for n in nodes for g in n.gpus}
+    busy = len(advertised & set(by_gpu))
+    lines = [f"GPUs: {len(advertised)} on {len(nodes)} node(s) of the swarm, {busy} busy"]
+
+    def who(key: tuple[str, str]) -> str:
+        held = by_gpu.get(key)
+        return ", ".join(f"{h.user} ({h.service}, {h.state})" for h in held) if held else "free"
+
+    for n in nodes:
+        state = (
+            "" if n.usable else f" ({n.availability if n.availability != 'active' else n.state})"
+        )
+        lines.append(f"  {n.name}{state}:")
+        lines += [f"    GPU {g}: {who((n.node_id, g))}" for g in n.gpus]
+    # Held on a node that no longer advertises that GPU (the node left, or was reconfigured).
+    for key in sorted(set(by_gpu) - advertised):
+        lines.append(f"  GPU {key[1]} of node {key[0][:12]} (not advertised): {who(key)}")
+    return lines
+
+
 def offered_profiles(cfg: PlatformConfig, api: Any) -> list[ProfileConfig]:
     """Profiles to show in the spawn form in swarm mode: those asking for GPUs only when
     some node advertises that many."""

@@ -359,3 +359,28 @@ def test_the_swarm_spawners_form_reads_the_nodes_not_the_hubs_dev(monkeypatch):
 
     monkeypatch.setattr(HubstackSwarmSpawner, "_client", Unreachable([]))
     assert [p.name for p in s._offered_profiles()] == ["default"]
+
+
+def test_hubstack_gpus_in_swarm_mode_lists_each_nodes_gpus_and_their_holders():
+    nodes = [
+        node("n1", ["GPU-a", "GPU-b"], name="gpu-1"),
+        node("n2", ["GPU-c"], name="gpu-2", availability="drain"),
+        node("n3", [], labels={}, name="cpu"),
+    ]
+    held = [
+        service("hs-nb-bob", "bob", "n1", ["GPU-a"]),
+        service("hs-nb-carol", "carol", "n1", ["GPU-b"], "complete"),  # over: freed
+        service("hs-nb-dan", "dan", "gone-node-id", ["GPU-z"], None),  # its node left
+    ]
+    assert swarm_gpu.format_gpu_status(CFG, FakeManager(nodes, held)) == [
+        "GPUs: 3 on 2 node(s) of the swarm, 1 busy",
+        "  gpu-1:",
+        "    GPU GPU-a: bob (hs-nb-bob, running)",
+        "    GPU GPU-b: free",
+        "  gpu-2 (drain):",
+        "    GPU GPU-c: free",
+        "  GPU GPU-z of node gone-node-id (not advertised): dan (hs-nb-dan, new)",
+    ]
+    assert swarm_gpu.format_gpu_status(CFG, FakeManager([node("n3", [], labels={})])) == [
+        "GPUs: no node of this swarm advertises NVIDIA-GPU"
+    ]
