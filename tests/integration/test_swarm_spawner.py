@@ -43,6 +43,7 @@ from tornado import web
 
 from hubstack.cli import main
 from hubstack.config import parse_config
+from hubstack.hub import swarm_gpu
 from hubstack.hub.container_spec import USER_LABEL, image_account_files
 from hubstack.hub.swarm_gpu import LABEL_GPU_NODE, LABEL_GPUS
 from hubstack.hub.swarm_spawner import HubstackSwarmSpawner
@@ -359,6 +360,10 @@ def test_a_gpu_analyst_lands_on_the_gpu_node_a_default_one_does_not(
     rows = {r.name: r for r in node_rows(alice.cfg, swarm.manager.client)}
     assert rows["gpu"].analysts == ["alice"] and rows["spark"].analysts == ["bob"]
     assert (rows["gpu"].gpus_total, rows["gpu"].gpus_used) == (1, 1)
+    # `hubstack gpus` says which GPU, held by whom.
+    gpus = swarm_gpu.format_gpu_status(alice.cfg, api)
+    assert gpus[0] == "GPUs: 1 on 1 node(s) of the swarm, 1 busy", gpus
+    assert f"    GPU GPU-sim-0: alice ({alice.service_name}, running)" in gpus, gpus
 
     # Stopped: the service and its configs are gone, and poll says so.
     _run(bob.stop())
