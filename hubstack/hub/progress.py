@@ -8,20 +8,26 @@ at 0% through a long pull.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 class SpawnProgress:
     """An append-only list of events that any number of readers can follow."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_emit: Callable[[str], None] | None = None) -> None:
         self._events: list[dict] = []
         self._changed = asyncio.Event()
+        self._on_emit = on_emit
 
     def emit(self, percent: int, message: str) -> None:
         # Never go backwards: the page's bar must only grow.
         last = self._events[-1]["progress"] if self._events else 0
         self._events.append({"progress": max(last, min(int(percent), 100)), "message": message})
         self._changed.set()
+        # The hub's log keeps each message too: a start done within the hub's first second
+        # answers its progress page with "ready" only (JupyterHub replays nothing then).
+        if self._on_emit:
+            self._on_emit(message)
 
     async def events(self):
         """Every event so far, then each new one as it comes (the hub stops reading when the spawn

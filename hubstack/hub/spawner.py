@@ -328,8 +328,13 @@ class HubstackSpawner(DockerSpawner):
     @property
     def spawn_progress(self) -> SpawnProgress:
         if self._spawn_progress is None:
-            self._spawn_progress = SpawnProgress()
+            self._spawn_progress = self._new_progress()
         return self._spawn_progress
+
+    def _new_progress(self) -> SpawnProgress:
+        """A start's progress events, each also in the hub's log."""
+        name = getattr(self.user, "name", "?")
+        return SpawnProgress(lambda message: self.log.info("%s's start: %s", name, message))
 
     async def progress(self):
         async for event in self.spawn_progress.events():
@@ -647,7 +652,7 @@ class HubstackSpawner(DockerSpawner):
             self._holds_pending = False
 
     async def start(self):
-        self._spawn_progress = SpawnProgress()
+        self._spawn_progress = self._new_progress()
         self._pulled = ""
         progress = self.spawn_progress
         profile = self._profile()

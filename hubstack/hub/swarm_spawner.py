@@ -57,7 +57,6 @@ from traitlets import Dict, Float, List, Unicode, default
 from hubstack import networks, spark, spark_cluster, swarm_stack
 from hubstack.engine import PLATFORM_LABEL
 from hubstack.hub import container_spec, gpu, service_spec, swarm_gpu, versions
-from hubstack.hub.progress import SpawnProgress
 from hubstack.hub.service_spec import unmet_constraints
 from hubstack.hub.spawner import PLAIN_HINT, HubstackSpawner
 from hubstack.images import user as user_images
@@ -412,7 +411,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
 
     # --- start -----------------------------------------------------------------------
     async def start(self):
-        self._spawn_progress = SpawnProgress()
+        self._spawn_progress = self._new_progress()
         progress = self.spawn_progress
         profile = self._profile()
         if profile.spark:

@@ -355,6 +355,14 @@ def seed_registry_volume(
     return True
 
 
+def start_messages(cfg, client, events: list[dict], since: int) -> list[str]:
+    """The progress messages of an analyst's start: its EVENTS', plus what the hub logged
+    for it since SINCE (epoch seconds). A start done within the hub's first second
+    answers the progress stream with "ready" only; the hub's log has every message."""
+    logs = service_container(cfg, client, "hub").logs(since=since).decode(errors="replace")
+    return [e.get("message", "") for e in events] + logs.splitlines()
+
+
 def logged_in_clients(cfg, analysts: dict) -> dict[str, HubClient]:
     """One logged-in client with an API token per analyst (name -> (password, ...))."""
     out = {}

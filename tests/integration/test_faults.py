@@ -25,6 +25,7 @@ from tests.integration.hubstack_e2e import (
     HubClient,
     forget_local_digest,
     read_back_after_restart,
+    start_messages,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -143,8 +144,9 @@ def test_registry_down_spawns_from_the_node_or_says_why(hub_stack, clients, dock
     registry = service_container(cfg, docker_client, "registry-pull")
     registry.stop(timeout=10)
     try:
-        events = alice.start()
-        assert any("using the image on this node" in e.get("message", "") for e in events)
+        since = int(time.time())
+        messages = start_messages(cfg, docker_client, alice.start(), since)
+        assert any("using the image on this node" in m for m in messages), messages[-20:]
         assert alice.run_code("print('up')").strip() == "up"
         alice.stop()
 
