@@ -86,6 +86,12 @@ class GPUNode:
         """Swarm places tasks on it: ready and active."""
         return self.state == "ready" and self.availability == "active"
 
+    @property
+    def condition(self) -> str:
+        """Why it may not be usable, in a word: its availability (drain, pause) when not
+        active, else its state (ready, down)."""
+        return self.availability if self.availability != "active" else self.state
+
 
 def gpu_nodes(api: Any, kind: str) -> list[GPUNode]:
     """Every node of the swarm with the GPUs it advertises (none: an empty tuple), by name."""
@@ -174,10 +180,7 @@ def format_gpu_status(cfg: PlatformConfig, api: Any) -> list[str]:
         return ", ".join(f"{h.user} ({h.service}, {h.state})" for h in held) if held else "free"
 
     for n in nodes:
-        state = (
-            "" if n.usable else f" ({n.availability if n.availability != 'active' else n.state})"
-        )
-        lines.append(f"  {n.name}{state}:")
+        lines.append(f"  {n.name}{'' if n.usable else f' ({n.condition})'}:")
         lines += [f"    GPU {g}: {who((n.node_id, g))}" for g in n.gpus]
     # Held on a node that no longer advertises that GPU (the node left, or was reconfigured).
     for key in sorted(set(by_gpu) - advertised):
@@ -258,10 +261,7 @@ def choose(
         )
     usable = [n for n in fitting if n.usable]
     if not usable:
-        states = ", ".join(
-            f"{n.name}: {n.availability if n.availability != 'active' else n.state}"
-            for n in fitting
-        )
+        states = ", ".join(f"{n.name}: {n.condition}" for n in fitting)
         raise GPUUnavailable(
             f"{_needs(profile)}, and every node with GPUs it may use is drained or down "
             f"({states}). Try again later, or choose another profile"
