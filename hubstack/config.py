@@ -779,6 +779,11 @@ class NetworkConfig(_Section):
     analyst_prefix: int = Field(27, ge=16, le=29)
     """Size of each analyst's subnet: /27 holds 29 containers (hub, server, master and
     workers); a /16 pool of /27s holds 2,048 analysts."""
+    ready_ahead: int = Field(32, ge=0)
+    """Analysts without a running server whose network the hub keeps made, with itself on
+    it, so that their next start finds it ready (hubstack.hub.ready_networks): the most
+    recently active first, then the users file's others. Made while no start is under way.
+    0: a network is made at each start and removed at each stop. Single-host mode."""
 
     @field_validator("analyst_subnets")
     @classmethod

@@ -93,12 +93,20 @@ def _free_subnets(cfg: PlatformConfig, client):
 # the spawner's thread pool) would otherwise all pick the same first free subnet and clash
 # (30 analysts at once: 6 failed spawns). Creating a network takes milliseconds.
 _CREATING = threading.Lock()
+# When each analyst's network was last handed to a start of this process: a network with
+# only the hub on it may be an analyst's whose container is being created right now.
+_HANDED: dict[str, float] = {}
+HANDED_GRACE = 120.0
 
 
-def ensure_network(cfg: PlatformConfig, client, user: str):
-    """The analyst's network, made when missing (from a free subnet of the pool)."""
+def ensure_network(cfg: PlatformConfig, client, user: str, starting: bool = True):
+    """The analyst's network, made when missing (from a free subnet of the pool); STARTING:
+    for a start of theirs (False: made ahead, hubstack.hub.ready_networks)."""
     with _CREATING:
-        return _ensure_network(cfg, client, user)
+        net = _ensure_network(cfg, client, user)
+        if starting:
+            _HANDED[user] = time.monotonic()
+        return net
 
 
 def _ensure_network(cfg: PlatformConfig, client, user: str):
@@ -110,6 +118,8 @@ def _ensure_network(cfg: PlatformConfig, client, user: str):
         except docker.errors.NotFound:
             pass
         subnet = next(_free_subnets(cfg, client), None)
+        if subnet is None and _remove_an_idle_network(cfg, client):
+            continue  # a network made ahead (hubstack.hub.ready_networks) gave its subnet
         if subnet is None:
             raise NetworkError(
                 f"no free subnet left in network.analyst_subnets {cfg.network.analyst_subnets} "
@@ -136,6 +146,32 @@ def _ensure_network(cfg: PlatformConfig, client, user: str):
                 raise NetworkError(f"cannot create the network {name}: {e}") from None
             time.sleep(0.2)
     raise NetworkError(f"cannot create the network {name}: subnets kept clashing")
+
+
+def recently_handed(user: str) -> bool:
+    """Whether a start of this process took USER's network in the last HANDED_GRACE s."""
+    handed = _HANDED.get(user)
+    return handed is not None and time.monotonic() - handed < HANDED_GRACE
+
+
+def _remove_an_idle_network(cfg: PlatformConfig, client) -> bool:
+    """Remove one analyst network nobody but the hub is on (one made ahead for an analyst
+    who is not starting); whether one went."""
+    for net in analyst_networks(cfg, client):
+        if recently_handed(net.attrs["Labels"][NETWORK_LABEL]):
+            continue
+        net.reload()
+        if all(_is_hub(client, cid) for cid in net.attrs.get("Containers") or {}):
+            remove_network(cfg, client, net.attrs["Labels"][NETWORK_LABEL])
+            return True
+    return False
+
+
+def ensure_joined(cfg: PlatformConfig, client, user: str, hub_id: str, starting: bool = True):
+    """The analyst's network, made when missing, with the hub on it as `hub`."""
+    net = ensure_network(cfg, client, user, starting)
+    join(net, hub_id, [HUB_ALIAS])
+    return net
 
 
 def join(network, container_id: str, aliases: list[str] | None = None) -> None:

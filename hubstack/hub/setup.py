@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hubstack import swarm_stack
 from hubstack.config import HSTS_MAX_AGE, PlatformConfig
-from hubstack.hub import cull, ldap, oidc, versions
+from hubstack.hub import cull, ldap, oidc, ready_networks, versions
 from hubstack.hub.announce import read_announcement
 
 ENV_REPORT_SERVICE = "env-report"
@@ -101,6 +101,8 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
         }
     ]
     configure_culling(c, cfg)
+    # Analysts' networks made while the hub is idle, not during a burst of starts.
+    ready_networks.start_in_hub(cfg)
 
     # `hubstack announce`: read on each page render, so no restart is needed.
     # The home page adds a notice for an analyst whose kept release is older than stable.

@@ -569,11 +569,13 @@ class HubstackSpawner(DockerSpawner):
         return self._engine
 
     def _join_network(self) -> None:
-        net = networks.ensure_network(self.cfg, self.engine, self.user.name)
-        networks.join(net, self._hub_id(), [networks.HUB_ALIAS])
+        networks.ensure_joined(self.cfg, self.engine, self.user.name, self._hub_id())
 
     def _leave_network(self) -> None:
-        networks.remove_network(self.cfg, self.engine, self.user.name)
+        # Kept for the analyst's next start when networks are made ahead: the hub's keeper
+        # (hubstack.hub.ready_networks) removes it once they are no longer likely next.
+        if self.cfg.network.ready_ahead == 0:
+            networks.remove_network(self.cfg, self.engine, self.user.name)
 
     async def poll(self):
         status = await super().poll()

@@ -4,18 +4,21 @@ login form, start servers, run code in kernels through the hub's proxy."""
 from __future__ import annotations
 
 import subprocess
+import time
 import warnings
 
 import pytest
 import requests
 
 from hubstack import stack
-from hubstack.engine import project_name
+from hubstack.engine import project_name, service_container
 from hubstack.hub.users import users_file_for
+from hubstack.networks import network_name
 from tests.integration.conftest import ANALYSTS
 from tests.integration.hubstack_e2e import (
     REPO,
     HubClient,
+    add_user,
     forget_local_digest,
     hub_config_changed,
     hubstack,
@@ -268,3 +271,41 @@ def test_a_profile_for_a_group_refuses_everyone_else_with_403(hub_stack, clients
             assert not bob.running() and not alice.running()
     finally:
         users_file_for(cfg).remove("dana")
+
+
+def test_a_new_analysts_network_is_ready_before_her_first_login(hub_stack, docker_client):
+    """While idle, the hub makes the networks of the analysts likeliest to start next
+    (network.ready_ahead, on by default), so a burst of starts does not pay for them: one
+    just added to the users file finds hers made, with the hub on it, and her first start
+    runs on it. It stays after her stop, with only the hub on it."""
+    cfg, _, _ = hub_stack
+    password = "frank-pw-9d1e"
+    add_user(cfg, "frank", password, 23010, 23010, [])
+    name = network_name(cfg, "frank")
+    hub = service_container(cfg, docker_client, "hub")
+    deadline = time.monotonic() + 60
+    while True:
+        made = [n for n in docker_client.networks.list(names=[name]) if n.name == name]
+        if made:
+            made[0].reload()
+            if hub.id in made[0].attrs["Containers"]:
+                break
+        assert time.monotonic() < deadline, "frank's network was not made within 60 s"
+        time.sleep(1)
+    net = made[0]
+    assert any(
+        "Analysts' networks made ahead" in line and "frank" in line
+        for line in hub.logs().decode().splitlines()
+    )
+
+    frank = HubClient(url(cfg), "frank")
+    assert frank.login(password).status_code == 302
+    frank.make_token()
+    frank.start()
+    try:
+        server = docker_client.containers.get(f"{cfg.hub.network}-nb-frank")
+        assert server.attrs["NetworkSettings"]["Networks"][name]["NetworkID"] == net.id
+    finally:
+        frank.stop()
+    net.reload()
+    assert list(net.attrs["Containers"]) == [hub.id]

@@ -201,7 +201,9 @@ def test_the_driver_ui_is_its_owners_through_their_server_only(hub_stack, client
         session.join(timeout=300)
 
 
-def test_a_stopped_server_takes_its_cluster_and_network_with_it(hub_stack, clients, docker_client):
+def test_a_stopped_server_takes_its_cluster_with_it_and_leaves_its_network_ready(
+    hub_stack, clients, docker_client
+):
     cfg, _, _ = hub_stack
     bob = clients["bob"]
     if not bob.running():
@@ -212,4 +214,7 @@ def test_a_stopped_server_takes_its_cluster_and_network_with_it(hub_stack, clien
         all=True, filters={"label": f"{spark_cluster.CLUSTER_LABEL}={server}"}
     )
     assert not left, [c.name for c in left]
-    assert not docker_client.networks.list(names=[networks.network_name(cfg, "bob")])
+    # His network stays for his next start (network.ready_ahead), with only the hub on it.
+    net = docker_client.networks.get(networks.network_name(cfg, "bob"))
+    hub = service_container(cfg, docker_client, "hub")
+    assert list(net.attrs["Containers"]) == [hub.id]
