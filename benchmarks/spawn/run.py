@@ -7,7 +7,7 @@ the floor, CPU-seconds to ready of the image's jupyterhub-singleuser and of plai
 
     PYTHONPATH=$PWD python benchmarks/spawn/run.py [--users 10] [--bursts 10,30]
         [--config FILE] [--hub-image REF] [--notebook-image REF] [--executor-image REF]
-        [--bursts-only] [--slots N,M] [--host-cpu]
+        [--bursts-only] [--slots N,M] [--host-cpu] [--ready-ahead N]
 
 --bursts-only skips the one-after-another round, the idle figures and the no-hub floor (a
 quick look at bursts: `--bursts-only --bursts 10,10,10` repeats the burst of ten); --slots
@@ -15,6 +15,8 @@ runs hubstack's round once per hub.spawn.concurrent_starts given (the hub restar
 each; default: one round, unset, which is the hub's cores). Each burst also
 reports the host's CPU busy during it and, for hubstack, where each start's time went (the
 spawner's log line per start: queued, container created and started, server answering).
+--ready-ahead sets network.ready_ahead for hubstack's platform (default: the shipped default;
+0: each analyst's network made at their start, as before the hub made them ahead).
 --host-cpu adds, per burst, the host's CPU-s per start by process (host_cpu.py): the
 engine (dockerd, containerd, shims, runc, the iptables it runs), the hub's python and
 proxy, the notebook containers, other jobs.
@@ -38,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
+import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
@@ -307,6 +310,11 @@ def main() -> int:
         help="also say where the host's CPU went in each burst, by process (engine, "
         "iptables, hub, proxy, notebooks), as CPU-s per start",
     )
+    ap.add_argument(
+        "--ready-ahead",
+        type=int,
+        help="network.ready_ahead for hubstack's platform (default: the shipped default)",
+    )
     args = ap.parse_args()
     try:
         bursts = [int(n) for n in args.bursts.split(",") if n.strip()]
@@ -327,6 +335,10 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="hubbench-"))
     name = f"hubbench-{os.getpid()}"
     config = write_config(tmp, name, image_ns=name)
+    if args.ready_ahead is not None:
+        data = yaml.safe_load(config.read_text())
+        data.setdefault("network", {})["ready_ahead"] = args.ready_ahead
+        config.write_text(yaml.safe_dump(data))
     cfg = load_config(config)
     client.images.get(hub_image).tag(cfg.image_ref("hub"))
     client.images.get(nb_image).tag(cfg.image_ref("notebook"))
