@@ -21,12 +21,13 @@ Swarm needs it (swarm_model):
 The hub is no service of the stack: it is a plain container on the manager `up` runs on
 (hub_container_spec, run_hub), made from the same compose service: restart unless-stopped,
 on the stack's overlay as `hub`, its port published as single mode publishes it, its
-database in the same volume, its secrets the files under the state dir bind-mounted
-read-only (as compose does on one host), the manager's engine socket, and its image from
-the read-only registry. A Swarm task cannot be connected to another network by hand, and
-a plain container can: the spawner connects the hub to each analyst's own overlay at
-their start and disconnects it at their stop (hubstack.hub.swarm_spawner,
-docs/multi-node.md "One network per analyst").
+database in the same volume (or, with cluster.hub_data, in a volume on shared storage
+every manager mounts, so that the hub can move to another manager), its secrets the files
+under the state dir bind-mounted read-only (as compose does on one host), the manager's
+engine socket, and its image from the read-only registry. A Swarm task cannot be
+connected to another network by hand, and a plain container can: the spawner connects the
+hub to each analyst's own overlay at their start and disconnects it at their stop
+(hubstack.hub.swarm_spawner, docs/multi-node.md "One network per analyst").
 
 `render` writes the stack to STATE_DIR/hub/stack.yaml, `deploy` runs `docker stack
 deploy` (`hubstack up` deploys the registries first, then the whole stack: registries_file),
@@ -254,7 +255,7 @@ class HubContainer:
     environment: dict[str, str]
     labels: dict[str, str]
     ports: dict[str, tuple[str, int]]  # "8000/tcp" -> (host address, port)
-    mounts: list[dict]  # {type: bind | volume, source, target, read_only}
+    mounts: list[dict]  # {type: bind | volume, source, target, read_only[, driver, driver_opts]}
     tmpfs: dict[str, str]
     networks: dict[str, list[str]]  # network name -> aliases
     healthcheck: dict | None
@@ -280,7 +281,8 @@ def hub_container_spec(
     """The hub's compose service in MODEL as a plain container on the manager, as compose runs
     it on one host, except: its image from the read-only registry (the manager pulls it like
     any node), the socket of the manager's engine `up` talks to, the platform CA for its
-    registry calls over TLS (HUB_PLATFORM_CA), and its own name in HUB_CONTAINER_ENV."""
+    registry calls over TLS (HUB_PLATFORM_CA), its own name in HUB_CONTAINER_ENV, and with
+    cluster.hub_data its database on that shared storage (hub_data_volume)."""
     service = model["services"][HUB]
     project = project_name(cfg)
     name = hub_container_name(cfg)
@@ -296,6 +298,9 @@ def hub_container_spec(
     mounts = []
     for v in service.get("volumes") or []:
         source = v["source"]
+        if v["type"] == "volume" and v["target"] == HUB_DATA_TARGET and cfg.cluster.hub_data:
+            mounts.append(hub_data_volume(cfg))
+            continue
         if v["type"] == "volume":
             # The engine's name for the compose volume: the stack's, which holds the database.
             source = (volumes.get(source) or {}).get("name") or f"{project}_{source}"
@@ -352,6 +357,28 @@ def hub_container_spec(
     )
 
 
+HUB_DATA_TARGET = "/srv/jupyterhub"  # the hub's database folder in its container
+
+
+def hub_data_volume(cfg: PlatformConfig) -> dict:
+    """The hub's database volume on cluster.hub_data's shared storage: the driver and options
+    of that key (the shape of cluster.home_volume), named PROJECT_hub-data-STORAGE. Every
+    manager's engine creates it on the hub's first start there and mounts the same folder.
+    Named after the storage (as shared homes are): an engine reuses a volume of the same
+    name and ignores the options of a later mount, so neither the local PROJECT_hub-data of
+    before nor a volume of an earlier hub_data can stand in for it."""
+    shared = cfg.cluster.hub_data
+    assert shared is not None
+    return {
+        "type": "volume",
+        "source": f"{project_name(cfg)}_hub-data-{shared.storage}",
+        "target": HUB_DATA_TARGET,
+        "read_only": False,
+        "driver": shared.driver,
+        "driver_opts": dict(shared.driver_opts),
+    }
+
+
 def analyst_networks(cfg: PlatformConfig, api: docker.APIClient) -> list[dict]:
     """This platform's analysts' own overlay networks (the spawner's, one per running server)."""
     return [
@@ -380,7 +407,17 @@ def run_hub(cfg: PlatformConfig, api: docker.APIClient, hub: HubContainer) -> st
     host_config = api.create_host_config(
         port_bindings={port: binding for port, binding in hub.ports.items()},
         mounts=[
-            docker.types.Mount(m["target"], m["source"], type=m["type"], read_only=m["read_only"])
+            docker.types.Mount(
+                m["target"],
+                m["source"],
+                type=m["type"],
+                read_only=m["read_only"],
+                driver_config=(
+                    docker.types.DriverConfig(m["driver"], m["driver_opts"])
+                    if m.get("driver")
+                    else None
+                ),
+            )
             for m in hub.mounts
         ],
         tmpfs=hub.tmpfs,
