@@ -5,8 +5,10 @@ hub.tls), rendered by `docker compose config` with the same .env, then changed o
 Swarm needs it (swarm_model):
 - the platform network is an attachable overlay: the registries' services are on it, and
   the hub's container joins it;
-- the registry instances are placed on managers (`node.role==manager`): their storage is
-  a volume on that node;
+- the registry instances run on the manager `up` runs on (`node.id==` its ID, and
+  `node.role==manager`): their storage is a local volume there, the push instance answers
+  on that manager's loopback, and the hub beside them pulls from the read-only one; an
+  `up` on another manager moves them there (docs/multi-node.md, "The hub's database");
 - compose's file secrets become Swarm secrets, named with a digest of their content (a
   Swarm secret cannot change: a new content is a new secret, and the stack moves to it);
 - what Swarm rejects or ignores goes: `depends_on`, `container_name`, `restart` (a restart
@@ -117,9 +119,11 @@ def swarm_model(
     model: dict,
     socket: str = DOCKER_SOCKET,
     registry_tls: tuple[Path, Path] | None = None,
+    node_id: str | None = None,
 ) -> dict:
     """MODEL (`docker compose config --format json`) as a stack file for
-    `docker stack deploy`. REGISTRY_TLS: the read-only registry's certificate and key."""
+    `docker stack deploy`. REGISTRY_TLS: the read-only registry's certificate and key.
+    NODE_ID: the manager `up` runs on, where the registries are placed (None: any manager)."""
     project = project_name(cfg)
     out: dict = {"version": "3.9", "services": {}}
     secrets: dict = {}
@@ -132,7 +136,7 @@ def swarm_model(
     for name, service in model["services"].items():
         if name == HUB:  # a plain container beside the stack: hub_container_spec
             continue
-        s = _service(name, service, socket, registry_tls is not None)
+        s = _service(name, service, socket, registry_tls is not None, node_id)
         push = f"{cfg.registry.address}/"
         if s.get("image", "").startswith(push):
             # Our images as every node pulls them: the read-only instance, over TLS.
@@ -154,7 +158,9 @@ def swarm_model(
     return only(out, tuple(out["services"]))
 
 
-def _service(name: str, service: dict, socket: str, registry_tls: bool) -> dict:
+def _service(
+    name: str, service: dict, socket: str, registry_tls: bool, node_id: str | None = None
+) -> dict:
     # None: what `compose config` says for an unset entrypoint or command.
     s = {k: copy.deepcopy(v) for k, v in service.items() if k not in DROPPED and v is not None}
     deploy = s.setdefault("deploy", {})
@@ -164,7 +170,13 @@ def _service(name: str, service: dict, socket: str, registry_tls: bool) -> dict:
     # it; the spawner's servers use dnsrr for the same reason).
     deploy["endpoint_mode"] = "dnsrr"
     if name in ON_MANAGERS:
-        deploy.setdefault("placement", {})["constraints"] = [MANAGER]
+        # On the manager `up` runs on: a local volume holds their storage, the push instance
+        # is reached on that manager's loopback, and the hub (a container there) beside
+        # them. Not left to Swarm: after that manager is lost it would start them on
+        # another one with empty storage, where no push reaches them; `up` on the new
+        # manager moves them there instead.
+        constraints = [MANAGER] + ([f"node.id=={node_id}"] if node_id else [])
+        deploy.setdefault("placement", {})["constraints"] = constraints
     s["ports"] = [
         {
             "target": p["target"],
@@ -216,16 +228,21 @@ def registries_file(cfg: PlatformConfig) -> Path:
 HEADER = "# Written by `hubstack up` (cluster.mode: swarm) from the compose files; edit those.\n"
 
 
-def render(cfg: PlatformConfig, model: dict) -> Path:
+def render(cfg: PlatformConfig, model: dict, node_id: str | None = None) -> Path:
     """Write the stack file for MODEL, the compose files as `docker compose config
     --format json` renders them with the platform's .env (hubstack.stack.compose_model),
     and beside it the same stack with the registries alone (registries_file): `up` deploys
-    that first, pushes, then deploys the whole stack (the registries' services unchanged)."""
+    that first, pushes, then deploys the whole stack (the registries' services unchanged).
+    NODE_ID: this manager's, where the registries run (swarm_model)."""
     issued = registry_certificate(cfg, PULL)
     path = stack_file(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = swarm_model(
-        cfg, model, engine_socket(), registry_tls=(issued.cert_file, issued.key_file)
+        cfg,
+        model,
+        engine_socket(),
+        registry_tls=(issued.cert_file, issued.key_file),
+        node_id=node_id,
     )
     path.write_text(HEADER + yaml.safe_dump(data, sort_keys=False))
     registries = only(data, REGISTRIES)
