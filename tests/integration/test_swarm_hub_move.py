@@ -136,6 +136,9 @@ def test_losing_the_hubs_node_keeps_the_hub_database(
     specs = [(n, {}, []) for n in ("m1", "m2", "m3")]
     with swarm_cluster(specs, managers=3, tag="m") as swarm:
         m1, m2 = swarm.node("m1"), swarm.node("m2")
+        # Heartbeats every second (Swarm's default: 5 s), so that the lost node is marked
+        # down within seconds: the wait is not what the test is about.
+        m1.client.swarm.update(dispatcher_heartbeat_period=10**9)
         assert all(n["Spec"]["Role"] == "manager" for n in m1.client.api.nodes()), "three managers"
         config1, cfg = _config(state, "hubstack-m1.yaml", m1, shared, name, ports)
         add_user(cfg, ALICE[0], ALICE[1], ALICE[2], ALICE[3], [])
