@@ -11,7 +11,6 @@ import pytest
 from hubstack import stack, swarm_stack
 from hubstack.config import ConfigError, parse_config
 from hubstack.hub.setup import keep_database_private
-from hubstack.hub.swarm_spawner import HubstackSwarmSpawner  # noqa: F401  (imports cleanly)
 
 NFS = {"type": "nfs", "o": "addr=10.0.0.7,rw,nfsvers=4", "device": ":/export/hub"}
 BIND = {"type": "none", "o": "bind", "device": "/srv/shared/hub"}
