@@ -9,7 +9,9 @@ Loading validates the whole file and reports every problem as
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
+import json
 import os
 import re
 import subprocess
@@ -288,27 +290,44 @@ class NodeLabelsConfig(_Section):
         return v
 
 
-class HomeVolumeConfig(_Section):
-    """Swarm mode: analysts' homes on storage every node reaches (NFS, or a shared file
-    system mounted at the same path on every node), as a Docker volume driver and its
-    options (what `docker volume create --driver D --opt K=V` takes)."""
+def storage_id(driver: str, driver_opts: dict[str, str]) -> str:
+    """A short digest of a volume driver and its options, for the names of volumes on shared
+    storage: a node reuses a volume of the same name and ignores the options a later mount
+    gives, so a volume named after its storage never stands in for another storage's."""
+    key = json.dumps([driver, driver_opts], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+class SharedVolumeConfig(_Section):
+    """Swarm mode: a folder on storage every node reaches (NFS, or a shared file system
+    mounted at the same path on every node), as a Docker volume driver and its options (what
+    `docker volume create --driver D --opt K=V` takes). cluster.home_volume (analysts'
+    homes) and cluster.hub_data (the hub's database) take this shape."""
 
     driver: str = "local"
     driver_opts: dict[str, str]
-    """The options of the volume holding every analyst's home, e.g. {type: nfs, o:
-    "addr=10.0.0.7,rw,nfsvers=4", device: ":/export/homes"}, or {type: none, o: bind,
-    device: /srv/shared/homes}. `device` is the folder all homes are in; an analyst's
-    server mounts DEVICE/NAME."""
+    """The volume's options, e.g. {type: nfs, o: "addr=10.0.0.7,rw,nfsvers=4", device:
+    ":/export/homes"}, or {type: none, o: bind, device: /srv/shared/homes}. `device` is the
+    folder itself (for homes: the folder all homes are in; an analyst's server mounts
+    DEVICE/NAME)."""
 
     @field_validator("driver_opts")
     @classmethod
     def _device(cls, v: dict[str, str]) -> dict[str, str]:
         if not str(v.get("device", "")).strip("/: "):
             raise ValueError(
-                "needs device: the exported folder that holds the homes, e.g. "
-                "':/export/homes' (each analyst's home is a folder of it)"
+                "needs device: the shared folder, e.g. ':/export/homes' (an NFS export) or "
+                "/srv/shared/homes (with type: none, o: bind)"
             )
         return {k: str(val) for k, val in v.items()}
+
+    @property
+    def storage(self) -> str:
+        """storage_id of this driver and its options."""
+        return storage_id(self.driver, self.driver_opts)
+
+
+HomeVolumeConfig = SharedVolumeConfig
 
 
 class ClusterConfig(_Section):
@@ -326,6 +345,32 @@ class ClusterConfig(_Section):
     analyst's server first ran, which keeps them on that node from then on. Set: shared
     storage every node mounts (NFS, or a bind of a shared file system's path), so a server
     may start on any node its profile allows."""
+    hub_data: SharedVolumeConfig | None = None
+    """Swarm mode: where the hub's database (/srv/jupyterhub: analysts' records, tokens,
+    named servers) lives. Unset: a local volume (PROJECT_hub-data) on the manager `hubstack
+    up` ran on, the only copy. Set: a folder on shared storage every manager mounts (NFS, or
+    a bind of a shared file system's path), so that `hubstack up` on another manager starts
+    the hub there on the same database (docs/multi-node.md, "The hub's database")."""
+
+    @model_validator(mode="after")
+    def _hub_data(self) -> ClusterConfig:
+        if self.hub_data is None:
+            return self
+        if self.mode != "swarm":
+            raise ValueError(
+                "hub_data is for cluster.mode: swarm (on one host the hub's database is the "
+                "compose volume hub-data)"
+            )
+        homes = self.home_volume
+        if homes is not None and homes.driver == self.hub_data.driver:
+            hub_dev = self.hub_data.driver_opts["device"].rstrip("/")
+            home_dev = homes.driver_opts["device"].rstrip("/")
+            if hub_dev == home_dev or hub_dev.startswith(home_dev + "/"):
+                raise ValueError(
+                    f"hub_data: {hub_dev} is cluster.home_volume's folder or inside it: give "
+                    "the hub's database a folder of its own (analysts' homes are made there)"
+                )
+        return self
 
     @field_validator("gpu_resource")
     @classmethod

@@ -697,7 +697,7 @@ def up_swarm(cfg: PlatformConfig, args) -> int:
     certificate = ensure_hub_certificate(cfg)
     render_env(cfg)
     model = compose_model(cfg)
-    path = swarm_stack.render(cfg, model)
+    path = swarm_stack.render(cfg, model, client.info()["Swarm"]["NodeID"])
     hub = swarm_stack.hub_container_spec(cfg, model, socket_path)
     stage("secrets", f"state, secrets and the stack file {path}")
     # The registry's services run its image on managers as the engine has it (no registry

@@ -5,8 +5,10 @@ hub.tls), rendered by `docker compose config` with the same .env, then changed o
 Swarm needs it (swarm_model):
 - the platform network is an attachable overlay: the registries' services are on it, and
   the hub's container joins it;
-- the registry instances are placed on managers (`node.role==manager`): their storage is
-  a volume on that node;
+- the registry instances run on the manager `up` runs on (`node.id==` its ID, and
+  `node.role==manager`): their storage is a local volume there, the push instance answers
+  on that manager's loopback, and the hub beside them pulls from the read-only one; an
+  `up` on another manager moves them there (docs/multi-node.md, "The hub's database");
 - compose's file secrets become Swarm secrets, named with a digest of their content (a
   Swarm secret cannot change: a new content is a new secret, and the stack moves to it);
 - what Swarm rejects or ignores goes: `depends_on`, `container_name`, `restart` (a restart
@@ -21,12 +23,13 @@ Swarm needs it (swarm_model):
 The hub is no service of the stack: it is a plain container on the manager `up` runs on
 (hub_container_spec, run_hub), made from the same compose service: restart unless-stopped,
 on the stack's overlay as `hub`, its port published as single mode publishes it, its
-database in the same volume, its secrets the files under the state dir bind-mounted
-read-only (as compose does on one host), the manager's engine socket, and its image from
-the read-only registry. A Swarm task cannot be connected to another network by hand, and
-a plain container can: the spawner connects the hub to each analyst's own overlay at
-their start and disconnects it at their stop (hubstack.hub.swarm_spawner,
-docs/multi-node.md "One network per analyst").
+database in the same volume (or, with cluster.hub_data, in a volume on shared storage
+every manager mounts, so that the hub can move to another manager), its secrets the files
+under the state dir bind-mounted read-only (as compose does on one host), the manager's
+engine socket, and its image from the read-only registry. A Swarm task cannot be
+connected to another network by hand, and a plain container can: the spawner connects the
+hub to each analyst's own overlay at their start and disconnects it at their stop
+(hubstack.hub.swarm_spawner, docs/multi-node.md "One network per analyst").
 
 `render` writes the stack to STATE_DIR/hub/stack.yaml, `deploy` runs `docker stack
 deploy` (`hubstack up` deploys the registries first, then the whole stack: registries_file),
@@ -116,9 +119,11 @@ def swarm_model(
     model: dict,
     socket: str = DOCKER_SOCKET,
     registry_tls: tuple[Path, Path] | None = None,
+    node_id: str | None = None,
 ) -> dict:
     """MODEL (`docker compose config --format json`) as a stack file for
-    `docker stack deploy`. REGISTRY_TLS: the read-only registry's certificate and key."""
+    `docker stack deploy`. REGISTRY_TLS: the read-only registry's certificate and key.
+    NODE_ID: the manager `up` runs on, where the registries are placed (None: any manager)."""
     project = project_name(cfg)
     out: dict = {"version": "3.9", "services": {}}
     secrets: dict = {}
@@ -131,7 +136,7 @@ def swarm_model(
     for name, service in model["services"].items():
         if name == HUB:  # a plain container beside the stack: hub_container_spec
             continue
-        s = _service(name, service, socket, registry_tls is not None)
+        s = _service(name, service, socket, registry_tls is not None, node_id)
         push = f"{cfg.registry.address}/"
         if s.get("image", "").startswith(push):
             # Our images as every node pulls them: the read-only instance, over TLS.
@@ -153,7 +158,9 @@ def swarm_model(
     return only(out, tuple(out["services"]))
 
 
-def _service(name: str, service: dict, socket: str, registry_tls: bool) -> dict:
+def _service(
+    name: str, service: dict, socket: str, registry_tls: bool, node_id: str | None = None
+) -> dict:
     # None: what `compose config` says for an unset entrypoint or command.
     s = {k: copy.deepcopy(v) for k, v in service.items() if k not in DROPPED and v is not None}
     deploy = s.setdefault("deploy", {})
@@ -163,7 +170,13 @@ def _service(name: str, service: dict, socket: str, registry_tls: bool) -> dict:
     # it; the spawner's servers use dnsrr for the same reason).
     deploy["endpoint_mode"] = "dnsrr"
     if name in ON_MANAGERS:
-        deploy.setdefault("placement", {})["constraints"] = [MANAGER]
+        # On the manager `up` runs on: a local volume holds their storage, the push instance
+        # is reached on that manager's loopback, and the hub (a container there) beside
+        # them. Not left to Swarm: after that manager is lost it would start them on
+        # another one with empty storage, where no push reaches them; `up` on the new
+        # manager moves them there instead.
+        constraints = [MANAGER] + ([f"node.id=={node_id}"] if node_id else [])
+        deploy.setdefault("placement", {})["constraints"] = constraints
     s["ports"] = [
         {
             "target": p["target"],
@@ -215,16 +228,21 @@ def registries_file(cfg: PlatformConfig) -> Path:
 HEADER = "# Written by `hubstack up` (cluster.mode: swarm) from the compose files; edit those.\n"
 
 
-def render(cfg: PlatformConfig, model: dict) -> Path:
+def render(cfg: PlatformConfig, model: dict, node_id: str | None = None) -> Path:
     """Write the stack file for MODEL, the compose files as `docker compose config
     --format json` renders them with the platform's .env (hubstack.stack.compose_model),
     and beside it the same stack with the registries alone (registries_file): `up` deploys
-    that first, pushes, then deploys the whole stack (the registries' services unchanged)."""
+    that first, pushes, then deploys the whole stack (the registries' services unchanged).
+    NODE_ID: this manager's, where the registries run (swarm_model)."""
     issued = registry_certificate(cfg, PULL)
     path = stack_file(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = swarm_model(
-        cfg, model, engine_socket(), registry_tls=(issued.cert_file, issued.key_file)
+        cfg,
+        model,
+        engine_socket(),
+        registry_tls=(issued.cert_file, issued.key_file),
+        node_id=node_id,
     )
     path.write_text(HEADER + yaml.safe_dump(data, sort_keys=False))
     registries = only(data, REGISTRIES)
@@ -254,7 +272,7 @@ class HubContainer:
     environment: dict[str, str]
     labels: dict[str, str]
     ports: dict[str, tuple[str, int]]  # "8000/tcp" -> (host address, port)
-    mounts: list[dict]  # {type: bind | volume, source, target, read_only}
+    mounts: list[dict]  # {type: bind | volume, source, target, read_only[, driver, driver_opts]}
     tmpfs: dict[str, str]
     networks: dict[str, list[str]]  # network name -> aliases
     healthcheck: dict | None
@@ -280,7 +298,8 @@ def hub_container_spec(
     """The hub's compose service in MODEL as a plain container on the manager, as compose runs
     it on one host, except: its image from the read-only registry (the manager pulls it like
     any node), the socket of the manager's engine `up` talks to, the platform CA for its
-    registry calls over TLS (HUB_PLATFORM_CA), and its own name in HUB_CONTAINER_ENV."""
+    registry calls over TLS (HUB_PLATFORM_CA), its own name in HUB_CONTAINER_ENV, and with
+    cluster.hub_data its database on that shared storage (hub_data_volume)."""
     service = model["services"][HUB]
     project = project_name(cfg)
     name = hub_container_name(cfg)
@@ -296,6 +315,9 @@ def hub_container_spec(
     mounts = []
     for v in service.get("volumes") or []:
         source = v["source"]
+        if v["type"] == "volume" and v["target"] == HUB_DATA_TARGET and cfg.cluster.hub_data:
+            mounts.append(hub_data_volume(cfg))
+            continue
         if v["type"] == "volume":
             # The engine's name for the compose volume: the stack's, which holds the database.
             source = (volumes.get(source) or {}).get("name") or f"{project}_{source}"
@@ -352,6 +374,28 @@ def hub_container_spec(
     )
 
 
+HUB_DATA_TARGET = "/srv/jupyterhub"  # the hub's database folder in its container
+
+
+def hub_data_volume(cfg: PlatformConfig) -> dict:
+    """The hub's database volume on cluster.hub_data's shared storage: the driver and options
+    of that key (the shape of cluster.home_volume), named PROJECT_hub-data-STORAGE. Every
+    manager's engine creates it on the hub's first start there and mounts the same folder.
+    Named after the storage (as shared homes are): an engine reuses a volume of the same
+    name and ignores the options of a later mount, so neither the local PROJECT_hub-data of
+    before nor a volume of an earlier hub_data can stand in for it."""
+    shared = cfg.cluster.hub_data
+    assert shared is not None
+    return {
+        "type": "volume",
+        "source": f"{project_name(cfg)}_hub-data-{shared.storage}",
+        "target": HUB_DATA_TARGET,
+        "read_only": False,
+        "driver": shared.driver,
+        "driver_opts": dict(shared.driver_opts),
+    }
+
+
 def analyst_networks(cfg: PlatformConfig, api: docker.APIClient) -> list[dict]:
     """This platform's analysts' own overlay networks (the spawner's, one per running server)."""
     return [
@@ -380,7 +424,17 @@ def run_hub(cfg: PlatformConfig, api: docker.APIClient, hub: HubContainer) -> st
     host_config = api.create_host_config(
         port_bindings={port: binding for port, binding in hub.ports.items()},
         mounts=[
-            docker.types.Mount(m["target"], m["source"], type=m["type"], read_only=m["read_only"])
+            docker.types.Mount(
+                m["target"],
+                m["source"],
+                type=m["type"],
+                read_only=m["read_only"],
+                driver_config=(
+                    docker.types.DriverConfig(m["driver"], m["driver_opts"])
+                    if m.get("driver")
+                    else None
+                ),
+            )
             for m in hub.mounts
         ],
         tmpfs=hub.tmpfs,

@@ -23,7 +23,6 @@ No JupyterHub import and no engine call here: every field is unit-tested from th
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field, replace
 
@@ -44,6 +43,7 @@ from docker.types import (
 from docker.utils import parse_bytes
 
 from hubstack import spark, spark_cluster
+from hubstack.config import storage_id
 from hubstack.hub import container_spec
 
 ACCOUNT_FILES = ("/etc/passwd", "/etc/group")
@@ -197,8 +197,7 @@ class HomeVolume:
         so a name of their own keeps what a node already has (the analyst's local home from
         before homes were shared, or a volume of an earlier cluster.home_volume) from
         silently standing in for the shared home."""
-        key = json.dumps([self.driver, self.options], sort_keys=True)
-        return hashlib.sha256(key.encode()).hexdigest()[:10]
+        return storage_id(self.driver or "", self.options)
 
     @property
     def name(self) -> str:

@@ -32,6 +32,25 @@ PROXY_REDIRECT_PORT = 8080
 (compose/tls.yaml publishes it on hub.host:hub.tls.http_port)."""
 
 
+HUB_DB_DIR = Path("/srv/jupyterhub")
+
+
+def keep_database_private(folder: Path = HUB_DB_DIR) -> None:
+    """The database's folder readable by its owner only (the hub's root): it holds every
+    analyst's record, token hashes and encrypted auth state. A local volume lives under the
+    engine's root-only data root; on shared storage (cluster.hub_data: an NFS export, a
+    shared file system's folder) anyone who may read that folder on any node could read the
+    database, so its folder is made 0700 at every start (an NFS export that squashes root
+    must hand the folder to the anonymous user for the hub to write it; then that user
+    owns it, still 0700)."""
+    try:
+        st = folder.stat()
+    except FileNotFoundError:
+        return  # outside the hub's container (tests, `hubstack` on the host)
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        folder.chmod(0o700)
+
+
 def _secret(name: str) -> str:
     return (SECRETS / name).read_text().strip()
 
@@ -42,7 +61,8 @@ def configure_hub(c, cfg: PlatformConfig) -> None:
     # Notebooks reach the hub by its compose service name on the platform network.
     c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
     c.JupyterHub.hub_connect_url = "http://hub:8081"
-    c.JupyterHub.db_url = "sqlite:////srv/jupyterhub/jupyterhub.sqlite"
+    keep_database_private()
+    c.JupyterHub.db_url = f"sqlite:///{HUB_DB_DIR}/jupyterhub.sqlite"
     c.JupyterHub.cookie_secret_file = str(SECRETS / "cookie_secret")
     c.ConfigurableHTTPProxy.auth_token = _secret("proxy_token")
     # The proxy's pid file must die with the container. Kept on the volume, it outlives a

@@ -271,11 +271,15 @@ def _free_segment(seed: int) -> str:
 
 
 @contextlib.contextmanager
-def swarm_cluster(specs: list[tuple[str, dict[str, str], list[str]]]) -> Iterator[Swarm]:
-    """Nodes (name, node labels, generic resources) joined into one swarm, the first one
-    the manager (and a worker too: managers run tasks by default). Everything made here
-    (namespaces, links, engines, their data) is removed afterwards, even after a failure."""
-    prefix = f"hsw{SESSION_ID}"  # 11 characters: interface names may have 15
+def swarm_cluster(
+    specs: list[tuple[str, dict[str, str], list[str]]], managers: int = 1, tag: str = "w"
+) -> Iterator[Swarm]:
+    """Nodes (name, node labels, generic resources) joined into one swarm, the first
+    MANAGERS of them managers (the first one made it; managers run tasks too, by default),
+    the others workers. TAG (one letter) names its namespaces and links apart from another
+    swarm of the same session. Everything made here (namespaces, links, engines, their
+    data) is removed afterwards, even after a failure."""
+    prefix = f"hs{tag}{SESSION_ID}"  # 11 characters: interface names may have 15
     net = _free_segment(int(SESSION_ID, 16))
     host_link, uplink = f"{prefix}h", f"{prefix}u"
     top = Path(tempfile.mkdtemp(prefix="hs-swarm-"))  # short: unix socket paths are too
@@ -295,11 +299,11 @@ def swarm_cluster(specs: list[tuple[str, dict[str, str], list[str]]]) -> Iterato
             swarm.start_node(name, labels, resources)
         manager = swarm.manager
         manager.client.swarm.init(advertise_addr=manager.address, listen_addr=manager.address)
-        token = manager.client.swarm.attrs["JoinTokens"]["Worker"]
-        for node in swarm.nodes[1:]:
+        tokens = manager.client.swarm.attrs["JoinTokens"]
+        for i, node in enumerate(swarm.nodes[1:], start=1):
             node.client.swarm.join(
                 remote_addrs=[f"{manager.address}:2377"],
-                join_token=token,
+                join_token=tokens["Manager" if i < managers else "Worker"],
                 advertise_addr=node.address,
                 listen_addr=node.address,
             )

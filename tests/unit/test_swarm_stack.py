@@ -34,14 +34,19 @@ def swarm_cfg(tmp_path):
 
 def test_the_stack_file_is_the_compose_files_with_what_swarm_needs(swarm_cfg, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///run/manager/docker.sock")
-    path = swarm_stack.render(swarm_cfg, stack.compose_model(swarm_cfg))
+    path = swarm_stack.render(swarm_cfg, stack.compose_model(swarm_cfg), "node-up-runs-on")
     assert path == swarm_cfg.state_dir / "hub" / "stack.yaml"
     data = yaml.safe_load(path.read_text())
     services = data["services"]
     # The hub is no service of the stack: a plain container beside it (hub_container_spec).
     assert sorted(services) == ["registry", "registry-pull", "registry-users"]
     for name, s in services.items():
-        assert s["deploy"]["placement"]["constraints"] == ["node.role==manager"], name
+        # On the manager `up` runs on (their storage is a local volume there, the push
+        # instance on its loopback), not on whichever manager Swarm picks.
+        assert s["deploy"]["placement"]["constraints"] == [
+            "node.role==manager",
+            "node.id==node-up-runs-on",
+        ], name
         assert s["deploy"]["endpoint_mode"] == "dnsrr", name
         assert not {"depends_on", "container_name", "restart", "tmpfs"} & set(s), name
         assert all(p["mode"] == "host" and "host_ip" not in p for p in s["ports"]), name
