@@ -327,9 +327,6 @@ class SharedVolumeConfig(_Section):
         return storage_id(self.driver, self.driver_opts)
 
 
-HomeVolumeConfig = SharedVolumeConfig
-
-
 class ClusterConfig(_Section):
     """Where notebooks run: this host's engine, or the nodes of a Docker Swarm."""
 
@@ -340,7 +337,7 @@ class ClusterConfig(_Section):
     gpu_resource: str = "NVIDIA-GPU"
     """The Swarm generic resource GPU nodes advertise (node-generic-resources in their
     daemon.json); a GPU profile reserves `gpus` of it, so two analysts never share one."""
-    home_volume: HomeVolumeConfig | None = None
+    home_volume: SharedVolumeConfig | None = None
     """Swarm mode: where analysts' homes live. Unset: a local volume on the node where the
     analyst's server first ran, which keeps them on that node from then on. Set: shared
     storage every node mounts (NFS, or a bind of a shared file system's path), so a server
