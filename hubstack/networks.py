@@ -148,23 +148,40 @@ def _ensure_network(cfg: PlatformConfig, client, user: str):
     raise NetworkError(f"cannot create the network {name}: subnets kept clashing")
 
 
-def recently_handed(user: str) -> bool:
+def _recently_handed(user: str) -> bool:
     """Whether a start of this process took USER's network in the last HANDED_GRACE s."""
     handed = _HANDED.get(user)
     return handed is not None and time.monotonic() - handed < HANDED_GRACE
 
 
+def remove_idle_network(cfg: PlatformConfig, client, user: str) -> bool:
+    """Remove USER's network if nobody but the hub is on it and no start of this process
+    took it lately; whether it went. Under the creation lock, so a start that takes the
+    network at the same moment either marks it first or makes it anew."""
+    with _CREATING:
+        return _remove_if_idle(cfg, client, user)
+
+
+def _remove_if_idle(cfg: PlatformConfig, client, user: str) -> bool:
+    if _recently_handed(user):
+        return False
+    try:
+        net = client.networks.get(network_name(cfg, user))
+    except docker.errors.NotFound:
+        return False
+    if not all(_is_hub(client, cid) for cid in net.attrs.get("Containers") or {}):
+        return False
+    remove_network(cfg, client, user)
+    return True
+
+
 def _remove_an_idle_network(cfg: PlatformConfig, client) -> bool:
     """Remove one analyst network nobody but the hub is on (one made ahead for an analyst
-    who is not starting); whether one went."""
-    for net in analyst_networks(cfg, client):
-        if recently_handed(net.attrs["Labels"][NETWORK_LABEL]):
-            continue
-        net.reload()
-        if all(_is_hub(client, cid) for cid in net.attrs.get("Containers") or {}):
-            remove_network(cfg, client, net.attrs["Labels"][NETWORK_LABEL])
-            return True
-    return False
+    who is not starting); whether one went. The caller holds the creation lock."""
+    return any(
+        _remove_if_idle(cfg, client, net.attrs["Labels"][NETWORK_LABEL])
+        for net in analyst_networks(cfg, client)
+    )
 
 
 def ensure_joined(cfg: PlatformConfig, client, user: str, hub_id: str, starting: bool = True):

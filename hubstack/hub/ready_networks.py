@@ -36,10 +36,13 @@ from hubstack.hub.users import UsersFileError, users_file_for
 
 log = logging.getLogger(__name__)
 
-FIRST_PASS_DELAY = 5.0
-"""Seconds after the hub's start before the first pass: the hub's own start comes first."""
+FIRST_PASS_DELAY = 2.0
+"""Seconds after the hub's config is loaded before the first pass: the hub starts first."""
 PASS_EVERY = 10.0
-"""Seconds between passes."""
+"""Seconds between passes once one found nothing left to do."""
+RETRY_EVERY = 1.0
+"""Seconds before the next pass when one stopped for a start: the idle moments between
+starts are where the work gets done."""
 
 
 @dataclass(frozen=True)
@@ -106,11 +109,11 @@ class NetworkKeeper:
             for net in networks.analyst_networks(self.cfg, self.client)
         }
 
-    async def one_pass(self) -> Plan | None:
-        """One pass; the plan it worked on, or None when the hub was busy at its start.
-        It stops early as soon as the hub is busy; the next pass goes on."""
+    async def one_pass(self) -> bool:
+        """One pass; whether it finished. It stops as soon as the hub is busy (or finds it
+        busy at its start); the next pass goes on."""
         if self.state().busy:
-            return None
+            return False
         existing = await asyncio.to_thread(self._existing)
         state = self.state()
         todo = plan(state.ranked, state.running, existing, self.cfg.network.ready_ahead)
@@ -118,26 +121,28 @@ class NetworkKeeper:
             # A new hub container (restart, upgrade) is on no network made before it.
             for user in sorted(existing - state.running - set(todo.drop)):
                 if self.state().busy:
-                    return todo
+                    return False
                 await asyncio.to_thread(self._ready, user)
             self._joined_existing = True
+        removed = 0
         for user in todo.drop:
             if self.state().busy:
-                return todo
-            if not networks.recently_handed(user):
-                await asyncio.to_thread(networks.remove_network, self.cfg, self.client, user)
+                return False
+            removed += await asyncio.to_thread(
+                networks.remove_idle_network, self.cfg, self.client, user
+            )
         for user in todo.make:
             if self.state().busy:
-                return todo
+                return False
             await asyncio.to_thread(self._ready, user)
-        if todo.make or todo.drop:
+        if todo.make or removed:
             self.log.info(
                 "Analysts' networks made ahead: %d made (%s), %d removed",
                 len(todo.make),
                 ", ".join(todo.make[:5]) + (" ..." if len(todo.make) > 5 else ""),
-                len(todo.drop),
+                removed,
             )
-        return todo
+        return True
 
     def _ready(self, user: str) -> None:
         try:
@@ -145,13 +150,15 @@ class NetworkKeeper:
         except networks.NetworkError as e:
             self.log.warning("Cannot make %s's network ahead: %s", user, e)
 
-    async def run(self, every: float = PASS_EVERY) -> None:
+    async def run(self) -> None:
         while True:
+            finished = False
             try:
-                await self.one_pass()
+                finished = await self.one_pass()
             except Exception:  # a hiccup of the engine must not end the keeper
                 self.log.exception("Making analysts' networks ahead failed; trying again")
-            await asyncio.sleep(every)
+                finished = True  # not every second
+            await asyncio.sleep(PASS_EVERY if finished else RETRY_EVERY)
 
 
 # --- in the hub's process ---------------------------------------------------------------

@@ -50,7 +50,7 @@ def test_a_busy_hub_makes_nothing():
     keeper = NetworkKeeper(
         PlatformConfig(), object(), "hub", lambda: HubState(ranked=["a"], busy=True)
     )
-    assert asyncio.run(keeper.one_pass()) is None
+    assert asyncio.run(keeper.one_pass()) is False
 
 
 def test_the_keeper_starts_only_inside_a_running_hub_in_single_mode():
