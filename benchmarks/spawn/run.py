@@ -15,6 +15,8 @@ runs hubstack's round once per hub.spawn.concurrent_starts given (the hub restar
 each; default: one round, unset, which is the hub's cores). Each burst also
 reports the host's CPU busy during it and, for hubstack, where each start's time went (the
 spawner's log line per start: queued, container created and started, server answering).
+Before each of hubstack's bursts it waits (at most 120 s, printed) until the hub has made
+the crowd's networks ahead, as it has had idle hours before a real Monday-morning burst.
 --ready-ahead sets network.ready_ahead for hubstack's platform (default: the shipped default;
 0: each analyst's network made at their start, as before the hub made them ahead).
 --host-cpu adds, per burst, the host's CPU-s per start by process (host_cpu.py): the
@@ -47,7 +49,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from benchmarks.spawn.host_cpu import HostCPU  # noqa: E402
 from benchmarks.spawn.start_cost import PLAIN_LAB, start_once  # noqa: E402
-from hubstack import stack  # noqa: E402
+from hubstack import networks, stack  # noqa: E402
 from hubstack.config import load_config  # noqa: E402
 from hubstack.engine import service_container  # noqa: E402
 from tests.integration.hubstack_e2e import (  # noqa: E402
@@ -185,6 +187,23 @@ def container_kinds(client, project: str):
     return kind
 
 
+def networks_made_ahead(cfg, client, names: list[str], timeout: float = 120) -> str:
+    """Wait until the hub has made the networks of NAMES ahead (network.ready_ahead), as
+    it has in the idle hours before a Monday-morning burst; a line saying how many and how
+    long it waited."""
+    wanted = {networks.network_name(cfg, n) for n in names}
+    t0 = time.perf_counter()
+    while True:
+        made = wanted & {net.name for net in networks.analyst_networks(cfg, client)}
+        if made == wanted or time.perf_counter() - t0 > timeout:
+            break
+        time.sleep(0.5)
+    return (
+        f"{'  networks made ahead':<34} {len(made)} of {len(wanted)} "
+        f"(waited {time.perf_counter() - t0:.1f} s for the hub's idle time)"
+    )
+
+
 def run_round(
     cfg,
     users: dict,
@@ -194,6 +213,7 @@ def run_round(
     bursts: list[int],
     hub: str = "",
     host_cpu: bool = False,
+    ready_networks: bool = False,
 ) -> tuple[list[str], dict[int, list]]:
     base = f"http://{cfg.hub.host}:{cfg.hub.port}"
     lines = []
@@ -211,6 +231,8 @@ def run_round(
     results: dict[int, list] = {}
     for i, n in enumerate(bursts):
         crowd = list(users.items())[:n]
+        if ready_networks:
+            lines.append(networks_made_ahead(cfg, client, [name for name, _ in crowd]))
         since = time.time()
         busy0, all0 = host_busy()
         sampler = HostCPU(container_kinds(client, cfg.hub.network)) if host_cpu else None
@@ -378,7 +400,15 @@ def main() -> int:
             label = "hubstack" if n is None else f"hubstack, {n} slots"
             with hub_config_changed(cfg, client, with_slots(n)):
                 more, ours[label] = run_round(
-                    cfg, users, client, label, serial_n, bursts, hub, args.host_cpu
+                    cfg,
+                    users,
+                    client,
+                    label,
+                    serial_n,
+                    bursts,
+                    hub,
+                    args.host_cpu,
+                    ready_networks=cfg.network.ready_ahead > 0,
                 )
             lines += more
             serial_n = 0  # the one-after-another round does not depend on the slots
