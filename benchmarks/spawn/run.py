@@ -1,7 +1,8 @@
 """Spawn benchmark: login -> server ready, for 10 analysts one after another, then bursts of
 10 and 30 analysts at once (p50, p95, last ready, failures), image warm; idle notebook
 container memory; CPU-seconds one server costs to start through the hub. Same run, same
-image: hubstack's spawner, then stock DockerSpawner (benchmarks/spawn/stock.yaml); and, as
+image: hubstack's spawner, then stock DockerSpawner (benchmarks/spawn/stock.yaml), burst by
+burst (each of stock's right after hubstack's, the hubs swapped between); and, as
 the floor, CPU-seconds to ready of the image's jupyterhub-singleuser and of plain
 `jupyter lab` started without a hub (start_cost.py).
 
@@ -30,6 +31,7 @@ and removes the platform (not the homes' parent images) at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -259,6 +261,29 @@ def run_round(
     return lines, results
 
 
+@contextlib.contextmanager
+def stock_hub(cfg, client, compose: list[str], env: dict):
+    """Stock DockerSpawner's hub (stock.yaml) in place of hubstack's, on the same platform
+    and image; hubstack's hub back afterwards."""
+    subprocess.run([*compose, "stop", "hub"], check=True, capture_output=True)
+    # Stock's round on an engine without hubstack's idle networks: their rules would make
+    # each of stock's iptables calls read a larger ruleset.
+    for net in networks.analyst_networks(cfg, client):
+        networks.remove_network(cfg, client, net.attrs["Labels"][networks.NETWORK_LABEL])
+    subprocess.run(
+        [*compose, "-f", str(HERE / "stock.yaml"), "up", "-d", "--wait", "hub"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    stack.wait_for_hub(cfg)  # the proxy routes to the new hub only once it is up
+    try:
+        yield
+    finally:
+        subprocess.run([*compose, "up", "-d", "--wait", "hub"], check=True, capture_output=True)
+        stack.wait_for_hub(cfg)
+
+
 def with_slots(n: int | None):
     """A change to the hub's config: N start slots (None: the setting unset)."""
 
@@ -395,47 +420,43 @@ def main() -> int:
             login_to_ready(f"http://{cfg.hub.host}:{cfg.hub.port}", first, pw)
             stop_all(f"http://{cfg.hub.host}:{cfg.hub.port}", {first: pw})
         hub = service_container(cfg, client, "hub").name
-        ours = {}
-        for n in slots:
-            label = "hubstack" if n is None else f"hubstack, {n} slots"
-            with hub_config_changed(cfg, client, with_slots(n)):
-                more, ours[label] = run_round(
+        stock_env = dict(os.environ, BENCH_IMAGE=cfg.image_ref("notebook"), BENCH_DIR=str(HERE))
+        ours: dict[str, dict[int, list]] = {}
+        stock: dict[int, list] = {}
+        # Stock's burst right after hubstack's, burst by burst: on a shared host the
+        # machine's speed drifts over a run, and ratios of figures many minutes apart would
+        # measure the drift as much as the spawners.
+        for i, burst in enumerate(bursts):
+            for n in slots:
+                label = "hubstack" if n is None else f"hubstack, {n} slots"
+                with hub_config_changed(cfg, client, with_slots(n)):
+                    more, got = run_round(
+                        cfg,
+                        users,
+                        client,
+                        label,
+                        serial_n,
+                        [burst],
+                        hub,
+                        args.host_cpu,
+                        ready_networks=cfg.network.ready_ahead > 0,
+                    )
+                lines += more
+                ours.setdefault(label, {})[i] = got[0]
+                serial_n = 0  # the one-after-another round does not depend on the slots
+            with stock_hub(cfg, client, compose, stock_env):
+                more, got = run_round(
                     cfg,
                     users,
                     client,
-                    label,
-                    serial_n,
-                    bursts,
-                    hub,
-                    args.host_cpu,
-                    ready_networks=cfg.network.ready_ahead > 0,
+                    "stock DockerSpawner",
+                    stock_serial_n,
+                    [burst],
+                    host_cpu=args.host_cpu,
                 )
             lines += more
-            serial_n = 0  # the one-after-another round does not depend on the slots
-
-        stock_env = dict(os.environ, BENCH_IMAGE=cfg.image_ref("notebook"), BENCH_DIR=str(HERE))
-        subprocess.run([*compose, "stop", "hub"], check=True, capture_output=True)
-        # Stock's round on an engine without hubstack's idle networks: their rules would
-        # make each of stock's iptables calls read a larger ruleset.
-        for net in networks.analyst_networks(cfg, client):
-            networks.remove_network(cfg, client, net.attrs["Labels"][networks.NETWORK_LABEL])
-        subprocess.run(
-            [*compose, "-f", str(HERE / "stock.yaml"), "up", "-d", "--wait", "hub"],
-            env=stock_env,
-            check=True,
-            capture_output=True,
-        )
-        stack.wait_for_hub(cfg)  # the proxy routes to the new hub only once it is up
-        more, stock = run_round(
-            cfg,
-            users,
-            client,
-            "stock DockerSpawner",
-            stock_serial_n,
-            bursts,
-            host_cpu=args.host_cpu,
-        )
-        lines += more
+            stock[i] = got[0]
+            stock_serial_n = 0
         for label, figures in ours.items():
             lines += ratios(label, bursts, figures, stock)
     finally:
