@@ -2,10 +2,10 @@
 
 Why: an analyst's own network (hubstack.networks) costs the host about 0.2 CPU-s to make
 and to join the hub to (dockerd's bridge and its iptables rules, a new interface in the
-hub's container). In a burst of thirty logins on two cores that is the difference between
-hubstack's and stock DockerSpawner's CPU per start (benchmarks/spawn --host-cpu), paid
-while everyone waits. Made ahead, the start only finds the network and checks the hub is
-on it.
+hub's container). In a burst of thirty logins on two cores that was most of what a
+hubstack start cost the host beyond a stock DockerSpawner one (benchmarks/spawn
+--host-cpu, docs/performance.md), paid while everyone waits. Made ahead, the start only
+finds the network and checks the hub is on it.
 
 Which analysts: `network.ready_ahead` of those without a running or starting server,
 likeliest to start next first: the hub's users by last activity, then the users file's
