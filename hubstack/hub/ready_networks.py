@@ -95,11 +95,14 @@ class NetworkKeeper:
         hub_id: str,
         state: Callable[[], HubState],
         logger: logging.Logger | logging.LoggerAdapter = log,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.cfg = cfg
         self.client = client
         self.hub_id = hub_id
         self.state = state
+        # Asked before each network: cheaper than the whole state where the hub has it.
+        self.busy = busy or (lambda: state().busy)
         self.log = logger
         self._joined_existing = False
 
@@ -112,7 +115,7 @@ class NetworkKeeper:
     async def one_pass(self) -> bool:
         """One pass; whether it finished. It stops as soon as the hub is busy (or finds it
         busy at its start); the next pass goes on."""
-        if self.state().busy:
+        if self.busy():
             return False
         existing = await asyncio.to_thread(self._existing)
         state = self.state()
@@ -120,19 +123,19 @@ class NetworkKeeper:
         if not self._joined_existing:
             # A new hub container (restart, upgrade) is on no network made before it.
             for user in sorted(existing - state.running - set(todo.drop)):
-                if self.state().busy:
+                if self.busy():
                     return False
                 await asyncio.to_thread(self._ready, user)
             self._joined_existing = True
         removed = 0
         for user in todo.drop:
-            if self.state().busy:
+            if self.busy():
                 return False
             removed += await asyncio.to_thread(
                 networks.remove_idle_network, self.cfg, self.client, user
             )
         for user in todo.make:
-            if self.state().busy:
+            if self.busy():
                 return False
             await asyncio.to_thread(self._ready, user)
         if todo.make or removed:
@@ -162,15 +165,18 @@ class NetworkKeeper:
 
 
 # --- in the hub's process ---------------------------------------------------------------
+def hub_busy(app) -> bool:
+    """Whether any server of the running JupyterHub APP is starting or stopping."""
+    return any(sp.pending for user in app.users.values() for sp in user.spawners.values())
+
+
 def jupyterhub_state(cfg: PlatformConfig, app) -> HubState:
     """HubState of the running JupyterHub APP (its database and its users' spawners)."""
     from jupyterhub import orm  # noqa: PLC0415 - only in the hub's process (sqlalchemy)
 
-    running, busy = set(), False
+    running = set()
     for user in app.users.values():
         for spawner in user.spawners.values():
-            if spawner.pending:
-                busy = True
             if spawner.active or spawner.pending:
                 running.add(user.name)
     try:
@@ -179,7 +185,7 @@ def jupyterhub_state(cfg: PlatformConfig, app) -> HubState:
         log.warning("Networks made ahead: the users file is unreadable (%s)", e)
         roster = []
     recent = app.db.query(orm.User.name, orm.User.last_activity).all()
-    return HubState(ranked=ranked(recent, roster), running=running, busy=busy)
+    return HubState(ranked=ranked(recent, roster), running=running, busy=hub_busy(app))
 
 
 _RUNNING: list[asyncio.Task] = []  # the loop holds tasks weakly
@@ -209,7 +215,9 @@ def start_in_hub(cfg: PlatformConfig) -> bool:
         except docker.errors.NotFound:
             log.info("Networks made ahead: off, the hub is not in a container of this engine")
             return
-        keeper = NetworkKeeper(cfg, client, hub_id, lambda: jupyterhub_state(cfg, app), app.log)
+        keeper = NetworkKeeper(
+            cfg, client, hub_id, lambda: jupyterhub_state(cfg, app), app.log, lambda: hub_busy(app)
+        )
         _RUNNING.append(loop.create_task(keeper.run()))
 
     loop.call_later(FIRST_PASS_DELAY, begin)
