@@ -623,6 +623,10 @@ class HubConfig(_Section):
     """Default STATE_DIR/users.yaml."""
     home_root: Path | None = None
     """Host folder holding one home per analyst; default STATE_DIR/home."""
+    accounts_dir: Path | None = None
+    """Host folder where the hub writes each notebook container's /etc/passwd and /etc/group
+    (the image's plus the analyst's lines), mounted read-only; default
+    STATE_DIR/container-accounts."""
     image: str = "hub"
     notebook_image_tag: str = "stable"
     """Tag analysts' servers (and their Spark clusters) start from, resolved to a digest in the
@@ -1268,6 +1272,13 @@ class PlatformConfig(_Section):
     @property
     def home_root(self) -> Path:
         return self.hub.home_root or self.state_dir / "home"
+
+    @property
+    def container_accounts_dir(self) -> Path:
+        """The /etc/passwd and /etc/group each notebook container mounts read-only (the
+        image's own plus the analyst's lines), written by the hub, one folder per analyst;
+        mounted into the hub at the same path."""
+        return self.hub.accounts_dir or self.state_dir / "container-accounts"
 
     @property
     def webhook_secret_file(self) -> Path:

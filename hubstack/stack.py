@@ -212,6 +212,7 @@ def hub_config(cfg: PlatformConfig) -> dict:
         data["registry"]["api_address"] = None
     data["hub"]["users_file"] = f"{HUB_USERS_DIR}/{cfg.users_file.name}"
     data["hub"]["home_root"] = str(cfg.home_root)  # mounted at the same path
+    data["hub"]["accounts_dir"] = str(cfg.container_accounts_dir)  # the same
     # The hub builds only per-user images, FROM parents that already trust the site CA.
     data["base"]["extra_ca_bundle"] = NO_CA
     data["ci"]["webhook_secret_file"] = None
@@ -323,6 +324,7 @@ def compose_env(cfg: PlatformConfig) -> dict[str, str]:
         "HUBSTACK_HUB_HIDDEN_SECRETS": hub_hidden_secrets(cfg),
         "HUBSTACK_RELEASES_DIR": str(releases_dir(cfg)),
         "HUBSTACK_HOME_ROOT": str(cfg.home_root),
+        "HUBSTACK_CONTAINER_ACCOUNTS_DIR": str(cfg.container_accounts_dir),
         "HUBSTACK_SECRETS_DIR": str(cfg.secrets_dir),
         "HUBSTACK_REGISTRY_PULL_CREDENTIALS": str(cfg.registry_pull_credentials_file),
         "HUBSTACK_REGISTRY_USERS_CREDENTIALS": str(cfg.registry_users_credentials_file),
@@ -367,6 +369,7 @@ def render_env(cfg: PlatformConfig) -> Path:
     cfg.accounts_file.parent.mkdir(exist_ok=True, mode=0o700)  # the hub writes logins there
     releases_dir(cfg).mkdir(parents=True, exist_ok=True)
     cfg.home_root.mkdir(parents=True, exist_ok=True, mode=0o755)
+    cfg.container_accounts_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
     text = "\n".join([GENERATED, *(f"{k}={v}" for k, v in compose_env(cfg).items())]) + "\n"
     # Our commands read the copy under state_dir (two platforms can share one checkout);
     # compose/.env is what a plain `docker compose -f compose/compose.yaml` reads.

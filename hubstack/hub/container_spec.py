@@ -8,11 +8,15 @@ JupyterHub is not installed, creates its containers from this very code.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import os
 import tarfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 USER_LABEL = "io.hubstack.user"
 PROFILE_LABEL = "io.hubstack.profile"
@@ -153,17 +157,58 @@ def image_account_files(client, container_id: str, image: str = "") -> tuple[str
     return found
 
 
-def account_files(
-    client, container_id: str, user_name: str, ident: dict, image: str = ""
-) -> dict[str, File]:
-    """The image's /etc/passwd and /etc/group plus the analyst's lines, so id, whoami, $HOME,
-    pwd.getpwuid(), Java's user.home and Hadoop's login see the analyst without root. IMAGE
-    (the container's image, by digest) lets the image's files be read once per image."""
+def account_texts(user_name: str, ident: dict, image_passwd: str, image_group: str) -> dict:
+    """{path: text}: the image's /etc/passwd and /etc/group plus the analyst's lines, so id,
+    whoami, $HOME, pwd.getpwuid(), Java's user.home and Hadoop's login see the analyst
+    without root."""
     passwd, group = passwd_entries(
         user_name, ident["uid"], ident["gid"], ident["groups"], ident["home"]
     )
-    image_passwd, image_group = image_account_files(client, container_id, image)
     return {
-        "/etc/passwd": File(merge_account_file(image_passwd, passwd, 2).encode()),
-        "/etc/group": File(merge_account_file(image_group, group, 2).encode()),
+        "/etc/passwd": merge_account_file(image_passwd, passwd, 2),
+        "/etc/group": merge_account_file(image_group, group, 2),
     }
+
+
+def account_files(
+    client, container_id: str, user_name: str, ident: dict, image: str = ""
+) -> dict[str, File]:
+    """account_texts as files to put into the created container CONTAINER_ID. IMAGE (the
+    container's image, by digest) lets the image's files be read once per image."""
+    texts = account_texts(user_name, ident, *image_account_files(client, container_id, image))
+    return {path: File(text.encode()) for path, text in texts.items()}
+
+
+# A written account file is kept this long after its last use: a running container keeps
+# its mount of a removed file, so only files no start has used for a day go.
+ACCOUNT_FILE_KEPT_S = 24 * 3600
+
+
+def account_mounts(folder: Path, user_name: str, texts: dict) -> dict:
+    """Write TEXTS (account_texts) under FOLDER/USER_NAME, named by content, and return the
+    read-only bind mounts for them (DockerSpawner's volumes form). A file of the same content
+    is reused: only a new image or identity writes one. Mounting them instead of writing
+    them into each created container saves the engine an archive upload per start (a mount
+    of the container's file system and a re-executed dockerd for the untar: about 0.08
+    CPU-s, docs/performance.md)."""
+    own = folder / user_name
+    own.mkdir(parents=True, exist_ok=True, mode=0o755)
+    now = time.time()
+    mounts, used = {}, set()
+    for target, text in texts.items():
+        data = text.encode()
+        path = own / f"{hashlib.sha256(data).hexdigest()[:16]}.{target.rsplit('/', 1)[1]}"
+        if path.exists():
+            os.utime(path)
+        else:
+            part = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+            part.write_bytes(data)
+            part.chmod(0o644)
+            part.replace(path)  # whole or absent: a start never mounts half a file
+        used.add(path.name)
+        mounts[str(path)] = {"bind": target, "mode": "ro"}
+    for old in own.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if old.name not in used and now - old.stat().st_mtime > ACCOUNT_FILE_KEPT_S:
+                old.unlink()
+    return mounts

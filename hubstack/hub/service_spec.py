@@ -110,13 +110,7 @@ def account_configs(
     """The image's /etc/passwd and /etc/group plus the analyst's lines (as the single-host
     spawner writes them), as configs named PREFIX-USER-passwd-HASH: the same content gives
     the same name, so a restart reuses its config; another content gets a new one."""
-    passwd, group = container_spec.passwd_entries(
-        user_name, ident["uid"], ident["gid"], ident["groups"], ident["home"]
-    )
-    merged = {
-        "/etc/passwd": container_spec.merge_account_file(image_passwd, passwd, 2),
-        "/etc/group": container_spec.merge_account_file(image_group, group, 2),
-    }
+    merged = container_spec.account_texts(user_name, ident, image_passwd, image_group)
     out = []
     for target in ACCOUNT_FILES:
         data = merged[target].encode()

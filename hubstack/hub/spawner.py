@@ -491,7 +491,8 @@ class HubstackSpawner(DockerSpawner):
         host_home = await asyncio.get_running_loop().run_in_executor(
             self.executor, self._ensure_home, ident["uid"], ident["gid"]
         )
-        self.volumes = {host_home: {"bind": ident["home"], "mode": "rw"}}
+        accounts = await self._in_pool(self._account_mounts, ident)
+        self.volumes = {host_home: {"bind": ident["home"], "mode": "rw"}, **accounts}
         self.extra_create_kwargs = container_spec.create_kwargs(
             self.user.name,
             profile.name,
@@ -503,7 +504,6 @@ class HubstackSpawner(DockerSpawner):
             ident, self.pids_limit, self._extra_gpu.get("host_config")
         )
         obj = await super().create_object()
-        await self._write_accounts(obj["Id"], ident)
         if profile.spark:
             await self._write_spark_files(obj["Id"], ident)
         return obj
@@ -531,17 +531,29 @@ class HubstackSpawner(DockerSpawner):
         env.update(getattr(self, "_extra_env", {}))
         return env
 
-    async def _write_accounts(self, container_id: str, ident: dict) -> None:
-        """Put the image's /etc/passwd and /etc/group plus the analyst's lines into the
-        container."""
+    def _account_mounts(self, ident: dict) -> dict:
+        """The container's /etc/passwd and /etc/group, the image's plus the analyst's lines,
+        as read-only mounts of files the hub keeps (container_spec.account_mounts)."""
+        image_passwd, image_group = self._read_image_accounts(self.image)
+        texts = container_spec.account_texts(self.user.name, ident, image_passwd, image_group)
+        return container_spec.account_mounts(self.cfg.container_accounts_dir, self.user.name, texts)
 
-        def run():
-            files = container_spec.account_files(
-                self.client, container_id, self.user.name, ident, self.image
-            )
-            container_spec.put_files(self.client, container_id, files, {})
-
-        await self._in_pool(run)
+    def _read_image_accounts(self, image: str) -> tuple[str, str]:
+        """The image's own /etc/passwd and /etc/group, read from a container created (never
+        started) on this engine (the manager's in swarm mode); once per digest, in
+        container_spec's cache."""
+        known = container_spec.known_image_accounts(image)
+        if known is not None:
+            return known
+        try:
+            self.client.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            self._pull_quietly(image)
+        created = self.client.create_container(image, command=["true"], labels={PLATFORM_LABEL: ""})
+        try:
+            return container_spec.image_account_files(self.client, created["Id"], image)
+        finally:
+            self.client.remove_container(created["Id"], force=True)
 
     # --- the analyst's network -------------------------------------------------------
     _hub_container: str | None = None

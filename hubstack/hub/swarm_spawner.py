@@ -225,23 +225,6 @@ class HubstackSwarmSpawner(HubstackSpawner):
         )
         HubstackSwarmSpawner._logged_in.add(key)
 
-    def _read_image_accounts(self, image: str) -> tuple[str, str]:
-        """The image's own /etc/passwd and /etc/group, read from a container created (never
-        started) on the manager's engine; once per digest, in the one cache the single-host
-        spawner uses too (container_spec.image_account_files)."""
-        known = container_spec.known_image_accounts(image)
-        if known is not None:
-            return known
-        try:
-            self.client.inspect_image(image)
-        except docker.errors.ImageNotFound:
-            self._pull_quietly(image)
-        created = self.client.create_container(image, command=["true"], labels={PLATFORM_LABEL: ""})
-        try:
-            return container_spec.image_account_files(self.client, created["Id"], image)
-        finally:
-            self.client.remove_container(created["Id"], force=True)
-
     def _ensure_configs(
         self, configs: list[service_spec.AccountConfig]
     ) -> list[tuple[str, service_spec.AccountConfig]]:

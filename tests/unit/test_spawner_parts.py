@@ -2,8 +2,11 @@
 
 import asyncio
 import io
+import os
 import tarfile
 import threading
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 from tornado import web
@@ -62,6 +65,34 @@ def test_the_images_account_files_are_read_once_per_image_digest():
     assert [cid for cid, _ in engine.reads[2:]] == ["c3", "c3", "c4", "c4"]
 
 
+def test_account_files_are_mounted_from_files_named_by_their_content(tmp_path):
+    ident = {"uid": 3001, "gid": 3001, "groups": [3100], "home": "/home/alice"}
+    texts = container_spec.account_texts("alice", ident, IMAGE_PASSWD, "root:x:0:\n")
+    mounts = container_spec.account_mounts(tmp_path, "alice", texts)
+    assert sorted(m["bind"] for m in mounts.values()) == ["/etc/group", "/etc/passwd"]
+    assert all(m["mode"] == "ro" for m in mounts.values())  # the analyst cannot change them
+    by_target = {m["bind"]: Path(path) for path, m in mounts.items()}
+    passwd = by_target["/etc/passwd"]
+    assert passwd.parent == tmp_path / "alice" and passwd.stat().st_mode & 0o777 == 0o644
+    assert "alice:x:3001:3001" in passwd.read_text()
+    assert "g3100:x:3100:alice" in by_target["/etc/group"].read_text()
+    # The same content: the same files, nothing new written.
+    assert container_spec.account_mounts(tmp_path, "alice", texts) == mounts
+    assert len(list((tmp_path / "alice").iterdir())) == 2
+    # A new identity gets new files; the old ones stay while a day has not passed since
+    # their last use (a running container may still mount them), then go.
+    moved = container_spec.account_texts("alice", {**ident, "uid": 3009}, IMAGE_PASSWD, "")
+    container_spec.account_mounts(tmp_path, "alice", moved)
+    assert len(list((tmp_path / "alice").iterdir())) == 4
+    day_ago = time.time() - container_spec.ACCOUNT_FILE_KEPT_S - 60
+    for path in by_target.values():
+        os.utime(path, (day_ago, day_ago))
+    container_spec.account_mounts(tmp_path, "alice", moved)
+    assert sorted(p.name for p in (tmp_path / "alice").iterdir()) == sorted(
+        Path(p).name for p in container_spec.account_mounts(tmp_path, "alice", moved)
+    )
+
+
 def test_pull_progress_counts_bytes_across_layers():
     p = PullProgress()
     p.update({"id": "a", "status": "Pulling fs layer"})
@@ -109,6 +140,9 @@ def test_hub_sees_container_paths_and_compose_gets_host_paths(tmp_path):
     env = compose_env(cfg)
     assert env["HUBSTACK_HUB_PORT"] == "8123" and env["HUBSTACK_NETWORK"] == "hn"
     assert env["HUBSTACK_HOME_ROOT"] == str(tmp_path / "home")
+    # Written by the hub, mounted by the engine: the same path for both.
+    assert env["HUBSTACK_CONTAINER_ACCOUNTS_DIR"] == str(cfg.container_accounts_dir)
+    assert parse_config(hub).container_accounts_dir == cfg.container_accounts_dir
 
 
 def test_a_blocked_docker_call_does_not_hold_up_another():
