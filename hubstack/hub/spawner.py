@@ -401,7 +401,7 @@ class HubstackSpawner(DockerSpawner):
         REF: a registry outage must not stop analysts whose image is already here."""
         repo = ref.rsplit(":", 1)[0]
         try:
-            info = await self.docker("inspect_distribution", ref, auth_config=self._auth(ref))
+            info = await self._ask_registry(ref)
             return f"{repo}@{info['Descriptor']['digest']}"
         except docker.errors.APIError as e:
             asked = e.explanation or str(e)
@@ -420,6 +420,30 @@ class HubstackSpawner(DockerSpawner):
         self.log.warning("registry did not resolve %s (%s); using this node's %s", ref, asked, here)
         self.spawn_progress.emit(4, "The registry did not answer: using the image on this node")
         return here
+
+    _registry_asks: dict[str, asyncio.Future] = {}
+
+    async def _ask_registry(self, ref: str) -> dict:
+        """The registry's answer for REF (inspect_distribution), one request for all the
+        starts that ask while it is out: in a burst, the registry, the engine and the hub
+        answer one lookup where each start used to make its own. A start that joins gets an
+        answer asked for at most one lookup's time (milliseconds) before its own ask; a tag
+        moved in that moment is seen from the next lookup on."""
+        asks = HubstackSpawner._registry_asks
+        ask = asks.get(ref)
+        if ask is None:
+            ask = asyncio.ensure_future(
+                self.docker("inspect_distribution", ref, auth_config=self._auth(ref))
+            )
+            asks[ref] = ask
+
+            def done(f: asyncio.Future) -> None:
+                asks.pop(ref, None)
+                if not f.cancelled():
+                    f.exception()  # retrieved, even when every start waiting on it went away
+
+            ask.add_done_callback(done)
+        return await asyncio.shield(ask)
 
     async def pull_image(self, image):
         """Pull by digest, streaming per-layer progress to the spawn page."""
@@ -444,9 +468,11 @@ class HubstackSpawner(DockerSpawner):
             return  # pulled before the start slot (_start_server); DockerSpawner asks again
         if self.pull_policy.lower() != "always":
             try:
-                await self.docker("inspect_image", image)
+                here = await self.docker("inspect_image", image)
                 progress.emit(70, "Image already on this node")
-                await self._remember_tag(image, getattr(self, "_tag_ref", ""))
+                ref = getattr(self, "_tag_ref", "")
+                if ref not in (here.get("RepoTags") or []):  # tagged already: nothing to write
+                    await self._remember_tag(image, ref)
                 self._pulled = image
                 return
             except docker.errors.ImageNotFound:

@@ -159,6 +159,37 @@ def test_a_blocked_docker_call_does_not_hold_up_another():
     assert slow.result(timeout=10)
 
 
+def test_starts_asking_for_one_tag_at_once_share_one_registry_lookup():
+    calls = []
+
+    class Asking:
+        _auth = staticmethod(lambda ref: None)
+
+        async def docker(self, method, ref, auth_config=None):
+            calls.append(ref)
+            await asyncio.sleep(0.05)
+            if ref.endswith(":gone"):
+                raise RuntimeError("manifest unknown")
+            return {"Descriptor": {"digest": f"sha256:{len(calls)}"}}
+
+    async def burst():
+        ask = HubstackSpawner._ask_registry
+        spawner = Asking()
+        first = await asyncio.gather(*(ask(spawner, "r/n:stable") for _ in range(5)))
+        assert calls == ["r/n:stable"]  # five starts, one lookup, one answer
+        assert {a["Descriptor"]["digest"] for a in first} == {"sha256:1"}
+        # Once answered, the next start asks again: a moved tag is seen.
+        assert (await ask(spawner, "r/n:stable"))["Descriptor"]["digest"] == "sha256:2"
+        # Another tag is its own lookup; a failure reaches every start that waited on it.
+        failed = await asyncio.gather(
+            *(ask(spawner, "r/n:gone") for _ in range(3)), return_exceptions=True
+        )
+        assert calls[2:] == ["r/n:gone"] and all(isinstance(e, RuntimeError) for e in failed)
+        assert not HubstackSpawner._registry_asks
+
+    asyncio.run(burst())
+
+
 def test_a_profile_is_offered_and_started_only_for_those_it_allows():
     cfg = parse_config(
         {
