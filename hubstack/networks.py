@@ -163,16 +163,7 @@ def remove_idle_network(cfg: PlatformConfig, client, user: str) -> bool:
 
 
 def _remove_if_idle(cfg: PlatformConfig, client, user: str) -> bool:
-    if _recently_handed(user):
-        return False
-    try:
-        net = client.networks.get(network_name(cfg, user))
-    except docker.errors.NotFound:
-        return False
-    if not all(_is_hub(client, cid) for cid in net.attrs.get("Containers") or {}):
-        return False
-    remove_network(cfg, client, user)
-    return True
+    return not _recently_handed(user) and remove_network(cfg, client, user)
 
 
 def _remove_an_idle_network(cfg: PlatformConfig, client) -> bool:
@@ -205,16 +196,16 @@ def join(network, container_id: str, aliases: list[str] | None = None) -> None:
             ) from None
 
 
-def remove_network(cfg: PlatformConfig, client, user: str) -> None:
-    """Remove the analyst's network once nothing but the hub is on it."""
+def remove_network(cfg: PlatformConfig, client, user: str) -> bool:
+    """Remove the analyst's network once nothing but the hub is on it; whether it went."""
     try:
-        network = client.networks.get(network_name(cfg, user))
+        network = client.networks.get(network_name(cfg, user))  # inspected: its containers now
     except docker.errors.NotFound:
-        return
-    network.reload()
-    for cid in network.attrs.get("Containers") or {}:
-        if not _is_hub(client, cid):
-            return  # the analyst's server or Spark still runs: keep it
+        return False
+    members = network.attrs.get("Containers") or {}
+    if not all(_is_hub(client, cid) for cid in members):
+        return False  # the analyst's server or Spark still runs: keep it
+    for cid in members:
         try:
             network.disconnect(cid, force=True)
         except docker.errors.APIError:
@@ -222,7 +213,8 @@ def remove_network(cfg: PlatformConfig, client, user: str) -> None:
     try:
         network.remove()
     except docker.errors.NotFound:
-        pass
+        return False
+    return True
 
 
 def _is_hub(client, container_id: str) -> bool:
