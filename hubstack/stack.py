@@ -210,6 +210,9 @@ def hub_config(cfg: PlatformConfig) -> dict:
         # its API calls go there over TLS, trusting the platform CA the stack mounts
         # (hubstack.swarm_stack.HUB_PLATFORM_CA).
         data["registry"]["api_address"] = None
+        # So does the per-user images' instance: every node pulls from it over TLS (the
+        # same certificate names its host), and the hub's calls take the same way.
+        data["registry"]["users_api_address"] = None
     data["hub"]["users_file"] = f"{HUB_USERS_DIR}/{cfg.users_file.name}"
     data["hub"]["home_root"] = str(cfg.home_root)  # mounted at the same path
     # The hub builds only per-user images, FROM parents that already trust the site CA.
