@@ -47,8 +47,9 @@ def swarm_cfg(tmp_path, **extra):
         },
         "cluster": {"mode": "swarm"},
         "hub": {"network": "hs"},
-        **extra,
     }
+    for key, value in extra.items():
+        data[key] = {**data.get(key, {}), **value}
     return parse_config(data)
 
 
@@ -274,3 +275,12 @@ def test_a_joining_node_trusts_both_instances(tmp_path):
         assert f"cat > '{ca}' <<'HUBSTACK_CA'" in script
     assert script.count("BEGIN CERTIFICATE") == 2
     assert "docker swarm join --token 'TOKEN' 'm:2377'" in script
+
+
+def test_up_warns_when_the_users_instance_is_the_managers_loopback(tmp_path):
+    assert stack.users_address_warning(swarm_cfg(tmp_path)) is None
+    loopback = swarm_cfg(tmp_path, registry={"users_address": "127.0.0.1:25992"})
+    warning = stack.users_address_warning(loopback)
+    assert warning is not None
+    assert "registry.users_address 127.0.0.1:25992 is this manager's loopback" in warning
+    assert PULL_ADDRESS in warning
