@@ -23,7 +23,7 @@ from hubstack.engine import docker_client
 from hubstack.errors import CommandError
 from hubstack.hub import swarm_gpu
 from hubstack.hub.container_spec import USER_LABEL
-from hubstack.registry import PULL, node_ca_path
+from hubstack.registry import node_ca_paths
 
 
 @dataclass
@@ -172,8 +172,15 @@ def join_script(cfg: PlatformConfig, client: docker.DockerClient, manager: bool 
     managers = [m["Addr"] for m in client.info()["Swarm"].get("RemoteManagers") or []]
     if not managers:
         raise CommandError("the swarm lists no manager address; is this engine a manager?")
-    ca_file = node_ca_path(cfg, PULL)
     ca = tls.platform_ca(cfg).certificate_pem()
+    trust: list[str] = []
+    for ca_file in node_ca_paths(cfg):
+        trust += [
+            f"mkdir -p '{ca_file.rsplit('/', 1)[0]}'",
+            f"cat > '{ca_file}' <<'HUBSTACK_CA'",
+            ca.rstrip("\n"),
+            "HUBSTACK_CA",
+        ]
     return "\n".join(
         [
             "#!/bin/sh",
@@ -183,11 +190,9 @@ def join_script(cfg: PlatformConfig, client: docker.DockerClient, manager: bool 
             '# (and on a GPU node its GPUs: "node-generic-resources": ["NVIDIA-GPU=<uuid>"]),',
             "# with the engine restarted after a change: see docs/multi-node.md.",
             "set -eu",
-            "# The platform CA: the engine trusts the registry's certificate through it.",
-            f"mkdir -p '{ca_file.rsplit('/', 1)[0]}'",
-            f"cat > '{ca_file}' <<'HUBSTACK_CA'",
-            ca.rstrip("\n"),
-            "HUBSTACK_CA",
+            "# The platform CA: the engine trusts the registries' certificate through it (the",
+            "# read-only instance's address, and the per-user images' one).",
+            *trust,
             f"docker swarm join --token '{token}' '{managers[0]}'",
             "# Then, on a manager: hubstack nodes label NODE hubstack.gpu=true (or .spark)",
             "",

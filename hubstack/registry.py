@@ -159,11 +159,18 @@ def auth_config(cfg: PlatformConfig, role: Role = PUSH) -> dict[str, str]:
     }
 
 
+NODE_ROLES: tuple[Role, ...] = (PULL, USERS)
+"""The instances every node of a swarm pulls from: the read-only one (the blessed images,
+with the pull account) and the per-user images' one (with the users account)."""
+
+
 def serves_tls(cfg: PlatformConfig, address: str) -> bool:
     """Whether the instance at ADDRESS serves HTTPS (with a certificate from the platform
-    CA): the read-only instance in swarm mode (hubstack.swarm_stack), which every node
-    pulls from. On one host every instance is plain HTTP on loopback."""
-    return cfg.cluster.mode == "swarm" and address == cfg.registry.pull_address
+    CA): in swarm mode the ones every node pulls from (NODE_ROLES: hubstack.swarm_stack).
+    On one host every instance is plain HTTP on loopback."""
+    return cfg.cluster.mode == "swarm" and address in (
+        registry_address(cfg, role) for role in NODE_ROLES
+    )
 
 
 class RegistryClient:
@@ -439,14 +446,23 @@ def node_ca_path(cfg: PlatformConfig, role: Role = PULL) -> str:
     return f"{NODE_CERTS_DIR}/{registry_address(cfg, role)}/ca.crt"
 
 
+def node_ca_paths(cfg: PlatformConfig) -> list[str]:
+    """Where every node of a swarm needs the platform CA: one folder per address it pulls
+    from (NODE_ROLES), each once."""
+    return list(dict.fromkeys(node_ca_path(cfg, role) for role in NODE_ROLES))
+
+
 def registry_certificate(cfg: PlatformConfig, role: Role = PULL) -> tls.Issued:
     """The certificate ROLE's instance serves to nodes (for the host of its address), issued
     by the platform CA (hubstack.tls.platform_ca) and issued again only when it no longer
-    fits. Loopback needs none: Docker allows plain HTTP to 127.0.0.0/8."""
-    host = registry_address(cfg, role).rsplit(":", 1)[0]
+    fits. In swarm mode one certificate names the hosts of both instances nodes pull from
+    (NODE_ROLES), which both serve it. Loopback needs none: Docker allows plain HTTP to
+    127.0.0.0/8."""
+    roles = NODE_ROLES if cfg.cluster.mode == "swarm" and role in NODE_ROLES else (role,)
+    hosts = list(dict.fromkeys(registry_address(cfg, r).rsplit(":", 1)[0] for r in roles))
     try:
         return tls.platform_ca(cfg).ensure_server_certificate(
-            [host], cfg.registry_tls_cert_file, cfg.registry_tls_key_file
+            hosts, cfg.registry_tls_cert_file, cfg.registry_tls_key_file
         )
     except tls.CertificateError as e:
         raise CommandError(f"registry TLS for {registry_address(cfg, role)}: {e}") from None

@@ -28,7 +28,14 @@ from cryptography import x509
 
 from hubstack import doctor, networks, spark, spark_cluster, swarm_stack, tls
 from hubstack.ci.promote import STABLE, adopt_first_build, ensure_local, releases_dir
-from hubstack.config import NO_CA, PYPI, PlatformConfig, check_certificate_name, local_hub_url
+from hubstack.config import (
+    NO_CA,
+    PYPI,
+    PlatformConfig,
+    check_certificate_name,
+    is_loopback,
+    local_hub_url,
+)
 from hubstack.engine import docker_client, platform_containers, project_name
 from hubstack.errors import CommandError
 from hubstack.hub import gpu
@@ -210,6 +217,9 @@ def hub_config(cfg: PlatformConfig) -> dict:
         # its API calls go there over TLS, trusting the platform CA the stack mounts
         # (hubstack.swarm_stack.HUB_PLATFORM_CA).
         data["registry"]["api_address"] = None
+        # So does the per-user images' instance: every node pulls from it over TLS (the
+        # same certificate names its host), and the hub's calls take the same way.
+        data["registry"]["users_api_address"] = None
     data["hub"]["users_file"] = f"{HUB_USERS_DIR}/{cfg.users_file.name}"
     data["hub"]["home_root"] = str(cfg.home_root)  # mounted at the same path
     data["hub"]["accounts_dir"] = str(cfg.container_accounts_dir)  # the same
@@ -683,6 +693,21 @@ SWARM_UP_STAGES = tuple("deploy" if name == "start" else name for name in UP_STA
 SWARM_CHECKS = ("python", "engine", "compose", "disk")
 
 
+def users_address_warning(cfg: PlatformConfig) -> str | None:
+    """What `up` says in swarm mode when registry.users_address is this manager's loopback
+    (the default: the host of registry.address): no other node reaches per-user images
+    there, so an analyst with packages of their own starts only where the hub runs."""
+    address = cfg.registry.users_address
+    if not is_loopback(address.rsplit(":", 1)[0].strip("[]")):
+        return None
+    return (
+        f"  warning: registry.users_address {address} is this manager's loopback: other "
+        "nodes cannot pull per-user images from it. Set it to an address every node "
+        f"reaches, as registry.pull_address ({cfg.registry.pull_address}) is, with a port "
+        "of its own (docs/multi-node.md, Per-user images)"
+    )
+
+
 def up_swarm(cfg: PlatformConfig, args) -> int:
     """`up` with cluster.mode: swarm, on a manager (or DOCKER_HOST naming one's socket): the
     same stages as on one host up to the push, which goes to the stack's own registry on
@@ -715,6 +740,9 @@ def up_swarm(cfg: PlatformConfig, args) -> int:
         f"{cfg.registry.address}, read-only over TLS on {cfg.registry.pull_address} "
         f"(every node pulls there), per-user images on {cfg.registry.users_address}",
     )
+    warning = users_address_warning(cfg)
+    if warning:
+        _say(warning)
     swarm_stack.deploy(cfg, swarm_stack.registries_file(cfg))
     swarm_stack.wait_running(api, project, swarm_stack.REGISTRIES, timeout=180, say=_say)
     registry = RegistryClient(cfg)

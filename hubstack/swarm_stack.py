@@ -15,9 +15,9 @@ Swarm needs it (swarm_model):
   policy instead), the host address of a published port (a port is published on the
   node its task runs on, `mode: host`: Swarm cannot bind one address), and `tmpfs` (a
   tmpfs mount instead);
-- the read-only registry serves HTTPS with the certificate from the platform CA (nodes pull
-  from it, trusting the CA they hold under /etc/docker/certs.d), as registry_container_spec
-  does for a single host's TLS instance;
+- the read-only registry and the per-user images' one serve HTTPS with the certificate
+  from the platform CA (nodes pull from them, trusting the CA they hold under
+  /etc/docker/certs.d), as registry_container_spec does for a single host's TLS instance;
 - services are reached by DNS round robin (their task's address), not a virtual IP.
 
 The hub is no service of the stack: it is a plain container on the manager `up` runs on
@@ -69,6 +69,9 @@ SECRET_NAME_MAX = 64
 SECRET_MODE = 0o400
 ON_MANAGERS = ("registry", "registry-pull", "registry-users")
 REGISTRIES = ("registry", "registry-pull", "registry-users")
+# The instances every node pulls from, over TLS: the blessed images (pull account) and the
+# per-user images (users account).
+NODE_REGISTRIES = ("registry-pull", "registry-users")
 # Where the hub's copy of the config (hubstack.stack.hub_config, state_dir
 # /srv/jupyterhub/state) finds the platform CA: its registry API calls to the read-only
 # instance go over TLS, as every node's pulls do.
@@ -194,8 +197,9 @@ def _service(
         volumes.append(v)
     volumes += [{"type": "tmpfs", "target": t} for t in service.get("tmpfs") or []]
     s["volumes"] = volumes
-    if name == "registry-pull" and registry_tls:
-        # registry_container_spec's TLS instance, with the files as Swarm secrets.
+    if name in NODE_REGISTRIES and registry_tls:
+        # registry_container_spec's TLS instance, with the files as Swarm secrets: the
+        # read-only one and the per-user images' one, both pulled from by every node.
         env = s.setdefault("environment", {})
         env["REGISTRY_HTTP_TLS_CERTIFICATE"] = REGISTRY_TLS_CERT
         env["REGISTRY_HTTP_TLS_KEY"] = REGISTRY_TLS_KEY

@@ -33,10 +33,14 @@ inherited, not copied); what differs is where the server runs:
 - a Spark profile's cluster of its own (hubstack.spark_cluster's roles, as services from
   service_spec.spark_requests): a master and a service per worker on Spark-labelled
   nodes, as the analyst, on the analyst's own overlay network with their server, its
-  secret a Swarm secret; removed with the server.
+  secret a Swarm secret; removed with the server;
+- an analyst with packages of their own starts on their per-user image, found or built
+  by the single-host code path (HubstackSpawner._user_image, inherited: the build on the
+  engine the hub drives, the manager's, pushed to registry.users_address); the service
+  (and a Spark profile's master and workers) runs it by digest, with the users account
+  sent along for that image's registry alone, so any node pulls it over TLS.
 
-Not yet (docs/multi-node.md): per-user images (an analyst with packages of their own is
-refused, with the way to start without them), the start queue.
+Not yet (docs/multi-node.md): the start queue.
 """
 
 from __future__ import annotations
@@ -58,8 +62,7 @@ from hubstack import networks, spark, spark_cluster, swarm_stack
 from hubstack.engine import PLATFORM_LABEL
 from hubstack.hub import container_spec, gpu, service_spec, swarm_gpu, versions
 from hubstack.hub.service_spec import unmet_constraints
-from hubstack.hub.spawner import PLAIN_HINT, HubstackSpawner
-from hubstack.images import user as user_images
+from hubstack.hub.spawner import HubstackSpawner
 
 # Task states on the way to running (Swarm's task lifecycle).
 STARTING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
@@ -210,8 +213,11 @@ class HubstackSwarmSpawner(HubstackSpawner):
 
     # --- what the service is made of ----------------------------------------------------
     def _login(self, image: str) -> None:
-        """Log the manager's client in with the pull account, once: create_service then
-        sends it along (X-Registry-Auth), as `docker service create --with-registry-auth`."""
+        """Log the manager's client in with the account of IMAGE's registry instance, once:
+        the pull account for the blessed images, the users account for a per-user image
+        (registry.users_address). create_service then sends along the one for its image's
+        registry alone (X-Registry-Auth), as `docker service create --with-registry-auth`:
+        the users account never goes with a service of a blessed image, nor the reverse."""
         auth = self._auth(image)
         if auth is None:  # not our registry's image: nothing to pass on
             return
@@ -400,7 +406,6 @@ class HubstackSwarmSpawner(HubstackSpawner):
         if profile.spark:
             # Said before any work: without a Spark node the cluster cannot start anywhere.
             await self._in_pool(self._check_spark_nodes, profile)
-        await self._refuse_own_packages()
         self._profile_cfg = profile
         ident = await self._identity()
         self._ident = ident
@@ -438,6 +443,10 @@ class HubstackSwarmSpawner(HubstackSpawner):
         progress.emit(2, f"Looking up image {profile.image} in the registry")
         self.image = await self._resolve_digest(ref)
         progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
+        # The analyst's own packages: the single-host path (found in registry-users, or
+        # built on the manager's engine and pushed there), before any config or service.
+        own_image = await self._user_image(profile, tag)
+        self.image = own_image or self.image
 
         await self._in_pool(self._login, self.image)
         image_passwd, image_group = await self._in_pool(self._read_image_accounts, self.image)
@@ -481,7 +490,7 @@ class HubstackSwarmSpawner(HubstackSpawner):
                 await self._in_pool(self._ensure_network)
                 await self._in_pool(self._connect_hub)
             if profile.spark:
-                request, cluster = await self._spark_requests(profile, request, tag)
+                request, cluster = await self._spark_requests(profile, request, tag, own_image)
         except BaseException:
             self._release_pending()
             await self._in_pool(self._stop_spark)
@@ -644,17 +653,23 @@ class HubstackSwarmSpawner(HubstackSpawner):
         return made["ID"]
 
     async def _spark_requests(
-        self, profile, request: service_spec.ServiceRequest, tag: str
+        self,
+        profile,
+        request: service_spec.ServiceRequest,
+        tag: str,
+        own_image: str | None = None,
     ) -> tuple[service_spec.ServiceRequest, list[service_spec.ServiceRequest]]:
         """The server's request with what its driver needs (the secret, the startup hook,
-        the analyst's network), and the cluster's services: the spark-executor image of
-        the server's version, by digest, as the analyst, placed on Spark nodes (and on the
+        the analyst's network), and the cluster's services: the analyst's per-user image
+        (OWN_IMAGE, built FROM spark-executor) or else the spark-executor image of the
+        server's version, by digest, as the analyst, placed on Spark nodes (and on the
         home node, for a local home the workers mount)."""
         progress = self.spawn_progress
         progress.emit(6, f"Starting your Spark cluster ({self.cfg.spark.workers} workers)")
         await self._reserve_spark_cores()  # released once the cluster runs, or by start
-        ref = self.cfg.image_ref(spark.EXECUTOR_IMAGE, tag)
-        image = await self._resolve_digest(ref)
+        image = own_image or await self._resolve_digest(
+            self.cfg.image_ref(spark.EXECUTOR_IMAGE, tag)
+        )
         await self._in_pool(self._login, image)
         passwd, group = await self._in_pool(self._read_image_accounts, image)
         prefix = f"{self.cfg.hub.network}-nb"
@@ -735,28 +750,6 @@ class HubstackSwarmSpawner(HubstackSpawner):
             if secret["Spec"]["Name"].startswith(own):
                 with contextlib.suppress(docker.errors.APIError):
                     self.client.remove_secret(secret["ID"])
-
-    async def _refuse_own_packages(self) -> None:
-        """Per-user images do not start on the swarm yet. An analyst with packages of their
-        own is told so, and how to start without them, rather than silently started on an
-        image without them; packages typed on the form are kept for later."""
-        options = self._options()
-        if not self.cfg.user_images.enabled or options.plain:
-            return
-        if options.packages is not None:
-            env = user_images.parse_form_text(self.cfg, options.packages)
-            await self._in_pool(self._keep_packages, env)
-        else:
-            try:
-                env = await self._in_pool(user_images.load_env, self.cfg, self.user.name)
-            except user_images.EnvSpecError as e:
-                raise web.HTTPError(400, f"your packages are refused: {e}. {PLAIN_HINT}") from None
-        if not env.empty:
-            raise web.HTTPError(
-                409,
-                f"your own packages ({env.describe()}) need an image of your own, which swarm "
-                f"mode cannot start yet (docs/multi-node.md). {PLAIN_HINT}",
-            )
 
     async def _until_running(
         self,

@@ -30,10 +30,14 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import io
 import os
 import shutil
+import ssl
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -47,12 +51,13 @@ from hubstack.hub import swarm_gpu
 from hubstack.hub.container_spec import USER_LABEL, image_account_files
 from hubstack.hub.swarm_gpu import LABEL_GPU_NODE, LABEL_GPUS
 from hubstack.hub.swarm_spawner import HubstackSwarmSpawner
+from hubstack.images import user as user_images
 from hubstack.images.build import push_image
 from hubstack.nodes import node_rows
-from hubstack.registry import RegistryClient
+from hubstack.registry import USERS, RegistryClient, registry_certificate, registry_container_spec
 from hubstack.spark import EXECUTOR_IMAGE
 from hubstack.spark_cluster import CLUSTER_LABEL
-from tests.conftest import SESSION_ID, TEST_TAG
+from tests.conftest import SESSION_ID, TEST_TAG, free_port
 from tests.integration.swarm_nodes import TINY_IMAGE
 
 pytestmark = pytest.mark.integration
@@ -63,6 +68,7 @@ IDENTS = {
     "carol": {"uid": 23403, "gid": 23403, "groups": [23403], "home": "/home/carol"},
     "dave": {"uid": 23404, "gid": 23404, "groups": [23404], "home": "/home/dave"},
     "erin": {"uid": 23405, "gid": 23405, "groups": [23405], "home": "/home/erin"},
+    "frank": {"uid": 23406, "gid": 23406, "groups": [23406], "home": "/home/frank"},
 }
 
 
@@ -623,3 +629,127 @@ def test_a_spark_analysts_cluster_runs_as_services_on_the_spark_node(
     assert not manager.services(filters={"label": f"{CLUSTER_LABEL}={server}"})
     assert not [s for s in manager.secrets() if "-erin-spark-" in s["Spec"]["Name"]]
     assert not manager.networks(names=[net])
+
+
+OWN_PACKAGE = "cowsay==6.1"
+"""The single-host per-user image tests' package (tests/integration/test_user_images.py)."""
+PKGS_IMAGE = "swarm-pkgs"
+
+
+@pytest.fixture(scope="module")
+def own_packages(swarm, swarm_registry, hub_cfg, hierarchy, registry, docker_client):
+    """What an analyst's packages need on the test swarm, as swarm mode runs it: the
+    per-user images' instance on the nodes' segment over TLS (the platform CA's certificate,
+    which every node trusts under certs.d, as the read-only instance), and a profile whose
+    image is the session's python image plus a wheelhouse. The test swarm's nodes reach
+    no package index (no route out, no resolver): like an air-gapped site with a mirror,
+    the parent's pip finds OWN_PACKAGE in /srv/wheels (PIP_NO_INDEX, PIP_FIND_LINKS), so
+    the per-user build on the manager runs pip as on a site with a mirror. Yields the
+    config (as the hub's, with users_address and the profile `own`)."""
+    started = time.monotonic()
+    data = hub_cfg.model_dump(mode="json", exclude={"path"})
+    data["registry"]["users_address"] = f"{swarm.host_address}:{free_port()}"
+    data["profiles"] = [{"name": "own", "display_name": "Own", "image": PKGS_IMAGE}]
+    cfg = parse_config(data)
+    name = f"hubtest-swarm-registry-users-{SESSION_ID}"
+    users = docker_client.containers.run(
+        **registry_container_spec(
+            cfg, name=name, volume=name, role=USERS, certificate=registry_certificate(cfg, USERS)
+        )
+    )
+    push_cfg = swarm_registry.cfg
+    repo = push_cfg.image_repository(PKGS_IMAGE)
+    ref = f"{repo}:{push_cfg.images.tag}"
+    try:
+        RegistryClient(cfg, role=USERS).wait_ready(60)
+        for node in swarm.nodes:
+            node.install_ca(cfg.registry.users_address, cfg.tls_ca_cert_file)
+        parent = hierarchy["python"]["image_id"]
+        dockerfile = (
+            f"FROM {parent}\nUSER root\n"
+            "RUN /opt/venv/bin/pip download --no-deps --dest /srv/wheels "
+            f"{OWN_PACKAGE} && cp -r /usr/share/hubstack/lock/python "
+            f"/usr/share/hubstack/lock/{PKGS_IMAGE}\n"
+            "ENV PIP_NO_INDEX=1 PIP_FIND_LINKS=/srv/wheels\nUSER 1000:100\n"
+        )
+        docker_client.images.build(
+            fileobj=io.BytesIO(dockerfile.encode()), tag=ref, rm=True, pull=False
+        )
+        # The python image's layers as stored, then the engine's push of the wheelhouse.
+        RegistryClient(push_cfg).copy_layers(registry, "python", TEST_TAG, PKGS_IMAGE)
+        push_image(push_cfg, docker_client, PKGS_IMAGE, progress=lambda _: None)
+        print(f"[swarm own] users registry and parent ready in {time.monotonic() - started:.1f}s")
+        yield cfg
+    finally:
+        users.remove(force=True, v=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.volumes.get(name).remove(force=True)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(ref)
+        user_images.clear_env(cfg, "frank")
+
+
+def _timed_progress(monkeypatch) -> list[tuple[float, str]]:
+    """Each progress message of the starts that follow, with the time it was emitted."""
+    marks: list[tuple[float, str]] = []
+    new = HubstackSwarmSpawner._new_progress
+
+    def timed(self):
+        progress = new(self)
+        emit = progress.emit
+
+        def stamped(percent: int, message: str) -> None:
+            marks.append((time.monotonic(), message))
+            emit(percent, message)
+
+        progress.emit = stamped  # type: ignore[method-assign]
+        return progress
+
+    monkeypatch.setattr(HubstackSwarmSpawner, "_new_progress", timed)
+    return marks
+
+
+def test_own_packages_start_on_a_worker_from_the_users_registry(
+    swarm, own_packages, spawners, monkeypatch
+):
+    """frank has a package of his own: the hub builds his per-user image on the manager's
+    engine (the progress lines of one host), pushes it to registry-users, and his server's
+    service runs it by digest on the worker, which pulls it with the users account the
+    service carries (without it, that registry refuses the worker). The package imports in
+    his server, as his UID."""
+    cfg = own_packages
+    user_images.save_env(cfg, "frank", user_images.UserEnv(pip=(OWN_PACKAGE,)))
+    frank = spawners("frank", "own", cfg)
+    marks = _timed_progress(monkeypatch)
+    started = time.monotonic()
+    _run(frank.start())
+    print(f"[swarm own] start with a per-user build in {time.monotonic() - started:.1f}s")
+    for at, message in marks:  # where the time went (docs/multi-node.md)
+        if not message.startswith("Building your image: "):
+            print(f"[swarm own]   +{at - started:5.1f}s {message[:100]}")
+    messages = [message for _, message in marks]
+    assert any(m.startswith("Building your image: step") for m in messages), messages
+    assert any(m.startswith("Your image: ") for m in messages), messages
+    # Built on the manager (the gpu node), run on the worker.
+    assert frank.node_name == "spark"
+    image = frank.image
+    assert image.startswith(f"{cfg.registry.users_address}/{cfg.images.namespace}/user/frank@")
+    labels = swarm.manager.client.images.get(image).labels
+    assert labels[user_images.LABEL_USER] == "frank"
+    c = _container(swarm, frank)
+    assert c.attrs["Config"]["Image"] == image
+    out = c.exec_run(["python", "-c", "import cowsay, os; print(cowsay.__name__, os.getuid())"])
+    assert out.output.decode().strip() == "cowsay 23406", out.output
+    assert c.exec_run(["id", "-un"]).output.decode().strip() == "frank"
+    # The worker has it from registry-users, over TLS, which refuses a request without
+    # the users account: the service carried it.
+    assert swarm.node("spark").client.images.get(image)
+    repo, digest = image.split("/", 1)[1].split("@")
+    url = f"https://{cfg.registry.users_address}/v2/{repo}/manifests/{digest}"
+    context = ssl.create_default_context(cafile=str(cfg.tls_ca_cert_file))
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(url, context=context, timeout=10)
+    assert anonymous.value.code == 401
+    started = time.monotonic()
+    _run(frank.stop())
+    print(f"[swarm own] stop in {time.monotonic() - started:.1f}s")

@@ -11,7 +11,6 @@ from hubstack.config import parse_config
 from hubstack.hub.container_spec import PROFILE_LABEL, USER_LABEL
 from hubstack.hub.service_spec import ServiceRequest, account_configs, service_spec
 from hubstack.hub.swarm_spawner import HubstackSwarmSpawner, refusal_message
-from hubstack.images.user import load_env
 
 IDENT = {"uid": 23456, "gid": 23456, "groups": [23456, 30000], "home": "/home/alice"}
 IMAGE = "10.0.0.5:5001/hubstack/notebook@sha256:" + "a" * 64
@@ -174,25 +173,3 @@ def test_the_swarm_spawner_refuses_a_spark_profile_with_no_spark_node(monkeypatc
     message = refused.value.log_message
     assert "(spark) needs a Spark cluster of your own on a Spark node" in message
     assert why in message
-
-
-def test_the_swarm_spawner_refuses_own_packages_and_keeps_them(tmp_path):
-    """Per-user images do not start on the swarm yet: an analyst whose packages would be
-    silently missing is refused with the way to start without them, and what they typed on
-    the form is kept for later."""
-    cfg = parse_config(
-        {
-            "state_dir": str(tmp_path),
-            "cluster": {"mode": "swarm"},
-            "user_images": {"form": True},
-        }
-    )
-    s = HubstackSwarmSpawner(platform=cfg)
-    s.user = SimpleNamespace(name="alice", url="/user/alice/", groups=[])
-    s.user_options = {"profile": "default", "packages": "humanize==4.9.0"}
-    with pytest.raises(web.HTTPError) as refused:
-        asyncio.run(s.start())
-    assert refused.value.status_code == 409
-    assert "humanize==4.9.0" in refused.value.log_message
-    assert "Start without my own packages" in refused.value.log_message
-    assert not load_env(cfg, "alice").empty
