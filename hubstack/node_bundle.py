@@ -7,7 +7,8 @@ in one folder to carry there.
   the node's own (--node-status, its /var/lib/dpkg/status). Downloaded with
   `apt-get download` from this host's apt sources, so the node's architecture and release
   are this host's.
-- certs.d/PULL_ADDRESS/ca.crt: the platform CA, for /etc/docker/certs.d (the registry's TLS).
+- certs.d/ADDRESS/ca.crt: the platform CA, for /etc/docker/certs.d (the registry's TLS), for
+  each address a node pulls from (registry.pull_address, registry.users_address).
 - images.tar: one `docker save` of the images the node's servers run (by profile; default
   every profile's image and the Spark executor), at the digest the registry holds for the
   tag, named as the node's engine pulls them (PULL_ADDRESS/NAMESPACE/NAME:TAG).
@@ -47,7 +48,7 @@ from hubstack.config import PlatformConfig
 from hubstack.engine import PLATFORM_LABEL
 from hubstack.errors import CommandError
 from hubstack.images.build import print_progress
-from hubstack.registry import PUSH, RegistryClient, auth_config
+from hubstack.registry import PUSH, RegistryClient, auth_config, node_addresses
 from hubstack.spark import EXECUTOR_IMAGE
 
 ENGINE_PACKAGES = ("docker.io", "containerd", "runc")
@@ -272,6 +273,7 @@ def _managers(client: docker.DockerClient) -> list[str]:
 def bundle_env(cfg: PlatformConfig, arch: str, images: list[str], managers: list[str]) -> str:
     values = {
         "PULL_ADDRESS": cfg.registry.pull_address,
+        "CA_ADDRESSES": " ".join(node_addresses(cfg)),
         "ARCH": arch,
         "IMAGES": " ".join(images),
         "MANAGERS": " ".join(managers),
@@ -326,10 +328,12 @@ def write_bundle(
                 + ", ".join(p.name for p in deb_list)
             )
             download_packages(deb_list, work / "packages")
-        ca = work / "certs.d" / cfg.registry.pull_address / "ca.crt"
-        ca.parent.mkdir(parents=True)
-        ca.write_text(tls.platform_ca(cfg).certificate_pem())
-        say(f"platform CA: certs.d/{cfg.registry.pull_address}/ca.crt")
+        ca_pem = tls.platform_ca(cfg).certificate_pem()
+        for address in node_addresses(cfg):  # the blessed images' and the per-user images'
+            ca = work / "certs.d" / address / "ca.crt"
+            ca.parent.mkdir(parents=True)
+            ca.write_text(ca_pem)
+            say(f"platform CA: certs.d/{address}/ca.crt")
         say(f"images: pulling {len(images)} at {tag} from {cfg.registry.address}")
         added = fetch_images(cfg, client, images, progress=say)
         say(f"images: saving {', '.join(i.target for i in images)}")

@@ -3,7 +3,8 @@
 # Run as root, from anywhere: sh /path/to/bundle/install.sh [--no-packages] [--no-images]
 #   1. checks every file against the bundle's SHA256SUMS;
 #   2. places the platform CA where the engine looks for the registry's certificate
-#      (/etc/docker/certs.d/PULL_ADDRESS/ca.crt), and writes /etc/docker/daemon.json
+#      (/etc/docker/certs.d/ADDRESS/ca.crt for the blessed images' and the per-user
+#      images' registry addresses), and writes /etc/docker/daemon.json
 #      with "no-new-privileges": true when there is none (Swarm services cannot ask for it);
 #   3. installs the engine's Debian packages with dpkg (those not installed already at
 #      that version or newer); --no-packages skips it (an engine is installed already);
@@ -37,6 +38,7 @@ die() {
 }
 
 PULL_ADDRESS=
+CA_ADDRESSES=
 ARCH=
 IMAGES=
 MANAGERS=
@@ -48,11 +50,13 @@ say "checking the bundle's files against SHA256SUMS"
     || die "a file of the bundle is missing or differs from SHA256SUMS: copy the bundle again"
 [ "$(id -u)" = 0 ] || die "run as root: it writes /etc/docker and installs packages"
 
-ca_dir="/etc/docker/certs.d/$PULL_ADDRESS"
-mkdir -p "$ca_dir"
-cp "$here/certs.d/$PULL_ADDRESS/ca.crt" "$ca_dir/ca.crt"
-chmod 0644 "$ca_dir/ca.crt"
-say "platform CA: $ca_dir/ca.crt (the engine reads it at each pull from $PULL_ADDRESS)"
+for address in ${CA_ADDRESSES:-$PULL_ADDRESS}; do
+    ca_dir="/etc/docker/certs.d/$address"
+    mkdir -p "$ca_dir"
+    cp "$here/certs.d/$address/ca.crt" "$ca_dir/ca.crt"
+    chmod 0644 "$ca_dir/ca.crt"
+    say "platform CA: $ca_dir/ca.crt (the engine reads it at each pull from $address)"
+done
 
 # Before the packages: a freshly installed engine starts with it.
 if [ ! -e /etc/docker/daemon.json ]; then

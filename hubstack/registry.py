@@ -446,10 +446,15 @@ def node_ca_path(cfg: PlatformConfig, role: Role = PULL) -> str:
     return f"{NODE_CERTS_DIR}/{registry_address(cfg, role)}/ca.crt"
 
 
+def node_addresses(cfg: PlatformConfig) -> list[str]:
+    """The registry addresses every node of a swarm pulls from (NODE_ROLES), each once."""
+    return list(dict.fromkeys(registry_address(cfg, role) for role in NODE_ROLES))
+
+
 def node_ca_paths(cfg: PlatformConfig) -> list[str]:
     """Where every node of a swarm needs the platform CA: one folder per address it pulls
-    from (NODE_ROLES), each once."""
-    return list(dict.fromkeys(node_ca_path(cfg, role) for role in NODE_ROLES))
+    from (node_addresses)."""
+    return [f"{NODE_CERTS_DIR}/{address}/ca.crt" for address in node_addresses(cfg)]
 
 
 def registry_certificate(cfg: PlatformConfig, role: Role = PULL) -> tls.Issued:

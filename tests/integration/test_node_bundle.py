@@ -113,6 +113,8 @@ def test_a_bundle_installs_the_engine_offline_and_loads_the_images_on_a_node(
         )
         assert ran_on_node.returncode == 0, ran_on_node.stdout + ran_on_node.stderr
         assert ca.read_text() == swarm_registry.ca_file.read_text()
+        users_ca = node.etc_docker / "certs.d" / cfg.registry.users_address / "ca.crt"
+        assert users_ca.read_text() == ca.read_text()  # per-user images pull over TLS too
         loaded = node.client.images.get(target)
         assert loaded.labels["io.hubstack.test"] == "swarm-tiny"
         assert loaded.id == docker_client.images.get(cfg.image_ref(TINY_IMAGE, tag)).id

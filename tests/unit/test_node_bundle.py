@@ -101,7 +101,9 @@ def test_apt_failures_are_named_with_the_fix():
 
 
 def test_bundle_env_is_read_back_by_sh_as_written():
-    cfg = parse_config({"registry": {"pull_address": "10.0.0.5:5001"}})
+    cfg = parse_config(
+        {"registry": {"pull_address": "10.0.0.5:5001", "users_address": "10.0.0.5:5002"}}
+    )
     images = ["10.0.0.5:5001/hubstack/gpu:stable", "10.0.0.5:5001/hubstack/notebook:stable"]
     env = node_bundle.bundle_env(cfg, "amd64", images, ["10.0.0.5:2377"])
     assert "password" not in env.lower() and "token" not in env.lower()
@@ -112,6 +114,11 @@ def test_bundle_env_is_read_back_by_sh_as_written():
         check=True,
     ).stdout
     assert shown == f"10.0.0.5:5001|amd64|{' '.join(images)}|10.0.0.5:2377"
+    # The CA goes where the engine looks for both addresses a node pulls from.
+    cas = subprocess.run(
+        ["sh", "-c", f'{env}\nprintf "%s" "$CA_ADDRESSES"'], capture_output=True, text=True
+    ).stdout
+    assert cas == "10.0.0.5:5001 10.0.0.5:5002"
 
 
 def test_an_image_the_registry_lacks_is_named_and_nothing_is_written(tmp_path, monkeypatch):
