@@ -44,6 +44,7 @@ from hubstack.registry import (
     credentials_file,
     load_credentials,
     registry_address,
+    serves_tls,
 )
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -267,11 +268,14 @@ def _url_host(host: str) -> str:
 
 
 def http_status(
-    url: str, auth: tuple[str, str] | None = None, verify: bool = True, redirects: bool = True
+    url: str,
+    auth: tuple[str, str] | None = None,
+    verify: bool | str = True,
+    redirects: bool = True,
 ) -> int | None:
     """The HTTP status URL answers with, None when nothing answers (no proxy: local only).
     verify=False: only whether our own service answers on a local port, whatever its
-    certificate names."""
+    certificate names; a path: the CA file to trust."""
     with requests.Session() as session:
         session.trust_env = False
         try:
@@ -357,13 +361,21 @@ def check_hub_http_port(cfg: PlatformConfig, ctx: Context) -> Check:
 
 
 def _registry_port_check(name: str, port: int, key: str, what: str) -> Check:
-    # /v2/ is the registry API's root: 200, or 401 when (as ours) it wants credentials.
+    # /v2/ is the registry API's root: 200, or 401 when (as ours) it wants credentials. In
+    # swarm mode the instances nodes pull from serve HTTPS (any certificate: only whether
+    # it is ours that answers).
+    def answers() -> bool:
+        return any(
+            http_status(f"{scheme}://127.0.0.1:{port}/v2/", verify=False) in (200, 401)
+            for scheme in ("http", "https")
+        )
+
     return _port_check(
         name,
         "127.0.0.1",
         port,
         (key, key),
-        lambda: http_status(f"http://127.0.0.1:{port}/v2/") in (200, 401),
+        answers,
         f"the {what} is already running on 127.0.0.1:{port}",
     )
 
@@ -469,7 +481,13 @@ def _credentials_check(cfg: PlatformConfig, name: str, role: Role) -> Check:
             name, FAIL, _one_line(e), f"remove {path}; `hubstack up` generates new credentials"
         )
     address = registry_address(cfg, role)
-    status = http_status(f"http://{address}/v2/", auth=(creds.username, creds.password))
+    # Swarm mode's TLS instances are asked over HTTPS, trusting the platform CA, as nodes do.
+    tls_on = serves_tls(cfg, address)
+    status = http_status(
+        f"{'https' if tls_on else 'http'}://{address}/v2/",
+        auth=(creds.username, creds.password),
+        verify=str(cfg.tls_ca_cert_file) if tls_on else True,
+    )
     found = f"{path} (mode {mode:04o}, user {creds.username!r})"
     if status is None:
         return Check(name, OK, f"{found}; registry not running, so not tried")

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ from hubstack.cli import build_parser
 from hubstack.config import PlatformConfig, parse_config
 from hubstack.doctor import FAIL, OK, WARN, Check, Context, GiB, Probe
 from hubstack.errors import CommandError
+from hubstack.registry import PULL, registry_certificate
 from tests.conftest import free_port
 
 PASSWORD = "s3cret-not-to-be-shown"
@@ -38,8 +40,13 @@ def make_cfg(tmp_path: Path, **sections) -> PlatformConfig:
 
 
 @contextlib.contextmanager
-def http_server(respond: Callable[[str, str | None], int]) -> Iterator[int]:
-    """A loopback HTTP server answering GET PATH with respond(path, Authorization header)."""
+def http_server(
+    respond: Callable[[str, str | None], int],
+    port: int = 0,
+    tls_context: ssl.SSLContext | None = None,
+) -> Iterator[int]:
+    """A loopback HTTP server answering GET PATH with respond(path, Authorization header);
+    HTTPS with TLS_CONTEXT."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -50,7 +57,9 @@ def http_server(respond: Callable[[str, str | None], int]) -> Iterator[int]:
         def log_message(self, *args) -> None:  # keep the test output clean
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    if tls_context is not None:
+        server.socket = tls_context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -255,6 +264,34 @@ def test_credentials_accepted_or_refused_by_the_registry(tmp_path):
         if want == FAIL:
             assert "wrong credentials" in check.found
         assert PASSWORD not in doctor.format_check(check)
+
+
+def test_swarm_modes_pull_credentials_are_tried_over_tls_trusting_the_platform_ca(tmp_path):
+    """In swarm mode the read-only instance serves HTTPS with a certificate from the
+    platform CA: doctor asks it as nodes do, not over plain HTTP (which it cannot answer)."""
+    good = "Basic " + base64.b64encode(f"hubstack-pull:{PASSWORD}".encode()).decode()
+    probe = make_cfg(tmp_path)
+    port = free_port()
+    cfg = make_cfg(
+        tmp_path,
+        cluster={"mode": "swarm"},
+        registry={
+            "address": probe.registry.address,
+            "pull_address": f"127.0.0.1:{port}",
+            "users_address": f"127.0.0.1:{free_port()}",
+        },
+    )
+    issued = registry_certificate(cfg, PULL)
+    tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls_context.load_cert_chain(issued.cert_file, issued.key_file)
+    path = cfg.registry_pull_credentials_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"username": "hubstack-pull", "password": PASSWORD}))
+    path.chmod(0o600)
+    with http_server(lambda p, auth: 200 if auth == good else 401, port, tls_context):
+        check = doctor.check_registry_pull_credentials(cfg, Context())
+    assert check.verdict == OK, check
+    assert f"accepted by the registry at 127.0.0.1:{port}" in check.found
 
 
 # --- package indexes --------------------------------------------------------------------
