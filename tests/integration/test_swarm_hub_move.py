@@ -43,8 +43,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.integration.hubstack_e2e import HubClient, add_user, seed_registry_volume
-from tests.integration.swarm_nodes import swarm_cluster
-from tests.integration.test_swarm_stack import _running_tasks, _wait, on_manager
+from tests.integration.swarm_nodes import on_manager, running_tasks, swarm_cluster, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +109,7 @@ def _lose(swarm, lost, survivor) -> None:
     node_id = lost.node_id
     swarm.stop_node(lost)
     api = survivor.client.api
-    _wait(
+    wait_until(
         f"{lost.name} down in the swarm",
         lambda: api.inspect_node(node_id)["Status"]["State"] == "down",
         timeout=90,
@@ -185,7 +184,7 @@ def test_losing_the_hubs_node_keeps_the_hub_database(
             print(f"[hub move] `up` on m2 in {time.monotonic() - t:.1f}s")
             api = m2.client.api
             for service in ("registry", "registry-pull", "registry-users"):
-                (task,) = _running_tasks(api, f"{project}_{service}")
+                (task,) = running_tasks(api, f"{project}_{service}")
                 assert task["NodeID"] == m2.node_id, service
 
             # The same record, read through the new hub's REST API with her old token.
