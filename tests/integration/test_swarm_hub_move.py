@@ -193,6 +193,7 @@ def test_losing_the_hubs_node_keeps_the_hub_database(
             up = on_manager(m1, config1, "up", "--no-build")
             assert up.returncode == 0, f"up on m1 failed:\n{up.stdout}\n{up.stderr}"
             print(f"[hub move] `up` on m1 in {time.monotonic() - t:.1f}s")
+            print("\n".join(line for line in up.stdout.splitlines() if line.startswith("[up ")))
             project = project_name(cfg)
             hub = m1.client.api.inspect_container(f"{project}-hub")
             (mount,) = [m for m in hub["Mounts"] if m["Destination"] == "/srv/jupyterhub"]
@@ -229,6 +230,7 @@ def test_losing_the_hubs_node_keeps_the_hub_database(
             up = on_manager(m2, config2, "up", "--no-build")
             assert up.returncode == 0, f"up on m2 failed:\n{up.stdout}\n{up.stderr}"
             print(f"[hub move] `up` on m2 in {time.monotonic() - t:.1f}s")
+            print("\n".join(line for line in up.stdout.splitlines() if line.startswith("[up ")))
             api = m2.client.api
             for service in ("registry", "registry-pull", "registry-users"):
                 (task,) = running_tasks(api, f"{project}_{service}")
