@@ -24,10 +24,17 @@ A backup is a folder:
 The folder is written under a temporary name and renamed when complete, so a failed or
 interrupted backup never looks like a good one. Restore checks every checksum first and
 writes only into a state directory, volumes and home root that hold nothing yet.
+
+Swarm mode: run both on the manager the hub runs on (its engine holds the hub's local
+volumes). With cluster.hub_data or cluster.registry_data, the hub database or the
+registry's storage is the volume on that shared storage (platform_volume), which any
+manager's engine mounts: backup reads it there and restore fills it, so both also work on
+another manager.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -38,10 +45,10 @@ from pathlib import Path
 
 import docker
 
-from hubstack import __version__
+from hubstack import __version__, swarm_stack
 from hubstack.ci.promote import releases_dir
 from hubstack.clock import timestamp
-from hubstack.config import PlatformConfig
+from hubstack.config import PlatformConfig, SharedVolumeConfig
 from hubstack.engine import created_container, docker_client, project_name
 from hubstack.errors import CommandError
 from hubstack.images.bootstrap import bootstrap
@@ -66,6 +73,62 @@ SQLITE_BACKUP = (
 def volume_name(cfg: PlatformConfig, volume: str) -> str:
     """The engine's name of a compose volume (compose prefixes it with the project)."""
     return f"{project_name(cfg)}_{volume}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PlatformVolume:
+    """A volume backup reads and restore fills, as the running platform names it."""
+
+    key: str
+    """The compose volume: hub-data, registry-data."""
+    name: str
+    """The engine's name: PROJECT_KEY, or on shared storage PROJECT_KEY-STORAGE."""
+    shared: SharedVolumeConfig | None = None
+    """Its shared storage (cluster.hub_data, cluster.registry_data); None: a local volume."""
+    setting: str = ""
+    """The cluster.* key that put it on shared storage."""
+
+    def __str__(self) -> str:
+        if self.shared is None:
+            return f"volume {self.name}"
+        return f"volume {self.name} ({self.setting}: {self.shared.driver_opts['device']})"
+
+
+def platform_volume(cfg: PlatformConfig, key: str) -> PlatformVolume:
+    """KEY's volume: in swarm mode with cluster.hub_data (hub-data) or cluster.registry_data
+    (registry-data), the volume on that shared storage the hub's container and the
+    registries mount (swarm_stack.shared_volume); else the local volume PROJECT_KEY."""
+    setting = {"hub-data": "hub_data", "registry-data": "registry_data"}[key]
+    shared = getattr(cfg.cluster, setting) if cfg.cluster.mode == "swarm" else None
+    if shared is None:
+        return PlatformVolume(key, volume_name(cfg, key))
+    name = swarm_stack.shared_volume(cfg, key, shared)["name"]
+    return PlatformVolume(key, name, shared, f"cluster.{setting}")
+
+
+def _platform_volume_here(client, volume: PlatformVolume, what: str) -> None:
+    """VOLUME in this engine: a local one must exist (the platform's data is in it); one on
+    shared storage is created with its key's driver and options where it does not yet (as
+    the engine creates it at the hub's or the registries' start), and mounts the same
+    folder. Raises a one-line error for a local volume that is not here."""
+    if _volume(client, volume.name) is not None:
+        return
+    if volume.shared is not None:
+        client.volumes.create(
+            volume.name, driver=volume.shared.driver, driver_opts=dict(volume.shared.driver_opts)
+        )
+        return
+    message = (
+        f"no {what}: {volume} does not exist in this engine (has `hubstack up` run with this "
+        "config?)"
+    )
+    if (client.info().get("Swarm") or {}).get("LocalNodeState") == "active":
+        setting = volume.key.replace("-", "_")
+        message += (
+            "; in swarm mode it is on the manager the hub last ran on: run this there, or set "
+            f"cluster.{setting} to keep it on storage every manager mounts"
+        )
+    raise CommandError(message)
 
 
 def sha256(path: Path) -> str:
@@ -120,45 +183,70 @@ def _archive_volume(client, image: str, volume: str, mount: str, dest: Path) -> 
             out.write(chunk)
 
 
-def _fill_volume(cfg: PlatformConfig, client, volume: str, mount: str, archive) -> None:
-    """Create the compose volume VOLUME (labelled as compose would) and unpack ARCHIVE
-    (a tar, gzip allowed) at MOUNT's parent. The engine unpacks; nothing runs."""
-    name = volume_name(cfg, volume)
-    client.volumes.create(
-        name,
-        labels={
-            "com.docker.compose.project": project_name(cfg),
-            "com.docker.compose.volume": volume,
-        },
-    )
-    with _holding(client, cfg.base.image, name, mount) as container:
+def _fill_volume(cfg: PlatformConfig, client, volume: PlatformVolume, mount: str, archive) -> None:
+    """Create VOLUME (a local one labelled as compose would; one on shared storage with its
+    key's driver and options) and unpack ARCHIVE (a tar, gzip allowed) at MOUNT's parent.
+    The engine unpacks; nothing runs."""
+    if volume.shared is not None:
+        _platform_volume_here(client, volume, volume.key)
+    else:
+        client.volumes.create(
+            volume.name,
+            labels={
+                "com.docker.compose.project": project_name(cfg),
+                "com.docker.compose.volume": volume.key,
+            },
+        )
+    with _holding(client, cfg.base.image, volume.name, mount) as container:
         if not container.put_archive(str(Path(mount).parent), archive):
-            raise CommandError(f"the engine refused to unpack into volume {name}")
+            raise CommandError(f"the engine refused to unpack into {volume}")
+
+
+def _holds(client, image: str, volume: PlatformVolume, mount: str, path: str) -> bool:
+    """Whether PATH (under MOUNT) exists in VOLUME: a look through a created container."""
+    with _holding(client, image, volume.name, mount) as container:
+        try:
+            container.get_archive(path)
+        except docker.errors.NotFound:
+            return False
+    return True
 
 
 # --- backup --------------------------------------------------------------------------
-def _copy_hub_db(cfg: PlatformConfig, client, dest: Path) -> None:
+def hub_images(cfg: PlatformConfig) -> list[str]:
+    """The hub image's names an engine may hold it by: as built and pushed, and in swarm
+    mode as the hub's container pulled it (from the read-only instance)."""
+    names = [cfg.image_ref(cfg.hub.image)]
+    if cfg.cluster.mode == "swarm":
+        names.append(f"{cfg.pull_repository(cfg.hub.image)}:{cfg.images.tag}")
+    return names
+
+
+def _hub_image(cfg: PlatformConfig, client) -> str:
+    names = hub_images(cfg)
+    for name in names:
+        try:
+            client.images.get(name)
+        except docker.errors.ImageNotFound:
+            continue
+        return name
+    raise CommandError(f"the hub image {' or '.join(names)} is not in the engine")
+
+
+def _copy_hub_db(cfg: PlatformConfig, client, volume: PlatformVolume, dest: Path) -> None:
     """SQLite's backup API, run in a throwaway container of the hub image beside the hub."""
-    volume = volume_name(cfg, "hub-data")
-    if _volume(client, volume) is None:
-        raise CommandError(
-            f"no hub database: volume {volume} does not exist (has `hubstack up` run with this "
-            "config?)"
-        )
-    image = cfg.image_ref(cfg.hub.image)
+    _platform_volume_here(client, volume, "hub database")
+    image = _hub_image(cfg, client)
     src, tmp = f"{HUB_DB_DIR}/{HUB_DB}", f"/tmp/{HUB_DB}"
     command = ["python3", "-c", SQLITE_BACKUP, src, tmp]
-    try:
-        with _holding(client, image, volume, HUB_DB_DIR, entrypoint=command) as container:
-            container.start()
-            status = container.wait(timeout=300)
-            if status.get("StatusCode") != 0:
-                log = container.logs().decode(errors="replace").strip()[-500:]
-                raise CommandError(f"copying the hub database failed: {log}")
-            stream, _ = container.get_archive(tmp)
-            data = b"".join(stream)
-    except docker.errors.ImageNotFound:
-        raise CommandError(f"the hub image {image} is not in the engine") from None
+    with _holding(client, image, volume.name, HUB_DB_DIR, entrypoint=command) as container:
+        container.start()
+        status = container.wait(timeout=300)
+        if status.get("StatusCode") != 0:
+            log = container.logs().decode(errors="replace").strip()[-500:]
+            raise CommandError(f"copying the hub database from {volume} failed: {log}")
+        stream, _ = container.get_archive(tmp)
+        data = b"".join(stream)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         copy = tar.extractfile(HUB_DB)
         if copy is None:
@@ -186,8 +274,9 @@ def backup(cfg: PlatformConfig, dest: Path, homes: bool = False, registry: bool 
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     work.chmod(0o700)  # it holds secrets
     try:
-        _say(f"hub database: SQLite backup of volume {volume_name(cfg, 'hub-data')}")
-        _copy_hub_db(cfg, client, work / "hub" / HUB_DB)
+        hub_data = platform_volume(cfg, "hub-data")
+        _say(f"hub database: SQLite backup of {hub_data}")
+        _copy_hub_db(cfg, client, hub_data, work / "hub" / HUB_DB)
         shutil.copy2(cfg.users_file, work / "users.yaml")
         if cfg.path and Path(cfg.path).is_file():
             (work / "config").mkdir()
@@ -226,12 +315,11 @@ def backup(cfg: PlatformConfig, dest: Path, homes: bool = False, registry: bool 
                     tar.add(home, arcname=home.name)
             _say(f"homes: {_size(work / 'homes.tar.gz')}")
         if registry:
-            volume = volume_name(cfg, "registry-data")
-            if _volume(client, volume) is None:
-                raise CommandError(f"no registry storage: volume {volume} does not exist")
-            _say(f"registry: archiving volume {volume}")
+            volume = platform_volume(cfg, "registry-data")
+            _platform_volume_here(client, volume, "registry storage")
+            _say(f"registry: archiving {volume}")
             _archive_volume(
-                client, cfg.registry.image, volume, REGISTRY_DIR, work / REGISTRY_ARCHIVE
+                client, cfg.registry.image, volume.name, REGISTRY_DIR, work / REGISTRY_ARCHIVE
             )
             _say(f"registry: {_size(work / REGISTRY_ARCHIVE)}")
         manifest = {
@@ -293,15 +381,32 @@ def _refuse_to_overwrite(cfg: PlatformConfig, client, manifest: dict) -> None:
     )
     if running or any(c.status == "running" for c in notebook_containers(cfg, client)):
         problems.append(f"platform {project_name(cfg)} is running (`hubstack down` first)")
+    elif cfg.cluster.mode == "swarm" and (swarm_stack.hub_state(cfg, client.api) or "").startswith(
+        "running"
+    ):
+        problems.append(
+            f"the hub's container {swarm_stack.hub_container_name(cfg)} is running "
+            "(`hubstack down` first)"
+        )
     for path in (cfg.users_file, cfg.secrets_dir):
         if path.exists():
             problems.append(f"{path} exists")
     if any(r.startswith("tls/") for r in manifest["files"]) and any(cfg.tls_dir.glob("*.pem")):
         problems.append(f"{cfg.tls_dir} holds certificates")
-    volumes = ["hub-data"] + (["registry-data"] if _registry_archive(manifest) else [])
+    volumes = [platform_volume(cfg, "hub-data")]
+    if _registry_archive(manifest):
+        volumes.append(platform_volume(cfg, "registry-data"))
     for volume in volumes:
-        if _volume(client, volume_name(cfg, volume)) is not None:
-            problems.append(f"volume {volume_name(cfg, volume)} exists")
+        if volume.shared is None:
+            if _volume(client, volume.name) is not None:
+                problems.append(f"{volume} exists")
+            continue
+        # On shared storage: whether the folder holds the platform's data, not whether this
+        # engine made the volume yet.
+        _platform_volume_here(client, volume, volume.key)
+        mount, held = (HUB_DB_DIR, HUB_DB) if volume.key == "hub-data" else (REGISTRY_DIR, "docker")
+        if _holds(client, cfg.base.image, volume, mount, f"{mount}/{held}"):
+            problems.append(f"{volume} holds {held}")
     releases = releases_dir(cfg)
     if any(r.startswith("releases/") for r in manifest["files"]) and (
         releases.is_dir() and any(releases.iterdir())
@@ -329,8 +434,9 @@ def restore(cfg: PlatformConfig, src: Path) -> dict:
         f"(taken {manifest['created']})"
     )
     client = docker_client()
+    # The base image unpacks the volumes (and looks into those on shared storage first).
+    bootstrap(cfg, client)
     _refuse_to_overwrite(cfg, client, manifest)
-    bootstrap(cfg, client)  # the base image unpacks the volumes
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     cfg.users_file.parent.mkdir(parents=True, exist_ok=True)
     write_private(cfg.users_file, (src / "users.yaml").read_text())
@@ -363,16 +469,18 @@ def restore(cfg: PlatformConfig, src: Path) -> dict:
     db = io.BytesIO()
     with tarfile.open(fileobj=db, mode="w") as tar:
         tar.add(src / "hub" / HUB_DB, arcname=f"{Path(HUB_DB_DIR).name}/{HUB_DB}")
-    _fill_volume(cfg, client, "hub-data", HUB_DB_DIR, db.getvalue())
-    _say(f"hub database: volume {volume_name(cfg, 'hub-data')}")
+    hub_data = platform_volume(cfg, "hub-data")
+    _fill_volume(cfg, client, hub_data, HUB_DB_DIR, db.getvalue())
+    _say(f"hub database: {hub_data}")
     if "homes.tar.gz" in manifest["files"]:
         _restore_homes(cfg, src / "homes.tar.gz")
         _say(f"homes: {cfg.home_root}")
     registry_archive = _registry_archive(manifest)
     if registry_archive:
+        registry_data = platform_volume(cfg, "registry-data")
         with (src / registry_archive).open("rb") as data:  # streamed: it can be large
-            _fill_volume(cfg, client, "registry-data", REGISTRY_DIR, data)
-        _say(f"registry storage: volume {volume_name(cfg, 'registry-data')}")
+            _fill_volume(cfg, client, registry_data, REGISTRY_DIR, data)
+        _say(f"registry storage: {registry_data}")
     if manifest.get("config"):
         _say(
             f"the backup's platform config is {src / manifest['config']}; this restore used "

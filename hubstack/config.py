@@ -302,7 +302,8 @@ class SharedVolumeConfig(_Section):
     """Swarm mode: a folder on storage every node reaches (NFS, or a shared file system
     mounted at the same path on every node), as a Docker volume driver and its options (what
     `docker volume create --driver D --opt K=V` takes). cluster.home_volume (analysts'
-    homes) and cluster.hub_data (the hub's database) take this shape."""
+    homes), cluster.hub_data (the hub's database) and cluster.registry_data (the registry's
+    storage) take this shape."""
 
     driver: str = "local"
     driver_opts: dict[str, str]
@@ -327,6 +328,19 @@ class SharedVolumeConfig(_Section):
         return storage_id(self.driver, self.driver_opts)
 
 
+def _device(volume: SharedVolumeConfig) -> str:
+    return volume.driver_opts["device"].rstrip("/")
+
+
+def _nested(inner: SharedVolumeConfig, outer: SharedVolumeConfig) -> bool:
+    """Whether INNER's folder is OUTER's or inside it (the same driver; NFS devices compare
+    as their export paths)."""
+    if inner.driver != outer.driver:
+        return False
+    a, b = _device(inner), _device(outer)
+    return a == b or a.startswith(b + "/")
+
+
 class ClusterConfig(_Section):
     """Where notebooks run: this host's engine, or the nodes of a Docker Swarm."""
 
@@ -349,24 +363,45 @@ class ClusterConfig(_Section):
     a bind of a shared file system's path), so that `hubstack up` on another manager starts
     the hub there on the same database (docs/multi-node.md, "The hub's database")."""
 
+    registry_data: SharedVolumeConfig | None = None
+    """Swarm mode: where the registry's storage (every image `up` and CI push) lives. Unset:
+    a local volume (PROJECT_registry-data) on the manager `hubstack up` ran on, so an `up`
+    on another manager starts with an empty registry and builds and pushes every image
+    again. Set: a folder on shared storage every manager mounts, which the push instance
+    writes and the read-only instance reads, so that after a move `up --no-build` there finds
+    every image (docs/multi-node.md, "The hub's database and moving the hub"). The per-user
+    images' instance keeps its local volume."""
+
     @model_validator(mode="after")
-    def _hub_data(self) -> ClusterConfig:
-        if self.hub_data is None:
-            return self
-        if self.mode != "swarm":
-            raise ValueError(
-                "hub_data is for cluster.mode: swarm (on one host the hub's database is the "
-                "compose volume hub-data)"
-            )
-        homes = self.home_volume
-        if homes is not None and homes.driver == self.hub_data.driver:
-            hub_dev = self.hub_data.driver_opts["device"].rstrip("/")
-            home_dev = homes.driver_opts["device"].rstrip("/")
-            if hub_dev == home_dev or hub_dev.startswith(home_dev + "/"):
+    def _shared_folders(self) -> ClusterConfig:
+        # No key's folder (device) is another's, inside it or around it: the hub makes its
+        # folder root's 0700 at each start, analysts' homes are made in theirs, and each
+        # volume's contents are its own service's alone.
+        for key, volume in (("hub_data", self.hub_data), ("registry_data", self.registry_data)):
+            if volume is not None and self.mode != "swarm":
+                where = "the hub's database" if key == "hub_data" else "the registry's storage"
+                volume_key = "hub-data" if key == "hub_data" else "registry-data"
                 raise ValueError(
-                    f"hub_data: {hub_dev} is cluster.home_volume's folder or inside it: give "
-                    "the hub's database a folder of its own (analysts' homes are made there)"
+                    f"{key} is for cluster.mode: swarm (on one host {where} is the compose "
+                    f"volume {volume_key})"
                 )
+        hub = self.hub_data
+        homes = self.home_volume
+        if hub is not None and homes is not None and _nested(hub, homes):
+            hub_dev = _device(hub)
+            raise ValueError(
+                f"hub_data: {hub_dev} is cluster.home_volume's folder or inside it: give "
+                "the hub's database a folder of its own (analysts' homes are made there)"
+            )
+        registry = self.registry_data
+        if registry is not None:
+            for key, other in (("home_volume", homes), ("hub_data", hub)):
+                if other is not None and (_nested(registry, other) or _nested(other, registry)):
+                    raise ValueError(
+                        f"registry_data: {_device(registry)} overlaps cluster.{key}'s folder "
+                        f"{_device(other)} (the same, inside it or around it): give the "
+                        "registry's storage a folder of its own"
+                    )
         return self
 
     @field_validator("gpu_resource")

@@ -6,9 +6,11 @@ Swarm needs it (swarm_model):
 - the platform network is an attachable overlay: the registries' services are on it, and
   the hub's container joins it;
 - the registry instances run on the manager `up` runs on (`node.id==` its ID, and
-  `node.role==manager`): their storage is a local volume there, the push instance answers
-  on that manager's loopback, and the hub beside them pulls from the read-only one; an
-  `up` on another manager moves them there (docs/multi-node.md, "The hub's database");
+  `node.role==manager`): their storage is a local volume there (with cluster.registry_data,
+  the push and read-only instances' is on shared storage every manager mounts), the push
+  instance answers on that manager's loopback, and the hub beside them pulls from the
+  read-only one; an `up` on another manager moves them there (docs/multi-node.md, "The
+  hub's database");
 - compose's file secrets become Swarm secrets, named with a digest of their content (a
   Swarm secret cannot change: a new content is a new secret, and the stack moves to it);
 - what Swarm rejects or ignores goes: `depends_on`, `container_name`, `restart` (a restart
@@ -57,7 +59,7 @@ import docker
 import yaml
 
 from hubstack import networks, spark_cluster
-from hubstack.config import PlatformConfig
+from hubstack.config import PlatformConfig, SharedVolumeConfig
 from hubstack.engine import PLATFORM_LABEL, project_name
 from hubstack.errors import CommandError
 from hubstack.registry import PULL, auth_config, registry_certificate
@@ -154,6 +156,10 @@ def swarm_model(
         key: {"name": vol["name"]} if "name" in vol else {}
         for key, vol in (model.get("volumes") or {}).items()
     }
+    if cfg.cluster.registry_data is not None and REGISTRY_DATA in out["volumes"]:
+        # The push instance's storage, and the read-only instance's (still mounted :ro), on
+        # shared storage: after a move to another manager every image is there.
+        out["volumes"][REGISTRY_DATA] = shared_volume(cfg, REGISTRY_DATA, cfg.cluster.registry_data)
     if secrets:
         out["secrets"] = secrets
     # Only the secrets the stack's services use (a stack deploy creates each one it declares):
@@ -173,11 +179,12 @@ def _service(
     # it; the spawner's servers use dnsrr for the same reason).
     deploy["endpoint_mode"] = "dnsrr"
     if name in ON_MANAGERS:
-        # On the manager `up` runs on: a local volume holds their storage, the push instance
-        # is reached on that manager's loopback, and the hub (a container there) beside
-        # them. Not left to Swarm: after that manager is lost it would start them on
-        # another one with empty storage, where no push reaches them; `up` on the new
-        # manager moves them there instead.
+        # On the manager `up` runs on: a local volume holds their storage (unless
+        # cluster.registry_data puts it on shared storage), the push instance is reached on
+        # that manager's loopback, and the hub (a container there) beside them. Not left to
+        # Swarm: after that manager is lost it would start them on another one, with empty
+        # local storage and where no push reaches them; `up` on the new manager moves them
+        # there instead.
         constraints = [MANAGER] + ([f"node.id=={node_id}"] if node_id else [])
         deploy.setdefault("placement", {})["constraints"] = constraints
     s["ports"] = [
@@ -379,24 +386,46 @@ def hub_container_spec(
 
 
 HUB_DATA_TARGET = "/srv/jupyterhub"  # the hub's database folder in its container
+REGISTRY_DATA = "registry-data"  # the compose volume of the push and read-only instances
+
+
+def shared_volume(cfg: PlatformConfig, key: str, shared: SharedVolumeConfig) -> dict:
+    """The stack's volume KEY on SHARED storage (a cluster.* key of SharedVolumeConfig's
+    shape): named PROJECT_KEY-STORAGE, with that key's driver and options. Named after the
+    storage (as shared homes are): an engine reuses a volume of the same name and ignores
+    the options of a later mount, so neither the manager's local PROJECT_KEY of before nor
+    a volume of an earlier setting of the key can stand in for it."""
+    return {
+        "name": f"{project_name(cfg)}_{key}-{shared.storage}",
+        "driver": shared.driver,
+        "driver_opts": dict(shared.driver_opts),
+    }
+
+
+def registry_volume(cfg: PlatformConfig) -> tuple[str, SharedVolumeConfig | None]:
+    """The registry's storage volume as the swarm stack names it, and its shared storage
+    (cluster.registry_data) or None for the manager's local volume."""
+    shared = cfg.cluster.registry_data
+    if shared is None:
+        return f"{project_name(cfg)}_{REGISTRY_DATA}", None
+    return shared_volume(cfg, REGISTRY_DATA, shared)["name"], shared
 
 
 def hub_data_volume(cfg: PlatformConfig) -> dict:
     """The hub's database volume on cluster.hub_data's shared storage: the driver and options
-    of that key (the shape of cluster.home_volume), named PROJECT_hub-data-STORAGE. Every
-    manager's engine creates it on the hub's first start there and mounts the same folder.
-    Named after the storage (as shared homes are): an engine reuses a volume of the same
-    name and ignores the options of a later mount, so neither the local PROJECT_hub-data of
-    before nor a volume of an earlier hub_data can stand in for it."""
+    of that key (the shape of cluster.home_volume), named PROJECT_hub-data-STORAGE
+    (shared_volume says why). Every manager's engine creates it on the hub's first start
+    there and mounts the same folder."""
     shared = cfg.cluster.hub_data
     assert shared is not None
+    volume = shared_volume(cfg, "hub-data", shared)
     return {
         "type": "volume",
-        "source": f"{project_name(cfg)}_hub-data-{shared.storage}",
+        "source": volume["name"],
         "target": HUB_DATA_TARGET,
         "read_only": False,
-        "driver": shared.driver,
-        "driver_opts": dict(shared.driver_opts),
+        "driver": volume["driver"],
+        "driver_opts": volume["driver_opts"],
     }
 
 

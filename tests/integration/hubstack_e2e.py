@@ -294,6 +294,7 @@ def seed_registry_volume(
     source_namespace: str,
     target_client=None,
     names: list[str] | None = None,
+    into: Path | None = None,
 ) -> bool:
     """Give CFG's platform registry, before its first `hubstack up`, the layers the session
     already pushed to SOURCE_VOLUME's registry, so `up` finds them there ("Layer already
@@ -305,7 +306,9 @@ def seed_registry_volume(
     TARGET_CLIENT: the engine that holds the platform's volume (a swarm manager's: the
     stack's volume), else CLIENT's. With NAMES: those repositories only, with their tags (an
     `up` that pushes nothing), and only the blobs they name, copied where no hard link can
-    be made (a swarm node's data root is on another mount than the host engine's)."""
+    be made (a swarm node's data root is on another mount than the host engine's). INTO: a
+    folder that is the registry's storage itself (cluster.registry_data's bind), instead of
+    a volume."""
     swarm = target_client is not None
     labels = (
         {"com.docker.stack.namespace": project_name(cfg)}
@@ -317,13 +320,12 @@ def seed_registry_volume(
     )
     try:
         source = Path(client.volumes.get(source_volume).attrs["Mountpoint"])
-        target = (target_client or client).volumes.create(
-            volume_name(cfg, "registry-data"), labels=labels
-        )
-        v2, into = (
-            source / "docker/registry/v2",
-            Path(target.attrs["Mountpoint"]) / "docker/registry/v2",
-        )
+        if into is None:
+            target = (target_client or client).volumes.create(
+                volume_name(cfg, "registry-data"), labels=labels
+            )
+            into = Path(target.attrs["Mountpoint"])
+        v2, into = source / "docker/registry/v2", into / "docker/registry/v2"
         repos = into / "repositories" / cfg.images.namespace
         repos.parent.mkdir(parents=True)
         if names is None:

@@ -41,6 +41,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -62,6 +63,7 @@ from hubstack.registry import (
     registry_container_spec,
 )
 from tests.conftest import SESSION_ID, config_data, free_port, write_config
+from tests.integration.hubstack_e2e import REPO
 
 GPU_RESOURCE = "NVIDIA-GPU"
 """The generic resource kind GPU nodes advertise (NVIDIA's documented name)."""
@@ -322,6 +324,38 @@ def swarm_cluster(
             subprocess.run(["ip", "netns", "del", netns], capture_output=True)
         subprocess.run(["ip", "link", "del", host_link], capture_output=True)
         shutil.rmtree(top, ignore_errors=True)
+
+
+def wait_until(what: str, check, timeout: float = 120):
+    """CHECK's first true answer, asked every half second; an AssertionError naming WHAT
+    after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def running_tasks(api: docker.APIClient, service: str) -> list[dict]:
+    """SERVICE's tasks that are running, and meant to be."""
+    return [
+        t
+        for t in api.tasks(filters={"service": service, "desired-state": "running"})
+        if t["Status"]["State"] == "running"
+    ]
+
+
+def on_manager(node, config, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The real CLI as on the manager NODE: in its network namespace, DOCKER_HOST its engine."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), DOCKER_HOST=node.socket)
+    env.pop("COMPOSE_PROJECT_NAME", None)
+    cmd = ["ip", "netns", "exec", node.netns, sys.executable, "-m", "hubstack", "-c", str(config)]
+    return subprocess.run(
+        [*cmd, *args], cwd=REPO, env=env, text=True, capture_output=True, timeout=timeout
+    )
 
 
 def _wait_ready(swarm: Swarm, timeout: float = 60) -> None:

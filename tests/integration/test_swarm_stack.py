@@ -34,7 +34,6 @@ import io
 import os
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -54,8 +53,8 @@ from tests.conftest import (
     free_port,
     write_config,
 )
-from tests.integration.hubstack_e2e import REPO, add_user, logged_in_clients, seed_registry_volume
-from tests.integration.swarm_nodes import TINY_IMAGE
+from tests.integration.hubstack_e2e import add_user, logged_in_clients, seed_registry_volume
+from tests.integration.swarm_nodes import TINY_IMAGE, on_manager, running_tasks, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -82,35 +81,6 @@ except TimeoutError:
 except OSError as e:
     print(type(e).__name__)
 """
-
-
-def _wait(what: str, check, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(0.5)
-
-
-def _running_tasks(api: docker.APIClient, service: str) -> list[dict]:
-    return [
-        t
-        for t in api.tasks(filters={"service": service, "desired-state": "running"})
-        if t["Status"]["State"] == "running"
-    ]
-
-
-def on_manager(node, config, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """The real CLI as on the manager NODE: in its network namespace, DOCKER_HOST its engine."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), DOCKER_HOST=node.socket)
-    env.pop("COMPOSE_PROJECT_NAME", None)
-    cmd = ["ip", "netns", "exec", node.netns, sys.executable, "-m", "hubstack", "-c", str(config)]
-    return subprocess.run(
-        [*cmd, *args], cwd=REPO, env=env, text=True, capture_output=True, timeout=timeout
-    )
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +163,7 @@ def deployed(swarm, platform_config, server_image, docker_client, tmp_path_facto
         down = on_manager(gpu, config, "down")
         print(down.stdout, down.stderr)
         project = project_name(cfg)
-        _wait(
+        wait_until(
             "the stack's services, secrets and networks removed",
             lambda: (
                 not [s for s in api.services() if s["Spec"]["Name"].startswith(f"{name}")]
@@ -205,7 +175,7 @@ def deployed(swarm, platform_config, server_image, docker_client, tmp_path_facto
         for node in swarm.nodes:
             for volume in node.client.volumes.list():
                 if volume.name.startswith(f"{project}_") or volume.name.startswith(f"{name}-"):
-                    _wait(f"{volume.name} removed", lambda v=volume: _removed(v), timeout=60)
+                    wait_until(f"{volume.name} removed", lambda v=volume: _removed(v), timeout=60)
             # What the nodes pulled from the stack's registry (the hub and server images).
             for image in node.client.images.list():
                 names = image.tags + (image.attrs.get("RepoDigests") or [])
@@ -242,7 +212,7 @@ def test_the_registries_run_on_the_manager_and_nodes_pull_over_tls(
     name = cfg.hub.network
     gpu, spark = swarm.node("gpu"), swarm.node("spark")
     for service in ("registry", "registry-pull", "registry-users"):
-        (task,) = _running_tasks(api, f"{name}_{service}")
+        (task,) = running_tasks(api, f"{name}_{service}")
         assert task["NodeID"] == gpu.node_id, service
 
     # HTTPS with the platform CA's certificate, and the pull account asked for.
@@ -276,7 +246,7 @@ def test_the_hub_is_a_plain_container_on_the_manager(swarm, deployed):
     hub = api.inspect_container(f"{project}-hub")
     assert hub["Config"]["Image"].startswith(f"{cfg.registry.pull_address}/")
     assert hub["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
-    _wait(
+    wait_until(
         "the hub's container healthy",
         lambda: api.inspect_container(f"{project}-hub")["State"]["Health"]["Status"] == "healthy",
         timeout=30,
@@ -318,7 +288,7 @@ def _probe(container, host: str, port: int = 9) -> str:
 
 
 def _address(api: docker.APIClient, service: str, network: str) -> str:
-    (task,) = _running_tasks(api, service)
+    (task,) = running_tasks(api, service)
     (attached,) = [
         a for a in task["NetworksAttachments"] if a["Network"]["Spec"]["Name"] == network
     ]
@@ -340,7 +310,7 @@ def test_two_analysts_servers_run_on_the_worker_behind_the_hub_each_on_its_own_n
     bob.start("default")
     print(f"[swarm hub] bob's server ready in {time.monotonic() - started:.1f}s")
     service = f"{cfg.hub.network}-nb-alice"
-    (task,) = _running_tasks(api, service)
+    (task,) = running_tasks(api, service)
     assert task["NodeID"] == spark.node_id  # the default profile keeps off the GPU node
 
     # Through the hub's proxy, with their tokens: both servers on the worker answer.
@@ -388,9 +358,9 @@ def test_two_analysts_servers_run_on_the_worker_behind_the_hub_each_on_its_own_n
 
     for c in (alice, bob):
         c.stop()
-    _wait("alice's service removed", lambda: not api.services(filters={"name": service}))
+    wait_until("alice's service removed", lambda: not api.services(filters={"name": service}))
     # Her network goes with her server (the hub taken off it first).
-    _wait(
+    wait_until(
         "the analysts' networks removed",
         lambda: not any(api.networks(names=[n]) for n in nets.values()),
     )

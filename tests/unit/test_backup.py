@@ -7,14 +7,21 @@ import json
 import tarfile
 from pathlib import Path
 
+import docker
 import pytest
 
+from hubstack import stack, swarm_stack
 from hubstack.backup import (
     FORMAT,
+    HUB_DB_DIR,
     MANIFEST,
+    PlatformVolume,
+    _platform_volume_here,
     _registry_archive,
     _restore_homes,
     backup,
+    hub_images,
+    platform_volume,
     read_manifest,
     sha256,
 )
@@ -87,3 +94,96 @@ def test_a_backup_taken_before_the_registry_was_stored_uncompressed_still_restor
     assert _registry_archive({"files": {"registry.tar": "x"}}) == "registry.tar"
     assert _registry_archive({"files": {"registry.tar.gz": "x"}}) == "registry.tar.gz"
     assert _registry_archive({"files": {"homes.tar.gz": "x"}}) is None
+
+
+# --- swarm mode: the hub database and the registry's storage where the platform keeps them
+BIND_HUB = {"type": "none", "o": "bind", "device": "/srv/shared/hub"}
+BIND_REGISTRY = {"type": "none", "o": "bind", "device": "/srv/shared/registry"}
+
+
+def _swarm_cfg(tmp_path, **cluster):
+    cfg = parse_config(
+        {
+            "state_dir": str(tmp_path),
+            "registry": {"address": "127.0.0.1:25990", "pull_address": "10.1.2.3:25991"},
+            "cluster": {"mode": "swarm", **cluster},
+        }
+    )
+    stack.ensure_secrets(cfg)
+    stack.render_env(cfg)
+    return cfg
+
+
+class _Volumes:
+    def __init__(self, names=()):
+        self.names = set(names)
+        self.created: list[tuple] = []
+
+    def get(self, name):
+        if name not in self.names:
+            raise docker.errors.NotFound(name)
+        return name
+
+    def create(self, name, **kwargs):
+        self.created.append((name, kwargs))
+        self.names.add(name)
+
+
+class _Engine:
+    """The calls _platform_volume_here makes of an engine."""
+
+    def __init__(self, volumes=(), swarm="inactive"):
+        self.volumes = _Volumes(volumes)
+        self.swarm = swarm
+
+    def info(self):
+        return {"Swarm": {"LocalNodeState": self.swarm}}
+
+
+def test_backup_and_restore_use_the_volumes_the_swarm_platform_mounts(tmp_path):
+    plain = _swarm_cfg(tmp_path)
+    assert platform_volume(plain, "hub-data") == PlatformVolume("hub-data", "hubstack_hub-data")
+    assert platform_volume(plain, "registry-data").name == "hubstack_registry-data"
+    cfg = _swarm_cfg(
+        tmp_path, hub_data={"driver_opts": BIND_HUB}, registry_data={"driver_opts": BIND_REGISTRY}
+    )
+    hub = platform_volume(cfg, "hub-data")
+    model = stack.compose_model(cfg)
+    (mount,) = [
+        m for m in swarm_stack.hub_container_spec(cfg, model).mounts if m["target"] == HUB_DB_DIR
+    ]
+    assert hub.name == mount["source"] and hub.shared == cfg.cluster.hub_data
+    assert str(hub) == f"volume {hub.name} (cluster.hub_data: /srv/shared/hub)"
+    registry = platform_volume(cfg, "registry-data")
+    assert (registry.name, registry.shared) == swarm_stack.registry_volume(cfg)
+    # The hub image as the hub's container pulled it is one the backup may run.
+    assert hub_images(cfg)[-1] == f"10.1.2.3:25991/hubstack/hub:{cfg.images.tag}"
+    assert hub_images(parse_config({})) == [parse_config({}).image_ref("hub")]
+
+
+def test_a_shared_volume_this_engine_lacks_is_made_on_its_storage(tmp_path):
+    cfg = _swarm_cfg(tmp_path, hub_data={"driver_opts": BIND_HUB})
+    engine = _Engine()
+    hub = platform_volume(cfg, "hub-data")
+    _platform_volume_here(engine, hub, "hub database")
+    # The same folder the hub mounts: its driver and options, as the hub's start makes it.
+    assert engine.volumes.created == [(hub.name, {"driver": "local", "driver_opts": BIND_HUB})]
+    _platform_volume_here(engine, hub, "hub database")  # there now: nothing made again
+    assert len(engine.volumes.created) == 1
+
+
+def test_a_local_volume_on_another_manager_is_one_line_saying_where_to_run(tmp_path):
+    cfg = _swarm_cfg(tmp_path)
+    engine = _Engine(swarm="active")
+    with pytest.raises(CommandError) as e:
+        _platform_volume_here(engine, platform_volume(cfg, "hub-data"), "hub database")
+    message = str(e.value)
+    assert message.startswith("no hub database: volume hubstack_hub-data does not exist")
+    assert "on the manager the hub last ran on: run this there, or set cluster.hub_data" in message
+    assert "\n" not in message and not engine.volumes.created  # a local one is never made
+    with pytest.raises(CommandError) as e:
+        _platform_volume_here(_Engine(), platform_volume(cfg, "registry-data"), "registry storage")
+    assert str(e.value) == (
+        "no registry storage: volume hubstack_registry-data does not exist in this engine "
+        "(has `hubstack up` run with this config?)"
+    )
