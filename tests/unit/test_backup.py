@@ -27,6 +27,7 @@ from hubstack.backup import (
 )
 from hubstack.config import parse_config
 from hubstack.errors import CommandError
+from tests.unit.swarm_configs import swarm_config
 
 
 def _backup_folder(root: Path) -> Path:
@@ -101,19 +102,6 @@ BIND_HUB = {"type": "none", "o": "bind", "device": "/srv/shared/hub"}
 BIND_REGISTRY = {"type": "none", "o": "bind", "device": "/srv/shared/registry"}
 
 
-def _swarm_cfg(tmp_path, **cluster):
-    cfg = parse_config(
-        {
-            "state_dir": str(tmp_path),
-            "registry": {"address": "127.0.0.1:25990", "pull_address": "10.1.2.3:25991"},
-            "cluster": {"mode": "swarm", **cluster},
-        }
-    )
-    stack.ensure_secrets(cfg)
-    stack.render_env(cfg)
-    return cfg
-
-
 class _Volumes:
     def __init__(self, names=()):
         self.names = set(names)
@@ -141,10 +129,10 @@ class _Engine:
 
 
 def test_backup_and_restore_use_the_volumes_the_swarm_platform_mounts(tmp_path):
-    plain = _swarm_cfg(tmp_path)
+    plain = swarm_config(tmp_path)
     assert platform_volume(plain, "hub-data") == PlatformVolume("hub-data", "hubstack_hub-data")
     assert platform_volume(plain, "registry-data").name == "hubstack_registry-data"
-    cfg = _swarm_cfg(
+    cfg = swarm_config(
         tmp_path, hub_data={"driver_opts": BIND_HUB}, registry_data={"driver_opts": BIND_REGISTRY}
     )
     hub = platform_volume(cfg, "hub-data")
@@ -162,7 +150,7 @@ def test_backup_and_restore_use_the_volumes_the_swarm_platform_mounts(tmp_path):
 
 
 def test_a_shared_volume_this_engine_lacks_is_made_on_its_storage(tmp_path):
-    cfg = _swarm_cfg(tmp_path, hub_data={"driver_opts": BIND_HUB})
+    cfg = swarm_config(tmp_path, hub_data={"driver_opts": BIND_HUB})
     engine = _Engine()
     hub = platform_volume(cfg, "hub-data")
     _platform_volume_here(engine, hub, "hub database")
@@ -173,7 +161,7 @@ def test_a_shared_volume_this_engine_lacks_is_made_on_its_storage(tmp_path):
 
 
 def test_a_local_volume_on_another_manager_is_one_line_saying_where_to_run(tmp_path):
-    cfg = _swarm_cfg(tmp_path)
+    cfg = swarm_config(tmp_path)
     engine = _Engine(swarm="active")
     with pytest.raises(CommandError) as e:
         _platform_volume_here(engine, platform_volume(cfg, "hub-data"), "hub database")

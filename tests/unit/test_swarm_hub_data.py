@@ -11,22 +11,10 @@ import pytest
 from hubstack import stack, swarm_stack
 from hubstack.config import ConfigError, parse_config
 from hubstack.hub.setup import keep_database_private
+from tests.unit.swarm_configs import swarm_config
 
 NFS = {"type": "nfs", "o": "addr=10.0.0.7,rw,nfsvers=4", "device": ":/export/hub"}
 BIND = {"type": "none", "o": "bind", "device": "/srv/shared/hub"}
-
-
-def _cfg(tmp_path, **cluster):
-    cfg = parse_config(
-        {
-            "state_dir": str(tmp_path),
-            "registry": {"address": "127.0.0.1:25990", "pull_address": "10.1.2.3:25991"},
-            "cluster": {"mode": "swarm", **cluster},
-        }
-    )
-    stack.ensure_secrets(cfg)
-    stack.render_env(cfg)
-    return cfg
 
 
 def test_hub_data_is_unset_by_default_and_takes_the_home_volume_shape():
@@ -77,7 +65,7 @@ def test_hub_data_beside_homes_on_the_same_export_is_fine():
 
 
 def test_without_hub_data_the_database_is_the_managers_local_volume(tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = swarm_config(tmp_path)
     model = stack.compose_model(cfg)
     hub = swarm_stack.hub_container_spec(cfg, model)
     (mount,) = [m for m in hub.mounts if m["target"] == "/srv/jupyterhub"]
@@ -85,7 +73,7 @@ def test_without_hub_data_the_database_is_the_managers_local_volume(tmp_path):
 
 
 def test_with_hub_data_the_database_is_a_volume_on_the_shared_storage(tmp_path):
-    cfg = _cfg(tmp_path, hub_data={"driver_opts": NFS})
+    cfg = swarm_config(tmp_path, hub_data={"driver_opts": NFS})
     model = stack.compose_model(cfg)
     hub = swarm_stack.hub_container_spec(cfg, model)
     (mount,) = [m for m in hub.mounts if m["target"] == "/srv/jupyterhub"]
@@ -100,7 +88,7 @@ def test_with_hub_data_the_database_is_a_volume_on_the_shared_storage(tmp_path):
         "driver": "local",
         "driver_opts": NFS,
     }
-    other = _cfg(tmp_path, hub_data={"driver_opts": BIND})
+    other = swarm_config(tmp_path, hub_data={"driver_opts": BIND})
     (moved,) = [
         m
         for m in swarm_stack.hub_container_spec(other, stack.compose_model(other)).mounts
@@ -108,7 +96,7 @@ def test_with_hub_data_the_database_is_a_volume_on_the_shared_storage(tmp_path):
     ]
     assert moved["source"] != mount["source"]
     # Nothing else of the hub changes.
-    plain = swarm_stack.hub_container_spec(_cfg(tmp_path), model)
+    plain = swarm_stack.hub_container_spec(swarm_config(tmp_path), model)
     assert [m for m in plain.mounts if m["target"] != "/srv/jupyterhub"] == [
         m for m in hub.mounts if m["target"] != "/srv/jupyterhub"
     ]

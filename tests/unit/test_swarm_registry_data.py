@@ -12,22 +12,10 @@ import yaml
 
 from hubstack import stack, swarm_stack
 from hubstack.config import ConfigError, parse_config
+from tests.unit.swarm_configs import swarm_config
 
 NFS = {"type": "nfs", "o": "addr=10.0.0.7,rw,nfsvers=4", "device": ":/export/registry"}
 BIND = {"type": "none", "o": "bind", "device": "/srv/shared/registry"}
-
-
-def _cfg(tmp_path, **cluster):
-    cfg = parse_config(
-        {
-            "state_dir": str(tmp_path),
-            "registry": {"address": "127.0.0.1:25990", "pull_address": "10.1.2.3:25991"},
-            "cluster": {"mode": "swarm", **cluster},
-        }
-    )
-    stack.ensure_secrets(cfg)
-    stack.render_env(cfg)
-    return cfg
 
 
 def test_registry_data_is_unset_by_default_and_takes_the_hub_data_shape():
@@ -112,13 +100,13 @@ def _storage_mounts(services: dict) -> dict[str, dict]:
 
 
 def test_without_registry_data_the_storage_is_the_managers_local_volume(tmp_path):
-    data, _ = _stack(_cfg(tmp_path))
+    data, _ = _stack(swarm_config(tmp_path))
     assert data["volumes"]["registry-data"] == {"name": "hubstack_registry-data"}
-    assert swarm_stack.registry_volume(_cfg(tmp_path)) == ("hubstack_registry-data", None)
+    assert swarm_stack.registry_volume(swarm_config(tmp_path)) == ("hubstack_registry-data", None)
 
 
 def test_with_registry_data_the_push_and_pull_instances_share_the_shared_folder(tmp_path):
-    cfg = _cfg(tmp_path, registry_data={"driver_opts": NFS})
+    cfg = swarm_config(tmp_path, registry_data={"driver_opts": NFS})
     data, loaded = _stack(cfg)
     storage = cfg.cluster.registry_data.storage
     name = f"hubstack_registry-data-{storage}"
@@ -144,10 +132,10 @@ def test_with_registry_data_the_push_and_pull_instances_share_the_shared_folder(
     registries = yaml.safe_load(swarm_stack.registries_file(cfg).read_text())
     assert registries["volumes"]["registry-data"] == data["volumes"]["registry-data"]
     # Another storage is another volume.
-    other = _cfg(tmp_path, registry_data={"driver_opts": BIND})
+    other = swarm_config(tmp_path, registry_data={"driver_opts": BIND})
     assert swarm_stack.registry_volume(other)[0] != name
     # Nothing else of the stack changes.
-    plain, _ = _stack(_cfg(tmp_path))
+    plain, _ = _stack(swarm_config(tmp_path))
     assert plain["services"] == data["services"]
     assert {k: v for k, v in plain["volumes"].items() if k != "registry-data"} == {
         k: v for k, v in data["volumes"].items() if k != "registry-data"
