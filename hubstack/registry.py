@@ -168,9 +168,7 @@ def serves_tls(cfg: PlatformConfig, address: str) -> bool:
     """Whether the instance at ADDRESS serves HTTPS (with a certificate from the platform
     CA): in swarm mode the ones every node pulls from (NODE_ROLES: hubstack.swarm_stack).
     On one host every instance is plain HTTP on loopback."""
-    return cfg.cluster.mode == "swarm" and address in (
-        registry_address(cfg, role) for role in NODE_ROLES
-    )
+    return cfg.cluster.mode == "swarm" and address in node_addresses(cfg)
 
 
 class RegistryClient:
@@ -453,8 +451,8 @@ def node_addresses(cfg: PlatformConfig) -> list[str]:
 
 def node_ca_paths(cfg: PlatformConfig) -> list[str]:
     """Where every node of a swarm needs the platform CA: one folder per address it pulls
-    from (node_addresses)."""
-    return [f"{NODE_CERTS_DIR}/{address}/ca.crt" for address in node_addresses(cfg)]
+    from (NODE_ROLES), each once."""
+    return list(dict.fromkeys(node_ca_path(cfg, role) for role in NODE_ROLES))
 
 
 def registry_certificate(cfg: PlatformConfig, role: Role = PULL) -> tls.Issued:
@@ -463,8 +461,9 @@ def registry_certificate(cfg: PlatformConfig, role: Role = PULL) -> tls.Issued:
     fits. In swarm mode one certificate names the hosts of both instances nodes pull from
     (NODE_ROLES), which both serve it. Loopback needs none: Docker allows plain HTTP to
     127.0.0.0/8."""
-    roles = NODE_ROLES if cfg.cluster.mode == "swarm" and role in NODE_ROLES else (role,)
-    hosts = list(dict.fromkeys(registry_address(cfg, r).rsplit(":", 1)[0] for r in roles))
+    swarm_node_role = cfg.cluster.mode == "swarm" and role in NODE_ROLES
+    addresses = node_addresses(cfg) if swarm_node_role else [registry_address(cfg, role)]
+    hosts = list(dict.fromkeys(a.rsplit(":", 1)[0] for a in addresses))
     try:
         return tls.platform_ca(cfg).ensure_server_certificate(
             hosts, cfg.registry_tls_cert_file, cfg.registry_tls_key_file

@@ -402,15 +402,6 @@ def shared_volume(cfg: PlatformConfig, key: str, shared: SharedVolumeConfig) -> 
     }
 
 
-def registry_volume(cfg: PlatformConfig) -> tuple[str, SharedVolumeConfig | None]:
-    """The registry's storage volume as the swarm stack names it, and its shared storage
-    (cluster.registry_data) or None for the manager's local volume."""
-    shared = cfg.cluster.registry_data
-    if shared is None:
-        return f"{project_name(cfg)}_{REGISTRY_DATA}", None
-    return shared_volume(cfg, REGISTRY_DATA, shared)["name"], shared
-
-
 def hub_data_volume(cfg: PlatformConfig) -> dict:
     """The hub's database volume on cluster.hub_data's shared storage: the driver and options
     of that key (the shape of cluster.home_volume), named PROJECT_hub-data-STORAGE

@@ -143,7 +143,8 @@ def test_backup_and_restore_use_the_volumes_the_swarm_platform_mounts(tmp_path):
     assert hub.name == mount["source"] and hub.shared == cfg.cluster.hub_data
     assert str(hub) == f"volume {hub.name} (cluster.hub_data: /srv/shared/hub)"
     registry = platform_volume(cfg, "registry-data")
-    assert (registry.name, registry.shared) == swarm_stack.registry_volume(cfg)
+    stacked = swarm_stack.shared_volume(cfg, "registry-data", cfg.cluster.registry_data)
+    assert (registry.name, registry.shared) == (stacked["name"], cfg.cluster.registry_data)
     # The hub image as the hub's container pulled it is one the backup may run.
     assert hub_images(cfg)[-1] == f"10.1.2.3:25991/hubstack/hub:{cfg.images.tag}"
     assert hub_images(parse_config({})) == [parse_config({}).image_ref("hub")]

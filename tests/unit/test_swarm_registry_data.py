@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from hubstack import stack, swarm_stack
+from hubstack.backup import platform_volume
 from hubstack.config import ConfigError, parse_config
 from tests.unit.swarm_configs import swarm_config
 
@@ -102,7 +103,8 @@ def _storage_mounts(services: dict) -> dict[str, dict]:
 def test_without_registry_data_the_storage_is_the_managers_local_volume(tmp_path):
     data, _ = _stack(swarm_config(tmp_path))
     assert data["volumes"]["registry-data"] == {"name": "hubstack_registry-data"}
-    assert swarm_stack.registry_volume(swarm_config(tmp_path)) == ("hubstack_registry-data", None)
+    local = platform_volume(swarm_config(tmp_path), "registry-data")  # what backup reads
+    assert (local.name, local.shared) == ("hubstack_registry-data", None)
 
 
 def test_with_registry_data_the_push_and_pull_instances_share_the_shared_folder(tmp_path):
@@ -117,7 +119,8 @@ def test_with_registry_data_the_push_and_pull_instances_share_the_shared_folder(
         "driver": "local",
         "driver_opts": NFS,
     }
-    assert swarm_stack.registry_volume(cfg) == (name, cfg.cluster.registry_data)
+    shared = platform_volume(cfg, "registry-data")  # what backup reads and restore fills
+    assert (shared.name, shared.shared) == (name, cfg.cluster.registry_data)
     mounts = _storage_mounts(data["services"])
     assert mounts["registry"]["source"] == mounts["registry-pull"]["source"] == "registry-data"
     assert not mounts["registry"].get("read_only")
@@ -133,7 +136,7 @@ def test_with_registry_data_the_push_and_pull_instances_share_the_shared_folder(
     assert registries["volumes"]["registry-data"] == data["volumes"]["registry-data"]
     # Another storage is another volume.
     other = swarm_config(tmp_path, registry_data={"driver_opts": BIND})
-    assert swarm_stack.registry_volume(other)[0] != name
+    assert platform_volume(other, "registry-data").name != name
     # Nothing else of the stack changes.
     plain, _ = _stack(swarm_config(tmp_path))
     assert plain["services"] == data["services"]
