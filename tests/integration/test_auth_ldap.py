@@ -29,14 +29,14 @@ from hubstack.hub.ldap import DirectoryUnavailable, LDAPSource, authenticator_se
 from hubstack.hub.users import users_file_for
 from tests.conftest import SESSION_ID, free_port
 from tests.integration import ldap_directory as directory
-from tests.integration.hubstack_e2e import HubClient, hubstack, reconfigured_stack, url
-from tests.integration.test_browser import (
+from tests.integration.browser import (
     ARTIFACTS,
     log_in,
     notebook_launcher_card,
     start_chromium_trusting_platform_ca,
     uid_printed_by_a_new_notebook,
 )
+from tests.integration.hubstack_e2e import HubClient, hubstack, reconfigured_stack, url
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -35,13 +35,13 @@ from hubstack.engine import service_container
 from hubstack.hub.users import users_file_for
 from hubstack.secretfiles import write_private
 from tests.conftest import SESSION_ID, free_port
-from tests.integration.hubstack_e2e import HubClient, hubstack, reconfigured_stack, url
-from tests.integration.test_browser import (
+from tests.integration.browser import (
     ARTIFACTS,
     notebook_launcher_card,
     reloading,
     start_chromium,
 )
+from tests.integration.hubstack_e2e import HubClient, hubstack, reconfigured_stack, url
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -24,15 +24,15 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from hubstack import tls
 from tests.conftest import free_port
-from tests.integration.conftest import ANALYSTS
-from tests.integration.hubstack_e2e import HubClient, hubstack, reconfigured_stack
-from tests.integration.test_browser import (
+from tests.integration.browser import (
     ARTIFACTS,
     log_in,
     notebook_launcher_card,
     start_chromium_trusting_platform_ca,
     uid_printed_by_a_new_notebook,
 )
+from tests.integration.conftest import ANALYSTS
+from tests.integration.hubstack_e2e import HubClient, hubstack, reconfigured_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

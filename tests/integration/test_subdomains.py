@@ -12,15 +12,15 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.integration.conftest import ANALYSTS
-from tests.integration.hubstack_e2e import hub_config_changed, stop_servers
-from tests.integration.test_browser import (
+from tests.integration.browser import (
     ARTIFACTS,
     log_in,
     notebook_launcher_card,
     start_chromium,
     uid_printed_by_a_new_notebook,
 )
+from tests.integration.conftest import ANALYSTS
+from tests.integration.hubstack_e2e import hub_config_changed, stop_servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
