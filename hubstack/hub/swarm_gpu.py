@@ -311,21 +311,8 @@ class SwarmGPUAllocator:
         until release(grant); GPUUnavailable (the analyst's message) when none. The GPUs
         of service REPLACING (which the caller removes before it makes the new one) do not
         count as held."""
-        if profile.gpus < 1:
-            raise ValueError("reserve() needs a profile with gpus >= 1")
         async with gpu.hub_lock:
-            nodes, holders = await asyncio.to_thread(self._read)
-            held = held_by_node(h for h in holders if not replacing or h.service != replacing)
-            for g in _pending:
-                held.setdefault(g.node_id, []).extend(g.gpus)
-            node, chosen = choose(
-                profile,
-                constraints,
-                nodes,
-                held,
-                self.cfg.cluster.gpu_resource,
-                self.cfg.gpu.shared,
-            )
+            node, chosen = await self._choose(profile, constraints, replacing)
             grant = SwarmGrant(
                 owner=owner,
                 node_id=node.node_id,
@@ -338,3 +325,31 @@ class SwarmGPUAllocator:
             )
             _pending.append(grant)
             return grant
+
+    async def check(
+        self, profile: ProfileConfig, constraints: list[str], replacing: str = ""
+    ) -> None:
+        """GPUUnavailable now, as reserve() would say it, when no node has PROFILE's GPUs
+        free; holds nothing. For a start with work to do before its reservation (a per-user
+        image build): its analyst hears "no GPU" at once, and no GPU idles through the build."""
+        async with gpu.hub_lock:
+            await self._choose(profile, constraints, replacing)
+
+    async def _choose(
+        self, profile: ProfileConfig, constraints: list[str], replacing: str
+    ) -> tuple[GPUNode, list[str]]:
+        """choose() on the swarm as it is, plus this hub's pending grants. Under hub_lock."""
+        if profile.gpus < 1:
+            raise ValueError("a GPU choice needs a profile with gpus >= 1")
+        nodes, holders = await asyncio.to_thread(self._read)
+        held = held_by_node(h for h in holders if not replacing or h.service != replacing)
+        for g in _pending:
+            held.setdefault(g.node_id, []).extend(g.gpus)
+        return choose(
+            profile,
+            constraints,
+            nodes,
+            held,
+            self.cfg.cluster.gpu_resource,
+            self.cfg.gpu.shared,
+        )

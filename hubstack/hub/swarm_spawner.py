@@ -328,6 +328,16 @@ class HubstackSwarmSpawner(HubstackSpawner):
             constraints.append(self._home_pin)
         return constraints
 
+    async def _check_gpus(self, profile, constraints: list[str]) -> None:
+        """Refused (409) at once, saying why, when no node meeting CONSTRAINTS has the GPU
+        profile's GPUs free; holds nothing (_reserve_gpus does, after the image work)."""
+        allocator = swarm_gpu.SwarmGPUAllocator(self.cfg, self.client)
+        try:
+            await allocator.check(profile, constraints, replacing=self.service_name)
+        except gpu.GPUUnavailable as e:
+            self.log.warning("%s: %s", self.user.name, e)
+            raise web.HTTPError(409, str(e)) from None
+
     async def _reserve_gpus(self, profile, constraints: list[str]) -> swarm_gpu.SwarmGrant:
         """A node and GPUs for a GPU profile's server, picked by the hub (swarm_gpu), on a
         node meeting CONSTRAINTS; refused (409) at once, saying why, when there is none. The
@@ -411,19 +421,41 @@ class HubstackSwarmSpawner(HubstackSpawner):
         self._ident = ident
         home = self._home_volume(ident)
         constraints = await self._placement(profile, home)
+        if profile.gpus:
+            # Before any image, config, service or network: no GPU free is said at once.
+            await self._check_gpus(profile, constraints)
+        tag, own_image = await self._server_image(profile)
         grant = None
         if profile.gpus:
-            # Before any config, service or network: no GPU free is said at once.
+            # Held from here, not through a per-user build (minutes) that needs no GPU.
             grant = await self._reserve_gpus(profile, constraints)
             if grant.constraint not in constraints:
                 constraints.append(grant.constraint)
             progress.emit(
-                1, f"GPU {','.join(grant.gpus)} of node {grant.node_name} is held for you"
+                6, f"GPU {','.join(grant.gpus)} of node {grant.node_name} is held for you"
             )
         try:
-            return await self._start_service(profile, ident, home, constraints, grant)
+            return await self._start_service(
+                profile, ident, home, constraints, grant, tag, own_image
+            )
         finally:
             await swarm_gpu.release(grant)  # a failed start's; a made service holds them
+
+    async def _server_image(self, profile) -> tuple[str, str | None]:
+        """The profile's image by digest (self.image), then the analyst's own image when
+        they have packages (the single-host path: found in registry-users, or built on the
+        manager's engine and pushed there). Returns the tag and the own image, if any."""
+        progress = self.spawn_progress
+        tag = self._image_tag(profile)
+        ref = self.cfg.image_ref(profile.image, tag)
+        version = self._version()
+        self.chosen_version = version if versions.is_release(version) else ""
+        progress.emit(2, f"Looking up image {profile.image} in the registry")
+        self.image = await self._resolve_digest(ref)
+        progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
+        own_image = await self._user_image(profile, tag)
+        self.image = own_image or self.image
+        return tag, own_image
 
     async def _start_service(
         self,
@@ -432,22 +464,13 @@ class HubstackSwarmSpawner(HubstackSpawner):
         home: service_spec.HomeVolume,
         constraints: list[str],
         grant: swarm_gpu.SwarmGrant | None,
+        tag: str,
+        own_image: str | None,
     ) -> tuple[str, int]:
-        """The rest of start, once the placement (and a GPU server's GPUs) is decided."""
+        """The rest of start, once the image, the placement (and a GPU server's GPUs) are
+        decided."""
         progress = self.spawn_progress
         self._extra_env = self._spark_environment(profile) if profile.spark else {}
-        tag = self._image_tag(profile)
-        ref = self.cfg.image_ref(profile.image, tag)
-        version = self._version()
-        self.chosen_version = version if versions.is_release(version) else ""
-        progress.emit(2, f"Looking up image {profile.image} in the registry")
-        self.image = await self._resolve_digest(ref)
-        progress.emit(5, f"Image {ref} is {self.image.rsplit('@', 1)[1][:19]}")
-        # The analyst's own packages: the single-host path (found in registry-users, or
-        # built on the manager's engine and pushed there), before any config or service.
-        own_image = await self._user_image(profile, tag)
-        self.image = own_image or self.image
-
         await self._in_pool(self._login, self.image)
         image_passwd, image_group = await self._in_pool(self._read_image_accounts, self.image)
         configs = service_spec.account_configs(

@@ -384,3 +384,94 @@ def test_hubstack_gpus_in_swarm_mode_lists_each_nodes_gpus_and_their_holders():
     assert swarm_gpu.format_gpu_status(CFG, FakeManager([node("n3", [], labels={})])) == [
         "GPUs: no node of this swarm advertises NVIDIA-GPU"
     ]
+
+
+class Started(Exception):
+    """Ends a start where the service would be made (the test has seen what it needs)."""
+
+
+def gpu_start(monkeypatch, manager, user_image):
+    """A GPU profile start on MANAGER, up to its service; USER_IMAGE stands in for the
+    per-user image step (found or built). Returns the spawner and the grants it made."""
+    monkeypatch.setattr(HubstackSwarmSpawner, "_client", manager)
+    s = HubstackSwarmSpawner(platform=CFG)
+    s.user = SimpleNamespace(name="alice", url="/user/alice/", groups=[], id=1)
+    s.user_options = {"profile": "gpu"}
+    grants: list = []
+
+    async def identity(self):
+        return {"uid": 23456, "gid": 23456, "groups": [23456], "home": "/home/alice"}
+
+    async def placement(self, profile, home):
+        return list(CONSTRAINTS)
+
+    async def resolve(self, ref):
+        return "reg/hubstack/notebook@sha256:" + "a" * 64
+
+    async def start_service(self, profile, ident, home, constraints, grant, tag, own_image):
+        grants.append((grant, list(constraints)))
+        raise Started
+
+    monkeypatch.setattr(HubstackSwarmSpawner, "_identity", identity)
+    monkeypatch.setattr(HubstackSwarmSpawner, "_home_volume", lambda self, ident: None)
+    monkeypatch.setattr(HubstackSwarmSpawner, "_placement", placement)
+    monkeypatch.setattr(HubstackSwarmSpawner, "_resolve_digest", resolve)
+    monkeypatch.setattr(HubstackSwarmSpawner, "_user_image", user_image)
+    monkeypatch.setattr(HubstackSwarmSpawner, "_start_service", start_service)
+    return s, grants
+
+
+def test_a_gpu_start_holds_no_gpu_while_its_per_user_image_builds(monkeypatch):
+    """The build takes minutes and needs no GPU: the GPU is reserved once the image is
+    there, so bob's GPU start during alice's build gets the GPU, and alice hears why not."""
+    manager = FakeManager([node("n1", ["GPU-a"])])
+    during: list = []
+
+    async def build(self, profile, tag):
+        during.append(list(swarm_gpu._pending))
+        # bob asks while alice's image builds: the GPU is free, his start takes it.
+        bob = await SwarmGPUAllocator(CFG, manager).reserve("bob", GPU, CONSTRAINTS)
+        manager.create_service("hs-nb-bob", bob.labels | {USER_LABEL: "bob"})
+        await swarm_gpu.release(bob)
+        return "reg/hubstack/user/alice@sha256:" + "b" * 64
+
+    s, grants = gpu_start(monkeypatch, manager, build)
+    with pytest.raises(Exception) as refused:
+        asyncio.run(s.start())
+    assert during == [[]]  # nothing held for alice while her image built
+    assert getattr(refused.value, "status_code", None) == 409, refused.value
+    assert "every GPU is taken" in refused.value.log_message
+    assert grants == []
+
+
+def test_no_gpu_free_is_said_before_any_image_work(monkeypatch):
+    manager = FakeManager([node("n1", ["GPU-a"])], [service("hs-nb-bob", "bob", "n1", ["GPU-a"])])
+    built: list = []
+
+    async def build(self, profile, tag):
+        built.append(profile.name)
+        return None
+
+    s, grants = gpu_start(monkeypatch, manager, build)
+    with pytest.raises(Exception) as refused:
+        asyncio.run(s.start())
+    assert getattr(refused.value, "status_code", None) == 409, refused.value
+    assert "every GPU is taken" in refused.value.log_message
+    assert built == [] and grants == []
+    assert swarm_gpu._pending == []
+
+
+def test_a_gpu_start_reserves_after_its_image_and_pins_the_node(monkeypatch):
+    manager = FakeManager([node("n1", ["GPU-a"])])
+
+    async def found(self, profile, tag):
+        return None  # no packages: the profile's image
+
+    s, grants = gpu_start(monkeypatch, manager, found)
+    with pytest.raises(Started):
+        asyncio.run(s.start())
+    ((grant, constraints),) = grants
+    assert grant.gpus == ("GPU-a",) and grant.constraint in constraints
+    assert swarm_gpu._pending == []  # released once the start ended
+    events = s.spawn_progress._events
+    assert [e["message"] for e in events][-1] == "GPU GPU-a of node n1 is held for you"
