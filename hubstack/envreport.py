@@ -15,18 +15,13 @@ servers and the cluster alike.
 
 from __future__ import annotations
 
-import asyncio
 import html
 import json
-import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import docker
 import requests
-import tornado.ioloop
-import tornado.web
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 
 from hubstack import spark
 from hubstack.ci.promote import STABLE
@@ -34,11 +29,14 @@ from hubstack.config import PlatformConfig
 from hubstack.engine import docker_client, platform_containers, repo_digest
 from hubstack.errors import CommandError
 from hubstack.hub.container_spec import PROFILE_LABEL, USER_LABEL
-from hubstack.hub.setup import ENV_REPORT_PORT, ENV_REPORT_SERVICE
 from hubstack.images.build import IMAGE_LABEL, LINEAGE_LABEL_PREFIX
 from hubstack.images.graph import GraphError, ImageGraph
 from hubstack.images.lockdiff import ImageLock, PackageChange, diff_locks, read_lock
 from hubstack.registry import RegistryClient, load_credentials
+
+ENV_REPORT_SERVICE = "env-report"
+"""The report's page: a hub-managed service (hubstack.hub.setup), at /services/env-report/."""
+ENV_REPORT_PORT = 10101
 
 UNKNOWN = "?"
 
@@ -301,34 +299,10 @@ def render_html(entries: list[Entry], note: str) -> str:
     )
 
 
-class ReportPage(HubOAuthenticated, tornado.web.RequestHandler):
-    """The report for whoever the hub lets through: the service's access scope, which only
-    the admin role holds."""
-
-    def initialize(self, cfg: PlatformConfig) -> None:
-        self.cfg = cfg
-
-    @tornado.web.authenticated
-    async def get(self) -> None:
-        entries, note = await asyncio.to_thread(env_report, self.cfg, docker_client())
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.write(render_html(entries, note))
-
-
 def cmd_serve(cfg: PlatformConfig, args) -> int:
-    prefix = f"/services/{ENV_REPORT_SERVICE}/"
-    app = tornado.web.Application(
-        [
-            (prefix, ReportPage, {"cfg": cfg}),
-            (f"{prefix}oauth_callback", HubOAuthCallbackHandler),
-        ],
-        # Only this process's login cookies: a restart asks the hub again (no prompt).
-        cookie_secret=os.urandom(32),
-    )
-    app.listen(args.port, address="127.0.0.1")
-    print(f"env report page on 127.0.0.1:{args.port}{prefix}", flush=True)
-    tornado.ioloop.IOLoop.current().start()
-    return 0
+    from hubstack.envreport_page import serve  # noqa: PLC0415 - jupyterhub.orm: the page only
+
+    return serve(cfg, args.port)
 
 
 def cmd_report(cfg: PlatformConfig, args) -> int:

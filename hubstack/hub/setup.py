@@ -17,11 +17,10 @@ from pathlib import Path
 
 from hubstack import swarm_stack
 from hubstack.config import HSTS_MAX_AGE, PlatformConfig
+from hubstack.envreport import ENV_REPORT_PORT, ENV_REPORT_SERVICE
 from hubstack.hub import cull, ldap, oidc, ready_networks, versions
 from hubstack.hub.announce import read_announcement
 
-ENV_REPORT_SERVICE = "env-report"
-ENV_REPORT_PORT = 10101
 """Where the hub runs `hubstack env serve` (hubstack.envreport), the admins' report page."""
 
 SECRETS = Path(os.environ.get("HUBSTACK_SECRETS", "/run/secrets"))
