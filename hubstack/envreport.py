@@ -35,8 +35,9 @@ from hubstack.images.lockdiff import ImageLock, PackageChange, diff_locks, read_
 from hubstack.registry import RegistryClient, load_credentials
 
 ENV_REPORT_SERVICE = "env-report"
-"""The report's page: a hub-managed service (hubstack.hub.setup), at /services/env-report/."""
 ENV_REPORT_PORT = 10101
+"""Where the hub runs `hubstack env serve` (hubstack.hub.setup), the admins' report page at
+/services/env-report/ (hubstack.envreport_page)."""
 
 UNKNOWN = "?"
 

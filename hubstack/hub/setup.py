@@ -21,8 +21,6 @@ from hubstack.envreport import ENV_REPORT_PORT, ENV_REPORT_SERVICE
 from hubstack.hub import cull, ldap, oidc, ready_networks, versions
 from hubstack.hub.announce import read_announcement
 
-"""Where the hub runs `hubstack env serve` (hubstack.envreport), the admins' report page."""
-
 SECRETS = Path(os.environ.get("HUBSTACK_SECRETS", "/run/secrets"))
 TEMPLATES = Path(oidc.__file__).parent / "templates"
 """The hub's own page templates (the login page's OIDC button), over JupyterHub's."""
