@@ -38,7 +38,7 @@ from hubstack.config import (
 )
 from hubstack.engine import docker_client, platform_containers, project_name
 from hubstack.errors import CommandError
-from hubstack.hub import gpu
+from hubstack.hub import gpu, swarm_gpu
 from hubstack.hub.container_spec import PROFILE_LABEL, USER_LABEL
 from hubstack.hub.users_cli import ensure_initial_admin
 from hubstack.images.bootstrap import bootstrap
@@ -892,6 +892,8 @@ def status_swarm(cfg: PlatformConfig) -> int:
     for s in servers:
         labels = s["Spec"].get("Labels") or {}
         print(f"  {labels.get(USER_LABEL, '?'):<20} {s['Spec']['Name']}")
+    print()  # as on one host: the GPUs last, here every node's (`hubstack gpus`)
+    print("\n".join(swarm_gpu.format_gpu_status(cfg, api)))
     return 0
 
 

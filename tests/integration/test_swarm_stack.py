@@ -43,6 +43,7 @@ import pytest
 
 from hubstack.backup import volume_name
 from hubstack.engine import project_name
+from hubstack.hub import swarm_gpu
 from hubstack.images.build import push_image
 from hubstack.registry import PULL, PUSH, auth_config, registry_certificate
 from tests.conftest import (
@@ -353,8 +354,12 @@ def test_two_analysts_servers_run_on_the_worker_behind_the_hub_each_on_its_own_n
     status = on_manager(gpu, config, "status")
     assert status.returncode == 0, status.stderr
     assert f"{project_name(cfg)}-hub" in status.stdout and "running (healthy)" in status.stdout
-    assert "notebook servers: 2" in status.stdout
-    assert sorted(line.split()[0] for line in status.stdout.splitlines()[-2:]) == ["alice", "bob"]
+    lines = status.stdout.splitlines()
+    listed = lines.index("notebook servers: 2 (`hubstack nodes` shows where)")
+    assert sorted(line.split()[0] for line in lines[listed + 1 : listed + 3]) == ["alice", "bob"]
+    # Then the swarm's GPUs, as `hubstack gpus` shows them: the GPU node's simulated one.
+    assert lines[listed + 3 :] == ["", *swarm_gpu.format_gpu_status(cfg, api)], status.stdout
+    assert "GPUs: 1 on 1 node(s) of the swarm" in status.stdout
 
     for c in (alice, bob):
         c.stop()
