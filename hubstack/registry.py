@@ -439,9 +439,13 @@ NODE_CERTS_DIR = "/etc/docker/certs.d"
 each pull (no engine restart), so a node trusts the registry without insecure-registries."""
 
 
+def _ca_path(address: str) -> str:
+    return f"{NODE_CERTS_DIR}/{address}/ca.crt"
+
+
 def node_ca_path(cfg: PlatformConfig, role: Role = PULL) -> str:
     """The path on every node where the platform CA must be, for ROLE's address."""
-    return f"{NODE_CERTS_DIR}/{registry_address(cfg, role)}/ca.crt"
+    return _ca_path(registry_address(cfg, role))
 
 
 def node_addresses(cfg: PlatformConfig) -> list[str]:
@@ -451,8 +455,8 @@ def node_addresses(cfg: PlatformConfig) -> list[str]:
 
 def node_ca_paths(cfg: PlatformConfig) -> list[str]:
     """Where every node of a swarm needs the platform CA: one folder per address it pulls
-    from (NODE_ROLES), each once."""
-    return list(dict.fromkeys(node_ca_path(cfg, role) for role in NODE_ROLES))
+    from (node_addresses)."""
+    return [_ca_path(address) for address in node_addresses(cfg)]
 
 
 def registry_certificate(cfg: PlatformConfig, role: Role = PULL) -> tls.Issued:
