@@ -83,10 +83,10 @@ class PlatformVolume:
     """The compose volume: hub-data, registry-data."""
     name: str
     """The engine's name: PROJECT_KEY, or on shared storage PROJECT_KEY-STORAGE."""
+    setting: str
+    """The cluster.* key that puts it on shared storage: cluster.hub_data, ...registry_data."""
     shared: SharedVolumeConfig | None = None
-    """Its shared storage (cluster.hub_data, cluster.registry_data); None: a local volume."""
-    setting: str = ""
-    """The cluster.* key that put it on shared storage."""
+    """That key's storage; None: a local volume."""
 
     def __str__(self) -> str:
         if self.shared is None:
@@ -101,9 +101,9 @@ def platform_volume(cfg: PlatformConfig, key: str) -> PlatformVolume:
     setting = {"hub-data": "hub_data", "registry-data": "registry_data"}[key]
     shared = getattr(cfg.cluster, setting) if cfg.cluster.mode == "swarm" else None
     if shared is None:
-        return PlatformVolume(key, volume_name(cfg, key))
+        return PlatformVolume(key, volume_name(cfg, key), f"cluster.{setting}")
     name = swarm_stack.shared_volume(cfg, key, shared)["name"]
-    return PlatformVolume(key, name, shared, f"cluster.{setting}")
+    return PlatformVolume(key, name, f"cluster.{setting}", shared)
 
 
 def _platform_volume_here(client, volume: PlatformVolume, what: str) -> None:
@@ -123,10 +123,9 @@ def _platform_volume_here(client, volume: PlatformVolume, what: str) -> None:
         "config?)"
     )
     if (client.info().get("Swarm") or {}).get("LocalNodeState") == "active":
-        setting = volume.key.replace("-", "_")
         message += (
             "; in swarm mode it is on the manager the hub last ran on: run this there, or set "
-            f"cluster.{setting} to keep it on storage every manager mounts"
+            f"{volume.setting} to keep it on storage every manager mounts"
         )
     raise CommandError(message)
 

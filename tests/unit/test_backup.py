@@ -130,7 +130,9 @@ class _Engine:
 
 def test_backup_and_restore_use_the_volumes_the_swarm_platform_mounts(tmp_path):
     plain = swarm_config(tmp_path)
-    assert platform_volume(plain, "hub-data") == PlatformVolume("hub-data", "hubstack_hub-data")
+    assert platform_volume(plain, "hub-data") == PlatformVolume(
+        "hub-data", "hubstack_hub-data", "cluster.hub_data"
+    )
     assert platform_volume(plain, "registry-data").name == "hubstack_registry-data"
     cfg = swarm_config(
         tmp_path, hub_data={"driver_opts": BIND_HUB}, registry_data={"driver_opts": BIND_REGISTRY}
