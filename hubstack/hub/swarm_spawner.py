@@ -51,7 +51,7 @@ import dataclasses
 import functools
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pprint import pformat
 
 import docker
@@ -328,29 +328,32 @@ class HubstackSwarmSpawner(HubstackSpawner):
             constraints.append(self._home_pin)
         return constraints
 
+    @contextlib.contextmanager
+    def _no_gpu_refused(self) -> Iterator[None]:
+        """No GPU free (GPUUnavailable) as the analyst's 409, saying why, and in the log."""
+        try:
+            yield
+        except gpu.GPUUnavailable as e:
+            self.log.warning("%s: %s", self.user.name, e)
+            raise web.HTTPError(409, str(e)) from None
+
     async def _check_gpus(self, profile, constraints: list[str]) -> None:
         """Refused (409) at once, saying why, when no node meeting CONSTRAINTS has the GPU
         profile's GPUs free; holds nothing (_reserve_gpus does, after the image work)."""
         allocator = swarm_gpu.SwarmGPUAllocator(self.cfg, self.client)
-        try:
+        with self._no_gpu_refused():
             await allocator.check(profile, constraints, replacing=self.service_name)
-        except gpu.GPUUnavailable as e:
-            self.log.warning("%s: %s", self.user.name, e)
-            raise web.HTTPError(409, str(e)) from None
 
     async def _reserve_gpus(self, profile, constraints: list[str]) -> swarm_gpu.SwarmGrant:
         """A node and GPUs for a GPU profile's server, picked by the hub (swarm_gpu), on a
         node meeting CONSTRAINTS; refused (409) at once, saying why, when there is none. The
         caller releases the grant once the service exists, or its start failed."""
         allocator = swarm_gpu.SwarmGPUAllocator(self.cfg, self.client)
-        try:
+        with self._no_gpu_refused():
             # Its own service left by a crashed hub is removed before the new one is made.
             grant = await allocator.reserve(
                 self.user.name, profile, constraints, replacing=self.service_name
             )
-        except gpu.GPUUnavailable as e:
-            self.log.warning("%s: %s", self.user.name, e)
-            raise web.HTTPError(409, str(e)) from None
         self.log.info(
             "%s's server (%s) gets GPU %s of node %s",
             self.user.name,
