@@ -9,9 +9,14 @@ and shared; tests of generic machinery use tiny images of their own.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import fcntl
+import json
 import os
 import socket
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -33,10 +38,72 @@ SESSION_REGISTRY_VOLUME = f"hubstack-test-registry-{SESSION_ID}"
 """The session registry's container and storage volume (the hierarchy is pushed there)."""
 
 
+STANDALONE_MODULES = (
+    # Tiny images of their own, or none: these run while the other stream builds the
+    # hierarchy.
+    "test_swarm_nodes",
+    "test_node_bundle",
+    "test_ci_build",
+    "test_build_failures",
+    "test_releases",
+    "test_ci_webhook_builds",
+    "test_ci_image_sandbox",
+    "test_networks",
+    "test_gpu_allocation",
+    "test_doctor",
+    "test_hub_cli",
+    "test_auth",
+    # The hierarchy, but not the shared hub.
+    "test_swarm_spawner",
+    "test_swarm_stack",
+    "test_swarm_hub_move",
+    "test_spark",
+    "test_image_locks",
+    "test_images",
+    "test_first_run",
+    "test_user_images",
+    "test_env_report",
+)
+"""The integration modules of the `standalone` stream, in the order it runs them: none uses
+the session's shared hub (`hub_stack`). ci/test.sh runs the suite as two pytest sessions at
+once on one engine, `--stream hub` (every other test) and `--stream standalone`, because
+one session leaves a third of two cores idle (downloads, health checks, polls). The two
+halves take about as long; the hierarchy is built once between them (`hierarchy`)."""
+STREAMS = ("hub", "standalone")
+ENGINE_LOCK_ENV = "HUBSTACK_TEST_ENGINE_LOCK"
+"""A file the other stream holds a shared lock on while it runs (ci/test.sh sets it): a test
+that restarts the engine takes it exclusively first, so it never stops the other stream's
+containers."""
+HIERARCHY_LOCK = Path(tempfile.gettempdir()) / "hubstack-test-hierarchy.lock"
+"""Taken around the hierarchy's build by every session on this machine; it also records the
+registry volume that holds the last session's push (see `hierarchy`)."""
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--stream",
+        choices=STREAMS,
+        help="run one half of the suite (tests/conftest.py: STANDALONE_MODULES); ci/test.sh "
+        "runs both at once",
+    )
+
+
+def _standalone(item) -> bool:
+    return item.path.parent.name == "integration" and item.path.stem in STANDALONE_MODULES
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests that leave the shared hub in a state others would trip over (the REST API
-    fuzzer) run after the rest; tests that restart the Docker engine run last, since the
-    restart stops every container the other tests share."""
+    """With --stream, keep that stream's tests. Then: tests that leave the shared hub in a
+    state others would trip over (the REST API fuzzer) run after the rest; tests that
+    restart the Docker engine run last, since the restart stops every container the other
+    tests share."""
+    stream = config.getoption("stream")
+    if stream:
+        ours = [i for i in items if _standalone(i) == (stream == "standalone")]
+        config.hook.pytest_deselected(items=[i for i in items if i not in set(ours)])
+        if stream == "standalone":
+            ours.sort(key=lambda i: STANDALONE_MODULES.index(i.path.stem))
+        items[:] = ours
 
     def rank(item) -> int:
         if item.get_closest_marker("restarts_engine"):
@@ -44,6 +111,19 @@ def pytest_collection_modifyitems(config, items):
         return 1 if item.get_closest_marker("disrupts_hub") else 0
 
     items.sort(key=rank)
+
+
+@pytest.fixture(autouse=True)
+def _engine_to_ourselves(request) -> Iterator[None]:
+    """A test marked restarts_engine waits until the other stream (if any) has finished."""
+    path = os.environ.get(ENGINE_LOCK_ENV)
+    if not path or not request.node.get_closest_marker("restarts_engine"):
+        yield
+        return
+    with open(path, "a") as lock:
+        print("[test] waiting for the other stream to finish before restarting the engine")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def free_port() -> int:
@@ -148,9 +228,56 @@ def users_registry(platform_config, docker_client, registry):
 
 @pytest.fixture(scope="session")
 def hierarchy(platform_config, docker_client, registry) -> dict[str, dict]:
-    """The real hierarchy (all default images), built once and pushed: name -> ref, digest, id."""
+    """The real hierarchy (all default images), built once and pushed: name -> ref, digest, id.
 
+    Under HIERARCHY_LOCK: a session that runs beside another on this engine (ci/test.sh's
+    two streams) waits for the other's build, then builds from its layer cache, and its
+    registry starts with the layers the other pushed, so it gzips nothing again."""
     cfg = platform_config
+    with open(HIERARCHY_LOCK, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        with contextlib.suppress(ValueError):
+            _link_pushed_layers(docker_client, json.loads(lock.read() or "{}"), cfg)
+        images = _build_and_push_hierarchy(cfg, docker_client)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(
+            json.dumps({"volume": SESSION_REGISTRY_VOLUME, "namespace": cfg.images.namespace})
+        )
+    return images
+
+
+def _link_pushed_layers(client: docker.DockerClient, pushed: dict, cfg: PlatformConfig) -> None:
+    """Give this session's registry the blobs and layer links of PUSHED's registry volume
+    (another session's, still running or not yet removed), where it has none of its own.
+    Blobs are hard links (content-addressed, never rewritten); link files are copied, tags
+    are not."""
+    try:
+        source = Path(client.volumes.get(pushed["volume"]).attrs["Mountpoint"])
+        target = Path(client.volumes.get(SESSION_REGISTRY_VOLUME).attrs["Mountpoint"])
+    except (KeyError, docker.errors.NotFound):
+        return
+    src, dst = source / "docker/registry/v2", target / "docker/registry/v2"
+    theirs = src / "repositories" / pushed["namespace"]
+    files = [(f, dst / f.relative_to(src)) for f in (src / "blobs").glob("**/data")]
+    files += [
+        (f, dst / "repositories" / cfg.images.namespace / f.relative_to(theirs))
+        for f in theirs.glob("**/link")
+        if "/_manifests/tags/" not in str(f)
+    ]
+    for file, copy in files:
+        if copy.exists():
+            continue
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if file.name == "data":
+            os.link(file, copy)
+        else:
+            copy.write_bytes(file.read_bytes())
+    print(f"[hierarchy] {len(files)} registry files from {pushed['volume']}")
+
+
+def _build_and_push_hierarchy(cfg: PlatformConfig, docker_client) -> dict[str, dict]:
     # Each image is pushed as soon as it is built, while its children build: gzipping the
     # big layers (CPU) then overlaps the children's downloads (network).
     pushes = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="push")
