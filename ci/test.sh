@@ -37,16 +37,18 @@ else
     # The whole suite as two sessions at once on one engine (tests/conftest.py: STREAMS):
     # one session leaves a third of two cores idle. The standalone stream's output is
     # printed when both are done; it holds a shared lock on the engine lock file while it
-    # runs, which a test that restarts the engine takes exclusively first.
+    # runs, which a test that restarts the engine takes exclusively first. `--stream=X`, one
+    # word: pytest reads a separate `hub` as the repository's hub/ folder before it knows
+    # the option, and then does not load tests/conftest.py, which defines it.
     engine_lock=$(mktemp /tmp/hubstack-test-engine.XXXXXX)
     export HUBSTACK_TEST_ENGINE_LOCK=$engine_lock
     exec 9<"$engine_lock"
     flock -s 9
-    run_pytest --stream standalone --junitxml=artifacts/junit-standalone.xml \
+    run_pytest --stream=standalone --junitxml=artifacts/junit-standalone.xml \
         > artifacts/standalone.log 2>&1 &
     standalone_pid=$!
     exec 9<&-
-    run_pytest --stream hub --junitxml=artifacts/junit.xml
+    run_pytest --stream=hub --junitxml=artifacts/junit.xml
     rc=$?
     wait "$standalone_pid"
     standalone_rc=$?
