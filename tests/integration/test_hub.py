@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from hubstack import stack
-from hubstack.engine import project_name, service_container
+from hubstack.engine import platform_containers, project_name, service_container
 from hubstack.hub.users import users_file_for
 from hubstack.networks import network_name
 from tests.integration.conftest import ANALYSTS
@@ -83,7 +83,7 @@ def test_identity_home_and_isolation(hub_stack, clients, docker_client):
     assert (cfg.home_root / "alice").stat().st_mode & 0o777 == 0o700
 
     # No Docker socket, limits from the config, image pinned by digest.
-    c = docker_client.containers.list(filters={"label": "io.hubstack.user=alice"})[0]
+    c = platform_containers(cfg, docker_client, "io.hubstack.user=alice", False)[0]
     hc = c.attrs["HostConfig"]
     assert hc["CapDrop"] == ["ALL"] and "no-new-privileges" in hc["SecurityOpt"]
     # The shipped defaults (resources: cpu_limit 2.0, mem_limit 4G): the stack keeps them.
@@ -135,14 +135,18 @@ def test_status_lists_running_servers(hub_stack, clients):
 
 
 def test_plain_docker_compose_starts_the_platform(hub_stack, clients, docker_client):
-    """Once `hubstack up` has run, compose/.env lets plain `docker compose` drive the stack."""
+    """Once `hubstack up` has run, what it writes to compose/.env lets plain `docker compose`
+    drive the stack."""
     cfg, _, _ = hub_stack
     alice = clients["alice"]
     if not alice.running():
         alice.start()
     alice.run_code("open('compose.txt', 'w').write('plain compose')\n")
-    stack.render_env(cfg)  # other modules' platforms share this checkout's compose/.env
-    plain = ["docker", "compose", "-f", "compose/compose.yaml"]
+    # The same lines as compose/.env, from the copy under state_dir: the other platforms of
+    # this checkout (ci/test.sh's standalone stream runs some at the same time) rewrite
+    # compose/.env at each `up`, and compose would then stop and start theirs.
+    env = stack.render_env(cfg)
+    plain = ["docker", "compose", "-f", "compose/compose.yaml", "--env-file", str(env)]
     r = subprocess.run([*plain, "stop"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     with pytest.raises(requests.RequestException):

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from hubstack import stack
-from hubstack.engine import project_name
+from hubstack.engine import platform_containers, project_name
 from hubstack.hub.gpu import DEVICES_ROOT_ENV, gpu_holders
 from hubstack.hub.users import users_file_for
 from tests.integration.hubstack_e2e import (
@@ -161,9 +161,7 @@ def test_an_idle_server_is_culled_its_home_kept_and_an_exempt_one_is_not(
             culled_after = time.monotonic() - started
             assert culled_after >= 15, f"culled after {culled_after:.0f} s, before the timeout"
             # Stopped the way Stop does: the container is gone, the home is not.
-            assert not docker_client.containers.list(
-                all=True, filters={"label": ["io.hubstack.user=alice"]}
-            )
+            assert not platform_containers(cfg, docker_client, "io.hubstack.user=alice")
             home_file = cfg.home_root / "alice" / "kept-after-cull.txt"
             assert home_file.read_text() == "still here"
             # bob is exempt (hub.cull.exempt): idle for longer than alice, and still running
