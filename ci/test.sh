@@ -34,12 +34,13 @@ if [ $# -gt 0 ]; then
     run_pytest --junitxml=artifacts/junit.xml "$@"
     rc=$?
 else
-    # The whole suite as two sessions at once on one engine (tests/conftest.py: STREAMS):
-    # one session leaves a third of two cores idle. The standalone stream's output is
-    # printed when both are done; it holds a shared lock on the engine lock file while it
-    # runs, which a test that restarts the engine takes exclusively first. `--stream=X`, one
-    # word: pytest reads a separate `hub` as the repository's hub/ folder before it knows
-    # the option, and then does not load tests/conftest.py, which defines it.
+    # The whole suite as two sessions at once on one engine (tests/conftest.py,
+    # STANDALONE_MODULES): one session leaves a third of two cores idle. The standalone
+    # stream's output is printed when both are done; it holds a shared lock on the engine
+    # lock file while it runs, which a test that restarts the engine takes exclusively
+    # first. `--stream=X`, one word: pytest reads a separate `hub` as the repository's hub/
+    # folder before it knows the option, and then does not load tests/conftest.py, which
+    # defines it.
     engine_lock=$(mktemp /tmp/hubstack-test-engine.XXXXXX)
     export HUBSTACK_TEST_ENGINE_LOCK=$engine_lock
     exec 9<"$engine_lock"

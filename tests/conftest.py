@@ -68,7 +68,7 @@ STANDALONE_MODULES = (
 )
 """The integration modules of the `standalone` stream, in the order it runs them: none uses
 the session's shared hub (`hub_stack`). ci/test.sh runs the suite as two pytest sessions at
-once on one engine, `--stream hub` (every other test) and `--stream standalone`, because
+once on one engine, `--stream=hub` (every other test) and `--stream=standalone`, because
 one session leaves a third of two cores idle (downloads, health checks, polls). The two
 halves take about as long; the hierarchy is built once between them (`hierarchy`)."""
 STREAMS = ("hub", "standalone")
