@@ -40,7 +40,8 @@ SESSION_REGISTRY_VOLUME = f"hubstack-test-registry-{SESSION_ID}"
 
 STANDALONE_MODULES = (
     # Tiny images of their own, or none: these run while the other stream builds the
-    # hierarchy.
+    # hierarchy. Not test_networks: its 30 networks at once twice coincided with
+    # JupyterLab losing requests in the other stream's browser test (not understood yet).
     "test_swarm_nodes",
     "test_node_bundle",
     "test_ci_build",
@@ -48,7 +49,6 @@ STANDALONE_MODULES = (
     "test_releases",
     "test_ci_webhook_builds",
     "test_ci_image_sandbox",
-    "test_networks",
     "test_gpu_allocation",
     "test_doctor",
     "test_hub_cli",
