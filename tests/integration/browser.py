@@ -116,8 +116,8 @@ def _dropped_request(browser) -> str:
 
 
 def _unless_dropped(condition):
-    """CONDITION for WebDriverWait.until, raising RequestDropped as soon as the page says
-    Chromium dropped a request."""
+    """CONDITION for WebDriverWait.until, raising RequestDropped as soon as the page says a
+    request got no answer."""
 
     def check(b):
         dropped = _dropped_request(b)
@@ -131,19 +131,19 @@ def _unless_dropped(condition):
 def printed_by_a_new_notebook(browser, wait: WebDriverWait, code: str, prefix: str, card=None):
     """Open a notebook from the launcher's Notebook card (CARD, else found afresh), run CODE
     in it, and return the output line starting with PREFIX. When JupyterLab says a request
-    was dropped, reload and start again, up to three times in all."""
-    for attempt in (1, 2, 3):
+    got no answer, reload and start again, up to three times in all."""
+    dropped: list[str] = []
+    while len(dropped) < 3:
         try:
             card = card or notebook_launcher_card(browser, wait)
             return _printed_by_a_new_notebook(browser, wait, card, code, prefix)
         except RequestDropped as e:
-            if attempt == 3:
-                raise AssertionError(f"JupyterLab's requests dropped three times: {e}") from None
+            dropped.append(str(e))
             ARTIFACTS.mkdir(exist_ok=True)
             with open(ARTIFACTS / "browser-dropped-requests.log", "a") as log:
                 log.write(f"{time.strftime('%H:%M:%S')} {browser.current_url}: {e}\n")
             card = None
-    raise AssertionError("unreachable")
+    raise AssertionError(f"JupyterLab's requests got no answer three times: {dropped}")
 
 
 def _printed_by_a_new_notebook(browser, wait: WebDriverWait, card, code: str, prefix: str):
