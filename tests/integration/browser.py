@@ -4,10 +4,8 @@ steps every browser test takes in it (log in, open JupyterLab's launcher, run a 
 from __future__ import annotations
 
 import shutil
-import time
 
 from selenium import webdriver
-from selenium.common.exceptions import ElementClickInterceptedException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -96,93 +94,26 @@ def reloading(condition):
     return check
 
 
-# What JupyterLab shows when one of its requests got no answer at all. Seen twice in CI (in
-# test_auth_ldap, each time while the other stream of ci/test.sh made 30 networks at once);
-# the cause is not known yet: a person would reload and go on, and each time is written to
-# artifacts/browser-dropped-requests.log, so that it stays seen.
-DROPPED_REQUEST_DIALOGS = ("Failed to fetch", "Server unavailable or unreachable")
-
-
-class RequestDropped(Exception):
-    """JupyterLab shows a dialog of DROPPED_REQUEST_DIALOGS."""
-
-
-def _dropped_request(browser) -> str:
-    for dialog in browser.find_elements(By.CSS_SELECTOR, ".jp-Dialog"):
-        text = dialog.text
-        if any(marker in text for marker in DROPPED_REQUEST_DIALOGS):
-            return " ".join(text.split())
-    return ""
-
-
-def _unless_dropped(condition):
-    """CONDITION for WebDriverWait.until, raising RequestDropped as soon as the page says a
-    request got no answer."""
-
-    def check(b):
-        dropped = _dropped_request(b)
-        if dropped:
-            raise RequestDropped(dropped)
-        return condition(b)
-
-    return check
-
-
-def printed_by_a_new_notebook(browser, wait: WebDriverWait, code: str, prefix: str, card=None):
-    """Open a notebook from the launcher's Notebook card (CARD, else found afresh), run CODE
-    in it, and return the output line starting with PREFIX. When JupyterLab says a request
-    got no answer, reload and start again, up to three times in all."""
-    dropped: list[str] = []
-    while len(dropped) < 3:
-        try:
-            card = card or notebook_launcher_card(browser, wait)
-            return _printed_by_a_new_notebook(browser, wait, card, code, prefix)
-        except RequestDropped as e:
-            dropped.append(str(e))
-            ARTIFACTS.mkdir(exist_ok=True)
-            with open(ARTIFACTS / "browser-dropped-requests.log", "a") as log:
-                log.write(f"{time.strftime('%H:%M:%S')} {browser.current_url}: {e}\n")
-            card = None
-    raise AssertionError(f"JupyterLab's requests got no answer three times: {dropped}")
-
-
-def _printed_by_a_new_notebook(browser, wait: WebDriverWait, card, code: str, prefix: str):
-    try:
-        card.click()
-    except ElementClickInterceptedException:
-        dropped = _dropped_request(browser)
-        if dropped:
-            raise RequestDropped(dropped) from None
-        raise
+def uid_printed_by_a_new_notebook(wait: WebDriverWait, card) -> str:
+    """Open a notebook from the launcher CARD, run `print('UID', os.getuid())` in it, and
+    return what the cell printed."""
+    card.click()
     editor = wait.until(
-        _unless_dropped(
-            EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content"))
-        )
+        EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content"))
     )
     # Typing before the kernel is attached would "run" the cell with no kernel: wait for Idle.
-    wait.until(
-        _unless_dropped(lambda b: "| Idle" in b.find_element(By.ID, "jp-main-statusbar").text)
-    )
+    wait.until(lambda b: "| Idle" in b.find_element(By.ID, "jp-main-statusbar").text)
     editor.click()
-    editor.send_keys(code)
+    editor.send_keys("import os; print('UID', os.getuid())")
     editor.send_keys(Keys.SHIFT, Keys.ENTER)
     out = wait.until(
-        _unless_dropped(
-            lambda b: next(
-                (
-                    e.text
-                    for e in b.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
-                    if e.text.startswith(prefix)
-                ),
-                None,
-            )
+        lambda b: next(
+            (
+                e.text
+                for e in b.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
+                if "UID" in e.text
+            ),
+            None,
         )
     )
     return out.strip()
-
-
-def uid_printed_by_a_new_notebook(browser, wait: WebDriverWait, card=None) -> str:
-    """printed_by_a_new_notebook for `print('UID', os.getuid())`: "UID N"."""
-    return printed_by_a_new_notebook(
-        browser, wait, "import os; print('UID', os.getuid())", "UID ", card
-    )

@@ -32,6 +32,7 @@ from tests.integration import ldap_directory as directory
 from tests.integration.browser import (
     ARTIFACTS,
     log_in,
+    notebook_launcher_card,
     start_chromium_trusting_platform_ca,
     uid_printed_by_a_new_notebook,
 )
@@ -140,7 +141,8 @@ def test_in_chromium_a_directory_analyst_logs_in_and_a_notebook_runs_as_their_ui
         log_in(browser, url(cfg), CAROL.name, CAROL.password)
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#spawn_form")))
         browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
-        assert uid_printed_by_a_new_notebook(browser, wait) == f"UID {CAROL.uid}"
+        card = notebook_launcher_card(browser, wait)
+        assert uid_printed_by_a_new_notebook(wait, card) == f"UID {CAROL.uid}"
     finally:
         browser.save_screenshot(str(ARTIFACTS / "ldap-notebook-uid.png"))
 

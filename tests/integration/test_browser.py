@@ -11,6 +11,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tests.integration.browser import (
     ARTIFACTS,
     log_in,
+    notebook_launcher_card,
     reloading,
     start_chromium,
     uid_printed_by_a_new_notebook,
@@ -42,7 +43,8 @@ def test_notebook_cell_prints_the_analysts_uid(hub_stack, browser):
             By.CSS_SELECTOR, "#spawn_form"
         ):
             browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
-        assert uid_printed_by_a_new_notebook(browser, wait) == f"UID {uid}"
+        card = notebook_launcher_card(browser, wait)
+        assert uid_printed_by_a_new_notebook(wait, card) == f"UID {uid}"
     finally:
         browser.save_screenshot(str(ARTIFACTS / "browser-notebook-uid.png"))
         stop_servers(logged_in_clients(cfg, {name: ANALYSTS[name]}))

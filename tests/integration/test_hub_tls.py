@@ -149,7 +149,7 @@ def test_chromium_logs_in_over_https_and_a_cell_prints_the_uid(tls_stack, browse
         browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
         card = notebook_launcher_card(browser, wait)
         assert browser.current_url.startswith(f"{base(cfg)}/user/{name}/lab")
-        assert uid_printed_by_a_new_notebook(browser, wait, card) == f"UID {uid}"
+        assert uid_printed_by_a_new_notebook(wait, card) == f"UID {uid}"
     finally:
         browser.save_screenshot(str(ARTIFACTS / "tls-notebook-uid.png"))
         bob = HubClient(base(cfg), name, verify=str(cfg.tls_ca_cert_file))

@@ -68,7 +68,7 @@ def test_jupyterlab_runs_code_on_the_analysts_own_subdomain(subdomain_host, clie
         assert browser.current_url.startswith(
             f"{server_origin(subdomain_host, name)}/user/{name}/lab"
         ), browser.current_url
-        assert uid_printed_by_a_new_notebook(browser, wait, card) == f"UID {uid}"
+        assert uid_printed_by_a_new_notebook(wait, card) == f"UID {uid}"
     finally:
         browser.save_screenshot(str(ARTIFACTS / "subdomain-notebook-uid.png"))
     # The hub's REST answers name the server by its own origin, too.
