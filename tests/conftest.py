@@ -102,7 +102,8 @@ def pytest_collection_modifyitems(config, items):
     stream = config.getoption("stream")
     if stream:
         ours = [i for i in items if _standalone(i) == (stream == "standalone")]
-        config.hook.pytest_deselected(items=[i for i in items if i not in set(ours)])
+        kept = set(ours)
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
         if stream == "standalone":
             ours.sort(key=lambda i: STANDALONE_MODULES.index(i.path.stem))
         items[:] = ours
