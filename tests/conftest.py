@@ -27,6 +27,7 @@ from hubstack.config import PlatformConfig, load_config
 from hubstack.images.bootstrap import bootstrap
 from hubstack.images.build import ImageBuilder, push_image
 from hubstack.registry import USERS, RegistryClient, registry_container_spec
+from tests.registry_storage import merge_registry_storage
 
 IN_CI = os.environ.get("CI") == "true"
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,23 +262,8 @@ def _link_pushed_layers(client: docker.DockerClient, pushed: dict, cfg: Platform
         target = Path(client.volumes.get(SESSION_REGISTRY_VOLUME).attrs["Mountpoint"])
     except (KeyError, docker.errors.NotFound):
         return
-    src, dst = source / "docker/registry/v2", target / "docker/registry/v2"
-    theirs = src / "repositories" / pushed["namespace"]
-    files = [(f, dst / f.relative_to(src)) for f in (src / "blobs").glob("**/data")]
-    files += [
-        (f, dst / "repositories" / cfg.images.namespace / f.relative_to(theirs))
-        for f in theirs.glob("**/link")
-        if "/_manifests/tags/" not in str(f)
-    ]
-    for file, copy in files:
-        if copy.exists():
-            continue
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        if file.name == "data":
-            os.link(file, copy)
-        else:
-            copy.write_bytes(file.read_bytes())
-    print(f"[hierarchy] {len(files)} registry files from {pushed['volume']}")
+    added = merge_registry_storage(source, target, pushed["namespace"], cfg.images.namespace)
+    print(f"[hierarchy] {added} registry files from {pushed['volume']}")
 
 
 def _build_and_push_hierarchy(cfg: PlatformConfig, docker_client) -> dict[str, dict]:

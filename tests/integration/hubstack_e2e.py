@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -29,6 +28,7 @@ from hubstack.engine import project_name, service_container
 from hubstack.hub.users import users_file_for
 from hubstack.stack import compose_file, env_file, local_images
 from tests.conftest import config_data, free_port
+from tests.registry_storage import merge_registry_storage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -325,33 +325,8 @@ def seed_registry_volume(
                 volume_name(cfg, "registry-data"), labels=labels
             )
             into = Path(target.attrs["Mountpoint"])
-        v2, into = source / "docker/registry/v2", into / "docker/registry/v2"
-        repos = into / "repositories" / cfg.images.namespace
-        repos.parent.mkdir(parents=True)
-        if names is None:
-            subprocess.run(["cp", "-al", str(v2 / "blobs"), str(into)], check=True)
-            subprocess.run(
-                ["cp", "-a", str(v2 / "repositories" / source_namespace), str(repos)], check=True
-            )
-            for tags in repos.glob("**/_manifests/tags"):
-                subprocess.run(["rm", "-rf", str(tags)], check=True)
-            return True
-        for name in names:
-            (repos / name).parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run(
-                ["cp", "-a", str(v2 / "repositories" / source_namespace / name), str(repos / name)],
-                check=True,
-            )
-        # Every blob a repository links to: its layers, config and manifests.
-        for digest in {link.read_text().strip() for link in repos.glob("**/link")}:
-            algorithm, hexdigest = digest.split(":", 1)
-            blob = Path(algorithm) / hexdigest[:2] / hexdigest / "data"
-            (into / "blobs" / blob).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(v2 / "blobs" / blob, into / "blobs" / blob)
-            except OSError:
-                shutil.copyfile(v2 / "blobs" / blob, into / "blobs" / blob)
-    except (OSError, subprocess.CalledProcessError, docker.errors.APIError) as e:
+        merge_registry_storage(source, into, source_namespace, cfg.images.namespace, names)
+    except (OSError, ValueError, docker.errors.APIError) as e:
         print(f"seeding the stack's registry failed ({e}); `up` pushes every layer")
         return False
     return True
