@@ -1,6 +1,7 @@
 """Spawn benchmark: login -> server ready, for 10 analysts one after another, then bursts of
 10 and 30 analysts at once (p50, p95, last ready, failures), image warm; idle notebook
-container memory; CPU-seconds one server costs to start through the hub. Same run, same
+container memory and CPU; CPU-seconds one server costs to start through the hub (its
+container's cgroup, read as soon as the hub says the server is ready). Same run, same
 image: hubstack's spawner, then stock DockerSpawner (benchmarks/spawn/stock.yaml), burst by
 burst (each of stock's right after hubstack's, the hubs swapped between); and, as
 the floor, CPU-seconds to ready of the image's jupyterhub-singleuser and of plain
@@ -8,18 +9,20 @@ the floor, CPU-seconds to ready of the image's jupyterhub-singleuser and of plai
 
     PYTHONPATH=$PWD python benchmarks/spawn/run.py [--users 10] [--bursts 10,30]
         [--config FILE] [--hub-image REF] [--notebook-image REF] [--executor-image REF]
-        [--bursts-only] [--slots N,M] [--host-cpu] [--ready-ahead N]
+        [--bursts-only] [--slots N,M] [--host-cpu] [--ready-ahead N] [--stock-first]
 
 --bursts-only skips the one-after-another round, the idle figures and the no-hub floor (a
 quick look at bursts: `--bursts-only --bursts 10,10,10` repeats the burst of ten); --slots
 runs hubstack's round once per hub.spawn.concurrent_starts given (the hub restarted on
-each; default: one round, unset, which is the hub's cores). Each burst also
+each; default: one round, unset, which is one more than the hub's cores). Each burst also
 reports the host's CPU busy during it and, for hubstack, where each start's time went (the
 spawner's log line per start: queued, container created and started, server answering).
 Before each of hubstack's bursts it waits (at most 120 s, printed) until the hub has made
 the crowd's networks ahead, as it has had idle hours before a real Monday-morning burst.
 --ready-ahead sets network.ready_ahead for hubstack's platform (default: the shipped default;
 0: each analyst's network made at their start, as before the hub made them ahead).
+--stock-first runs stock's round before hubstack's in each pair, so a difference that
+follows the order (the machine's drift, a warmer cache) shows apart from the spawners'.
 --host-cpu adds, per burst, the host's CPU-s per start by process (host_cpu.py): the
 engine (dockerd, containerd, shims, runc, the iptables it runs), the hub's python and
 proxy, the notebook containers, other jobs.
@@ -49,7 +52,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from benchmarks.spawn.host_cpu import HostCPU  # noqa: E402
+from benchmarks.spawn.host_cpu import HostCPU, busy_seconds, container_usage  # noqa: E402
 from benchmarks.spawn.start_cost import PLAIN_LAB, start_once  # noqa: E402
 from hubstack import networks, stack  # noqa: E402
 from hubstack.config import load_config  # noqa: E402
@@ -94,21 +97,35 @@ def stop_all(base: str, users: dict) -> None:
         list(pool.map(stop, users))
 
 
-def container_figures(client, prefix: str) -> tuple[list[float], list[float]]:
-    """(idle memory MiB, CPU-seconds since start) of each notebook container of this
-    platform (named PREFIX-...; each analyst's server is on a network of their own)."""
-    mem, cpu = [], []
-    for c in client.containers.list(filters={"label": "io.hubstack.user"}):
-        if not c.name.startswith(prefix):
-            continue
-        s = c.stats(stream=False)
-        m = s["memory_stats"]
+def notebook_containers(client, prefix: str) -> list:
+    """The notebook containers of this platform (named PREFIX-...; each analyst's server is
+    on a network of their own, so they are found by label and name, not by network)."""
+    return [
+        c
+        for c in client.containers.list(filters={"label": "io.hubstack.user"})
+        if c.name.startswith(prefix)
+    ]
+
+
+def idle_memory(client, prefix: str) -> list[float]:
+    """Memory in use (MiB, page cache left out) of each notebook container of this
+    platform."""
+    mem = []
+    for c in notebook_containers(client, prefix):
+        m = c.stats(stream=False)["memory_stats"]
         usage = m.get("usage", 0) - m.get("stats", {}).get(
             "total_inactive_file", m.get("stats", {}).get("cache", 0)
         )
         mem.append(usage / 2**20)
-        cpu.append(s["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9)
-    return mem, cpu
+    return mem
+
+
+def notebook_cpu(client, prefix: str) -> dict[str, tuple[float, float]]:
+    """Container ID -> (CPU-seconds it has used, when read) for this platform's notebook
+    containers, from their cgroups: exact, and without the second `docker stats` waits."""
+    usage = container_usage()
+    now = time.perf_counter()
+    return {c.id: (usage[c.id], now) for c in notebook_containers(client, prefix) if c.id in usage}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -127,15 +144,6 @@ def burst_summary(label: str, values: list[float | None]) -> str:
     if not ready:
         return f"{label:<34} all {failed} failed"
     return f"{summary(label, ready)}  failures {failed}"
-
-
-def host_busy() -> tuple[float, float]:
-    """(busy, all) CPU-seconds of this machine since boot, all cores (/proc/stat)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    tick = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + fields[4]  # idle, iowait
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
-    return (total - idle) / tick, total / tick
 
 
 # The spawner's line per start (hubstack.hub.spawner.start_phases).
@@ -221,14 +229,33 @@ def run_round(
     lines = []
     if serial_n:
         first = dict(list(users.items())[:serial_n])
-        serial = [login_to_ready(base, n, pw) for n, pw in first.items()]
+        serial, at_ready, seen = [], {}, set(notebook_cpu(client, cfg.hub.network))
+        for name, pw in first.items():
+            serial.append(login_to_ready(base, name, pw))
+            # Read as soon as the hub says ready: the figure the issue's target is about.
+            # Read again after the idle wait, it would add what an idle server does.
+            new = {k: v for k, v in notebook_cpu(client, cfg.hub.network).items() if k not in seen}
+            at_ready.update(new)
+            seen |= new.keys()
         lines.append(summary(f"{label}: {serial_n} one after another (s)", serial))
         time.sleep(10)  # let the servers go idle
-        mem, cpu = container_figures(client, cfg.hub.network)
+        mem = idle_memory(client, cfg.hub.network)
+        later = notebook_cpu(client, cfg.hub.network)
+        idle = [
+            (later[k][0] - cpu) / (later[k][1] - t) * 60
+            for k, (cpu, t) in at_ready.items()
+            if k in later
+        ]
         lines.append(
             f"{label + ': idle container memory (MiB)':<34} median {statistics.median(mem):6.1f}"
         )
-        lines.append(f"{label + ': CPU-seconds to start':<34} median {statistics.median(cpu):6.2f}")
+        lines.append(
+            f"{label + ': CPU-seconds to ready':<34} median "
+            f"{statistics.median(cpu for cpu, _ in at_ready.values()):6.2f}"
+        )
+        lines.append(
+            f"{label + ': idle CPU-s per minute':<34} median {statistics.median(idle):6.3f}"
+        )
         stop_all(base, first)
     results: dict[int, list] = {}
     for i, n in enumerate(bursts):
@@ -236,7 +263,7 @@ def run_round(
         if ready_networks:
             lines.append(networks_made_ahead(cfg, client, [name for name, _ in crowd]))
         since = time.time()
-        busy0, all0 = host_busy()
+        busy0, all0 = busy_seconds()
         sampler = HostCPU(container_kinds(client, cfg.hub.network)) if host_cpu else None
         if sampler is not None:
             sampler.start()
@@ -245,7 +272,7 @@ def run_round(
             at_once = list(pool.map(lambda kv: try_login_to_ready(base, *kv), crowd))
         wall = time.perf_counter() - t0
         report = sampler.stop(n) if sampler is not None else None
-        busy1, all1 = host_busy()
+        busy1, all1 = busy_seconds()
         results[i] = at_once
         lines.append(burst_summary(f"{label}: {n} at once (s)", at_once))
         cores = (all1 - all0) / wall
@@ -358,6 +385,12 @@ def main() -> int:
         "iptables, hub, proxy, notebooks), as CPU-s per start",
     )
     ap.add_argument(
+        "--stock-first",
+        action="store_true",
+        help="stock DockerSpawner's round before hubstack's in each pair (default: after), to "
+        "tell an effect of the order from one of the spawner",
+    )
+    ap.add_argument(
         "--ready-ahead",
         type=int,
         help="network.ready_ahead for hubstack's platform (default: the shipped default)",
@@ -423,40 +456,44 @@ def main() -> int:
         stock_env = dict(os.environ, BENCH_IMAGE=cfg.image_ref("notebook"), BENCH_DIR=str(HERE))
         ours: dict[str, dict[int, list]] = {}
         stock: dict[int, list] = {}
-        # Stock's burst right after hubstack's, burst by burst: on a shared host the
-        # machine's speed drifts over a run, and ratios of figures many minutes apart would
-        # measure the drift as much as the spawners.
+        # Stock's burst right after hubstack's (or right before), burst by burst: on a
+        # shared host the machine's speed drifts over a run, and ratios of figures many
+        # minutes apart would measure the drift as much as the spawners.
         for i, burst in enumerate(bursts):
-            for n in slots:
-                label = "hubstack" if n is None else f"hubstack, {n} slots"
-                with hub_config_changed(cfg, client, with_slots(n)):
+            order = ("stock", "hubstack") if args.stock_first else ("hubstack", "stock")
+            for spawner in order:
+                if spawner == "hubstack":
+                    for n in slots:
+                        label = "hubstack" if n is None else f"hubstack, {n} slots"
+                        with hub_config_changed(cfg, client, with_slots(n)):
+                            more, got = run_round(
+                                cfg,
+                                users,
+                                client,
+                                label,
+                                serial_n,
+                                [burst],
+                                hub,
+                                args.host_cpu,
+                                ready_networks=cfg.network.ready_ahead > 0,
+                            )
+                        lines += more
+                        ours.setdefault(label, {})[i] = got[0]
+                        serial_n = 0  # the one-after-another round does not depend on the slots
+                    continue
+                with stock_hub(cfg, client, compose, stock_env):
                     more, got = run_round(
                         cfg,
                         users,
                         client,
-                        label,
-                        serial_n,
+                        "stock DockerSpawner",
+                        stock_serial_n,
                         [burst],
-                        hub,
-                        args.host_cpu,
-                        ready_networks=cfg.network.ready_ahead > 0,
+                        host_cpu=args.host_cpu,
                     )
                 lines += more
-                ours.setdefault(label, {})[i] = got[0]
-                serial_n = 0  # the one-after-another round does not depend on the slots
-            with stock_hub(cfg, client, compose, stock_env):
-                more, got = run_round(
-                    cfg,
-                    users,
-                    client,
-                    "stock DockerSpawner",
-                    stock_serial_n,
-                    [burst],
-                    host_cpu=args.host_cpu,
-                )
-            lines += more
-            stock[i] = got[0]
-            stock_serial_n = 0
+                stock[i] = got[0]
+                stock_serial_n = 0
         for label, figures in ours.items():
             lines += ratios(label, bursts, figures, stock)
     finally:
