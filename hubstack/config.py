@@ -474,8 +474,11 @@ class SpawnConfig(_Section):
     """Notebook servers started at once, from starting the container until the server
     answers; more spawns wait their turn in a queue (their containers are created while they
     wait) and the spawn page shows their place.
-    Unset: the CPUs of the hub's machine (a start is CPU-bound, so more at once only makes
-    every one of them slower)."""
+    Unset: one more than the CPUs of the hub's machine. A start is mostly CPU-bound, so many
+    more at once only make every one of them slower; but each start also waits (on the
+    engine's runc and iptables, on the hub's check), and one start beyond the cores keeps
+    them busy through those waits (docs/performance.md: 30 at once on 2 cores, the cores 97 %
+    busy instead of 92 to 95 %)."""
     max_pending: int = Field(100, ge=1)
     """Spawns the hub takes at once, queued and starting together (JupyterHub's
     concurrent_spawn_limit): one more is answered 429 "Too many users trying to log in right
@@ -493,8 +496,9 @@ class SpawnConfig(_Section):
 
     @property
     def starts_at_once(self) -> int:
-        """concurrent_starts, or the CPUs of the machine this runs on (the hub's)."""
-        return self.concurrent_starts or host_cores()
+        """concurrent_starts, or one more than the CPUs of the machine this runs on (the
+        hub's)."""
+        return self.concurrent_starts or host_cores() + 1
 
 
 class CullConfig(_Section):

@@ -29,9 +29,9 @@ def config_error(data: dict) -> str:
 
 
 # --- config ------------------------------------------------------------------------------
-def test_concurrent_starts_defaults_to_the_hub_machines_cores():
+def test_concurrent_starts_defaults_to_one_more_than_the_hub_machines_cores():
     spawn = parse_config({}).hub.spawn
-    assert spawn.concurrent_starts is None and spawn.starts_at_once == host_cores() >= 1
+    assert spawn.concurrent_starts is None and spawn.starts_at_once == host_cores() + 1 >= 2
     assert parse_config({"hub": {"spawn": {"concurrent_starts": 3}}}).hub.spawn.starts_at_once == 3
 
 
