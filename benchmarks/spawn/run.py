@@ -19,6 +19,9 @@ reports the host's CPU busy during it and, for hubstack, where each start's time
 spawner's log line per start: queued, container created and started, server answering).
 Before each of hubstack's bursts it waits (at most 120 s, printed) until the hub has made
 the crowd's networks ahead, as it has had idle hours before a real Monday-morning burst.
+Before each round it waits (at most 120 s, printed) until the host has been under 15 %
+busy for 5 s, so that no round inherits the platform's or a hub's start; before the first,
+the one-after-another round's analysts start and stop once with hubstack's hub, not counted.
 --ready-ahead sets network.ready_ahead for hubstack's platform (default: the shipped default;
 0: each analyst's network made at their start, as before the hub made them ahead).
 --stock-first runs stock's round before hubstack's in each pair, so a difference that
@@ -197,6 +200,28 @@ def container_kinds(client, project: str):
     return kind
 
 
+def settled(label: str, below: float = 0.15, window: float = 5, timeout: float = 120) -> str:
+    """Wait until the host's CPU has been less than BELOW busy (of all cores) for WINDOW
+    seconds, at most TIMEOUT; a line saying how long. Right after `up` or a hub's restart the
+    platform is still busy (JupyterHub's start, the Spark cluster's JVMs, the networks made
+    ahead), and the round that ran there measured about 0.1 CPU-s more per server's start,
+    whichever spawner it was."""
+    t0 = time.perf_counter()
+    samples = [busy_seconds()]
+    while time.perf_counter() - t0 < timeout:
+        time.sleep(1)
+        samples = [*samples, busy_seconds()][-int(window) - 1 :]
+        (busy0, all0), (busy1, all1) = samples[0], samples[-1]
+        if len(samples) > window and busy1 - busy0 < below * (all1 - all0):
+            break
+    (busy0, all0), (busy1, all1) = samples[0], samples[-1]
+    busy = 100 * (busy1 - busy0) / max(all1 - all0, 1e-9)
+    return (
+        f"{'  ' + label + ' settled':<34} waited {time.perf_counter() - t0:5.1f} s "
+        f"(host {busy:.0f} % busy over the last {window:.0f} s)"
+    )
+
+
 def networks_made_ahead(cfg, client, names: list[str], timeout: float = 120) -> str:
     """Wait until the hub has made the networks of NAMES ahead (network.ready_ahead), as
     it has in the idle hours before a Monday-morning burst; a line saying how many and how
@@ -228,12 +253,13 @@ def run_round(
     base = f"http://{cfg.hub.host}:{cfg.hub.port}"
     lines = []
     if serial_n:
+        lines.append(settled(label))
         first = dict(list(users.items())[:serial_n])
         serial, at_ready, seen = [], {}, set(notebook_cpu(client, cfg.hub.network))
         for name, pw in first.items():
             serial.append(login_to_ready(base, name, pw))
             # Read as soon as the hub says ready: the figure the issue's target is about.
-            # Read again after the idle wait, it would add what an idle server does.
+            # Read after the idle wait instead, it would include the idle server's CPU.
             new = {k: v for k, v in notebook_cpu(client, cfg.hub.network).items() if k not in seen}
             at_ready.update(new)
             seen |= new.keys()
@@ -262,6 +288,7 @@ def run_round(
         crowd = list(users.items())[:n]
         if ready_networks:
             lines.append(networks_made_ahead(cfg, client, [name for name, _ in crowd]))
+        lines.append(settled(f"{label}: {n} at once"))
         since = time.time()
         busy0, all0 = busy_seconds()
         sampler = HostCPU(container_kinds(client, cfg.hub.network)) if host_cpu else None
@@ -447,11 +474,15 @@ def main() -> int:
         # Warm: the image is in the engine already (pushed from it); one spawn resolves it.
         serial_n = stock_serial_n = 0 if args.bursts_only else args.users
         if not args.bursts_only:
-            lines += floor_figures(client, cfg.image_ref("notebook"))
-        else:  # the first spawn after `up` resolves and tags the image: not part of a burst
-            first, pw = next(iter(users.items()))
+            lines += [settled("no hub"), *floor_figures(client, cfg.image_ref("notebook"))]
+        # Not counted: the first spawn after `up` resolves and tags the image, and the first
+        # round of starts after the platform's start measured about 0.1 CPU-s more per
+        # server than the next, whichever spawner ran it (docs/performance.md).
+        warm = dict(list(users.items())[: 1 if args.bursts_only else args.users])
+        for first, pw in warm.items():
             login_to_ready(f"http://{cfg.hub.host}:{cfg.hub.port}", first, pw)
-            stop_all(f"http://{cfg.hub.host}:{cfg.hub.port}", {first: pw})
+        stop_all(f"http://{cfg.hub.host}:{cfg.hub.port}", warm)
+        lines.append(f"{'  warm-up (not counted)':<34} {len(warm)} starts, one after another")
         hub = service_container(cfg, client, "hub").name
         stock_env = dict(os.environ, BENCH_IMAGE=cfg.image_ref("notebook"), BENCH_DIR=str(HERE))
         ours: dict[str, dict[int, list]] = {}
