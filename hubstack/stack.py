@@ -872,6 +872,10 @@ def cmd_down(cfg: PlatformConfig, args) -> int:
     else:
         compose(cfg, "down")  # no -v: the hub database and the registry's images stay
         print(f"stopped {', '.join(services)}")
+        # The hub makes analysts' networks ahead while it is idle (network.ready_ahead), so
+        # it may have made some again after stop_servers removed them; it is gone now.
+        for net in networks.analyst_networks(cfg, client):
+            networks.remove_network(cfg, client, net.attrs["Labels"][networks.NETWORK_LABEL])
         if not networks.guard_still_needed(client):
             networks.remove_guard()  # engine-wide rules: only once no platform needs them
     print("hubstack is down; data kept (volumes, homes, secrets)")
