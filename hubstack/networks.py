@@ -231,6 +231,14 @@ def analyst_networks(cfg: PlatformConfig, client) -> list:
     )
 
 
+def remove_analyst_networks(cfg: PlatformConfig, client) -> None:
+    """Remove every analyst network of this platform that nothing but the hub is on. Call it
+    once the hub is stopped: a running hub makes networks ahead whenever it is idle
+    (hubstack.hub.ready_networks)."""
+    for net in analyst_networks(cfg, client):
+        remove_network(cfg, client, net.attrs["Labels"][NETWORK_LABEL])
+
+
 def attach_hub(cfg: PlatformConfig, client, hub_container: str) -> int:
     """Join the hub to every analyst network of this platform (after a restart or a new
     hub container); returns how many it joined."""

@@ -811,8 +811,8 @@ def _stop_server(container, timeout: int) -> str:
 
 
 def stop_servers(cfg: PlatformConfig, client, timeout: int = 10) -> list[str]:
-    """Stop every notebook server of this platform at once, then their Spark clusters and
-    networks; one line per server."""
+    """Stop every notebook server of this platform at once, then their Spark clusters; one
+    line per server. Their networks go once the hub is stopped (cmd_down)."""
     servers = notebook_containers(cfg, client)
     lines = []
     if servers:
@@ -825,8 +825,6 @@ def stop_servers(cfg: PlatformConfig, client, timeout: int = 10) -> list[str]:
     }
     for server in clusters:
         spark_cluster.stop_cluster(client, server)
-    for net in networks.analyst_networks(cfg, client):
-        networks.remove_network(cfg, client, net.attrs["Labels"][networks.NETWORK_LABEL])
     return lines
 
 
@@ -872,10 +870,8 @@ def cmd_down(cfg: PlatformConfig, args) -> int:
     else:
         compose(cfg, "down")  # no -v: the hub database and the registry's images stay
         print(f"stopped {', '.join(services)}")
-        # The hub makes analysts' networks ahead while it is idle (network.ready_ahead), so
-        # it may have made some again after stop_servers removed them; it is gone now.
-        for net in networks.analyst_networks(cfg, client):
-            networks.remove_network(cfg, client, net.attrs["Labels"][networks.NETWORK_LABEL])
+        # Only now: a running hub makes analysts' networks ahead whenever it is idle.
+        networks.remove_analyst_networks(cfg, client)
         if not networks.guard_still_needed(client):
             networks.remove_guard()  # engine-wide rules: only once no platform needs them
     print("hubstack is down; data kept (volumes, homes, secrets)")

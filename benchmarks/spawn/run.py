@@ -59,7 +59,8 @@ from benchmarks.spawn.host_cpu import HostCPU, busy_seconds, container_usage  # 
 from benchmarks.spawn.start_cost import PLAIN_LAB, start_once  # noqa: E402
 from hubstack import networks, stack  # noqa: E402
 from hubstack.config import load_config  # noqa: E402
-from hubstack.engine import service_container  # noqa: E402
+from hubstack.engine import platform_containers, service_container  # noqa: E402
+from hubstack.hub.container_spec import USER_LABEL  # noqa: E402
 from tests.integration.hubstack_e2e import (  # noqa: E402
     HubClient,
     add_user,
@@ -100,21 +101,17 @@ def stop_all(base: str, users: dict) -> None:
         list(pool.map(stop, users))
 
 
-def notebook_containers(client, prefix: str) -> list:
-    """The notebook containers of this platform (named PREFIX-...; each analyst's server is
-    on a network of their own, so they are found by label and name, not by network)."""
-    return [
-        c
-        for c in client.containers.list(filters={"label": "io.hubstack.user"})
-        if c.name.startswith(prefix)
-    ]
+def notebook_containers(cfg, client) -> list:
+    """The running notebook containers of this platform: hubstack's and stock's (both on
+    its networks, labelled io.hubstack.user)."""
+    return platform_containers(cfg, client, USER_LABEL, include_stopped=False)
 
 
-def idle_memory(client, prefix: str) -> list[float]:
+def idle_memory(cfg, client) -> list[float]:
     """Memory in use (MiB, page cache left out) of each notebook container of this
     platform."""
     mem = []
-    for c in notebook_containers(client, prefix):
+    for c in notebook_containers(cfg, client):
         m = c.stats(stream=False)["memory_stats"]
         usage = m.get("usage", 0) - m.get("stats", {}).get(
             "total_inactive_file", m.get("stats", {}).get("cache", 0)
@@ -123,12 +120,12 @@ def idle_memory(client, prefix: str) -> list[float]:
     return mem
 
 
-def notebook_cpu(client, prefix: str) -> dict[str, tuple[float, float]]:
+def notebook_cpu(cfg, client) -> dict[str, tuple[float, float]]:
     """Container ID -> (CPU-seconds it has used, when read) for this platform's notebook
     containers, from their cgroups: exact, and without the second `docker stats` waits."""
     usage = container_usage()
     now = time.perf_counter()
-    return {c.id: (usage[c.id], now) for c in notebook_containers(client, prefix) if c.id in usage}
+    return {c.id: (usage[c.id], now) for c in notebook_containers(cfg, client) if c.id in usage}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -253,18 +250,18 @@ def run_round(
     if serial_n:
         lines.append(settled(label))
         first = dict(list(users.items())[:serial_n])
-        serial, at_ready, seen = [], {}, set(notebook_cpu(client, cfg.hub.network))
+        serial, at_ready, seen = [], {}, set(notebook_cpu(cfg, client))
         for name, pw in first.items():
             serial.append(login_to_ready(base, name, pw))
             # Read as soon as the hub says ready: the figure the issue's target is about.
             # Read after the idle wait instead, it would include the idle server's CPU.
-            new = {k: v for k, v in notebook_cpu(client, cfg.hub.network).items() if k not in seen}
+            new = {k: v for k, v in notebook_cpu(cfg, client).items() if k not in seen}
             at_ready.update(new)
             seen |= new.keys()
         lines.append(summary(f"{label}: {serial_n} one after another (s)", serial))
         time.sleep(10)  # let the servers go idle
-        mem = idle_memory(client, cfg.hub.network)
-        later = notebook_cpu(client, cfg.hub.network)
+        mem = idle_memory(cfg, client)
+        later = notebook_cpu(cfg, client)
         idle = [
             (later[k][0] - cpu) / (later[k][1] - t) * 60
             for k, (cpu, t) in at_ready.items()
@@ -320,8 +317,7 @@ def stock_hub(cfg, client, compose: list[str], env: dict):
     subprocess.run([*compose, "stop", "hub"], check=True, capture_output=True)
     # Stock's round on an engine without hubstack's idle networks: their rules would make
     # each of stock's iptables calls read a larger ruleset.
-    for net in networks.analyst_networks(cfg, client):
-        networks.remove_network(cfg, client, net.attrs["Labels"][networks.NETWORK_LABEL])
+    networks.remove_analyst_networks(cfg, client)
     subprocess.run(
         [*compose, "-f", str(HERE / "stock.yaml"), "up", "-d", "--wait", "hub"],
         env=env,
@@ -477,9 +473,10 @@ def main() -> int:
         # round of starts after the platform's start measured about 0.1 CPU-s more per
         # server than the next, whichever spawner ran it (docs/performance.md).
         warm = dict(list(users.items())[: 1 if args.bursts_only else args.users])
+        base = f"http://{cfg.hub.host}:{cfg.hub.port}"
         for first, pw in warm.items():
-            login_to_ready(f"http://{cfg.hub.host}:{cfg.hub.port}", first, pw)
-        stop_all(f"http://{cfg.hub.host}:{cfg.hub.port}", warm)
+            login_to_ready(base, first, pw)
+        stop_all(base, warm)
         lines.append(f"{'  warm-up (not counted)':<34} {len(warm)} starts, one after another")
         hub = service_container(cfg, client, "hub").name
         stock_env = dict(os.environ, BENCH_IMAGE=cfg.image_ref("notebook"), BENCH_DIR=str(HERE))
