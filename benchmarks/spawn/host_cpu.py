@@ -60,6 +60,26 @@ def busy_seconds() -> tuple[float, float]:
     return (total - idle) / TICK, total / TICK
 
 
+def settled(label: str, below: float = 0.15, window: float = 5, timeout: float = 120) -> str:
+    """Wait until the host's CPU has been less than BELOW busy (of all cores) for WINDOW
+    seconds, at most TIMEOUT; a line saying how long. Right after `up` or a hub's restart the
+    platform is still busy (JupyterHub's start, the Spark cluster's JVMs, the networks made
+    ahead), and a round that started there would share the cores with it."""
+    t0 = time.perf_counter()
+    samples = [busy_seconds()]
+    while True:
+        time.sleep(1)
+        samples = [*samples, busy_seconds()][-int(window) - 1 :]
+        (busy0, all0), (busy1, all1) = samples[0], samples[-1]
+        share = (busy1 - busy0) / max(all1 - all0, 1e-9)
+        if (len(samples) > window and share < below) or time.perf_counter() - t0 >= timeout:
+            break
+    return (
+        f"{'  ' + label + ' settled':<34} waited {time.perf_counter() - t0:5.1f} s "
+        f"(host {100 * share:.0f} % busy over the last {window:.0f} s)"
+    )
+
+
 def container_usage() -> dict[str, float]:
     """CPU-seconds used so far by each container, by full ID, from its cgroup."""
     out: dict[str, float] = {}

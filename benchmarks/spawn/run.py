@@ -55,7 +55,12 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from benchmarks.spawn.host_cpu import HostCPU, busy_seconds, container_usage  # noqa: E402
+from benchmarks.spawn.host_cpu import (  # noqa: E402
+    HostCPU,
+    busy_seconds,
+    container_usage,
+    settled,
+)
 from benchmarks.spawn.start_cost import PLAIN_LAB, start_once  # noqa: E402
 from hubstack import networks, stack  # noqa: E402
 from hubstack.config import load_config  # noqa: E402
@@ -195,26 +200,6 @@ def container_kinds(client, project: str):
         return known[cid]
 
     return kind
-
-
-def settled(label: str, below: float = 0.15, window: float = 5, timeout: float = 120) -> str:
-    """Wait until the host's CPU has been less than BELOW busy (of all cores) for WINDOW
-    seconds, at most TIMEOUT; a line saying how long. Right after `up` or a hub's restart the
-    platform is still busy (JupyterHub's start, the Spark cluster's JVMs, the networks made
-    ahead), and a round that started there would share the cores with it."""
-    t0 = time.perf_counter()
-    samples = [busy_seconds()]
-    while True:
-        time.sleep(1)
-        samples = [*samples, busy_seconds()][-int(window) - 1 :]
-        (busy0, all0), (busy1, all1) = samples[0], samples[-1]
-        share = (busy1 - busy0) / max(all1 - all0, 1e-9)
-        if (len(samples) > window and share < below) or time.perf_counter() - t0 >= timeout:
-            break
-    return (
-        f"{'  ' + label + ' settled':<34} waited {time.perf_counter() - t0:5.1f} s "
-        f"(host {100 * share:.0f} % busy over the last {window:.0f} s)"
-    )
 
 
 def networks_made_ahead(cfg, client, names: list[str], timeout: float = 120) -> str:
