@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -94,26 +95,42 @@ def reloading(condition):
     return check
 
 
-def uid_printed_by_a_new_notebook(wait: WebDriverWait, card) -> str:
-    """Open a notebook from the launcher CARD, run `print('UID', os.getuid())` in it, and
-    return what the cell printed."""
+def lab_wait(browser: webdriver.Chrome, timeout: float = 240) -> WebDriverWait:
+    """A wait for pages up to JupyterLab's. JupyterLab replaces widgets while it loads (a
+    cell's editor once the kernel attaches), so an element found a moment ago may be gone
+    when the wait checks it: the wait then looks again, as a person's eyes would."""
+    return WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,))
+
+
+CELL_EDITOR = (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content")
+
+
+def printed_by_a_new_notebook(wait: WebDriverWait, card, code: str, prefix: str) -> str:
+    """Open a notebook from the launcher CARD, run CODE in its first cell, and return the
+    output line that starts with PREFIX. WAIT: a lab_wait."""
     card.click()
-    editor = wait.until(
-        EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content"))
-    )
+    wait.until(EC.element_to_be_clickable(CELL_EDITOR))
     # Typing before the kernel is attached would "run" the cell with no kernel: wait for Idle.
     wait.until(lambda b: "| Idle" in b.find_element(By.ID, "jp-main-statusbar").text)
+    # Found again: the editor found before the kernel attached may have been replaced since.
+    editor = wait.until(EC.element_to_be_clickable(CELL_EDITOR))
     editor.click()
-    editor.send_keys("import os; print('UID', os.getuid())")
+    editor.send_keys(code)
     editor.send_keys(Keys.SHIFT, Keys.ENTER)
     out = wait.until(
         lambda b: next(
             (
                 e.text
                 for e in b.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
-                if "UID" in e.text
+                if e.text.startswith(prefix)
             ),
             None,
         )
     )
     return out.strip()
+
+
+def uid_printed_by_a_new_notebook(wait: WebDriverWait, card) -> str:
+    """Open a notebook from the launcher CARD, run `print('UID', os.getuid())` in it, and
+    return what the cell printed."""
+    return printed_by_a_new_notebook(wait, card, "import os; print('UID', os.getuid())", "UID ")

@@ -31,6 +31,7 @@ from tests.conftest import SESSION_ID, free_port
 from tests.integration import ldap_directory as directory
 from tests.integration.browser import (
     ARTIFACTS,
+    lab_wait,
     log_in,
     notebook_launcher_card,
     start_chromium_trusting_platform_ca,
@@ -130,7 +131,7 @@ def test_in_chromium_a_directory_analyst_logs_in_and_a_notebook_runs_as_their_ui
 ):
     cfg, _, _ = ldap_hub
     ARTIFACTS.mkdir(exist_ok=True)
-    wait = WebDriverWait(browser, 240)
+    wait = lab_wait(browser)
     try:
         # dave's password is right, but he is not in `analysts`: the page says so.
         log_in(browser, url(cfg), DAVE.name, DAVE.password)

@@ -26,7 +26,6 @@ import requests
 import yaml
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -37,7 +36,9 @@ from hubstack.secretfiles import write_private
 from tests.conftest import SESSION_ID, free_port
 from tests.integration.browser import (
     ARTIFACTS,
+    lab_wait,
     notebook_launcher_card,
+    printed_by_a_new_notebook,
     reloading,
     start_chromium,
 )
@@ -203,33 +204,14 @@ def sign_in_at_provider(browser, cfg, sub: str) -> None:
 def start_and_print_identity(browser) -> str:
     """From the spawn page: start the server, open a notebook, print UID, GID, groups and
     the working folder (home); returns the line "ID UID GID [GROUPS] HOME"."""
-    wait = WebDriverWait(browser, 240)
+    wait = lab_wait(browser)
     wait.until(reloading(lambda b: "/hub/spawn" in b.current_url or "/user/" in b.current_url))
     if browser.find_elements(By.CSS_SELECTOR, "#spawn_form"):
         browser.find_element(By.CSS_SELECTOR, "#spawn_form [type=submit]").click()
     # On an empty workspace (a second session in the same home would reopen the last
     # notebook), reloading a page Chromium dropped when the spawn changed the host's network.
-    notebook_launcher_card(browser, wait).click()
-    editor = wait.until(
-        EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content"))
-    )
-    wait.until(lambda b: "| Idle" in b.find_element(By.ID, "jp-main-statusbar").text)
-    editor.click()
-    editor.send_keys(
-        "import os; print('ID', os.getuid(), os.getgid(), sorted(os.getgroups()), os.getcwd())"
-    )
-    editor.send_keys(Keys.SHIFT, Keys.ENTER)
-    out = wait.until(
-        lambda b: next(
-            (
-                e.text
-                for e in b.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
-                if e.text.startswith("ID ")
-            ),
-            None,
-        )
-    )
-    return out.strip()
+    code = "import os; print('ID', os.getuid(), os.getgid(), sorted(os.getgroups()), os.getcwd())"
+    return printed_by_a_new_notebook(wait, notebook_launcher_card(browser, wait), code, "ID ")
 
 
 def identity(printed: str) -> tuple[int, int, list[int], str]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.integration.browser import (
     ARTIFACTS,
+    lab_wait,
     log_in,
     notebook_launcher_card,
     reloading,
@@ -34,7 +34,7 @@ def test_notebook_cell_prints_the_analysts_uid(hub_stack, browser):
     name = "bob"
     password, uid, _gid, _groups = ANALYSTS[name]
     ARTIFACTS.mkdir(exist_ok=True)
-    wait = WebDriverWait(browser, 240)
+    wait = lab_wait(browser)
     try:
         log_in(browser, f"http://{cfg.hub.host}:{cfg.hub.port}", name, password)
         # Either the spawn form (profiles) or straight to a server already running.

@@ -20,12 +20,12 @@ import yaml
 from cryptography import x509
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
 
 from hubstack import tls
 from tests.conftest import free_port
 from tests.integration.browser import (
     ARTIFACTS,
+    lab_wait,
     log_in,
     notebook_launcher_card,
     start_chromium_trusting_platform_ca,
@@ -139,7 +139,7 @@ def test_chromium_logs_in_over_https_and_a_cell_prints_the_uid(tls_stack, browse
     cfg, _, _, _ = tls_stack
     name = "bob"
     password, uid, _gid, _groups = ANALYSTS[name]
-    wait = WebDriverWait(browser, 240)
+    wait = lab_wait(browser)
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         log_in(browser, base(cfg), name, password)

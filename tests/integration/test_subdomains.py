@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.integration.browser import (
     ARTIFACTS,
+    lab_wait,
     log_in,
     notebook_launcher_card,
     start_chromium,
@@ -58,7 +58,7 @@ def server_origin(host: str, name: str) -> str:
 def test_jupyterlab_runs_code_on_the_analysts_own_subdomain(subdomain_host, clients, browser):
     name = "alice"
     password, uid, _gid, _groups = ANALYSTS[name]
-    wait = WebDriverWait(browser, 240)
+    wait = lab_wait(browser)
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         log_in(browser, subdomain_host, name, password)
