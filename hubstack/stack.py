@@ -859,6 +859,8 @@ def cmd_down(cfg: PlatformConfig, args) -> int:
     for line in stopped:
         print(line, flush=True)
     if not services and not stopped:
+        # A hub that stopped without `down` (killed, or the machine restarted) leaves them.
+        _remove_analyst_networks(cfg, client)
         print("nothing to stop: hubstack is not running")
         return 0
     if args.keep_servers:
@@ -870,12 +872,18 @@ def cmd_down(cfg: PlatformConfig, args) -> int:
     else:
         compose(cfg, "down")  # no -v: the hub database and the registry's images stay
         print(f"stopped {', '.join(services)}")
-        # Only now: a running hub makes analysts' networks ahead whenever it is idle.
-        networks.remove_analyst_networks(cfg, client)
-        if not networks.guard_still_needed(client):
-            networks.remove_guard()  # engine-wide rules: only once no platform needs them
+        _remove_analyst_networks(cfg, client)
     print("hubstack is down; data kept (volumes, homes, secrets)")
     return 0
+
+
+def _remove_analyst_networks(cfg: PlatformConfig, client) -> None:
+    """The platform's analyst networks, then the engine-wide guard rules once no platform
+    needs them. Only with the hub stopped: a running hub makes networks ahead whenever it is
+    idle."""
+    networks.remove_analyst_networks(cfg, client)
+    if not networks.guard_still_needed(client):
+        networks.remove_guard()
 
 
 def status_swarm(cfg: PlatformConfig) -> int:

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import requests
 
-from hubstack import stack
+from hubstack import networks, stack
 from hubstack.engine import platform_containers, project_name, service_container
 from hubstack.hub.users import users_file_for
 from hubstack.networks import network_name
@@ -190,9 +190,12 @@ def test_announcement_shows_on_every_page_and_clears_without_a_restart(hub_stack
     assert "Restart your server" not in alice.http.get(f"{url(cfg)}/hub/home", timeout=30).text
 
 
-def test_down_with_servers_running_then_up_keeps_users_tokens_and_homes(hub_stack, clients):
+def test_down_with_servers_running_then_up_keeps_users_tokens_and_homes(
+    hub_stack, clients, docker_client
+):
     """`hubstack down` with an analyst working, then `hubstack up`: the same platform back.
-    Her API token lives only in the hub database, her file only in her home."""
+    Her API token lives only in the hub database, her file only in her home. `down` leaves
+    no analyst network, even one a hub that died without `down` left."""
     cfg, config, _ = hub_stack
     alice = clients["alice"]
     if not alice.running():
@@ -205,6 +208,11 @@ def test_down_with_servers_running_then_up_keeps_users_tokens_and_homes(hub_stac
     assert "hubstack is down" in down.stdout
     with pytest.raises(requests.RequestException):
         requests.get(f"{url(cfg)}/hub/health", timeout=5)
+    assert networks.analyst_networks(cfg, docker_client) == []
+    networks.ensure_network(cfg, docker_client, "left-by-a-dead-hub", starting=False)
+    again = hubstack(config, "down")
+    assert "nothing to stop" in again.stdout, again.stdout + again.stderr
+    assert networks.analyst_networks(cfg, docker_client) == []
 
     up = hubstack(config, "up", "--no-build")
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
