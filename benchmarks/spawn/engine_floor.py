@@ -30,7 +30,7 @@ import docker
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.spawn.host_cpu import busy_seconds, settled
-from benchmarks.spawn.start_cost import start_once
+from benchmarks.spawn.start_cost import AS_THE_SPAWNER_RUNS_IT, start_once
 
 SETTLE_AFTER = 1.0
 """Seconds counted after the last start: the engine finishes a start's work (the shim,
@@ -48,9 +48,7 @@ def engine_cost(client, image: str, starts: int, **network) -> float:
                 ["sleep", "600"],
                 entrypoint=[],
                 name=f"hubstack-enginefloor-{uuid.uuid4().hex[:8]}",
-                user="23456:23456",
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
+                **AS_THE_SPAWNER_RUNS_IT,
                 **network,
             )
             made.append(c)

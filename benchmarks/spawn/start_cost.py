@@ -30,6 +30,14 @@ from pathlib import Path
 import docker
 
 USER = "bench"
+
+AS_THE_SPAWNER_RUNS_IT = {
+    "user": "23456:23456",  # a UID with no passwd entry in the image
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges"],
+}
+"""How the spawners run a server's container (hubstack/hub/container_spec.py)."""
+
 PREFIX = f"/user/{USER}/"
 STUB_HUB = r"""
 import http.server, json
@@ -128,12 +136,10 @@ def start_once(
             image,
             command,
             name=tag,
-            user="23456:23456",
             working_dir="/tmp",
             environment=env,
             network_mode=f"container:{hub.id}",
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
+            **AS_THE_SPAWNER_RUNS_IT,
         )
         server.start()
         while True:
